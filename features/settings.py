@@ -1,0 +1,44 @@
+"""One typed settings object for the whole project, overridable from the environment.
+
+Every knob lives here so that an operator can see, in one place, what can be configured and
+what the defaults are. Each field can be set with an environment variable ``NEXTBEST_<FIELD>``
+(for example ``NEXTBEST_DATA_DIR=/srv/nextbest``).
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    """Project-wide configuration. Construct directly in tests, or use :func:`get_settings`."""
+
+    model_config = SettingsConfigDict(env_prefix="NEXTBEST_", extra="ignore")
+
+    data_dir: Path = Field(
+        Path(".nextbest"),
+        description="Root of the local warehouse: Parquet tables, features, quarantine files.",
+    )
+    max_reported_errors: int = Field(
+        100,
+        ge=1,
+        description="How many validation problems a report lists before it stops counting them one by one.",
+    )
+    abandoned_cart_after_minutes: int = Field(
+        30,
+        ge=1,
+        description="A cart with no purchase this long after its session's last event counts as abandoned.",
+    )
+    recent_items: int = Field(
+        10, ge=1, le=200, description="How many recently viewed items the features keep per customer."
+    )
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """The settings read from the environment once per process."""
+    return Settings()

@@ -1,0 +1,259 @@
+"""The local warehouse: the three contract tables as Parquet files under one directory.
+
+Layout under ``root``::
+
+    events/part-<time>-<id>.parquet   append-only batches of events
+    items.parquet                     the catalog, one row per item_id
+    customers.parquet                 the customers, one row per customer_id
+
+Why this shape: events only ever grow, so each batch becomes a new immutable part and an
+append never rewrites what is already stored. A part is written to a temporary name and then
+renamed, and readers only see names that start with ``part-``, so a crash mid-write leaves the
+previous state readable. Appends are idempotent by ``event_id`` (events already stored are
+skipped), and a lock file keeps two writers from racing each other. Items and customers are
+small next to events; an upsert rewrites the whole file the same atomic way.
+
+DuckDB queries the files in place (:meth:`Warehouse.query`); pandas reads them for training.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import os
+import uuid
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+import duckdb
+import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.dataset as ds
+import pyarrow.parquet as pq
+
+from features.contracts import (
+    CONTRACTS,
+    CUSTOMERS,
+    EVENTS,
+    ITEMS,
+    TableContract,
+    arrow_schema,
+    contract_for,
+)
+from features.loading import OnError, load_table
+from features.validation import ValidationReport
+
+@dataclass(frozen=True)
+class WriteResult:
+    """What one write did: rows that were new, rows already there (skipped or replaced)."""
+
+    table: str
+    added: int
+    existing: int
+    report: ValidationReport | None = None
+    quarantine_path: Path | None = None
+
+
+class Warehouse:
+    """Parquet tables under ``root``, appended idempotently and atomically."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = Path(root)
+        self.events_dir = self.root / "events"
+
+    # ------------------------------------------------------------------ writing
+    def append_events(self, events: pd.DataFrame) -> WriteResult:
+        """Store the events whose ``event_id`` is not stored yet; return how many were new."""
+        batch = self._to_arrow(events, EVENTS)
+        with self._locked():
+            stored = self._stored_event_ids()
+            fresh = batch if stored is None else batch.filter(
+                pc.invert(pc.is_in(batch["event_id"], value_set=stored))
+            )
+            if fresh.num_rows:
+                fresh = fresh.sort_by([("timestamp", "ascending")])
+                stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S%f")
+                self._write_atomically(
+                    fresh, self.events_dir / f"part-{stamp}-{uuid.uuid4().hex[:8]}.parquet"
+                )
+        return WriteResult("events", fresh.num_rows, batch.num_rows - fresh.num_rows)
+
+    def upsert(self, table: str, rows: pd.DataFrame) -> WriteResult:
+        """Insert or replace items or customers by their key; the newest row for a key wins."""
+        contract = contract_for(table)
+        if contract is EVENTS:
+            raise ValueError("events are append-only: use append_events")
+        batch = self._to_arrow(rows, contract).to_pandas()
+        path = self._table_path(contract)
+        with self._locked():
+            current = self.read(table)
+            existing = int(current[contract.key].isin(batch[contract.key]).sum())
+            kept = current[~current[contract.key].isin(batch[contract.key])]
+            merged = pd.concat([kept, batch], ignore_index=True) if len(kept) else batch
+            merged = merged.drop_duplicates(contract.key, keep="last")
+            self._write_atomically(self._to_arrow(merged, contract), path)
+        return WriteResult(table, len(batch) - existing, existing)
+
+    def import_file(
+        self,
+        path: Path,
+        table: str,
+        on_error: OnError = "reject",
+        max_problems: int = 100,
+    ) -> WriteResult:
+        """Validate a file against its contract and write its good rows (see ``load_table``)."""
+        contract = contract_for(table)
+        loaded = load_table(path, contract, on_error, self.root / "quarantine", max_problems)
+        if contract is EVENTS:
+            result = self.append_events(loaded.frame)
+        else:
+            result = self.upsert(table, loaded.frame)
+        return WriteResult(result.table, result.added, result.existing, loaded.report,
+                           loaded.quarantine_path)
+
+    # ------------------------------------------------------------------ reading
+    def read(self, table: str, columns: Sequence[str] | None = None) -> pd.DataFrame:
+        """A whole table as a DataFrame (empty, with the contract's columns, if nothing stored)."""
+        contract = contract_for(table)
+        if contract is EVENTS:
+            return self.events(columns=columns)
+        path = self._table_path(contract)
+        schema = arrow_schema(contract)
+        if not path.exists():
+            frame = schema.empty_table().to_pandas()
+        else:
+            frame = pq.read_table(path, columns=list(columns) if columns else None).to_pandas()
+        return frame[list(columns)] if columns else frame
+
+    def items(self) -> pd.DataFrame:
+        return self.read("items")
+
+    def customers(self) -> pd.DataFrame:
+        return self.read("customers")
+
+    def events(
+        self,
+        columns: Sequence[str] | None = None,
+        start: datetime | pd.Timestamp | None = None,
+        end: datetime | pd.Timestamp | None = None,
+        customer_ids: Sequence[str] | None = None,
+    ) -> pd.DataFrame:
+        """Events with ``start <= timestamp < end``, optionally for some customers only.
+
+        ``end`` is exclusive so that "everything known before the cutoff" is ``end=cutoff``.
+        """
+        dataset = self._events_dataset()
+        if dataset is None:
+            empty = arrow_schema(EVENTS).empty_table().to_pandas()
+            return empty[list(columns)] if columns else empty
+        condition = None
+        for part in _event_filters(start, end, customer_ids):
+            condition = part if condition is None else condition & part
+        table = dataset.to_table(columns=list(columns) if columns else None, filter=condition)
+        return table.to_pandas()
+
+    def query(self, sql: str) -> pd.DataFrame:
+        """Run DuckDB SQL over views named ``events``, ``items`` and ``customers``."""
+        with duckdb.connect() as connection:
+            for name, contract in CONTRACTS.items():
+                connection.register(name, self._arrow_view(contract))
+            return connection.execute(sql).fetch_df()
+
+    def counts(self) -> dict[str, int]:
+        """Rows stored per table, read from Parquet metadata (cheap at any size)."""
+        counts = {"events": sum(pq.ParquetFile(p).metadata.num_rows for p in self._parts())}
+        for contract in (ITEMS, CUSTOMERS):
+            path = self._table_path(contract)
+            counts[contract.name] = pq.ParquetFile(path).metadata.num_rows if path.exists() else 0
+        return counts
+
+    def fingerprint(self) -> str:
+        """A short hash that changes whenever any stored table changes (for model lineage)."""
+        digest = hashlib.sha256()
+        files = [*self._parts(), self._table_path(ITEMS), self._table_path(CUSTOMERS)]
+        for path in files:
+            if path.exists():
+                stat = path.stat()
+                digest.update(f"{path.name}:{stat.st_size}:{stat.st_mtime_ns}".encode())
+        return digest.hexdigest()[:16]
+
+    # ------------------------------------------------------------------ internals
+    def _parts(self) -> list[Path]:
+        return sorted(self.events_dir.glob("part-*.parquet")) if self.events_dir.exists() else []
+
+    def _events_dataset(self) -> ds.Dataset | None:
+        parts = self._parts()
+        if not parts:
+            return None
+        return ds.dataset([str(p) for p in parts], schema=arrow_schema(EVENTS), format="parquet")
+
+    def _arrow_view(self, contract: TableContract) -> pa.Table | ds.Dataset:
+        if contract is EVENTS:
+            dataset = self._events_dataset()
+            return dataset if dataset is not None else arrow_schema(EVENTS).empty_table()
+        path = self._table_path(contract)
+        return pq.read_table(path) if path.exists() else arrow_schema(contract).empty_table()
+
+    def _stored_event_ids(self) -> pa.Array | None:
+        dataset = self._events_dataset()
+        if dataset is None:
+            return None
+        return dataset.to_table(columns=["event_id"])["event_id"].combine_chunks()
+
+    def _table_path(self, contract: TableContract) -> Path:
+        return self.root / f"{contract.name}.parquet"
+
+    def _to_arrow(self, frame: pd.DataFrame, contract: TableContract) -> pa.Table:
+        missing = [c for c in contract.column_names if c not in frame.columns]
+        if missing:
+            raise ValueError(
+                f"{contract.name} rows lack column(s) {', '.join(missing)}; validate them against "
+                f"the contract first (features.loading.check_frame)"
+            )
+        table = pa.Table.from_pandas(
+            frame[contract.column_names], schema=arrow_schema(contract), preserve_index=False
+        )
+        return table.replace_schema_metadata(None)  # the contract, not pandas, owns the types
+
+    def _write_atomically(self, table: pa.Table, target: Path) -> None:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        temporary = target.parent / f".tmp-{uuid.uuid4().hex}.parquet"
+        try:
+            pq.write_table(table, temporary, compression="zstd")
+            with open(temporary, "rb") as handle:
+                os.fsync(handle.fileno())
+            os.replace(temporary, target)
+        finally:
+            temporary.unlink(missing_ok=True)
+
+    @contextmanager
+    def _locked(self) -> Iterator[None]:
+        self.root.mkdir(parents=True, exist_ok=True)
+        with open(self.root / ".lock", "w") as handle:
+            fcntl.flock(handle, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def _event_filters(start, end, customer_ids) -> list[ds.Expression]:
+    filters = []
+    if start is not None:
+        filters.append(ds.field("timestamp") >= pa.scalar(_utc(start), pa.timestamp("us", "UTC")))
+    if end is not None:
+        filters.append(ds.field("timestamp") < pa.scalar(_utc(end), pa.timestamp("us", "UTC")))
+    if customer_ids is not None:
+        filters.append(ds.field("customer_id").isin(list(customer_ids)))
+    return filters
+
+
+def _utc(moment: datetime | pd.Timestamp) -> datetime:
+    stamp = pd.Timestamp(moment)
+    if stamp.tzinfo is None:
+        raise ValueError(f"time {moment!r} has no timezone; pass a timezone-aware (UTC) time")
+    return stamp.tz_convert("UTC").to_pydatetime()
