@@ -366,8 +366,8 @@ class _Sessions:
 
 def _season(day: np.ndarray, config: ShopConfig) -> np.ndarray:
     dates = pd.Timestamp(config.start) + pd.to_timedelta(day, unit="D")
-    weekday = WEEKDAY_WEIGHT[dates.dayofweek.to_numpy()]
-    doy = dates.dayofyear.to_numpy()
+    weekday = WEEKDAY_WEIGHT[dates.day_of_week.to_numpy()]
+    doy = dates.day_of_year.to_numpy()
     holidays = 1.0 + 0.6 * np.exp(-(((doy - 345) / 12.0) ** 2))  # mid-December peak
     return weekday * holidays
 

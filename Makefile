@@ -1,0 +1,31 @@
+# Two commands on a fresh machine with Python 3.11+: `make demo` and `make test`.
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+
+.PHONY: demo test lint bench clean
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+## demo: install, then run the main job on the built-in synthetic shop
+demo: $(STAMP)
+	$(BIN)/nextbest demo
+
+## test: install, then run the whole test suite
+test: $(STAMP)
+	$(BIN)/python -m pytest
+
+lint: $(STAMP)
+	$(BIN)/ruff check features training serving tests bench
+
+## bench: data benchmarks (1M and 10M events); see docs/benchmarks.md
+bench: $(STAMP)
+	$(BIN)/python bench/bench_data.py
+
+clean:
+	rm -rf $(VENV) .nextbest .pytest_cache

@@ -1,0 +1,345 @@
+"""Point-in-time features of customers and items, declared once and computed one way.
+
+A feature "as of" a cutoff only sees events strictly before the cutoff: the functions filter
+on that themselves, so no caller can leak the future into a training row by passing too much.
+The same function computes the offline table (many customers, several cutoffs, for training)
+and the online row (one customer's events, now, for serving), so the two cannot drift apart.
+
+Counting is done with ``np.bincount`` over integer codes rather than pandas group-bys: it keeps
+a ten-million-event build within seconds per cutoff.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+
+from features.contracts import Channel, EventType, ItemKind
+
+DAY = pd.Timedelta(days=1)
+COUNT_WINDOWS = (7, 30, 90, 365)
+MONEY_WINDOWS = (30, 90, 365)
+INTERACTION_WEIGHTS = {
+    EventType.VIEW.value: 1.0,
+    EventType.CLICK.value: 1.0,
+    EventType.ADD_TO_CART.value: 3.0,
+    EventType.PURCHASE.value: 5.0,
+}
+EVENT_COLUMNS = ["customer_id", "item_id", "event_type", "timestamp", "channel", "session_id",
+                 "quantity", "price"]
+
+
+@dataclass(frozen=True)
+class Feature:
+    """A feature's name, type and meaning. ``{x}`` in a name stands for a family member."""
+
+    name: str
+    type: str
+    description: str
+
+
+CUSTOMER_FEATURES: tuple[Feature, ...] = (
+    Feature("days_since_last_event", "float", "Days from the customer's last event to the cutoff."),
+    Feature("days_since_last_purchase", "float", "Days from the last purchase; empty if none."),
+    Feature("tenure_days", "float", "Days from the customer's first event to the cutoff."),
+    *(Feature(f"purchases_{w}d", "int", f"Purchase events in the {w} days before the cutoff.")
+      for w in COUNT_WINDOWS),
+    *(Feature(f"orders_{w}d", "int", f"Sessions with a purchase in the last {w} days.")
+      for w in MONEY_WINDOWS),
+    *(Feature(f"revenue_{w}d", "float", f"Money spent (price x quantity) in the last {w} days.")
+      for w in MONEY_WINDOWS),
+    Feature("avg_order_value_365d", "float", "revenue_365d / orders_365d; empty if no orders."),
+    *(Feature(f"views_{w}d", "int", f"Product and content views in the last {w} days.")
+      for w in (7, 30)),
+    *(Feature(f"carts_{w}d", "int", f"Add-to-cart events in the last {w} days.") for w in (7, 30)),
+    Feature("sessions_30d", "int", "Distinct sessions in the last 30 days."),
+    Feature("abandoned_carts_90d", "int",
+            "Sessions in the last 90 days with an add-to-cart, no purchase, and no activity for "
+            "the abandonment delay before the cutoff."),
+    Feature("days_since_last_abandoned_cart", "float", "Days since that last abandoned cart."),
+    Feature("last_abandoned_cart_items", "string", "Items of the last abandoned cart, 'a|b'."),
+    Feature("recent_items", "string", "Most recently viewed distinct items, newest first, 'a|b'."),
+    Feature("offers_shown_90d", "int", "Offers shown in the last 90 days."),
+    Feature("offers_redeemed_365d", "int", "Offers redeemed in the last 365 days."),
+    Feature("channel_share_{channel}", "float",
+            "Share of the customer's events in the last 90 days on this channel."),
+    Feature("affinity_{category}", "float",
+            "Share of the customer's weighted interactions (view 1, cart 3, purchase 5) in the "
+            "last 365 days that fell in this top-level category."),
+)
+
+ITEM_FEATURES: tuple[Feature, ...] = (
+    Feature("views_7d", "int", "Views of the item in the last 7 days."),
+    Feature("purchases_7d", "int", "Purchases of the item in the last 7 days."),
+    Feature("purchases_30d", "int", "Purchases of the item in the last 30 days."),
+    Feature("buyers_30d", "int", "Distinct customers who bought it in the last 30 days."),
+    Feature("popularity_30d", "float",
+            "Weighted interactions (view 1, cart 3, purchase 5) in the last 30 days."),
+    Feature("trend", "float",
+            "Daily weighted interactions of the last 7 days over those of the last 28 days "
+            "(1 = steady, > 1 = rising); 1 when the item has no history."),
+)
+
+
+def feature_categories(items: pd.DataFrame) -> list[str]:
+    """The top-level categories that get an affinity column, from the catalog's products."""
+    products = items.loc[items["kind"] == ItemKind.PRODUCT.value, "category"].dropna()
+    return sorted(products.str.split("/").str[0].unique().tolist())
+
+
+def customer_feature_names(categories: Sequence[str]) -> list[str]:
+    names: list[str] = []
+    for feature in CUSTOMER_FEATURES:
+        if feature.name == "channel_share_{channel}":
+            names += [f"channel_share_{c.value}" for c in Channel]
+        elif feature.name == "affinity_{category}":
+            names += [f"affinity_{c}" for c in categories]
+        else:
+            names.append(feature.name)
+    return names
+
+
+def compute_customer_features(
+    events: pd.DataFrame,
+    cutoff: pd.Timestamp,
+    items: pd.DataFrame,
+    abandoned_after: pd.Timedelta = pd.Timedelta(minutes=30),
+    recent_items: int = 10,
+) -> pd.DataFrame:
+    """Features as of ``cutoff`` for every customer with an event before it.
+
+    Returns one row per customer, indexed by ``customer_id``, with the columns of
+    :func:`customer_feature_names`. Events at or after the cutoff are ignored.
+    """
+    cutoff = _as_utc(cutoff)
+    categories = feature_categories(items)
+    seen = events[events["timestamp"] < cutoff]
+    codes, customers = pd.factorize(seen["customer_id"], sort=True)
+    n = len(customers)
+    out: dict[str, np.ndarray] = {}
+    age = ((cutoff - seen["timestamp"]) / DAY).to_numpy(dtype=float)
+    kind = seen["event_type"].to_numpy(dtype=object)
+    is_purchase = kind == EventType.PURCHASE.value
+    spend = (seen["price"].fillna(0).to_numpy(dtype=float)
+             * seen["quantity"].fillna(1).to_numpy(dtype=float))
+
+    def count(mask: np.ndarray, weights: np.ndarray | None = None) -> np.ndarray:
+        w = None if weights is None else weights[mask]
+        return np.bincount(codes[mask], weights=w, minlength=n)
+
+    out["days_since_last_event"] = _group_min(codes, age, n)
+    out["days_since_last_purchase"] = _group_min(codes[is_purchase], age[is_purchase], n)
+    out["tenure_days"] = _group_max(codes, age, n)
+    for w in COUNT_WINDOWS:
+        out[f"purchases_{w}d"] = count(is_purchase & (age <= w)).astype(np.int64)
+    sessions = seen["session_id"].fillna("").to_numpy(dtype=object)
+    for w in MONEY_WINDOWS:
+        window = is_purchase & (age <= w)
+        out[f"orders_{w}d"] = _distinct_per_group(codes[window], sessions[window], n)
+        out[f"revenue_{w}d"] = count(window, spend)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        out["avg_order_value_365d"] = np.where(out["orders_365d"] > 0,
+                                               out["revenue_365d"] / out["orders_365d"], np.nan)
+    for w in (7, 30):
+        out[f"views_{w}d"] = count((kind == EventType.VIEW.value) & (age <= w)).astype(np.int64)
+        out[f"carts_{w}d"] = count((kind == EventType.ADD_TO_CART.value) & (age <= w)).astype(
+            np.int64)
+    recent = age <= 30
+    out["sessions_30d"] = _distinct_per_group(codes[recent], sessions[recent], n)
+    out.update(_abandoned_carts(seen, codes, n, age, cutoff, abandoned_after))
+    out["recent_items"] = _recent_items(seen, codes, n, recent_items)
+    out["offers_shown_90d"] = count((kind == EventType.OFFER_SHOWN.value) & (age <= 90)).astype(
+        np.int64)
+    out["offers_redeemed_365d"] = count(
+        (kind == EventType.OFFER_REDEEMED.value) & (age <= 365)).astype(np.int64)
+    out.update(_channel_shares(seen, codes, n, age))
+    out.update(_affinities(seen, codes, n, age, items, categories))
+    frame = pd.DataFrame(out, index=pd.Index(customers, name="customer_id"))
+    return frame[customer_feature_names(categories)]
+
+
+def compute_item_features(events: pd.DataFrame, cutoff: pd.Timestamp) -> pd.DataFrame:
+    """Popularity and trend of every item with an event in the 30 days before ``cutoff``."""
+    cutoff = _as_utc(cutoff)
+    seen = events[(events["timestamp"] < cutoff) & (events["timestamp"] >= cutoff - 30 * DAY)]
+    codes, item_ids = pd.factorize(seen["item_id"], sort=True)
+    n = len(item_ids)
+    age = ((cutoff - seen["timestamp"]) / DAY).to_numpy(dtype=float)
+    kind = seen["event_type"].to_numpy(dtype=object)
+    weight = pd.Series(kind).map(INTERACTION_WEIGHTS).fillna(0).to_numpy(dtype=float)
+    bought = kind == EventType.PURCHASE.value
+    week, month = age <= 7, age <= 28
+
+    def total(mask: np.ndarray, weights: np.ndarray | None = None) -> np.ndarray:
+        return np.bincount(codes[mask], None if weights is None else weights[mask], minlength=n)
+
+    customers = seen["customer_id"].to_numpy(dtype=object)
+    last_week = total(week, weight) / 7
+    last_month = total(month, weight) / 28
+    with np.errstate(invalid="ignore", divide="ignore"):
+        trend = np.where(last_month > 0, last_week / last_month, 1.0)
+    frame = pd.DataFrame({
+        "views_7d": total(week & (kind == EventType.VIEW.value)).astype(np.int64),
+        "purchases_7d": total(week & bought).astype(np.int64),
+        "purchases_30d": total(bought).astype(np.int64),
+        "buyers_30d": _distinct_per_group(codes[bought], customers[bought], n),
+        "popularity_30d": total(np.ones(len(codes), dtype=bool), weight),
+        "trend": trend,
+    }, index=pd.Index(item_ids, name="item_id"))
+    return frame
+
+
+def online_customer_features(customer_events: pd.DataFrame, customer_id: str,
+                             at: pd.Timestamp, items: pd.DataFrame, **options) -> pd.Series:
+    """One customer's features at ``at`` from their own events: the serving-time row.
+
+    An unknown customer (no events before ``at``) gets the row of someone with no history:
+    zero counts and empty recencies, so callers need no special case.
+    """
+    mine = customer_events[customer_events["customer_id"] == customer_id]
+    table = compute_customer_features(mine, at, items, **options)
+    if customer_id in table.index:
+        return table.loc[customer_id]
+    return empty_customer_row(feature_categories(items), customer_id)
+
+
+def empty_customer_row(categories: Sequence[str], customer_id: str) -> pd.Series:
+    row = {}
+    for name in customer_feature_names(categories):
+        if name.startswith(("days_since", "tenure", "avg_order")):
+            row[name] = np.nan
+        elif name in ("recent_items", "last_abandoned_cart_items"):
+            row[name] = ""
+        else:
+            row[name] = 0
+    return pd.Series(row, name=customer_id)
+
+
+def build_feature_table(
+    events_for_cutoff: Callable[[pd.Timestamp], pd.DataFrame],
+    cutoffs: Iterable[pd.Timestamp],
+    items: pd.DataFrame,
+    on_cutoff: Callable[[pd.Timestamp], None] | None = None,
+    **options,
+) -> pd.DataFrame:
+    """The offline table: one row per (customer, cutoff), with a ``cutoff`` column.
+
+    ``events_for_cutoff(cutoff)`` returns the events before a cutoff (a warehouse read with
+    ``end=cutoff``), so only what is needed is loaded for each cutoff.
+    """
+    frames = []
+    for cutoff in cutoffs:
+        table = compute_customer_features(events_for_cutoff(cutoff), cutoff, items, **options)
+        table.insert(0, "cutoff", _as_utc(cutoff))
+        frames.append(table.reset_index())
+        if on_cutoff is not None:
+            on_cutoff(cutoff)
+    if not frames:
+        raise ValueError("cutoffs is empty: give at least one cutoff time")
+    return pd.concat(frames, ignore_index=True)
+
+
+# ---------------------------------------------------------------------------- helpers
+def _as_utc(moment) -> pd.Timestamp:
+    stamp = pd.Timestamp(moment)
+    if stamp.tzinfo is None:
+        raise ValueError(f"cutoff {moment!r} has no timezone; use a UTC time such as "
+                         "2024-06-01T00:00:00Z")
+    return stamp.tz_convert("UTC")
+
+
+def _group_min(codes: np.ndarray, values: np.ndarray, n: int) -> np.ndarray:
+    out = np.full(n, np.inf)
+    np.minimum.at(out, codes, values)
+    return np.where(np.isinf(out), np.nan, out)
+
+
+def _group_max(codes: np.ndarray, values: np.ndarray, n: int) -> np.ndarray:
+    out = np.full(n, -np.inf)
+    np.maximum.at(out, codes, values)
+    return np.where(np.isinf(out), np.nan, out)
+
+
+def _distinct_per_group(codes: np.ndarray, keys: np.ndarray, n: int) -> np.ndarray:
+    if codes.size == 0:
+        return np.zeros(n, dtype=np.int64)
+    pairs = pd.DataFrame({"g": codes, "k": keys}).drop_duplicates()
+    return np.bincount(pairs["g"].to_numpy(), minlength=n).astype(np.int64)
+
+
+def _abandoned_carts(seen: pd.DataFrame, codes: np.ndarray, n: int, age: np.ndarray,
+                     cutoff: pd.Timestamp, abandoned_after: pd.Timedelta) -> dict[str, np.ndarray]:
+    has_session = seen["session_id"].notna().to_numpy()
+    kinds = seen["event_type"].to_numpy(dtype=object)[has_session]
+    frame = pd.DataFrame({
+        "customer": codes[has_session],
+        "session": seen["session_id"].to_numpy(dtype=object)[has_session],
+        "age": age[has_session],
+        "carted": kinds == EventType.ADD_TO_CART.value,
+        "bought": kinds == EventType.PURCHASE.value,
+        "item": seen["item_id"].to_numpy(dtype=object)[has_session],
+    })
+    summary = frame.groupby(["customer", "session"], sort=False).agg(
+        last_age=("age", "min"), carted=("carted", "max"), bought=("bought", "max"))
+    idle_days = abandoned_after / DAY
+    abandoned = summary[summary["carted"] & ~summary["bought"]
+                        & (summary["last_age"] >= idle_days)].reset_index()
+    counts = np.bincount(abandoned.loc[abandoned["last_age"] <= 90, "customer"].to_numpy(),
+                         minlength=n).astype(np.int64)
+    latest = abandoned.sort_values("last_age").drop_duplicates("customer")
+    days = np.full(n, np.nan)
+    days[latest["customer"].to_numpy()] = latest["last_age"].to_numpy()
+    items = np.full(n, "", dtype=object)
+    if len(latest):
+        carts = frame[frame["carted"]].merge(
+            latest[["customer", "session"]], on=["customer", "session"])
+        carts = carts.sort_values("age", ascending=False)  # oldest first: the order they were added
+        joined = carts.groupby("customer")["item"].agg(lambda s: "|".join(dict.fromkeys(s)))
+        items[joined.index.to_numpy()] = joined.to_numpy()
+    return {"abandoned_carts_90d": counts, "days_since_last_abandoned_cart": days,
+            "last_abandoned_cart_items": items}
+
+
+def _recent_items(seen: pd.DataFrame, codes: np.ndarray, n: int, limit: int) -> np.ndarray:
+    views = (seen["event_type"] == EventType.VIEW.value).to_numpy()
+    frame = pd.DataFrame({"customer": codes[views],
+                          "item": seen["item_id"].to_numpy(dtype=object)[views],
+                          "time": seen["timestamp"].to_numpy()[views]})
+    frame = frame.sort_values("time", ascending=False, kind="stable")
+    frame = frame.drop_duplicates(["customer", "item"]).groupby("customer").head(limit)
+    out = np.full(n, "", dtype=object)
+    if len(frame):
+        joined = frame.groupby("customer", sort=False)["item"].agg("|".join)
+        out[joined.index.to_numpy()] = joined.to_numpy()
+    return out
+
+
+def _channel_shares(seen: pd.DataFrame, codes: np.ndarray, n: int,
+                    age: np.ndarray) -> dict[str, np.ndarray]:
+    window = age <= 90
+    channel_codes = pd.Categorical(seen["channel"].to_numpy()[window],
+                                   categories=[c.value for c in Channel]).codes
+    counts = np.bincount(codes[window] * len(Channel) + channel_codes,
+                         minlength=n * len(Channel)).reshape(n, len(Channel)).astype(float)
+    totals = counts.sum(axis=1, keepdims=True)
+    shares = np.divide(counts, totals, out=np.zeros_like(counts), where=totals > 0)
+    return {f"channel_share_{c.value}": shares[:, i] for i, c in enumerate(Channel)}
+
+
+def _affinities(seen: pd.DataFrame, codes: np.ndarray, n: int, age: np.ndarray,
+                items: pd.DataFrame, categories: Sequence[str]) -> dict[str, np.ndarray]:
+    top = items.set_index("item_id")["category"].str.split("/").str[0]
+    item_top = pd.Categorical(seen["item_id"].map(top).to_numpy(), categories=list(categories))
+    weight = seen["event_type"].map(INTERACTION_WEIGHTS).fillna(0).to_numpy(dtype=float)
+    use = (age <= 365) & (item_top.codes >= 0) & (weight > 0)
+    k = len(categories)
+    if k == 0:
+        return {}
+    totals = np.bincount(codes[use] * k + item_top.codes[use], weights=weight[use],
+                         minlength=n * k).reshape(n, k)
+    sums = totals.sum(axis=1, keepdims=True)
+    shares = np.divide(totals, sums, out=np.zeros_like(totals), where=sums > 0)
+    return {f"affinity_{c}": shares[:, i] for i, c in enumerate(categories)}

@@ -1,0 +1,67 @@
+"""The ``nextbest`` command: every sub-command of every layer, assembled in one place."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import pandas as pd
+import typer
+
+from features.contracts import CONTRACTS
+from features.cli import (
+    console,
+    data_app,
+    features_app,
+    friendly_errors,
+    summary_tables,
+    warehouse_at,
+    write_shop,
+)
+from features.point_in_time import build_feature_table
+from features.synthetic import ShopConfig, generate_shop
+from features.validation import validate_table
+
+app = typer.Typer(
+    help="nextbest: next best products, content and offers for every retail customer.",
+    no_args_is_help=True,
+)
+app.add_typer(data_app, name="data")
+app.add_typer(features_app, name="features")
+
+
+@app.command()
+@friendly_errors
+def demo(
+    events: Annotated[int, typer.Option(min=100, help="Size of the built-in synthetic shop.")] = 200_000,
+    seed: Annotated[int, typer.Option(help="Random seed of the synthetic shop.")] = 42,
+    data_dir: Annotated[Path | None, typer.Option(help="Warehouse directory.")] = None,
+) -> None:
+    """The main job on built-in data: generate a shop, validate it, build features, summarize."""
+    warehouse = warehouse_at(data_dir)
+    console.rule("1. synthetic shop")
+    shop = generate_shop(ShopConfig.for_events(events, seed=seed))
+    for name, frame in (("events", shop.events), ("items", shop.items),
+                        ("customers", shop.customers)):
+        _, report = validate_table(frame, CONTRACTS[name], f"generated {name}")
+        console.print(report.describe(), highlight=False)
+    write_shop(warehouse, shop)
+    console.rule("2. warehouse")
+    for table in summary_tables(warehouse, warehouse.counts()):
+        console.print(table)
+    console.rule("3. point-in-time features")
+    last = shop.events["timestamp"].max().ceil("D")
+    cutoffs = [last - pd.Timedelta(days=30 * i) for i in (2, 1, 0)]
+    table = build_feature_table(lambda m: warehouse.events(end=m), cutoffs, warehouse.items())
+    console.print(f"{len(table):,} rows (customer x cutoff) x {table.shape[1] - 2} features; "
+                  f"cutoffs {', '.join(f'{c:%Y-%m-%d}' for c in cutoffs)}")
+    console.print(table.groupby("cutoff")[["purchases_30d", "revenue_30d", "abandoned_carts_90d"]]
+                  .mean().round(2).to_string())
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

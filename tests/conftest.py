@@ -1,0 +1,68 @@
+"""Shared fixtures: a tiny synthetic shop (generated once), fresh warehouses, local services.
+
+Tests never read ../shared: everything they use is generated here or written by the test.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from features.synthetic import ShopConfig, SyntheticShop, generate_shop
+from features.warehouse import Warehouse
+
+TINY = ShopConfig(n_customers=80, n_products=90, n_content=24, n_offers=6, days=60, seed=7)
+
+
+@pytest.fixture(scope="session")
+def tiny_shop() -> SyntheticShop:
+    """A few thousand events; shared, so tests must not modify its frames (checked below)."""
+    return generate_shop(TINY)
+
+
+@pytest.fixture(autouse=True)
+def _tiny_shop_untouched(request):
+    """Fail a test that mutates the shared shop in place."""
+    if "tiny_shop" not in request.fixturenames:
+        yield
+        return
+    shop = request.getfixturevalue("tiny_shop")
+    before = (len(shop.events), pd.util.hash_pandas_object(shop.events, index=False).sum())
+    yield
+    after = (len(shop.events), pd.util.hash_pandas_object(shop.events, index=False).sum())
+    assert before == after, "a test modified the shared tiny_shop.events"
+
+
+@pytest.fixture
+def warehouse(tmp_path: Path) -> Warehouse:
+    return Warehouse(tmp_path / "warehouse")
+
+
+@pytest.fixture
+def stored_shop(tiny_shop: SyntheticShop, warehouse: Warehouse) -> Warehouse:
+    warehouse.upsert("items", tiny_shop.items)
+    warehouse.upsert("customers", tiny_shop.customers)
+    warehouse.append_events(tiny_shop.events)
+    return warehouse
+
+
+def _reachable(host: str, port: int) -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=1):
+            return True
+    except OSError:
+        return False
+
+
+def require_service(name: str, host: str, port: int) -> None:
+    """Skip (on a user's machine) or fail (under CI) when a local service is not running."""
+    if _reachable(host, port):
+        return
+    message = f"{name} is not reachable on {host}:{port}"
+    if os.environ.get("NEXTBEST_REQUIRE_SERVICES") == "1":
+        pytest.fail(f"{message}, and NEXTBEST_REQUIRE_SERVICES=1 says it must be", pytrace=False)
+    pytest.skip(f"{message}; start it to run this test")

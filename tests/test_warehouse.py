@@ -1,0 +1,152 @@
+"""The warehouse: idempotent, atomic appends; upserts by key; point-in-time reads."""
+
+from __future__ import annotations
+
+import multiprocessing
+from pathlib import Path
+
+import pandas as pd
+import pyarrow.parquet as pq
+import pytest
+
+from features.loading import DataFileError
+from features.warehouse import Warehouse
+
+
+def test_appending_the_same_events_twice_stores_them_once(warehouse, tiny_shop):
+    first = warehouse.append_events(tiny_shop.events)
+    second = warehouse.append_events(tiny_shop.events)
+    assert (first.added, first.existing) == (len(tiny_shop.events), 0)
+    assert (second.added, second.existing) == (0, len(tiny_shop.events))
+    assert warehouse.counts()["events"] == len(tiny_shop.events)
+
+
+def test_an_overlapping_batch_adds_only_the_new_events(warehouse, tiny_shop):
+    events = tiny_shop.events
+    warehouse.append_events(events.iloc[:100])
+    result = warehouse.append_events(events.iloc[50:150])
+    assert (result.added, result.existing) == (50, 50)
+    stored = warehouse.events(columns=["event_id"])["event_id"]
+    assert stored.is_unique and len(stored) == 150
+
+
+def test_events_read_back_equal_what_was_written(warehouse, tiny_shop):
+    warehouse.append_events(tiny_shop.events)
+    back = warehouse.events().sort_values("event_id").reset_index(drop=True)
+    expected = tiny_shop.events.sort_values("event_id").reset_index(drop=True)
+    pd.testing.assert_frame_equal(back, expected, check_dtype=False)
+
+
+def test_a_crash_while_writing_leaves_the_previous_state_readable(warehouse, tiny_shop, monkeypatch):
+    warehouse.append_events(tiny_shop.events.iloc[:200])
+
+    def crash_half_way(table, where, **kwargs):
+        Path(where).write_bytes(b"PAR1 half a file")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(pq, "write_table", crash_half_way)
+    with pytest.raises(OSError, match="disk full"):
+        warehouse.append_events(tiny_shop.events.iloc[200:400])
+    monkeypatch.undo()
+    assert warehouse.counts()["events"] == 200
+    assert len(warehouse.events()) == 200
+    assert not list(warehouse.events_dir.glob(".tmp-*"))
+    assert warehouse.append_events(tiny_shop.events.iloc[200:400]).added == 200
+
+
+def test_a_leftover_temporary_file_is_invisible_to_readers(warehouse, tiny_shop):
+    warehouse.append_events(tiny_shop.events.iloc[:10])
+    (warehouse.events_dir / ".tmp-deadbeef.parquet").write_bytes(b"garbage")
+    assert len(warehouse.events()) == 10
+
+
+def _append(root: str, path: str) -> int:
+    return Warehouse(Path(root)).append_events(pd.read_parquet(path)).added
+
+
+def test_two_processes_appending_the_same_batch_store_it_once(tmp_path, tiny_shop):
+    batch = tmp_path / "batch.parquet"
+    tiny_shop.events.to_parquet(batch)
+    root = tmp_path / "shared"
+    with multiprocessing.get_context("spawn").Pool(2) as pool:
+        added = pool.starmap(_append, [(str(root), str(batch))] * 2)
+    assert sorted(added) == [0, len(tiny_shop.events)]
+    assert Warehouse(root).counts()["events"] == len(tiny_shop.events)
+
+
+def test_upsert_replaces_rows_with_the_same_key(warehouse, tiny_shop):
+    warehouse.upsert("items", tiny_shop.items)
+    changed = tiny_shop.items.iloc[:2].copy()
+    changed["title"] = ["Renamed A", "Renamed B"]
+    result = warehouse.upsert("items", changed)
+    items = warehouse.items().set_index("item_id")
+    assert (result.added, result.existing) == (0, 2)
+    assert items.loc[changed["item_id"], "title"].tolist() == ["Renamed A", "Renamed B"]
+    assert len(items) == len(tiny_shop.items)
+
+
+def test_events_cannot_be_upserted(warehouse, tiny_shop):
+    with pytest.raises(ValueError, match="events are append-only: use append_events"):
+        warehouse.upsert("events", tiny_shop.events)
+
+
+def test_reading_before_a_cutoff_excludes_the_cutoff_itself(stored_shop, tiny_shop):
+    cutoff = tiny_shop.events["timestamp"].iloc[500]
+    before = stored_shop.events(end=cutoff)
+    assert (before["timestamp"] < cutoff).all()
+    assert len(before) == int((tiny_shop.events["timestamp"] < cutoff).sum())
+
+
+def test_reading_one_customer_returns_only_their_events(stored_shop, tiny_shop):
+    customer = tiny_shop.events["customer_id"].iloc[0]
+    mine = stored_shop.events(customer_ids=[customer])
+    assert set(mine["customer_id"]) == {customer}
+    assert len(mine) == int((tiny_shop.events["customer_id"] == customer).sum())
+
+
+def test_a_time_without_timezone_is_refused_with_a_hint(stored_shop):
+    with pytest.raises(ValueError, match="has no timezone; pass a timezone-aware"):
+        stored_shop.events(end=pd.Timestamp("2024-02-01"))
+
+
+def test_sql_queries_see_all_three_tables(stored_shop, tiny_shop):
+    result = stored_shop.query(
+        "select count(*) as n from events e join items i using (item_id) "
+        "join customers c using (customer_id)")
+    assert result["n"].iloc[0] == len(tiny_shop.events)
+
+
+def test_the_fingerprint_changes_when_data_changes(warehouse, tiny_shop):
+    warehouse.append_events(tiny_shop.events.iloc[:10])
+    before = warehouse.fingerprint()
+    warehouse.append_events(tiny_shop.events.iloc[:10])
+    assert warehouse.fingerprint() == before
+    warehouse.append_events(tiny_shop.events.iloc[10:20])
+    assert warehouse.fingerprint() != before
+
+
+def test_a_rejected_file_stores_nothing(warehouse, tmp_path):
+    path = tmp_path / "events.csv"
+    path.write_text("event_id,customer_id,item_id,event_type,timestamp,channel\n"
+                    "e1,c1,p1,view,2024-05-01T12:00:00Z,web\n"
+                    "e2,c1,p1,nope,2024-05-01T12:00:00Z,web\n")
+    with pytest.raises(DataFileError):
+        warehouse.import_file(path, "events")
+    assert warehouse.counts()["events"] == 0
+
+
+def test_a_quarantined_import_stores_the_good_rows_and_keeps_the_bad(warehouse, tmp_path):
+    path = tmp_path / "events.csv"
+    path.write_text("event_id,customer_id,item_id,event_type,timestamp,channel\n"
+                    "e1,c1,p1,view,2024-05-01T12:00:00Z,web\n"
+                    "e2,c1,p1,nope,2024-05-01T12:00:00Z,web\n")
+    result = warehouse.import_file(path, "events", on_error="quarantine")
+    assert result.added == 1
+    assert result.quarantine_path.parent == warehouse.root / "quarantine"
+    assert pd.read_csv(result.quarantine_path)["event_id"].tolist() == ["e2"]
+
+
+def test_an_unknown_table_lists_the_real_ones(warehouse):
+    with pytest.raises(ValueError, match="unknown table 'orders'; expected one of: events, items, "
+                                         "customers"):
+        warehouse.read("orders")

@@ -1,0 +1,1 @@
+"""Offline jobs that build, evaluate and register models in MLflow (built on ``features``)."""
