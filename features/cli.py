@@ -33,7 +33,7 @@ from features.synthetic import ShopConfig, SyntheticShop, generate_shop
 from features.warehouse import Warehouse
 
 console = Console()
-errors = Console(stderr=True)
+errors = Console(stderr=True, soft_wrap=True)
 
 data_app = typer.Typer(help="Generate, import, validate and summarize shop data.",
                        no_args_is_help=True)

@@ -87,7 +87,7 @@ def import_movielens(path: Path) -> ImportBatch:
         "timestamp": pd.to_datetime(raw["timestamp"].astype("int64"), unit="s", utc=True),
         "channel": "web",
         "quantity": 1,
-        "context": ['{"rating": %s}' % _number(r) for r in raw["rating"]],
+        "context": [f'{{"rating": {_number(r)}}}' for r in raw["rating"]],
     })
     items = _movielens_items(path, events["item_id"].unique())
     return ImportBatch(

@@ -16,6 +16,8 @@ from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
 
 from features.contracts import Channel, EventType, ItemKind
 
@@ -28,8 +30,8 @@ INTERACTION_WEIGHTS = {
     EventType.ADD_TO_CART.value: 3.0,
     EventType.PURCHASE.value: 5.0,
 }
-EVENT_COLUMNS = ["customer_id", "item_id", "event_type", "timestamp", "channel", "session_id",
-                 "quantity", "price"]
+ABANDONED_AFTER = pd.Timedelta(minutes=30)
+"""Default idle time after which a cart with no purchase counts as abandoned."""
 
 
 @dataclass(frozen=True)
@@ -106,7 +108,7 @@ def compute_customer_features(
     events: pd.DataFrame,
     cutoff: pd.Timestamp,
     items: pd.DataFrame,
-    abandoned_after: pd.Timedelta = pd.Timedelta(minutes=30),
+    abandoned_after: pd.Timedelta = ABANDONED_AFTER,
     recent_items: int = 10,
 ) -> pd.DataFrame:
     """Features as of ``cutoff`` for every customer with an event before it.
@@ -120,9 +122,9 @@ def compute_customer_features(
     codes, customers = pd.factorize(seen["customer_id"], sort=True)
     n = len(customers)
     out: dict[str, np.ndarray] = {}
-    age = ((cutoff - seen["timestamp"]) / DAY).to_numpy(dtype=float)
-    kind = seen["event_type"].to_numpy(dtype=object)
-    is_purchase = kind == EventType.PURCHASE.value
+    age = _age_days(seen["timestamp"], cutoff)
+    kind = _EventKinds(seen["event_type"])
+    is_purchase = kind.of(EventType.PURCHASE)
     spend = (seen["price"].fillna(0).to_numpy(dtype=float)
              * seen["quantity"].fillna(1).to_numpy(dtype=float))
 
@@ -135,7 +137,7 @@ def compute_customer_features(
     out["tenure_days"] = _group_max(codes, age, n)
     for w in COUNT_WINDOWS:
         out[f"purchases_{w}d"] = count(is_purchase & (age <= w)).astype(np.int64)
-    sessions = seen["session_id"].fillna("").to_numpy(dtype=object)
+    sessions = pd.factorize(seen["session_id"])[0]
     for w in MONEY_WINDOWS:
         window = is_purchase & (age <= w)
         out[f"orders_{w}d"] = _distinct_per_group(codes[window], sessions[window], n)
@@ -144,19 +146,17 @@ def compute_customer_features(
         out["avg_order_value_365d"] = np.where(out["orders_365d"] > 0,
                                                out["revenue_365d"] / out["orders_365d"], np.nan)
     for w in (7, 30):
-        out[f"views_{w}d"] = count((kind == EventType.VIEW.value) & (age <= w)).astype(np.int64)
-        out[f"carts_{w}d"] = count((kind == EventType.ADD_TO_CART.value) & (age <= w)).astype(
-            np.int64)
-    recent = age <= 30
+        out[f"views_{w}d"] = count(kind.of(EventType.VIEW) & (age <= w)).astype(np.int64)
+        out[f"carts_{w}d"] = count(kind.of(EventType.ADD_TO_CART) & (age <= w)).astype(np.int64)
+    recent = (age <= 30) & (sessions >= 0)
     out["sessions_30d"] = _distinct_per_group(codes[recent], sessions[recent], n)
-    out.update(_abandoned_carts(seen, codes, n, age, cutoff, abandoned_after))
-    out["recent_items"] = _recent_items(seen, codes, n, recent_items)
-    out["offers_shown_90d"] = count((kind == EventType.OFFER_SHOWN.value) & (age <= 90)).astype(
-        np.int64)
+    out.update(_abandoned_carts(seen, codes, sessions, kind, n, age, abandoned_after))
+    out["recent_items"] = _recent_items(seen, codes, kind, n, age, recent_items)
+    out["offers_shown_90d"] = count(kind.of(EventType.OFFER_SHOWN) & (age <= 90)).astype(np.int64)
     out["offers_redeemed_365d"] = count(
-        (kind == EventType.OFFER_REDEEMED.value) & (age <= 365)).astype(np.int64)
+        kind.of(EventType.OFFER_REDEEMED) & (age <= 365)).astype(np.int64)
     out.update(_channel_shares(seen, codes, n, age))
-    out.update(_affinities(seen, codes, n, age, items, categories))
+    out.update(_affinities(seen, codes, kind, n, age, items, categories))
     frame = pd.DataFrame(out, index=pd.Index(customers, name="customer_id"))
     return frame[customer_feature_names(categories)]
 
@@ -167,22 +167,22 @@ def compute_item_features(events: pd.DataFrame, cutoff: pd.Timestamp) -> pd.Data
     seen = events[(events["timestamp"] < cutoff) & (events["timestamp"] >= cutoff - 30 * DAY)]
     codes, item_ids = pd.factorize(seen["item_id"], sort=True)
     n = len(item_ids)
-    age = ((cutoff - seen["timestamp"]) / DAY).to_numpy(dtype=float)
-    kind = seen["event_type"].to_numpy(dtype=object)
-    weight = pd.Series(kind).map(INTERACTION_WEIGHTS).fillna(0).to_numpy(dtype=float)
-    bought = kind == EventType.PURCHASE.value
+    age = _age_days(seen["timestamp"], cutoff)
+    kind = _EventKinds(seen["event_type"])
+    weight = kind.weights()
+    bought = kind.of(EventType.PURCHASE)
     week, month = age <= 7, age <= 28
 
     def total(mask: np.ndarray, weights: np.ndarray | None = None) -> np.ndarray:
         return np.bincount(codes[mask], None if weights is None else weights[mask], minlength=n)
 
-    customers = seen["customer_id"].to_numpy(dtype=object)
+    customers = pd.factorize(seen["customer_id"])[0]
     last_week = total(week, weight) / 7
     last_month = total(month, weight) / 28
     with np.errstate(invalid="ignore", divide="ignore"):
         trend = np.where(last_month > 0, last_week / last_month, 1.0)
     frame = pd.DataFrame({
-        "views_7d": total(week & (kind == EventType.VIEW.value)).astype(np.int64),
+        "views_7d": total(week & kind.of(EventType.VIEW)).astype(np.int64),
         "purchases_7d": total(week & bought).astype(np.int64),
         "purchases_30d": total(bought).astype(np.int64),
         "buyers_30d": _distinct_per_group(codes[bought], customers[bought], n),
@@ -270,17 +270,53 @@ def _distinct_per_group(codes: np.ndarray, keys: np.ndarray, n: int) -> np.ndarr
     return np.bincount(pairs["g"].to_numpy(), minlength=n).astype(np.int64)
 
 
-def _abandoned_carts(seen: pd.DataFrame, codes: np.ndarray, n: int, age: np.ndarray,
-                     cutoff: pd.Timestamp, abandoned_after: pd.Timedelta) -> dict[str, np.ndarray]:
-    has_session = seen["session_id"].notna().to_numpy()
-    kinds = seen["event_type"].to_numpy(dtype=object)[has_session]
+class _EventKinds:
+    """Event types as integer codes, so that "is it a purchase?" is an integer comparison."""
+
+    def __init__(self, event_type: pd.Series) -> None:
+        self.codes, names = pd.factorize(event_type)
+        self.lookup = {name: i for i, name in enumerate(names)}
+
+    def of(self, event_type: EventType) -> np.ndarray:
+        return self.codes == self.lookup.get(event_type.value, -2)
+
+    def weights(self) -> np.ndarray:
+        """The interaction weight of each event (0 for types that are not interactions)."""
+        table = np.zeros(len(self.lookup) + 1)
+        for name, code in self.lookup.items():
+            table[code] = INTERACTION_WEIGHTS.get(name, 0.0)
+        return table[self.codes]
+
+
+def _age_days(timestamps: pd.Series, cutoff: pd.Timestamp) -> np.ndarray:
+    """Days from each event to the cutoff, computed on int64 microseconds (no object arrays)."""
+    micros = timestamps.astype("datetime64[us, UTC]").array.asi8
+    return (cutoff.value // 1000 - micros) / 86_400e6  # Timestamp.value is in nanoseconds
+
+
+def _joined_lists(groups: np.ndarray, values: pd.Series, n: int) -> np.ndarray:
+    """'a|b|c' per group, keeping the order of ``values``; '' for groups with none."""
+    out = np.full(n, "", dtype=object)
+    if len(values) == 0:
+        return out
+    table = pa.table({"g": groups, "v": pa.array(values.astype(str).to_numpy(dtype=object))})
+    lists = table.group_by("g", use_threads=False).aggregate([("v", "list")])
+    joined = pc.binary_join(lists["v_list"], "|")
+    out[lists["g"].to_numpy()] = joined.to_numpy(zero_copy_only=False)
+    return out
+
+
+def _abandoned_carts(seen: pd.DataFrame, codes: np.ndarray, sessions: np.ndarray,
+                     kind: _EventKinds, n: int, age: np.ndarray,
+                     abandoned_after: pd.Timedelta) -> dict[str, np.ndarray]:
+    in_session = sessions >= 0
+    carted = kind.of(EventType.ADD_TO_CART)
     frame = pd.DataFrame({
-        "customer": codes[has_session],
-        "session": seen["session_id"].to_numpy(dtype=object)[has_session],
-        "age": age[has_session],
-        "carted": kinds == EventType.ADD_TO_CART.value,
-        "bought": kinds == EventType.PURCHASE.value,
-        "item": seen["item_id"].to_numpy(dtype=object)[has_session],
+        "customer": codes[in_session],
+        "session": sessions[in_session],
+        "age": age[in_session],
+        "carted": carted[in_session],
+        "bought": kind.of(EventType.PURCHASE)[in_session],
     })
     summary = frame.groupby(["customer", "session"], sort=False).agg(
         last_age=("age", "min"), carted=("carted", "max"), bought=("bought", "max"))
@@ -292,36 +328,33 @@ def _abandoned_carts(seen: pd.DataFrame, codes: np.ndarray, n: int, age: np.ndar
     latest = abandoned.sort_values("last_age").drop_duplicates("customer")
     days = np.full(n, np.nan)
     days[latest["customer"].to_numpy()] = latest["last_age"].to_numpy()
-    items = np.full(n, "", dtype=object)
-    if len(latest):
-        carts = frame[frame["carted"]].merge(
-            latest[["customer", "session"]], on=["customer", "session"])
-        carts = carts.sort_values("age", ascending=False)  # oldest first: the order they were added
-        joined = carts.groupby("customer")["item"].agg(lambda s: "|".join(dict.fromkeys(s)))
-        items[joined.index.to_numpy()] = joined.to_numpy()
+    last_session = np.full(n, -1)
+    last_session[latest["customer"].to_numpy()] = latest["session"].to_numpy()
+    in_last = carted & (sessions >= 0) & (sessions == last_session[codes])
+    adds = pd.DataFrame({"customer": codes[in_last], "item": seen["item_id"].to_numpy()[in_last],
+                         "age": age[in_last]})
+    adds = adds.sort_values("age", ascending=False, kind="stable")  # in the order they were added
+    adds = adds.drop_duplicates(["customer", "item"])
     return {"abandoned_carts_90d": counts, "days_since_last_abandoned_cart": days,
-            "last_abandoned_cart_items": items}
+            "last_abandoned_cart_items": _joined_lists(adds["customer"].to_numpy(),
+                                                       adds["item"], n)}
 
 
-def _recent_items(seen: pd.DataFrame, codes: np.ndarray, n: int, limit: int) -> np.ndarray:
-    views = (seen["event_type"] == EventType.VIEW.value).to_numpy()
-    frame = pd.DataFrame({"customer": codes[views],
-                          "item": seen["item_id"].to_numpy(dtype=object)[views],
-                          "time": seen["timestamp"].to_numpy()[views]})
-    frame = frame.sort_values("time", ascending=False, kind="stable")
+def _recent_items(seen: pd.DataFrame, codes: np.ndarray, kind: _EventKinds, n: int,
+                  age: np.ndarray, limit: int) -> np.ndarray:
+    views = kind.of(EventType.VIEW)
+    frame = pd.DataFrame({"customer": codes[views], "item": seen["item_id"].to_numpy()[views],
+                          "age": age[views]})
+    frame = frame.sort_values("age", kind="stable")  # newest first
     frame = frame.drop_duplicates(["customer", "item"]).groupby("customer").head(limit)
-    out = np.full(n, "", dtype=object)
-    if len(frame):
-        joined = frame.groupby("customer", sort=False)["item"].agg("|".join)
-        out[joined.index.to_numpy()] = joined.to_numpy()
-    return out
+    return _joined_lists(frame["customer"].to_numpy(), frame["item"], n)
 
 
 def _channel_shares(seen: pd.DataFrame, codes: np.ndarray, n: int,
                     age: np.ndarray) -> dict[str, np.ndarray]:
-    window = age <= 90
-    channel_codes = pd.Categorical(seen["channel"].to_numpy()[window],
-                                   categories=[c.value for c in Channel]).codes
+    channel_codes = pd.Index([c.value for c in Channel]).get_indexer(seen["channel"].to_numpy())
+    window = (age <= 90) & (channel_codes >= 0)
+    channel_codes = channel_codes[window]
     counts = np.bincount(codes[window] * len(Channel) + channel_codes,
                          minlength=n * len(Channel)).reshape(n, len(Channel)).astype(float)
     totals = counts.sum(axis=1, keepdims=True)
@@ -329,17 +362,20 @@ def _channel_shares(seen: pd.DataFrame, codes: np.ndarray, n: int,
     return {f"channel_share_{c.value}": shares[:, i] for i, c in enumerate(Channel)}
 
 
-def _affinities(seen: pd.DataFrame, codes: np.ndarray, n: int, age: np.ndarray,
-                items: pd.DataFrame, categories: Sequence[str]) -> dict[str, np.ndarray]:
-    top = items.set_index("item_id")["category"].str.split("/").str[0]
-    item_top = pd.Categorical(seen["item_id"].map(top).to_numpy(), categories=list(categories))
-    weight = seen["event_type"].map(INTERACTION_WEIGHTS).fillna(0).to_numpy(dtype=float)
-    use = (age <= 365) & (item_top.codes >= 0) & (weight > 0)
+def _affinities(seen: pd.DataFrame, codes: np.ndarray, kind: _EventKinds, n: int,
+                age: np.ndarray, items: pd.DataFrame,
+                categories: Sequence[str]) -> dict[str, np.ndarray]:
     k = len(categories)
     if k == 0:
         return {}
-    totals = np.bincount(codes[use] * k + item_top.codes[use], weights=weight[use],
-                         minlength=n * k).reshape(n, k)
+    top = items.set_index("item_id")["category"].str.split("/").str[0]
+    item_codes, item_ids = pd.factorize(seen["item_id"])
+    top_of_item = pd.Index(list(categories)).get_indexer(top.reindex(item_ids).to_numpy())
+    category_code = top_of_item[item_codes] if len(item_codes) else item_codes
+    weight = kind.weights()
+    use = (age <= 365) & (category_code >= 0) & (weight > 0)
+    totals = np.bincount(codes[use] * k + category_code[use], weights=weight[use],
+                         minlength=n * k).reshape(n, k).astype(float)
     sums = totals.sum(axis=1, keepdims=True)
     shares = np.divide(totals, sums, out=np.zeros_like(totals), where=sums > 0)
     return {f"affinity_{c}": shares[:, i] for i, c in enumerate(categories)}

@@ -156,7 +156,7 @@ def validate_table(
         )
     key = typed[contract.key]
     duplicated = key.duplicated(keep="first").to_numpy() & ~_missing_mask(key)
-    collector.rows(duplicated, frame[contract.key] if contract.key in frame else key,
+    collector.rows(duplicated, frame.get(contract.key, key),
                    contract.key, f"a unique {contract.key} (this one appears on an earlier row)")
     _check_table_rules(contract, typed, frame, collector)
 

@@ -19,6 +19,7 @@ DuckDB queries the files in place (:meth:`Warehouse.query`); pandas reads them f
 from __future__ import annotations
 
 import fcntl
+import functools
 import hashlib
 import os
 import uuid
@@ -46,6 +47,7 @@ from features.contracts import (
 )
 from features.loading import OnError, load_table
 from features.validation import ValidationReport
+
 
 @dataclass(frozen=True)
 class WriteResult:
@@ -108,10 +110,8 @@ class Warehouse:
         """Validate a file against its contract and write its good rows (see ``load_table``)."""
         contract = contract_for(table)
         loaded = load_table(path, contract, on_error, self.root / "quarantine", max_problems)
-        if contract is EVENTS:
-            result = self.append_events(loaded.frame)
-        else:
-            result = self.upsert(table, loaded.frame)
+        write = self.append_events if contract is EVENTS else functools.partial(self.upsert, table)
+        result = write(loaded.frame)
         return WriteResult(result.table, result.added, result.existing, loaded.report,
                            loaded.quarantine_path)
 
@@ -161,7 +161,7 @@ class Warehouse:
         with duckdb.connect() as connection:
             for name, contract in CONTRACTS.items():
                 connection.register(name, self._arrow_view(contract))
-            return connection.execute(sql).fetch_df()
+            return connection.execute(sql).fetch_arrow_table().to_pandas()
 
     def counts(self) -> dict[str, int]:
         """Rows stored per table, read from Parquet metadata (cheap at any size)."""

@@ -8,7 +8,6 @@ from typing import Annotated
 import pandas as pd
 import typer
 
-from features.contracts import CONTRACTS
 from features.cli import (
     console,
     data_app,
@@ -18,6 +17,7 @@ from features.cli import (
     warehouse_at,
     write_shop,
 )
+from features.contracts import CONTRACTS
 from features.point_in_time import build_feature_table
 from features.synthetic import ShopConfig, generate_shop
 from features.validation import validate_table

@@ -128,8 +128,8 @@ def test_offers_are_redeemed_only_when_shown_valid_and_within_the_limit(shop):
     redeemed = events[events["event_type"] == "offer_redeemed"]
     assert len(redeemed) > 0
     shown = events[events["event_type"] == "offer_shown"]
-    assert set(zip(redeemed["session_id"], redeemed["item_id"])) <= set(
-        zip(shown["session_id"], shown["item_id"]))
+    assert set(zip(redeemed["session_id"], redeemed["item_id"], strict=True)) <= set(
+        zip(shown["session_id"], shown["item_id"], strict=True))
     when = redeemed["timestamp"]
     offer = items.loc[redeemed["item_id"]]
     assert (when.to_numpy() >= offer["valid_from"].to_numpy()).all()

@@ -1,0 +1,139 @@
+"""The nextbest command line: what people type and what they see, including mistakes."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from typer.testing import CliRunner
+
+from serving.cli import app
+
+runner = CliRunner()
+
+
+def run(*args: str):
+    return runner.invoke(app, list(args), catch_exceptions=False)
+
+
+@pytest.fixture
+def generated(tmp_path: Path) -> Path:
+    result = run("data", "generate", "--events", "2000", "--seed", "5", "--data-dir", str(tmp_path))
+    assert result.exit_code == 0, result.output
+    return tmp_path
+
+
+def test_generate_fills_the_warehouse_and_records_the_ground_truth(generated):
+    assert (generated / "warehouse" / "items.parquet").exists()
+    assert list((generated / "warehouse" / "events").glob("part-*.parquet"))
+    tastes = pd.read_parquet(generated / "synthetic" / "customer_tastes.parquet")
+    assert tastes.sum(axis=1).round(6).eq(1).all()
+
+
+def test_summary_shows_sizes_funnel_and_channels(generated):
+    result = run("data", "summary", "--data-dir", str(generated))
+    assert result.exit_code == 0
+    for heading in ("events by type", "channels", "purchases by top-level category"):
+        assert heading in result.output
+    assert "add_to_cart" in result.output
+
+
+def test_summary_of_an_empty_warehouse_says_what_to_do(tmp_path):
+    result = run("data", "summary", "--data-dir", str(tmp_path))
+    assert result.exit_code == 2
+    assert "is empty; run 'nextbest data generate'" in result.output
+
+
+def test_validate_lists_problems_and_exits_1(tmp_path):
+    path = tmp_path / "events.csv"
+    path.write_text("event_id,customer_id,item_id,event_type,timestamp,channel\n"
+                    "e1,c1,p1,buy,2024-05-01T12:00:00Z,web\n")
+    result = run("data", "validate", str(path), "--table", "events")
+    assert result.exit_code == 1
+    assert "row 1, column 'event_type': got 'buy'" in " ".join(result.output.split())
+
+
+def test_validate_of_a_good_file_exits_0(tmp_path):
+    path = tmp_path / "events.csv"
+    path.write_text("event_id,customer_id,item_id,event_type,timestamp,channel\n"
+                    "e1,c1,p1,view,2024-05-01T12:00:00Z,web\n")
+    result = run("data", "validate", str(path), "--table", "events")
+    assert result.exit_code == 0 and "no problems" in result.output
+
+
+def test_an_unknown_table_is_a_usage_error(tmp_path):
+    result = run("data", "validate", str(tmp_path / "x.csv"), "--table", "orders")
+    assert result.exit_code == 2
+    assert "orders" in result.output
+
+
+def test_importing_a_missing_file_is_one_clear_line(tmp_path):
+    result = run("data", "import", "events", str(tmp_path / "nope.csv"),
+                 "--data-dir", str(tmp_path))
+    assert result.exit_code == 2
+    assert "nope.csv: no such file" in result.output
+    assert "Traceback" not in result.output
+
+
+def test_importing_with_quarantine_reports_where_bad_rows_went(tmp_path):
+    path = tmp_path / "events.csv"
+    path.write_text("event_id,customer_id,item_id,event_type,timestamp,channel\n"
+                    "e1,c1,p1,view,2024-05-01T12:00:00Z,web\n"
+                    "e2,c1,p1,buy,2024-05-01T12:00:00Z,web\n")
+    result = run("data", "import", "events", str(path), "--on-error", "quarantine",
+                 "--data-dir", str(tmp_path))
+    assert result.exit_code == 0
+    assert "events: 1 new, 0 already stored" in result.output
+    assert "quarantined 1 row(s)" in result.output
+
+
+def test_importing_transactions_with_map_options(tmp_path):
+    path = tmp_path / "tx.csv"
+    path.write_text("inv,sku,qty,when,unit,cust\n1,A,2,2024-01-01T10:00:00Z,3.5,k1\n"
+                    "2,B,-1,2024-01-02T10:00:00Z,3.5,k1\n")
+    args = ["--map", "invoice=inv", "--map", "item=sku", "--map", "quantity=qty",
+            "--map", "timestamp=when", "--map", "price=unit", "--map", "customer=cust"]
+    result = run("data", "import", "transactions", str(path), *args, "--data-dir", str(tmp_path))
+    assert result.exit_code == 0, result.output
+    assert "skipped 1 row(s): return (negative quantity)" in result.output
+    assert "stored: 1 new events" in result.output
+
+
+def test_a_malformed_map_option_is_explained(tmp_path):
+    result = run("data", "import", "transactions", str(tmp_path / "x.csv"), "--map", "item",
+                 "--data-dir", str(tmp_path))
+    assert result.exit_code == 2
+    assert "--map 'item': expected field=Column" in result.output
+
+
+def test_features_build_writes_one_row_per_customer_and_cutoff(generated):
+    out = generated / "f.parquet"
+    result = run("features", "build", "--cutoff", "2024-03-01T00:00:00Z",
+                 "--cutoff", "2024-04-01", "--out", str(out), "--data-dir", str(generated))
+    assert result.exit_code == 0, result.output
+    table = pd.read_parquet(out)
+    assert sorted(table["cutoff"].unique()) == [pd.Timestamp("2024-03-01", tz="UTC"),
+                                                pd.Timestamp("2024-04-01", tz="UTC")]
+    assert not table.duplicated(["customer_id", "cutoff"]).any()
+    assert (out.parent / "item_features.parquet").exists()
+
+
+def test_features_build_rejects_a_cutoff_that_is_not_a_time(generated):
+    result = run("features", "build", "--cutoff", "yesterday-ish", "--data-dir", str(generated))
+    assert result.exit_code == 2
+    assert "--cutoff 'yesterday-ish' is not a time" in result.output
+
+
+def test_generate_refuses_both_size_options(tmp_path):
+    result = run("data", "generate", "--events", "1000", "--customers", "10",
+                 "--data-dir", str(tmp_path))
+    assert result.exit_code == 2
+    assert "give --events or --customers, not both" in result.output
+
+
+def test_generate_refuses_an_absurd_size(tmp_path):
+    result = run("data", "generate", "--events", "5", "--data-dir", str(tmp_path))
+    assert result.exit_code == 2
+    assert "--events" in result.output
+    assert "greater than or equal to 100" in " ".join(result.output.split())
