@@ -1,0 +1,26 @@
+"""The docs describe the code that exists: every column and feature, and nothing else."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+from features.contracts import CONTRACTS
+from features.point_in_time import CUSTOMER_FEATURES, ITEM_FEATURES
+
+DOC = (Path(__file__).resolve().parents[1] / "docs" / "data.md").read_text()
+
+
+def documented_rows(heading: str) -> list[str]:
+    section = DOC.split(heading, 1)[1].split("\n#", 1)[0]
+    return re.findall(r"^\| `([^`]+)` \|", section, flags=re.MULTILINE)
+
+
+def test_every_contract_column_is_documented_in_order():
+    for name, contract in CONTRACTS.items():
+        assert documented_rows(f"## Table `{name}`") == contract.column_names
+
+
+def test_every_feature_is_documented():
+    assert documented_rows("### Customer features") == [f.name for f in CUSTOMER_FEATURES]
+    assert documented_rows("### Item features") == [f.name for f in ITEM_FEATURES]
