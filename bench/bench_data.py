@@ -13,20 +13,15 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import resource
 import subprocess
 import sys
 import tempfile
 import time
-from datetime import UTC, datetime
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-
-MARKER = "<!-- bench_data -->"
-
 
 def measure(n_events: int) -> dict:
     """Run every step once at ``n_events`` and return timings in seconds and peak RSS in MiB."""
@@ -83,22 +78,6 @@ def measure(n_events: int) -> dict:
     return result
 
 
-def machine() -> str:
-    cpu = "unknown cpu"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-        memory = int(Path("/proc/meminfo").read_text().split()[1]) / 1024**2
-    except OSError:
-        memory = float("nan")
-    import os
-
-    return (f"{platform.system()} {platform.machine()}, {cpu}, {os.cpu_count()} cores, "
-            f"{memory:.0f} GiB RAM, Python {platform.python_version()}")
-
-
 def render(rows: list[dict]) -> str:
     header = ("| events | customers | items | generate | append to warehouse | plain Parquet write "
               "(baseline) | append / baseline | re-import (no-op) | read | customer features "
@@ -114,23 +93,15 @@ def render(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def record(rows: list[dict], path: Path) -> None:
-    """Replace the data-benchmark section of docs/benchmarks.md with this run."""
-    section = (f"{MARKER}\n## Data: generate, store, re-import, features\n\n"
-               f"`python bench/bench_data.py` — {datetime.now(UTC):%Y-%m-%d}, {machine()}.\n\n"
-               f"{render(rows)}\n\n"
-               "Append includes the idempotency check against stored event ids, the sort by time "
-               "and the atomic rename; the baseline writes the same rows with "
-               "`pyarrow.parquet.write_table` and nothing else. Customer features are all "
-               f"declared features for every customer as of the last event.\n{MARKER}-end\n")
-    text = path.read_text() if path.exists() else "# Benchmarks\n\n"
-    if MARKER in text:
-        before = text.split(MARKER)[0]
-        after = text.split(f"{MARKER}-end\n", 1)[1] if f"{MARKER}-end\n" in text else ""
-        text = before + section + after
-    else:
-        text = text.rstrip("\n") + "\n\n" + section
-    path.write_text(text)
+def record(rows: list[dict]) -> None:
+    from bench.record import record_section
+
+    record_section(
+        "bench_data", "Data: generate, store, re-import, features", "python bench/bench_data.py",
+        render(rows) + "\n\nAppend includes the idempotency check against stored event ids, the sort "
+        "by time and the atomic rename; the baseline writes the same rows with "
+        "`pyarrow.parquet.write_table` and nothing else. Customer features are all declared "
+        "features for every customer as of the last event.")
 
 
 def main() -> None:
@@ -162,7 +133,7 @@ def main() -> None:
     console.print(render(rows))
     print(json.dumps({"bench": "data", "results": rows}))
     if not args.no_record:
-        record(rows, ROOT / "docs" / "benchmarks.md")
+        record(rows)
         console.print("recorded in docs/benchmarks.md")
 
 
