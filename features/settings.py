@@ -37,6 +37,28 @@ class Settings(BaseSettings):
         10, ge=1, le=200, description="How many recently viewed items the features keep per customer."
     )
 
+    # --- tracking and registry (training) ---
+    tracking_uri: str | None = Field(
+        None,
+        description="MLflow tracking URI: a server (http://host:5000) or a database URI. "
+        "Default: a local SQLite store, <data_dir>/mlflow.db.",
+    )
+    experiment: str = Field("nextbest", description="MLflow experiment that training runs log to.")
+    recommender_name: str = Field("recommender", description="Registered model of the recommender.")
+    promotion_metric: str = Field(
+        "ndcg@10", description="Holdout metric a challenger must beat the champion on."
+    )
+    promotion_margin: float = Field(
+        0.0, ge=0, description="Relative margin: promote only if challenger >= champion x (1 + margin)."
+    )
+    test_days: float = Field(14.0, gt=0, description="Days after the cutoff that form the holdout.")
+
+    def resolved_tracking_uri(self) -> str:
+        """The configured tracking URI, or the embedded SQLite store under the data directory."""
+        if self.tracking_uri:
+            return self.tracking_uri
+        return f"sqlite:///{(self.data_dir / 'mlflow.db').resolve()}"
+
 
 @lru_cache(maxsize=1)
 def get_settings() -> Settings:

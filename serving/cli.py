@@ -21,6 +21,7 @@ from features.contracts import CONTRACTS
 from features.point_in_time import build_feature_table
 from features.synthetic import ShopConfig, generate_shop
 from features.validation import validate_table
+from training.cli import models_app, train_app
 
 app = typer.Typer(
     help="nextbest: next best products, content and offers for every retail customer.",
@@ -28,6 +29,8 @@ app = typer.Typer(
 )
 app.add_typer(data_app, name="data")
 app.add_typer(features_app, name="features")
+app.add_typer(train_app, name="train")
+app.add_typer(models_app, name="models")
 
 
 @app.command()

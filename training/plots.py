@@ -1,0 +1,33 @@
+"""Evaluation plots logged with every run (PNG), for people comparing runs in MLflow."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+from training.evaluate import Evaluation  # noqa: E402
+
+
+def plot_evaluation(evaluation: Evaluation, title: str, path: Path) -> Path:
+    """Recall at 1..k, and nDCG@k by customer activity, side by side."""
+    figure, (curve, buckets) = plt.subplots(1, 2, figsize=(10, 4))
+    ks = range(1, len(evaluation.recall_curve) + 1)
+    curve.plot(list(ks), evaluation.recall_curve, marker="o")
+    curve.set(xlabel="k", ylabel="recall@k", title="recall by list length")
+    curve.grid(alpha=0.3)
+    by_bucket = evaluation.per_user.groupby("bucket", observed=True)["ndcg"].agg(["mean", "size"])
+    bars = buckets.bar(by_bucket.index.astype(str), by_bucket["mean"], color="#4c72b0")
+    for bar, size in zip(bars, by_bucket["size"], strict=True):
+        buckets.annotate(f"n={size}", (bar.get_x() + bar.get_width() / 2, bar.get_height()),
+                         ha="center", va="bottom", fontsize=8)
+    buckets.set(xlabel="customer activity (training interactions)",
+                ylabel=f"nDCG@{evaluation.k}", title="by activity")
+    figure.suptitle(title)
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+    return path

@@ -1,0 +1,148 @@
+"""MLflow plumbing: where runs go, and the recommender as an MLflow (pyfunc) model.
+
+The logged model is a directory of plain arrays — the recommender's ``.npz``, the id maps, the
+customers' training histories and the popularity fallback — wrapped as a pyfunc so that any
+MLflow tool can load it and call ``predict``. The service reads the same arrays directly
+(:func:`load_bundle`), keeping MLflow out of its request path.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import mlflow
+import numpy as np
+import pandas as pd
+import scipy.sparse as sp
+from mlflow.models import ModelSignature
+from mlflow.types import ColSpec, Schema
+
+from features.settings import Settings
+from training.interactions import Interactions
+from training.recommenders import Recommender
+from training.recommenders.base import sparse_arrays, sparse_from
+
+SIGNATURE = ModelSignature(
+    inputs=Schema([ColSpec("string", "customer_id"), ColSpec("long", "n", required=False)]),
+    outputs=Schema([ColSpec("string", "customer_id"), ColSpec("long", "rank"),
+                    ColSpec("string", "item_id"), ColSpec("double", "score"),
+                    ColSpec("string", "source")]),
+)
+"""Input: customers (and how many items each); output: one row per recommended item."""
+MODEL_FILE = "recommender.npz"
+IDS_FILE = "ids.npz"
+
+
+def configure(settings: Settings) -> str:
+    """Point MLflow at the configured store and experiment; return the tracking URI."""
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    uri = settings.resolved_tracking_uri()
+    if uri.startswith("sqlite:///"):
+        Path(uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_registry_uri(uri)
+    if mlflow.get_experiment_by_name(settings.experiment) is None:
+        location = None
+        if not uri.startswith(("http://", "https://")):
+            location = (settings.data_dir / "mlartifacts").resolve().as_uri()
+        mlflow.create_experiment(settings.experiment, artifact_location=location)
+    mlflow.set_experiment(settings.experiment)
+    return uri
+
+
+def code_version() -> str:
+    """The git commit of the code that trained a model, or 'unknown' outside a checkout."""
+    try:
+        return subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
+                              check=True, cwd=Path(__file__).parent).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+@dataclass
+class Bundle:
+    """A recommender with everything needed to answer for a customer id."""
+
+    model: Recommender
+    interactions: Interactions
+    popularity: np.ndarray
+
+    def recommend_ids(self, customer_id: str, n: int = 10) -> pd.DataFrame:
+        """Ranked items for one customer: the model for known ones, popularity otherwise."""
+        row = self.interactions.user_rows([customer_id])[0]
+        if row >= 0:
+            history = self.interactions.matrix[row]
+            columns, scores = self.model.recommend(row, history, N=n)
+            source = "model"
+        else:
+            columns = np.argsort(-self.popularity, kind="stable")[:n]
+            scores = self.popularity[columns].astype(np.float32)
+            source = "popular"
+        return pd.DataFrame({"customer_id": customer_id, "rank": np.arange(1, len(columns) + 1),
+                             "item_id": self.interactions.item_ids[columns],
+                             "score": scores.astype(float), "source": source})
+
+
+def save_bundle(model: Recommender, interactions: Interactions, directory: Path) -> dict[str, str]:
+    """Write the arrays of a bundle; returns the pyfunc artifacts mapping."""
+    directory.mkdir(parents=True, exist_ok=True)
+    model_path = model.save(directory / MODEL_FILE)
+    np.savez(directory / IDS_FILE,
+             user_ids=np.asarray(interactions.user_ids, dtype=str),
+             item_ids=np.asarray(interactions.item_ids, dtype=str),
+             popularity=interactions.popularity().astype(np.float32),
+             **sparse_arrays("history", interactions.matrix))
+    return {"model": str(model_path), "ids": str(directory / IDS_FILE)}
+
+
+def load_bundle(model_path: str | Path, ids_path: str | Path) -> Bundle:
+    """Read the arrays written by :func:`save_bundle` (no pickle, no MLflow)."""
+    model = Recommender.load(model_path)
+    with np.load(ids_path, allow_pickle=False) as data:
+        arrays = {k: data[k] for k in data.files}
+    interactions = Interactions(sp.csr_matrix(sparse_from("history", arrays)),
+                                arrays["user_ids"].astype(object), arrays["item_ids"].astype(object))
+    return Bundle(model, interactions, arrays["popularity"])
+
+
+class RecommenderModel(mlflow.pyfunc.PythonModel):
+    """pyfunc: a DataFrame with ``customer_id`` (and optionally ``n``) in, ranked items out."""
+
+    def load_context(self, context) -> None:
+        self.bundle = load_bundle(context.artifacts["model"], context.artifacts["ids"])
+
+    def predict(self, context, model_input: pd.DataFrame, params=None) -> pd.DataFrame:
+        if "customer_id" not in model_input.columns:
+            raise ValueError("model input needs a 'customer_id' column")
+        default_n = int((params or {}).get("n", 10))
+        frames = []
+        for record in model_input.to_dict("records"):
+            n = int(record.get("n") or default_n)
+            frames.append(self.bundle.recommend_ids(str(record["customer_id"]), n))
+        return pd.concat(frames, ignore_index=True)
+
+
+def log_recommender(model: Recommender, interactions: Interactions, name: str = "model"):
+    """Log the bundle as a pyfunc model of the active run; returns MLflow's ModelInfo."""
+    with tempfile.TemporaryDirectory() as tmp:
+        artifacts = save_bundle(model, interactions, Path(tmp))
+        return mlflow.pyfunc.log_model(
+            name=name,
+            python_model=RecommenderModel(),
+            artifacts=artifacts,
+            signature=SIGNATURE,
+            input_example=pd.DataFrame({"customer_id": [str(interactions.user_ids[0])], "n": [3]}),
+            pip_requirements=["mlflow==3.17.2", "implicit>=0.7,<0.8", "scikit-learn>=1.9,<1.10",
+                              "numpy>=2.0", "pandas>=2.2", "scipy>=1.11", "threadpoolctl>=3.1"],
+            code_paths=[str(Path(__file__).resolve().parents[1] / "training"),
+                        str(Path(__file__).resolve().parents[1] / "features")],
+        )
+
+
+def params_json(model: Recommender) -> str:
+    return json.dumps({"model": model.name, "params": model.get_params()}, sort_keys=True)
