@@ -141,8 +141,8 @@ def train_recommender(
     return outcome
 
 
-def _log_run(model: str, params: dict[str, Any], config: InteractionConfig, split: Split, warehouse: Warehouse,
-             metrics: dict[str, float], evaluation: Evaluation, trials: int) -> None:
+def _log_run(model: str, params: dict[str, Any], config: InteractionConfig, split: Split,
+             warehouse: Warehouse, metrics: dict[str, float], evaluation: Evaluation, trials: int) -> None:
     mlflow.log_params({f"model.{k}": v for k, v in params.items()} | {"model": model})
     mlflow.log_params({"interactions.weights": json.dumps(config.weights),
                        "interactions.half_life_days": config.half_life_days,
