@@ -1,0 +1,218 @@
+"""Training job, MLflow logging and the champion/challenger registry, against real stores:
+an embedded SQLite store by default, and an MLflow server on the local PostgreSQL."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+import uuid
+from pathlib import Path
+
+import mlflow
+import pandas as pd
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+from mlflow import MlflowClient
+from typer.testing import CliRunner
+
+from features.settings import Settings
+from features.synthetic import ShopConfig, generate_shop
+from features.warehouse import Warehouse
+from serving.cli import app
+from tests.conftest import require_service
+from training import registry
+from training.recommender_job import train_recommender
+
+SHOP = ShopConfig(n_customers=300, n_products=120, days=75, seed=11)
+
+
+@pytest.fixture(scope="module")
+def shop():
+    return generate_shop(SHOP)
+
+
+@pytest.fixture
+def settings(tmp_path: Path, shop) -> Settings:
+    warehouse = Warehouse(tmp_path / "warehouse")
+    warehouse.upsert("items", shop.items)
+    warehouse.upsert("customers", shop.customers)
+    warehouse.append_events(shop.events)
+    return Settings(data_dir=tmp_path, test_days=14)
+
+
+def aliases(settings: Settings) -> dict[str, str]:
+    client = MlflowClient(settings.resolved_tracking_uri())
+    found = {}
+    for alias in (registry.CHAMPION, registry.CHALLENGER):
+        try:
+            found[alias] = str(client.get_model_version_by_alias("recommender", alias).version)
+        except mlflow.exceptions.MlflowException:
+            pass
+    return found
+
+
+@given(challenger=st.floats(0, 1), champion=st.floats(0, 1), margin=st.floats(0, 0.5))
+def test_the_gate_promotes_exactly_when_the_challenger_clears_the_margin(challenger, champion,
+                                                                         margin):
+    decision = registry.decide("2", challenger, "1", champion, "ndcg@10", margin)
+    assert decision.promoted == (challenger >= champion * (1 + margin))
+
+
+def test_the_first_version_becomes_champion(settings):
+    outcome = train_recommender(settings, "popularity")
+    assert outcome.version == "1" and outcome.decision.promoted
+    assert aliases(settings) == {"champion": "1", "challenger": "1"}
+
+
+def test_a_run_logs_params_metrics_plots_data_and_code(settings):
+    outcome = train_recommender(settings, "itemknn", {"neighbors": 30}, register=False)
+    client = MlflowClient(settings.resolved_tracking_uri())
+    run = client.get_run(outcome.run_id)
+    assert run.data.params["model.neighbors"] == "30"
+    assert run.data.params["split.split"] == "time"
+    assert run.data.params["data.fingerprint"] == Warehouse(settings.data_dir / "warehouse").fingerprint()
+    assert 0 < run.data.metrics["ndcg_at_10"] <= 1
+    assert "all_items/ndcg_at_10" in run.data.metrics
+    assert "ndcg_at_10/heavy" in run.data.metrics or "ndcg_at_10/warm" in run.data.metrics
+    assert run.data.tags["nextbest.code_version"]
+    artifacts = {a.path for a in client.list_artifacts(outcome.run_id, "plots")}
+    assert artifacts == {"plots/evaluation.png"}
+
+
+def test_a_worse_challenger_is_refused(settings):
+    train_recommender(settings, "itemknn")
+    outcome = train_recommender(settings, "popularity")
+    assert not outcome.decision.promoted
+    assert aliases(settings) == {"champion": "1", "challenger": "2"}
+    gate = MlflowClient(settings.resolved_tracking_uri()).get_model_version("recommender", "2").tags[
+        "nextbest.gate"]
+    assert gate.startswith("version 2 does not beat champion 1 on ndcg@10")
+
+
+def test_a_better_challenger_is_promoted_and_rollback_restores_the_old_champion(settings):
+    train_recommender(settings, "popularity")
+    outcome = train_recommender(settings, "itemknn")
+    assert outcome.decision.promoted
+    assert outcome.decision.champion_score < outcome.decision.challenger_score
+    assert aliases(settings)["champion"] == "2"
+    client = MlflowClient(settings.resolved_tracking_uri())
+    assert registry.rollback(client, "recommender") == ("2", "1")
+    assert aliases(settings)["champion"] == "1"
+    with pytest.raises(ValueError, match="replaced no earlier champion"):
+        registry.rollback(client, "recommender")
+
+
+def test_a_margin_keeps_a_barely_better_challenger_out(settings):
+    train_recommender(settings, "popularity")
+    strict = settings.model_copy(update={"promotion_margin": 100.0})
+    assert not train_recommender(strict, "itemknn").decision.promoted
+
+
+def test_the_champion_loads_as_a_pyfunc_for_known_and_unknown_customers(settings, shop):
+    train_recommender(settings, "itemknn")
+    model = mlflow.pyfunc.load_model("models:/recommender@champion")
+    known = shop.events["customer_id"].iloc[0]
+    answer = model.predict(pd.DataFrame({"customer_id": [known, "never-seen"], "n": [3, 2]}))
+    assert answer.groupby("customer_id")["source"].first().to_dict() == {
+        known: "model", "never-seen": "popular"}
+    assert answer.groupby("customer_id").size().to_dict() == {known: 3, "never-seen": 2}
+
+
+def test_search_runs_nested_trials_and_keeps_the_holdout_out_of_it(settings):
+    outcome = train_recommender(settings, "itemknn", search_budget_seconds=2, register=False)
+    client = MlflowClient(settings.resolved_tracking_uri())
+    children = client.search_runs(
+        [client.get_run(outcome.run_id).info.experiment_id],
+        filter_string=f"tags.mlflow.parentRunId = '{outcome.run_id}'")
+    assert len(children) == outcome.search_trials >= 1
+    assert all("validation_score" in c.data.metrics for c in children)
+
+
+def test_a_bad_parameter_fails_before_anything_is_logged(settings):
+    with pytest.raises(ValueError, match="has no parameter 'factor'"):
+        train_recommender(settings, "als", {"factor": 3})
+    assert not (settings.data_dir / "mlflow.db").exists()
+
+
+def test_the_cli_lists_promotes_and_rolls_back(settings):
+    train_recommender(settings, "itemknn")
+    train_recommender(settings, "popularity")
+    runner = CliRunner()
+    base = ["--data-dir", str(settings.data_dir)]
+    listing = runner.invoke(app, ["models", "list", *base])
+    assert listing.exit_code == 0 and "champion" in listing.output
+    promoted = runner.invoke(app, ["models", "promote", "2", *base])
+    assert "champion is now version 2" in promoted.output
+    rolled = runner.invoke(app, ["models", "rollback", *base])
+    assert "rolled back from version 2 to version 1" in rolled.output
+    missing = runner.invoke(app, ["models", "promote", "9", *base])
+    assert missing.exit_code == 2 and "has no version '9'" in missing.output
+
+
+def test_the_cli_trains_with_params_and_reports_the_gate(settings):
+    result = CliRunner().invoke(app, ["train", "recommender", "--model", "ease", "--param", "l2=50",
+                                      "--data-dir", str(settings.data_dir)])
+    assert result.exit_code == 0, result.output
+    assert "registered recommender version 1: no champion yet" in " ".join(result.output.split())
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def postgres_tracking_server(tmp_path):
+    """A real `mlflow server` on a fresh PostgreSQL database, torn down afterwards."""
+    require_service("PostgreSQL", "127.0.0.1", 5432)
+    import psycopg
+
+    database = f"nextbest_test_{uuid.uuid4().hex[:8]}"
+    with psycopg.connect("postgresql://postgres@127.0.0.1:5432/postgres", autocommit=True) as db:
+        db.execute(f"create database {database}")
+    port = _free_port()
+    server = subprocess.Popen(
+        [sys.executable, "-m", "mlflow", "server",
+         "--backend-store-uri", f"postgresql://postgres@127.0.0.1:5432/{database}",
+         "--artifacts-destination", str(tmp_path / "server-artifacts"),
+         "--host", "127.0.0.1", "--port", str(port), "--workers", "1"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env={**os.environ})
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                with urllib.request.urlopen(f"{url}/health", timeout=2):
+                    break
+            except OSError:
+                if server.poll() is not None or time.monotonic() > deadline:
+                    pytest.fail("mlflow server on PostgreSQL did not start", pytrace=False)
+                time.sleep(0.5)
+        yield url
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+        with psycopg.connect("postgresql://postgres@127.0.0.1:5432/postgres",
+                             autocommit=True) as db:
+            db.execute(f"drop database if exists {database} with (force)")
+
+
+@pytest.mark.services
+@pytest.mark.slow
+def test_the_same_job_runs_against_a_tracking_server_on_postgresql(settings,
+                                                                    postgres_tracking_server):
+    remote = settings.model_copy(update={"tracking_uri": postgres_tracking_server})
+    assert train_recommender(remote, "popularity").decision.promoted
+    better = train_recommender(remote, "itemknn")
+    assert better.decision.promoted and better.version == "2"
+    client = MlflowClient(postgres_tracking_server)
+    assert str(client.get_model_version_by_alias("recommender", "champion").version) == "2"
+    assert registry.rollback(client, "recommender") == ("2", "1")
+    model = mlflow.pyfunc.load_model("models:/recommender@champion")
+    assert len(model.predict(pd.DataFrame({"customer_id": ["anyone"]}))) == 10
