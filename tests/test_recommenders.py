@@ -188,8 +188,8 @@ def test_a_bad_hyperparameter_says_what_is_allowed():
 
 def test_trending_ranks_recent_behaviour_above_old():
     now = pd.Timestamp("2024-06-01", tz="UTC")
-    rows = [("c%d" % i, "old", now - pd.Timedelta(days=60)) for i in range(10)]
-    rows += [("c%d" % i, "new", now - pd.Timedelta(days=1)) for i in range(4)]
+    rows = [(f"c{i}", "old", now - pd.Timedelta(days=60)) for i in range(10)]
+    rows += [(f"c{i}", "new", now - pd.Timedelta(days=1)) for i in range(4)]
     events = pd.DataFrame(rows, columns=["customer_id", "item_id", "timestamp"]).assign(
         event_type="purchase")
     decayed = build_interactions(events, InteractionConfig(half_life_days=7))

@@ -3,6 +3,7 @@ an embedded SQLite store by default, and an MLflow server on the local PostgreSQ
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 import subprocess
@@ -49,10 +50,8 @@ def aliases(settings: Settings) -> dict[str, str]:
     client = MlflowClient(settings.resolved_tracking_uri())
     found = {}
     for alias in (registry.CHAMPION, registry.CHALLENGER):
-        try:
+        with contextlib.suppress(mlflow.exceptions.MlflowException):
             found[alias] = str(client.get_model_version_by_alias("recommender", alias).version)
-        except mlflow.exceptions.MlflowException:
-            pass
     return found
 
 
