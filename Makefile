@@ -23,9 +23,10 @@ test: $(STAMP)
 lint: $(STAMP)
 	$(BIN)/ruff check features training serving tests bench
 
-## bench: data benchmarks (1M and 10M events); see docs/benchmarks.md
+## bench: data and recommender benchmarks; see docs/benchmarks.md
 bench: $(STAMP)
 	$(BIN)/python bench/bench_data.py
+	$(BIN)/python bench/bench_recommenders.py
 
 clean:
 	rm -rf $(VENV) .nextbest .pytest_cache

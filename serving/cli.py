@@ -5,8 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated
 
+import mlflow
 import pandas as pd
 import typer
+from mlflow import MlflowClient
 
 from features.cli import (
     console,
@@ -19,9 +21,11 @@ from features.cli import (
 )
 from features.contracts import CONTRACTS
 from features.point_in_time import build_feature_table
+from features.settings import get_settings
 from features.synthetic import ShopConfig, generate_shop
 from features.validation import validate_table
 from training.cli import models_app, train_app
+from training.recommender_job import train_recommender
 
 app = typer.Typer(
     help="nextbest: next best products, content and offers for every retail customer.",
@@ -40,7 +44,8 @@ def demo(
     seed: Annotated[int, typer.Option(help="Random seed of the synthetic shop.")] = 42,
     data_dir: Annotated[Path | None, typer.Option(help="Warehouse directory.")] = None,
 ) -> None:
-    """The main job on built-in data: generate a shop, validate it, build features, summarize."""
+    """The main job on built-in data: generate a shop, validate it, build features, then train,
+    evaluate and register recommenders and answer for one customer with the champion."""
     warehouse = warehouse_at(data_dir)
     console.rule("1. synthetic shop")
     shop = generate_shop(ShopConfig.for_events(events, seed=seed))
@@ -60,6 +65,26 @@ def demo(
                   f"cutoffs {', '.join(f'{c:%Y-%m-%d}' for c in cutoffs)}")
     console.print(table.groupby("cutoff")[["purchases_30d", "revenue_30d", "abandoned_carts_90d"]]
                   .mean().round(2).to_string())
+
+    console.rule("4. recommender: train, evaluate, register, gate")
+    settings = get_settings().model_copy(update={"data_dir": data_dir} if data_dir else {})
+    for model in ("popularity", "ease"):
+        with console.status(f"training {model}"):
+            outcome = train_recommender(settings, model, warehouse=warehouse)
+        console.print(f"{model:<10} nDCG@10 {outcome.metrics['ndcg@10']:.4f}  "
+                      f"recall@10 {outcome.metrics['recall@10']:.4f}  -> version {outcome.version}: "
+                      f"{outcome.decision.reason}")
+    client = MlflowClient()
+    champion = client.get_model_version_by_alias(settings.recommender_name, "champion")
+    model = mlflow.pyfunc.load_model(f"models:/{settings.recommender_name}@champion")
+    customer = shop.events["customer_id"].iloc[-1]
+    answer = model.predict(pd.DataFrame({"customer_id": [customer], "n": [5]}))
+    console.print(f"champion is version {champion.version}; its top 5 for {customer}:")
+    titles = shop.items.set_index("item_id")["title"]
+    for row in answer.itertuples():
+        console.print(f"  {row.rank}. {row.item_id}  {titles.get(row.item_id, '')}  "
+                      f"(score {row.score:.3f})")
+    console.print(f"MLflow store: {settings.resolved_tracking_uri()}")
 
 
 def main() -> None:
