@@ -252,36 +252,32 @@ def summary_tables(warehouse: Warehouse, counts: dict[str, int]) -> list[Table]:
     sizes.add_row("active customers", f"{int(period['active']):,}")
     sizes.add_row("period", f"{period['first']:%Y-%m-%d} .. {period['last']:%Y-%m-%d}")
 
-    funnel = warehouse.query(
+    by_type = _query_table(warehouse, "events by type",
         "select event_type, count(*) as events, count(distinct customer_id) as customers "
-        "from events group by 1 order by 2 desc")
-    by_type = Table(title="events by type")
-    for column in ("event type", "events", "customers"):
-        by_type.add_column(column)
-    for row in funnel.itertuples():
-        by_type.add_row(row.event_type, f"{row.events:,}", f"{row.customers:,}")
-
-    channels = warehouse.query(
+        "from events group by 1 order by 2 desc",
+        {"event type": "{}", "events": "{:,}", "customers": "{:,}"})
+    by_channel = _query_table(warehouse, "channels",
         "select channel, count(*) as events, "
         "avg(case when event_type = 'purchase' then 1.0 else 0 end) as purchase_share "
-        "from events group by 1 order by 2 desc")
-    by_channel = Table(title="channels")
-    for column in ("channel", "events", "purchase share"):
-        by_channel.add_column(column)
-    for row in channels.itertuples():
-        by_channel.add_row(row.channel, f"{row.events:,}", f"{row.purchase_share:.1%}")
-
-    categories = warehouse.query(
+        "from events group by 1 order by 2 desc",
+        {"channel": "{}", "events": "{:,}", "purchase share": "{:.1%}"})
+    by_category = _query_table(warehouse, "purchases by top-level category",
         "select split_part(i.category, '/', 1) as category, count(*) as purchases, "
-        "sum(e.price * e.quantity) as revenue from events e join items i using (item_id) "
-        "where e.event_type = 'purchase' group by 1 order by 2 desc limit 10")
-    by_category = Table(title="purchases by top-level category")
-    for column in ("category", "purchases", "revenue"):
-        by_category.add_column(column)
-    for row in categories.itertuples():
-        revenue = "" if pd.isna(row.revenue) else f"{row.revenue:,.0f}"
-        by_category.add_row(row.category, f"{row.purchases:,}", revenue)
+        "coalesce(sum(e.price * e.quantity), 0) as revenue from events e join items i "
+        "using (item_id) where e.event_type = 'purchase' group by 1 order by 2 desc limit 10",
+        {"category": "{}", "purchases": "{:,}", "revenue": "{:,.0f}"})
     return [sizes, by_type, by_channel, by_category]
+
+
+def _query_table(warehouse: Warehouse, title: str, sql: str, columns: dict[str, str]) -> Table:
+    """A rich table of a DuckDB query: one column per entry, heading -> format of its value."""
+    result = warehouse.query(sql)
+    table = Table(title=title)
+    for heading in columns:
+        table.add_column(heading)
+    for row in result.itertuples(index=False):
+        table.add_row(*(fmt.format(value) for fmt, value in zip(columns.values(), row, strict=True)))
+    return table
 
 
 # ---------------------------------------------------------------------------- features build

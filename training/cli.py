@@ -24,6 +24,8 @@ models_app = typer.Typer(help="List, promote and roll back registered models.",
 DataDir = Annotated[Path | None, typer.Option(help="Warehouse directory [default: .nextbest].")]
 TrackingUri = Annotated[str | None, typer.Option(
     help="MLflow tracking URI [default: $NEXTBEST_TRACKING_URI or sqlite under the data dir].")]
+ModelName = Annotated[str | None, typer.Option(
+    "--name", help="Registered model [default: $NEXTBEST_RECOMMENDER_NAME or recommender].")]
 
 
 def settings_for(data_dir: Path | None, tracking_uri: str | None) -> Settings:
@@ -94,22 +96,23 @@ def train_recommender_command(
                       f"{outcome.decision.reason}")
 
 
-def _client(data_dir: Path | None, tracking_uri: str | None) -> tuple[MlflowClient, Settings]:
+def _registry(name: str | None, data_dir: Path | None,
+              tracking_uri: str | None) -> tuple[MlflowClient, str]:
+    """A client on the configured store, and the registered model name to act on."""
     settings = settings_for(data_dir, tracking_uri)
     configure(settings)
-    return MlflowClient(), settings
+    return MlflowClient(), name or settings.recommender_name
 
 
 @models_app.command("list")
 @friendly_errors
 def list_models(
-    name: Annotated[str | None, typer.Option(help="Registered model [default: recommender].")] = None,
+    name: ModelName = None,
     data_dir: DataDir = None,
     tracking_uri: TrackingUri = None,
 ) -> None:
     """Every version of a registered model with its aliases, holdout score and gate decision."""
-    client, settings = _client(data_dir, tracking_uri)
-    name = name or settings.recommender_name
+    client, name = _registry(name, data_dir, tracking_uri)
     table = Table(title=f"registered model '{name}'")
     for column in ("version", "aliases", "model", "metric", "score", "created", "gate"):
         table.add_column(column, overflow="fold")
@@ -123,14 +126,13 @@ def list_models(
 @friendly_errors
 def promote_model(
     version: Annotated[str, typer.Argument(help="Version to make champion.")],
-    name: Annotated[str | None, typer.Option(help="Registered model [default: recommender].")] = None,
+    name: ModelName = None,
     reason: Annotated[str, typer.Option(help="Why, recorded on the version.")] = "promoted by hand",
     data_dir: DataDir = None,
     tracking_uri: TrackingUri = None,
 ) -> None:
     """Make a version champion by hand (bypassing the gate), remembering the one it replaces."""
-    client, settings = _client(data_dir, tracking_uri)
-    name = name or settings.recommender_name
+    client, name = _registry(name, data_dir, tracking_uri)
     registry.promote(client, name, version, reason)
     console.print(f"{name}: champion is now version {version}")
 
@@ -138,12 +140,11 @@ def promote_model(
 @models_app.command("rollback")
 @friendly_errors
 def rollback_model(
-    name: Annotated[str | None, typer.Option(help="Registered model [default: recommender].")] = None,
+    name: ModelName = None,
     data_dir: DataDir = None,
     tracking_uri: TrackingUri = None,
 ) -> None:
     """Point champion back at the version the current champion replaced."""
-    client, settings = _client(data_dir, tracking_uri)
-    name = name or settings.recommender_name
+    client, name = _registry(name, data_dir, tracking_uri)
     current, previous = registry.rollback(client, name)
     console.print(f"{name}: champion rolled back from version {current} to version {previous}")
