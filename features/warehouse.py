@@ -161,7 +161,7 @@ class Warehouse:
         with duckdb.connect() as connection:
             for name, contract in CONTRACTS.items():
                 connection.register(name, self._arrow_view(contract))
-            return connection.execute(sql).to_arrow_table().to_pandas()
+            return connection.sql(sql).to_arrow_table().to_pandas()
 
     def counts(self) -> dict[str, int]:
         """Rows stored per table, read from Parquet metadata (cheap at any size)."""
