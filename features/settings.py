@@ -52,6 +52,13 @@ class Settings(BaseSettings):
         0.0, ge=0, description="Relative margin: promote only if challenger >= champion x (1 + margin)."
     )
     test_days: float = Field(14.0, gt=0, description="Days after the cutoff that form the holdout.")
+    propensity_name: str = Field(
+        "propensity", description="Registered purchase-propensity model; other kinds add -<kind>."
+    )
+    propensity_metric: str = Field(
+        "roc_auc", description="Test-snapshot metric a propensity challenger must beat the champion on."
+    )
+    horizon_days: float = Field(30.0, gt=0, description="Propensity: buy within this many days.")
 
     def resolved_tracking_uri(self) -> str:
         """The configured tracking URI, or the embedded SQLite store under the data directory."""

@@ -1,0 +1,181 @@
+"""A calibrated, explainable propensity classifier: LightGBM, then calibration, then reasons.
+
+* LightGBM learns with early stopping on a stratified slice of the training rows.
+* Its probabilities are calibrated on rows it never trained on (the caller passes them — a later
+  snapshot, in the jobs — or a held-out slice is used): scikit-learn's
+  ``CalibratedClassifierCV`` around a ``FrozenEstimator`` (``cv="prefit"`` is gone in 1.9).
+* Each score's reasons come from LightGBM's per-row contributions (SHAP values in log-odds):
+  they sum, with the bias, to the raw score, so the reasons are the model's own arithmetic.
+
+Saved as plain arrays: the booster's text model and the calibration map (no pickle).
+"""
+
+from __future__ import annotations
+
+import json
+import warnings
+from pathlib import Path
+from typing import Any, Literal, Self
+
+import lightgbm as lgb
+import numpy as np
+import pandas as pd
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from sklearn.calibration import CalibratedClassifierCV
+from sklearn.frozen import FrozenEstimator
+from sklearn.model_selection import train_test_split
+
+from training.recommenders.base import NotFittedError, _explain
+
+
+class PropensityConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    n_estimators: int = Field(600, ge=1, le=20_000, description="Most boosting rounds.")
+    learning_rate: float = Field(0.05, gt=0, le=1, description="Shrinkage per round.")
+    num_leaves: int = Field(31, ge=2, le=4096, description="Leaves per tree.")
+    min_child_samples: int = Field(40, ge=1, description="Fewest rows in a leaf.")
+    subsample: float = Field(0.8, gt=0, le=1, description="Row fraction per tree.")
+    colsample_bytree: float = Field(0.8, gt=0, le=1, description="Feature fraction per tree.")
+    reg_lambda: float = Field(1.0, ge=0, description="L2 penalty on leaf values.")
+    early_stopping_rounds: int = Field(30, ge=1, description="Stop after this many rounds "
+                                                             "without improvement.")
+    validation_fraction: float = Field(0.2, gt=0, lt=0.9, description="Share of training rows "
+                                                                      "used for early stopping.")
+    calibration: Literal["auto", "isotonic", "sigmoid", "none"] = Field(
+        "auto", description="auto: isotonic with 1,000+ calibration rows, else sigmoid.")
+    calibration_fraction: float = Field(0.25, gt=0, lt=0.9, description="Share held out for "
+                                        "calibration when no calibration rows are given.")
+    random_state: int = Field(42, description="Seed for sampling and splits.")
+
+
+class PropensityModel:
+    """scikit-learn style: hyperparameters in the constructor, ``fit`` returns ``self``."""
+
+    def __init__(self, **params: Any) -> None:
+        try:
+            self.config = PropensityConfig(**params)
+        except ValidationError as error:
+            raise ValueError(_explain(type(self).__name__, PropensityConfig, error)) from None
+
+    def get_params(self) -> dict[str, Any]:
+        return self.config.model_dump()
+
+    # ------------------------------------------------------------------ fit
+    def fit(self, X: pd.DataFrame, y, X_calibration: pd.DataFrame | None = None,
+            y_calibration=None) -> Self:
+        """Learn from ``X, y``; calibrate on ``X_calibration, y_calibration`` (disjoint rows)."""
+        y = _labels(y, "y")
+        if len(np.unique(y)) < 2:
+            raise ValueError("y has a single class; a propensity model needs buyers and "
+                             "non-buyers — widen the horizon or add snapshots")
+        c = self.config
+        if X_calibration is None:
+            X, X_calibration, y, y_calibration = train_test_split(
+                X, y, test_size=c.calibration_fraction, stratify=y, random_state=c.random_state)
+        y_calibration = _labels(y_calibration, "y_calibration")
+        self.feature_names_ = list(X.columns)
+        fit_X, stop_X, fit_y, stop_y = train_test_split(
+            X, y, test_size=c.validation_fraction, stratify=y, random_state=c.random_state)
+        self.classifier_ = lgb.LGBMClassifier(
+            n_estimators=c.n_estimators, learning_rate=c.learning_rate, num_leaves=c.num_leaves,
+            min_child_samples=c.min_child_samples, subsample=c.subsample, subsample_freq=1,
+            colsample_bytree=c.colsample_bytree, reg_lambda=c.reg_lambda,
+            random_state=c.random_state, n_jobs=2, verbose=-1)
+        self.classifier_.fit(fit_X, fit_y, eval_X=stop_X, eval_y=stop_y,
+                             callbacks=[lgb.early_stopping(c.early_stopping_rounds, verbose=False)])
+        self.best_iteration_ = int(self.classifier_.best_iteration_ or c.n_estimators)
+        self._calibrate(X_calibration[self.feature_names_], y_calibration)
+        return self
+
+    def _calibrate(self, X: pd.DataFrame, y: np.ndarray) -> None:
+        method = self.config.calibration
+        if method == "auto":
+            method = "isotonic" if len(y) >= 1000 else "sigmoid"
+        self.calibration_method_ = method
+        self.calibration_input_ = "probability"
+        if method == "none" or len(np.unique(y)) < 2:
+            self.calibration_method_ = "none"
+            self.calibration_map_ = np.empty((0, 2))
+            return
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)  # feature-name notices from LightGBM
+            calibrated = CalibratedClassifierCV(FrozenEstimator(self.classifier_), method=method)
+            calibrated.fit(X, y)
+        calibrator = calibrated.calibrated_classifiers_[0].calibrators[0]
+        # scikit-learn calibrates decision_function (log-odds) when the classifier has one,
+        # as LightGBM's does; otherwise predict_proba. Apply the map to the same input.
+        self.calibration_input_ = ("raw" if hasattr(self.classifier_, "decision_function")
+                                   else "probability")
+        if method == "isotonic":
+            self.calibration_map_ = np.column_stack([calibrator.X_thresholds_,
+                                                     calibrator.y_thresholds_])
+        else:
+            self.calibration_map_ = np.array([[calibrator.a_, calibrator.b_]])
+
+    # ------------------------------------------------------------------ predict
+    def raw_score(self, X: pd.DataFrame) -> np.ndarray:
+        """Uncalibrated log-odds, the scale the contributions add up to."""
+        return self._booster().predict(self._matrix(X), raw_score=True)
+
+    def predict_proba(self, X: pd.DataFrame) -> np.ndarray:
+        raw = self.raw_score(X)
+        uncalibrated = 1 / (1 + np.exp(-raw))
+        response = raw if self.calibration_input_ == "raw" else uncalibrated
+        if self.calibration_method_ == "isotonic":
+            p = np.interp(response, self.calibration_map_[:, 0], self.calibration_map_[:, 1])
+        elif self.calibration_method_ == "sigmoid":
+            a, b = self.calibration_map_[0]
+            p = 1 / (1 + np.exp(a * response + b))
+        else:
+            p = uncalibrated
+        return np.column_stack([1 - p, p])
+
+    def contributions(self, X: pd.DataFrame) -> pd.DataFrame:
+        """Per-row contribution of each feature to the raw score, plus the ``bias`` column."""
+        values = self._booster().predict(self._matrix(X), pred_contrib=True)
+        return pd.DataFrame(values, columns=[*self.feature_names_, "bias"], index=X.index)
+
+    def _booster(self) -> lgb.Booster:
+        if not hasattr(self, "feature_names_"):
+            raise NotFittedError("this PropensityModel is not fitted yet; call fit(X, y) first")
+        return self.booster_ if hasattr(self, "booster_") else self.classifier_.booster_
+
+    def _matrix(self, X: pd.DataFrame) -> np.ndarray:
+        missing = [f for f in self.feature_names_ if f not in X.columns]
+        if missing:
+            raise ValueError(f"X lacks feature(s) the model was trained on: {', '.join(missing)}")
+        return X[self.feature_names_].to_numpy(dtype=float)
+
+    # ------------------------------------------------------------------ persistence
+    def save(self, path: str | Path) -> Path:
+        booster = self._booster()
+        path = Path(path).with_suffix(".npz")
+        header = {"params": self.get_params(), "features": self.feature_names_,
+                  "calibration": self.calibration_method_,
+                  "calibration_input": self.calibration_input_,
+                  "best_iteration": self.best_iteration_}
+        np.savez(path, header=np.array(json.dumps(header)),
+                 booster=np.array(booster.model_to_string(num_iteration=self.best_iteration_)),
+                 calibration_map=self.calibration_map_)
+        return path
+
+    @classmethod
+    def load(cls, path: str | Path) -> PropensityModel:
+        with np.load(path, allow_pickle=False) as data:
+            header = json.loads(str(data["header"]))
+            model = cls(**header["params"])
+            model.booster_ = lgb.Booster(model_str=str(data["booster"]))
+            model.calibration_map_ = data["calibration_map"]
+        model.feature_names_ = header["features"]
+        model.calibration_method_ = header["calibration"]
+        model.calibration_input_ = header["calibration_input"]
+        model.best_iteration_ = header["best_iteration"]
+        return model
+
+
+def _labels(y, name: str) -> np.ndarray:
+    values = np.asarray(y)
+    if values.size and not np.isin(values, [0, 1, True, False]).all():
+        raise ValueError(f"{name} must hold 0/1 labels, got values such as {values[~np.isin(values, [0, 1])][:3]}")
+    return values.astype(int)
