@@ -24,7 +24,7 @@ from features.point_in_time import build_feature_table
 from features.settings import get_settings
 from features.synthetic import ShopConfig, generate_shop
 from features.validation import validate_table
-from training.cli import models_app, train_app
+from training.cli import models_app, scores_app, train_app
 from training.recommender_job import train_recommender
 
 app = typer.Typer(
@@ -35,6 +35,7 @@ app.add_typer(data_app, name="data")
 app.add_typer(features_app, name="features")
 app.add_typer(train_app, name="train")
 app.add_typer(models_app, name="models")
+app.add_typer(scores_app, name="scores")
 
 
 @app.command()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from enum import StrEnum
 from pathlib import Path
 from typing import Annotated
 
@@ -20,6 +21,7 @@ from training.tracking import configure
 train_app = typer.Typer(help="Train, evaluate and register models.", no_args_is_help=True)
 models_app = typer.Typer(help="List, promote and roll back registered models.",
                          no_args_is_help=True)
+scores_app = typer.Typer(help="Export propensity scores for campaigns.", no_args_is_help=True)
 
 DataDir = Annotated[Path | None, typer.Option(help="Warehouse directory [default: .nextbest].")]
 TrackingUri = Annotated[str | None, typer.Option(
@@ -148,3 +150,79 @@ def rollback_model(
     client, name = _registry(name, data_dir, tracking_uri)
     current, previous = registry.rollback(client, name)
     console.print(f"{name}: champion rolled back from version {current} to version {previous}")
+
+
+@train_app.command("propensity")
+@friendly_errors
+def train_propensity_command(
+    kind: Annotated[str, typer.Option(help="purchase, category or offer.")] = "purchase",
+    horizon: Annotated[float | None, typer.Option(
+        help="Buy within this many days [default: $NEXTBEST_HORIZON_DAYS or 30; offers 7].")] = None,
+    snapshots: Annotated[int, typer.Option(help="Training snapshots (rolling cutoffs).")] = 4,
+    param: Annotated[list[str] | None, typer.Option(
+        help="LightGBM/calibration parameter name=value, e.g. --param num_leaves=63.")] = None,
+    register: Annotated[bool, typer.Option(help="Register the model and run the gate.")] = True,
+    data_dir: DataDir = None,
+    tracking_uri: TrackingUri = None,
+) -> None:
+    """Train a calibrated propensity model on rolling snapshots, compare it with the recency
+    and RFM baselines on a later snapshot, log it, register it and run the gate."""
+    from training.propensity_job import train_propensity
+
+    if horizon is not None and horizon <= 0:
+        raise ValueError(f"--horizon must be a positive number of days, got {horizon}")
+    settings = settings_for(data_dir, tracking_uri)
+    with console.status(f"training {kind} propensity..."):
+        outcome = train_propensity(settings, kind, parse_pairs(param, "--param"), horizon,
+                                   snapshots, register=register)
+    table = Table(title=f"{kind} propensity on the test snapshot (run {outcome.run_id[:8]})")
+    for column in ("metric", "nextbest", "uncalibrated", "recency", "rfm_logistic"):
+        table.add_column(column, justify="right")
+    for name in ("roc_auc", "pr_auc", "brier", "log_loss", "ece", "lift_top_decile"):
+        m = outcome.metrics
+        table.add_row(name, *(f"{m[key]:.4f}" for key in (
+            name, f"uncalibrated/{name}", f"recency/{name}", f"rfm_logistic/{name}")))
+    console.print(table)
+    if outcome.decision is not None:
+        console.print(f"registered version {outcome.version}: {outcome.decision.reason}")
+
+
+class ScoreFormat(StrEnum):
+    csv = "csv"
+    parquet = "parquet"
+
+
+@scores_app.command("export")
+@friendly_errors
+def export_scores_command(
+    out: Annotated[Path, typer.Option(help="File to write.")],
+    model: Annotated[str, typer.Option(
+        help="Registered purchase-propensity model [default: propensity].")] = "propensity",
+    segment: Annotated[str | None, typer.Option(help="Only customers of this segment.")] = None,
+    min_score: Annotated[float | None, typer.Option(help="Only scores at or above this.")] = None,
+    top: Annotated[int | None, typer.Option(help="Only the N highest scores.")] = None,
+    file_format: Annotated[ScoreFormat, typer.Option("--format", help="csv or parquet.")
+                           ] = ScoreFormat.csv,
+    data_dir: DataDir = None,
+    tracking_uri: TrackingUri = None,
+) -> None:
+    """Export champion propensity scores: customer, score, decile, segment, top 3 reasons,
+    model version, scored-at."""
+    from rich.progress import Progress
+
+    from training.propensity.export import export_scores
+
+    settings = settings_for(data_dir, tracking_uri)
+    if model != settings.propensity_name:
+        raise ValueError(f"cannot export model {model!r}: exports are per customer, from "
+                         f"'{settings.propensity_name}' (purchase propensity); category and offer "
+                         "propensities score (customer, category) and (customer, offer) pairs")
+    with Progress(console=console) as progress:
+        task = progress.add_task("scoring customers", total=None)
+
+        def advance(done: int, total: int) -> None:
+            progress.update(task, completed=done, total=total)
+
+        table = export_scores(settings, model, out, file_format.value, segment, min_score, top,
+                              on_progress=advance)
+    console.print(f"wrote {len(table):,} customers to {out}")

@@ -33,6 +33,8 @@ from training.propensity.model import PropensityModel
 from training.tracking import code_version, configure
 
 KINDS = tuple(SNAPSHOTS)
+OFFER_WINDOW_DAYS = 7.0
+"""Offer response: a showing counts as answered if the offer is redeemed within a week."""
 MODEL_FILE = "propensity.npz"
 
 
@@ -60,8 +62,14 @@ class PropensityOutcome:
     decision: registry.GateDecision | None = None
 
 
+def max_snapshots(events: pd.DataFrame, horizon_days: float, step_days: float) -> int:
+    """How many training snapshots fit before the calibration and test snapshots."""
+    span = (events["timestamp"].max() - events["timestamp"].min()) / pd.Timedelta(days=1)
+    return max(1, int((span - 2 * horizon_days) // step_days) - 2)
+
+
 def build_snapshots(events: pd.DataFrame, items: pd.DataFrame, kind: str, horizon_days: float,
-                    n_snapshots: int, step_days: float | None = None) -> Snapshots:
+                    n_snapshots: int, step_days: float = 14.0) -> Snapshots:
     plan = plan_cutoffs(events["timestamp"].min(), events["timestamp"].max(), horizon_days,
                         n_snapshots, step_days)
     build = SNAPSHOTS[kind]
@@ -89,17 +97,22 @@ def fit_and_score(params: dict[str, Any], snapshots: Snapshots
 
 def train_propensity(settings: Settings, kind: str = "purchase", params: dict[str, Any] | None = None,
                      horizon_days: float | None = None, n_snapshots: int = 4,
-                     step_days: float | None = None, register: bool = True,
+                     step_days: float = 14.0, register: bool = True,
                      warehouse: Warehouse | None = None) -> PropensityOutcome:
     params = dict(params or {})
     PropensityModel(**params)  # fail fast on a bad parameter
     name = registered_name(settings, kind)
-    horizon = horizon_days if horizon_days is not None else settings.horizon_days
     warehouse = warehouse or Warehouse(settings.data_dir / "warehouse")
     events, items = warehouse.events(), warehouse.items()
     if events.empty:
         raise ValueError(f"the warehouse at {warehouse.root} has no events; generate or import "
                          "data first")
+    horizon = horizon_days if horizon_days is not None else settings.horizon_days
+    if kind == "offer":
+        # Showings are sparse and offers come and go: use every week of history instead.
+        horizon = horizon_days if horizon_days is not None else OFFER_WINDOW_DAYS
+        step_days = horizon
+        n_snapshots = max_snapshots(events, horizon, step_days)
     snapshots = build_snapshots(events, items, kind, horizon, n_snapshots, step_days)
     model, metrics, scores = fit_and_score(params, snapshots)
     X_test, y_test = model_inputs(snapshots.test)

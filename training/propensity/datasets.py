@@ -42,30 +42,30 @@ class CutoffPlan:
 
 
 def plan_cutoffs(first_event: pd.Timestamp, last_event: pd.Timestamp, horizon_days: float,
-                 n_train: int = 4, step_days: float | None = None) -> CutoffPlan:
+                 n_train: int = 4, step_days: float = 14.0) -> CutoffPlan:
     """Test at the latest cutoff whose label window is complete; earlier ones train.
 
-    Each snapshot's label window ends at or before the next snapshot's cutoff, so no training
-    or calibration label is observed after the test snapshot begins.
+    The calibration snapshot sits one horizon before the test cutoff, and the training
+    snapshots ``step_days`` apart before that, so every training and calibration label is
+    observed before the test snapshot begins (training windows may overlap each other: that is
+    ordinary rolling snapshots, and no row of them is ever evaluated).
     """
     if horizon_days <= 0:
         raise ValueError(f"horizon must be a positive number of days, got {horizon_days}")
     if n_train < 1:
         raise ValueError(f"n_train must be at least 1, got {n_train}")
-    horizon = pd.Timedelta(days=horizon_days)
-    step = pd.Timedelta(days=step_days) if step_days else horizon
-    if step < horizon:
-        raise ValueError(f"step_days ({step_days}) must be at least the horizon ({horizon_days}) "
-                         "so that label windows do not overlap the next cutoff")
+    if step_days <= 0:
+        raise ValueError(f"step_days must be positive, got {step_days}")
+    horizon, step = pd.Timedelta(days=horizon_days), pd.Timedelta(days=step_days)
     test = (last_event - horizon).floor("D")
-    calibration = test - step
+    calibration = test - horizon
     train = tuple(calibration - step * (i + 1) for i in reversed(range(n_train)))
-    if train[0] <= first_event:
+    if train[0] <= first_event + step:
         raise ValueError(
-            f"{n_train} training snapshots {step.days} days apart, a calibration and a test "
-            f"snapshot, each with a {horizon.days}-day label window, need history from before "
-            f"{train[0]:%Y-%m-%d}; the data starts {first_event:%Y-%m-%d}. Use fewer snapshots "
-            "or a shorter horizon")
+            f"{n_train} training snapshots {step_days:g} days apart, then a calibration and a "
+            f"test snapshot with {horizon_days:g}-day label windows, need history from before "
+            f"{train[0] - step:%Y-%m-%d}; the data starts {first_event:%Y-%m-%d}. Use fewer "
+            "snapshots or a shorter horizon")
     return CutoffPlan(train, calibration, test, horizon)
 
 

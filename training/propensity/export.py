@@ -1,0 +1,96 @@
+"""Score every customer with the champion propensity model, for marketers' campaigns.
+
+Features are computed as of the scoring time (default: the newest event) with the same
+point-in-time code the model was trained on; customers are scored in chunks (with progress),
+ranked into deciles over everyone, and then filtered by segment, minimum score and top N.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Literal
+
+import mlflow
+import pandas as pd
+from mlflow import MlflowClient
+from mlflow.exceptions import MlflowException
+
+from features.point_in_time import compute_customer_features
+from features.settings import Settings
+from features.warehouse import Warehouse
+from training import registry
+from training.propensity.datasets import numeric_features
+from training.propensity.model import PropensityModel
+from training.propensity.scoring import score_table
+from training.tracking import configure
+
+CHUNK = 50_000
+
+
+def load_champion(settings: Settings, name: str) -> tuple[PropensityModel, str]:
+    """The champion version's model arrays, read without going through pyfunc."""
+    configure(settings)
+    version = registry.champion_version(MlflowClient(), name)
+    if version is None:
+        raise ValueError(f"registered model '{name}' has no champion; train one with "
+                         f"'nextbest train propensity'")
+    try:
+        local = Path(mlflow.artifacts.download_artifacts(f"models:/{name}@champion"))
+    except MlflowException as error:
+        raise ValueError(f"cannot load '{name}' version {version}: {error.message}") from None
+    return PropensityModel.load(local / "artifacts" / "propensity.npz"), version
+
+
+def export_scores(
+    settings: Settings,
+    name: str,
+    out: Path,
+    file_format: Literal["csv", "parquet"] = "csv",
+    segment: str | None = None,
+    min_score: float | None = None,
+    top: int | None = None,
+    at: pd.Timestamp | None = None,
+    on_progress: Callable[[int, int], None] | None = None,
+) -> pd.DataFrame:
+    """Write the scores file and return what was written."""
+    if min_score is not None and not 0 <= min_score <= 1:
+        raise ValueError(f"--min-score must be between 0 and 1, got {min_score}")
+    if top is not None and top < 1:
+        raise ValueError(f"--top must be a positive number of customers, got {top}")
+    if file_format not in ("csv", "parquet"):
+        raise ValueError(f"--format must be csv or parquet, got {file_format!r}")
+    warehouse = Warehouse(settings.data_dir / "warehouse")
+    customers = warehouse.customers()
+    if segment is not None and segment not in set(customers["segment"]):
+        known = ", ".join(sorted(customers["segment"].dropna().unique())) or "none"
+        raise ValueError(f"no customer is in segment {segment!r}; segments are: {known}")
+    model, version = load_champion(settings, name)
+    events = warehouse.events()
+    moment = at if at is not None else events["timestamp"].max() + pd.Timedelta(microseconds=1)
+    features = numeric_features(compute_customer_features(events, moment, warehouse.items()))
+    segments = customers.set_index("customer_id")["segment"]
+    parts = []
+    for start in range(0, len(features), CHUNK):
+        chunk = features.iloc[start:start + CHUNK].astype(float)
+        parts.append(score_table(model, chunk, segments, version, pd.Timestamp.now(tz="UTC")))
+        if on_progress:
+            on_progress(min(start + CHUNK, len(features)), len(features))
+    table = pd.concat(parts, ignore_index=True) if parts else pd.DataFrame()
+    if len(table):
+        from training.propensity.evaluate import deciles
+
+        table["decile"] = deciles(table["score"].to_numpy())  # over everyone, before filters
+        table = table.sort_values("score", ascending=False, kind="stable")
+    if segment is not None:
+        table = table[table["segment"] == segment]
+    if min_score is not None:
+        table = table[table["score"] >= min_score]
+    if top is not None:
+        table = table.head(top)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    if file_format == "csv":
+        table.to_csv(out, index=False)
+    else:
+        table.to_parquet(out, index=False)
+    return table
