@@ -8,7 +8,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from hypothesis import HealthCheck, given, settings as hypothesis_settings
+from hypothesis import HealthCheck, given
+from hypothesis import settings as hypothesis_settings
 from hypothesis import strategies as st
 from typer.testing import CliRunner
 
@@ -170,7 +171,7 @@ def test_bgnbd_predictions_are_probabilities_that_grow_with_the_window():
     model = BGNBD().fit(x, t_x, T)
     short = model.probability_of_purchase(10, x, t_x, T)
     long = model.probability_of_purchase(39, x, t_x, T)
-    assert ((0 <= short) & (short <= long) & (long <= 1)).all()
+    assert ((short >= 0) & (short <= long) & (long <= 1)).all()
     assert (model.expected_purchases(39, x, t_x, T) >= 0).all()
 
 

@@ -29,7 +29,7 @@ class BGNBDParams:
 
 def _check(x, t_x, T) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     x, t_x, T = (np.asarray(v, dtype=float) for v in (x, t_x, T))
-    if (x < 0).any() or (t_x < 0).any() or (T < t_x).any():
+    if (x < 0).any() or (t_x < 0).any() or (t_x > T).any():
         raise ValueError("BG/NBD needs frequency >= 0 and 0 <= recency (t_x) <= age (T) for every "
                          "customer")
     return x, t_x, T

@@ -177,5 +177,6 @@ class PropensityModel:
 def _labels(y, name: str) -> np.ndarray:
     values = np.asarray(y)
     if values.size and not np.isin(values, [0, 1, True, False]).all():
-        raise ValueError(f"{name} must hold 0/1 labels, got values such as {values[~np.isin(values, [0, 1])][:3]}")
+        examples = values[~np.isin(values, [0, 1])][:3]
+        raise ValueError(f"{name} must hold 0/1 labels, got values such as {examples}")
     return values.astype(int)
