@@ -27,6 +27,7 @@ lint: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python bench/bench_data.py
 	$(BIN)/python bench/bench_recommenders.py
+	$(BIN)/python bench/bench_propensity.py
 
 clean:
 	rm -rf $(VENV) .nextbest .pytest_cache

@@ -22,7 +22,7 @@ from features.warehouse import Warehouse
 from training import registry
 from training.propensity.datasets import numeric_features
 from training.propensity.model import PropensityModel
-from training.propensity.scoring import score_table
+from training.propensity.scoring import reason_columns, score_table
 from training.tracking import configure
 
 CHUNK = 50_000
@@ -70,24 +70,28 @@ def export_scores(
     moment = at if at is not None else events["timestamp"].max() + pd.Timedelta(microseconds=1)
     features = numeric_features(compute_customer_features(events, moment, warehouse.items()))
     segments = customers.set_index("customer_id")["segment"]
-    parts = []
-    for start in range(0, len(features), CHUNK):
-        chunk = features.iloc[start:start + CHUNK].astype(float)
-        parts.append(score_table(model, chunk, segments, version, pd.Timestamp.now(tz="UTC")))
-        if on_progress:
-            on_progress(min(start + CHUNK, len(features)), len(features))
-    table = pd.concat(parts, ignore_index=True) if parts else pd.DataFrame()
-    if len(table):
-        from training.propensity.evaluate import deciles
-
-        table["decile"] = deciles(table["score"].to_numpy())  # over everyone, before filters
-        table = table.sort_values("score", ascending=False, kind="stable")
+    scored_at = pd.Timestamp.now(tz="UTC")
+    table = score_table(model, features.astype(float), segments, version, scored_at,
+                        with_reasons=False)  # deciles over everyone, before any filter
+    table = table.sort_values("score", ascending=False, kind="stable")
     if segment is not None:
         table = table[table["segment"] == segment]
     if min_score is not None:
         table = table[table["score"] >= min_score]
     if top is not None:
         table = table.head(top)
+    # Reasons are the costly part (per-row SHAP values): only for the rows written, in chunks.
+    parts = []
+    kept = features.loc[table["customer_id"]].astype(float)
+    for start in range(0, len(kept), CHUNK):
+        parts.append(reason_columns(model, kept.iloc[start:start + CHUNK]))
+        if on_progress:
+            on_progress(min(start + CHUNK, len(kept)), len(kept))
+    reasons = pd.concat(parts) if parts else pd.DataFrame(columns=["reason_1", "reason_2",
+                                                                   "reason_3"])
+    table = pd.concat([table.drop(columns=["model_version", "scored_at"]).reset_index(drop=True),
+                       reasons.reset_index(drop=True)], axis=1)
+    table["model_version"], table["scored_at"] = version, scored_at
     out.parent.mkdir(parents=True, exist_ok=True)
     if file_format == "csv":
         table.to_csv(out, index=False)

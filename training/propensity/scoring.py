@@ -56,6 +56,13 @@ def _value(value: float) -> str:
     return f"{value:.0f}" if abs(value) >= 10 or float(value).is_integer() else f"{value:.2f}"
 
 
+def reason_columns(model: PropensityModel, X: pd.DataFrame) -> pd.DataFrame:
+    """``reason_1..3`` for each row of ``X`` (the costly part: per-row SHAP values)."""
+    explained = reasons(model, X)
+    return pd.DataFrame({f"reason_{i + 1}": [r[i] if len(r) > i else "" for r in explained]
+                         for i in range(3)}, index=X.index)
+
+
 def score_table(model: PropensityModel, X: pd.DataFrame, segments: pd.Series | None,
                 version: str, scored_at: pd.Timestamp, with_reasons: bool = True) -> pd.DataFrame:
     """Scores, deciles (over everyone scored), segment, reasons, model version, scored-at."""
@@ -65,9 +72,7 @@ def score_table(model: PropensityModel, X: pd.DataFrame, segments: pd.Series | N
     table["segment"] = (segments.reindex(X.index).fillna("unknown").to_numpy()
                         if segments is not None else "unknown")
     if with_reasons:
-        explained = reasons(model, X)
-        for i in range(3):
-            table[f"reason_{i + 1}"] = [r[i] if len(r) > i else "" for r in explained]
+        table = pd.concat([table, reason_columns(model, X).reset_index(drop=True)], axis=1)
     table["model_version"] = version
     table["scored_at"] = scored_at
     return table
