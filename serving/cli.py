@@ -25,6 +25,8 @@ from features.settings import get_settings
 from features.synthetic import ShopConfig, generate_shop
 from features.validation import validate_table
 from training.cli import models_app, scores_app, train_app
+from training.propensity.export import export_scores
+from training.propensity_job import train_propensity
 from training.recommender_job import train_recommender
 
 app = typer.Typer(
@@ -46,7 +48,8 @@ def demo(
     data_dir: Annotated[Path | None, typer.Option(help="Warehouse directory.")] = None,
 ) -> None:
     """The main job on built-in data: generate a shop, validate it, build features, then train,
-    evaluate and register recommenders and answer for one customer with the champion."""
+    evaluate and register recommenders and answer for one customer with the champion, and
+    train a purchase-propensity model and export the top customers with their reasons."""
     warehouse = warehouse_at(data_dir)
     console.rule("1. synthetic shop")
     shop = generate_shop(ShopConfig.for_events(events, seed=seed))
@@ -85,6 +88,19 @@ def demo(
     for row in answer.itertuples():
         console.print(f"  {row.rank}. {row.item_id}  {titles.get(row.item_id, '')}  "
                       f"(score {row.score:.3f})")
+
+    console.rule("5. purchase propensity: train, calibrate, register, export")
+    with console.status("training purchase propensity"):
+        propensity = train_propensity(settings, "purchase", warehouse=warehouse)
+    m = propensity.metrics
+    console.print(f"ROC-AUC {m['roc_auc']:.3f} (recency {m['recency/roc_auc']:.3f}, RFM "
+                  f"{m['rfm_logistic/roc_auc']:.3f}), Brier {m['brier']:.4f}, ECE {m['ece']:.4f} "
+                  f"-> version {propensity.version}: {propensity.decision.reason}")
+    out = (data_dir or settings.data_dir) / "exports" / "top_customers.csv"
+    top = export_scores(settings, settings.propensity_name, out, top=3)
+    for row in top.itertuples():
+        console.print(f"  {row.customer_id} ({row.segment}) score {row.score:.2f}: {row.reason_1}")
+    console.print(f"top customers exported to {out}")
     console.print(f"MLflow store: {settings.resolved_tracking_uri()}")
 
 
