@@ -29,7 +29,7 @@ from features.importers import (
 from features.loading import DataFileError, load_table
 from features.point_in_time import build_feature_table, compute_item_features
 from features.settings import get_settings
-from features.synthetic import ShopConfig, SyntheticShop, generate_shop
+from features.synthetic import ShopConfig, generate_shop, store_shop
 from features.warehouse import Warehouse
 
 console = Console()
@@ -105,21 +105,10 @@ def generate(
         task = bar.add_task("generating shop", total=2)
         shop = generate_shop(config)
         bar.update(task, advance=1, description="writing warehouse")
-        write_shop(warehouse, shop)
+        store_shop(warehouse, shop)
         bar.update(task, advance=1, description="done")
     console.print(f"generated {len(shop.events):,} events, {len(shop.customers):,} customers, "
                   f"{len(shop.items):,} items into {warehouse.root}")
-
-
-def write_shop(warehouse: Warehouse, shop: SyntheticShop) -> None:
-    """Store a generated shop, and its ground truth next to the warehouse for evaluation."""
-    warehouse.upsert("items", shop.items)
-    warehouse.upsert("customers", shop.customers)
-    warehouse.append_events(shop.events)
-    truth = warehouse.root.parent / "synthetic"
-    truth.mkdir(parents=True, exist_ok=True)
-    shop.customer_tastes.to_parquet(truth / "customer_tastes.parquet")
-    (truth / "config.json").write_text(shop.config.model_dump_json(indent=2))
 
 
 # ---------------------------------------------------------------------------- data import

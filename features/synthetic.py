@@ -25,6 +25,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -42,6 +43,7 @@ from features.contracts import (
     arrow_schema,
 )
 from features.validation import validate_table
+from features.warehouse import Warehouse
 
 CATEGORY_TREE: dict[str, dict[str, tuple[str, ...]]] = {
     "electronics": {
@@ -630,6 +632,21 @@ def _conform(frame: pd.DataFrame, contract) -> pd.DataFrame:
     return table.replace_schema_metadata(None).to_pandas()
 
 
-def ground_truth_json(shop: SyntheticShop) -> str:
-    """The generator's settings, for recording next to generated data."""
-    return json.dumps(shop.config.model_dump(mode="json"), indent=2)
+def store_shop(warehouse: Warehouse, shop: SyntheticShop) -> None:
+    """Store a generated shop, and its ground truth next to the warehouse for evaluation."""
+    warehouse.upsert("items", shop.items)
+    warehouse.upsert("customers", shop.customers)
+    warehouse.append_events(shop.events)
+    truth = warehouse.root.parent / "synthetic"
+    truth.mkdir(parents=True, exist_ok=True)
+    shop.customer_tastes.to_parquet(truth / "customer_tastes.parquet")
+    (truth / "config.json").write_text(json.dumps(shop.config.model_dump(mode="json"), indent=2))
+
+
+def ensure_shop(data_dir: Path, n_events: int = 200_000, seed: int = 42) -> Warehouse:
+    """The warehouse under ``data_dir``: as it is if it holds events (imported or generated
+    earlier), else filled with the built-in synthetic shop of about ``n_events`` events."""
+    warehouse = Warehouse(Path(data_dir) / "warehouse")
+    if warehouse.counts()["events"] == 0:
+        store_shop(warehouse, generate_shop(ShopConfig.for_events(n_events, seed=seed)))
+    return warehouse

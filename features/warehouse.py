@@ -161,7 +161,7 @@ class Warehouse:
         with duckdb.connect() as connection:
             for name, contract in CONTRACTS.items():
                 connection.register(name, self._arrow_view(contract))
-            return connection.sql(sql).to_arrow_table().to_pandas()
+            return _plain_numbers(connection.sql(sql).to_arrow_table()).to_pandas()
 
     def counts(self) -> dict[str, int]:
         """Rows stored per table, read from Parquet metadata (cheap at any size)."""
@@ -239,6 +239,16 @@ class Warehouse:
                 yield
             finally:
                 fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def _plain_numbers(table: pa.Table) -> pa.Table:
+    """DuckDB sums and counts can come back as 128-bit decimals, which pandas holds as Python
+    objects (no arithmetic, no plots): make whole ones int64 and the rest float64."""
+    for index, field in enumerate(table.schema):
+        if pa.types.is_decimal(field.type):
+            target = pa.int64() if field.type.scale == 0 else pa.float64()
+            table = table.set_column(index, field.name, table.column(index).cast(target))
+    return table
 
 
 def _event_filters(start, end, customer_ids) -> list[ds.Expression]:

@@ -17,12 +17,11 @@ from features.cli import (
     friendly_errors,
     summary_tables,
     warehouse_at,
-    write_shop,
 )
 from features.contracts import CONTRACTS
 from features.point_in_time import build_feature_table
 from features.settings import get_settings
-from features.synthetic import ShopConfig, generate_shop
+from features.synthetic import ShopConfig, generate_shop, store_shop
 from features.validation import validate_table
 from training.cli import models_app, scores_app, train_app
 from training.propensity.export import export_scores
@@ -57,7 +56,7 @@ def demo(
                         ("customers", shop.customers)):
         _, report = validate_table(frame, CONTRACTS[name], f"generated {name}")
         console.print(report.describe(), highlight=False)
-    write_shop(warehouse, shop)
+    store_shop(warehouse, shop)
     console.rule("2. warehouse")
     for table in summary_tables(warehouse, warehouse.counts()):
         console.print(table)

@@ -150,3 +150,9 @@ def test_an_unknown_table_lists_the_real_ones(warehouse):
     with pytest.raises(ValueError, match="unknown table 'orders'; expected one of: events, items, "
                                          "customers"):
         warehouse.read("orders")
+
+
+def test_sql_sums_come_back_as_numbers_not_objects(stored_shop):
+    result = stored_shop.query("select customer_id, count_if(event_type = 'purchase') as n, "
+                               "sum(quantity) as units from events group by 1")
+    assert str(result["n"].dtype) == "int64" and str(result["units"].dtype) == "int64"
