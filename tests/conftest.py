@@ -12,7 +12,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from features.synthetic import ShopConfig, SyntheticShop, generate_shop
+from features.synthetic import ShopConfig, SyntheticShop, generate_shop, store_shop
 from features.warehouse import Warehouse
 
 TINY = ShopConfig(n_customers=80, n_products=90, n_content=24, n_offers=6, days=60, seed=7)
@@ -44,9 +44,7 @@ def warehouse(tmp_path: Path) -> Warehouse:
 
 @pytest.fixture
 def stored_shop(tiny_shop: SyntheticShop, warehouse: Warehouse) -> Warehouse:
-    warehouse.upsert("items", tiny_shop.items)
-    warehouse.upsert("customers", tiny_shop.customers)
-    warehouse.append_events(tiny_shop.events)
+    store_shop(warehouse, tiny_shop)
     return warehouse
 
 

@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 from typer.testing import CliRunner
 
 from features.settings import Settings
-from features.synthetic import ShopConfig, generate_shop
+from features.synthetic import ShopConfig, generate_shop, store_shop
 from features.warehouse import Warehouse
 from serving.cli import app
 from training.propensity.bgnbd import BGNBD, BGNBDParams
@@ -177,10 +177,7 @@ def test_bgnbd_predictions_are_probabilities_that_grow_with_the_window():
 
 @pytest.fixture
 def propensity_settings(tmp_path: Path, shop) -> Settings:
-    warehouse = Warehouse(tmp_path / "warehouse")
-    warehouse.upsert("items", shop.items)
-    warehouse.upsert("customers", shop.customers)
-    warehouse.append_events(shop.events)
+    store_shop(Warehouse(tmp_path / "warehouse"), shop)
     return Settings(data_dir=tmp_path)
 
 

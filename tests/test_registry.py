@@ -22,7 +22,7 @@ from mlflow import MlflowClient
 from typer.testing import CliRunner
 
 from features.settings import Settings
-from features.synthetic import ShopConfig, generate_shop
+from features.synthetic import ShopConfig, generate_shop, store_shop
 from features.warehouse import Warehouse
 from serving.cli import app
 from tests.conftest import require_service
@@ -39,10 +39,7 @@ def shop():
 
 @pytest.fixture
 def settings(tmp_path: Path, shop) -> Settings:
-    warehouse = Warehouse(tmp_path / "warehouse")
-    warehouse.upsert("items", shop.items)
-    warehouse.upsert("customers", shop.customers)
-    warehouse.append_events(shop.events)
+    store_shop(Warehouse(tmp_path / "warehouse"), shop)
     return Settings(data_dir=tmp_path, test_days=14)
 
 
