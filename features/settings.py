@@ -60,6 +60,18 @@ class Settings(BaseSettings):
     )
     horizon_days: float = Field(30.0, gt=0, description="Propensity: buy within this many days.")
 
+    # --- serving ---
+    serving_alias: str = Field("champion", description="Alias of the versions the service loads.")
+    reload_interval_seconds: float = Field(
+        30.0, ge=0, description="How often the service checks whether the alias moved; 0 = never."
+    )
+    admin_token: str | None = Field(
+        None, description="Bearer token for the service's admin_reload endpoint; unset = disabled."
+    )
+    max_category_share: float = Field(
+        0.5, gt=0, le=1, description="Most of a product list one top-level category may take."
+    )
+
     def resolved_tracking_uri(self) -> str:
         """The configured tracking URI, or the embedded SQLite store under the data directory."""
         if self.tracking_uri:

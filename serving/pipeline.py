@@ -1,0 +1,328 @@
+"""The ranking pipeline: candidates → business rules → scoring → diversity → response.
+
+Each stage is a plain function of plain data, so it is tested without a server and reads top to
+bottom. A request is answered per kind:
+
+* products: candidates from collaborative filtering for the customer, items similar to what they
+  just viewed or hold in their cart, what is popular for their segment on this channel, and new
+  products in categories they like; rules drop what cannot or should not be shown; sources are
+  blended into one score, and the best source gives the human reason;
+* content: articles in the categories the customer is browsing, or similar to the current item
+  by text, or popular reading;
+* offers: only eligible ones (segment, channel, validity window, basket minimum, the customer's
+  redemption limit), ranked by expected value = redemption probability × offer value.
+"""
+
+from __future__ import annotations
+
+import math
+import uuid
+from collections import Counter
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+import scipy.sparse as sp
+from pydantic import BaseModel, ConfigDict, Field
+
+from features.contracts import Channel, ItemKind
+from serving.models import LoadedModels
+from serving.shop import Behaviour, Item, ShopView
+from training.recommenders.content import ContentRecommender
+
+CANDIDATES = 200
+SOURCE_WEIGHT = {"for_you": 1.0, "similar": 0.9, "new": 0.5, "popular": 0.35}
+MAX_N = 100
+
+
+class Context(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    current_item: str | None = Field(None, max_length=128, description="Item on the page, if any.")
+    cart_items: list[str] = Field(default_factory=list, max_length=200,
+                                  description="Items in the customer's cart now.")
+    page_type: str | None = Field(None, max_length=64, description="home, product, cart, ...")
+
+
+class Filters(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    category: str | None = Field(None, max_length=256,
+                                 description="Only items whose category path starts with this.")
+    min_price: float | None = Field(None, ge=0, description="Lowest product price.")
+    max_price: float | None = Field(None, ge=0, description="Highest product price.")
+    in_stock_only: bool = Field(True, description="Leave out products that are out of stock.")
+
+
+class RecommendRequest(BaseModel):
+    """What the storefront asks; see docs/service.md for every field and limit."""
+
+    model_config = ConfigDict(extra="forbid")
+    customer_id: str = Field(min_length=1, max_length=128)
+    channel: Channel = Channel.WEB
+    n: dict[ItemKind, int] = Field(
+        default_factory=lambda: {ItemKind.PRODUCT: 10, ItemKind.CONTENT: 3, ItemKind.OFFER: 2},
+        description=f"How many items of each kind (0..{MAX_N}).")
+    context: Context = Field(default_factory=Context)
+    filters: Filters = Field(default_factory=Filters)
+    exclude: list[str] = Field(default_factory=list, max_length=1000,
+                               description="Item ids never to return.")
+
+
+@dataclass
+class Candidate:
+    item_id: str
+    score: float
+    reason: str
+
+
+@dataclass(frozen=True)
+class ServingState:
+    """Models and shop view that are swapped together, so a request never sees a mix."""
+
+    models: LoadedModels
+    shop: ShopView
+    content: ContentIndex
+
+
+class ContentIndex:
+    """Text similarity over the whole catalog: reaches items no one has interacted with yet."""
+
+    def __init__(self, shop: ShopView) -> None:
+        catalog = [i for i in shop.items.values() if i.kind != ItemKind.OFFER.value]
+        self.item_ids = [i.item_id for i in catalog]
+        self.position = {item_id: p for p, item_id in enumerate(self.item_ids)}
+        info = pd.DataFrame({"title": [i.title for i in catalog], "description": "",
+                             "category": [i.category for i in catalog]})
+        empty = sp.csr_matrix((1, len(catalog)), dtype=np.float32)  # text only, no history
+        self.model = ContentRecommender(ngram_max=1).fit(empty, info) if catalog else None
+
+    def similar(self, item_id: str, n: int) -> list[tuple[str, float]]:
+        if self.model is None or item_id not in self.position:
+            return []
+        ids, scores = self.model.similar_items(self.position[item_id], N=n)
+        return [(self.item_ids[i], float(s)) for i, s in zip(ids, scores, strict=True)
+                if np.isfinite(s) and s > 0]
+
+
+# ---------------------------------------------------------------------------- entry point
+def recommend(state: ServingState, request: RecommendRequest, now: pd.Timestamp,
+              max_category_share: float = 0.5) -> dict:
+    """Answer one request: ranked products, content and offers, with reasons and ids."""
+    for kind, count in request.n.items():
+        if not 0 <= count <= MAX_N:
+            raise ValueError(f"n.{kind.value} must be between 0 and {MAX_N}, got {count}")
+    behaviour = state.shop.customer(request.customer_id)
+    known = request.customer_id in state.shop.segments or request.customer_id in state.shop.behaviour
+    answer = {"recommendation_id": uuid.uuid4().hex, "customer_id": request.customer_id,
+              "known_customer": known, "model_versions": dict(state.models.versions),
+              "served_from": state.models.source}
+    n = request.n
+    products = rank_products(state, request, behaviour, n.get(ItemKind.PRODUCT, 0),
+                             max_category_share)
+    answer["products"] = [_entry(state.shop.items[c.item_id], c) for c in products]
+    answer["content"] = [_entry(state.shop.items[c.item_id], c)
+                         for c in rank_content(state, request, behaviour,
+                                               n.get(ItemKind.CONTENT, 0))]
+    answer["offers"] = [_entry(state.shop.items[c.item_id], c)
+                        for c in rank_offers(state, request, behaviour, now,
+                                             n.get(ItemKind.OFFER, 0))]
+    return answer
+
+
+def _entry(item: Item, candidate: Candidate) -> dict:
+    return {"item_id": item.item_id, "title": item.title, "category": item.category,
+            "score": round(candidate.score, 6), "reason": candidate.reason}
+
+
+# ---------------------------------------------------------------------------- products
+def rank_products(state: ServingState, request: RecommendRequest, behaviour: Behaviour, n: int,
+                  max_category_share: float) -> list[Candidate]:
+    if n == 0:
+        return []
+    pooled = product_candidates(state, request, behaviour)
+    allowed = {i: c for i, c in pooled.items()
+               if passes_product_rules(state.shop.items.get(i), request, behaviour)}
+    ranked = sorted(allowed.values(), key=lambda c: -c.score)
+    return diversify(ranked, n, max_category_share, state.shop.items)
+
+
+def product_candidates(state: ServingState, request: RecommendRequest,
+                       behaviour: Behaviour) -> dict[str, Candidate]:
+    """Blend every source into one score per item; the strongest source gives the reason."""
+    shop, bundle = state.shop, state.models.recommender
+    contributions: dict[str, list[tuple[float, str]]] = {}
+
+    def add(source: str, scored: list[tuple[str, float]], reason) -> None:
+        if not scored:
+            return
+        top = max(s for _, s in scored) or 1.0
+        for item_id, score in scored:
+            value = SOURCE_WEIGHT[source] * max(score, 0.0) / top
+            contributions.setdefault(item_id, []).append((value, reason(item_id)))
+
+    interactions = bundle.interactions
+    row = interactions.user_rows([request.customer_id])[0]
+    if row >= 0:
+        columns, scores = bundle.model.recommend(row, interactions.matrix[row], N=CANDIDATES,
+                                                 filter_already_liked_items=False)
+        add("for_you", [(interactions.item_ids[c], float(s)) for c, s in zip(columns, scores,
+                                                                            strict=True)
+                        if np.isfinite(s)], lambda _: "recommended for you")
+    for anchor, verb in _anchors(request, behaviour):
+        title = shop.items[anchor].title if anchor in shop.items else anchor
+        add("similar", _similar_products(state, anchor), lambda _, t=title, v=verb: f"{v} {t}")
+    liked = _liked_categories(shop, behaviour)
+    add("new", [(i, 1.0 + liked[shop.items[i].top]) for i in shop.new_products
+                if shop.items[i].top in liked],
+        lambda i: f"new in {shop.items[i].top}, a category you like")
+    segment = shop.segments.get(request.customer_id, "*")
+    add("popular", _popular_for(shop, segment, request.channel.value),
+        lambda i: f"popular in {shop.items[i].top}")
+    return {item_id: Candidate(item_id, sum(v for v, _ in parts), max(parts)[1])
+            for item_id, parts in contributions.items()}
+
+
+def _anchors(request: RecommendRequest, behaviour: Behaviour) -> list[tuple[str, str]]:
+    anchors = []
+    if request.context.current_item:
+        anchors.append((request.context.current_item, "similar to"))
+    anchors += [(i, "goes with") for i in request.context.cart_items[:3]]
+    anchors += [(i, "because you viewed") for i in behaviour.recent_views[:3]]
+    seen, unique = set(), []
+    for item_id, verb in anchors:
+        if item_id not in seen:
+            seen.add(item_id)
+            unique.append((item_id, verb))
+    return unique
+
+
+def _similar_products(state: ServingState, anchor: str, n: int = 30) -> list[tuple[str, float]]:
+    """Collaborative similarity when the model knows the item, text similarity otherwise."""
+    interactions = state.models.recommender.interactions
+    column = interactions.item_columns([anchor])[0]
+    if column >= 0:
+        ids, scores = state.models.recommender.model.similar_items(column, N=n)
+        return [(interactions.item_ids[i], float(s)) for i, s in zip(ids, scores, strict=True)
+                if np.isfinite(s) and s > 0]
+    return [(i, s) for i, s in state.content.similar(anchor, n)
+            if state.shop.items[i].kind == ItemKind.PRODUCT.value]
+
+
+def _liked_categories(shop: ShopView, behaviour: Behaviour) -> Counter:
+    liked: Counter = Counter()
+    for item_id in [*behaviour.purchased, *behaviour.recent_views]:
+        item = shop.items.get(item_id)
+        if item is not None and item.kind == ItemKind.PRODUCT.value:
+            liked[item.top] += 1
+    total = sum(liked.values()) or 1
+    return Counter({k: v / total for k, v in liked.items()})
+
+
+def _popular_for(shop: ShopView, segment: str, channel: str) -> list[tuple[str, float]]:
+    for key in ((segment, channel), (segment, "*"), ("*", channel), ("*", "*")):
+        if shop.popular.get(key):
+            return shop.popular[key]
+    return []
+
+
+def passes_product_rules(item: Item | None, request: RecommendRequest,
+                         behaviour: Behaviour) -> bool:
+    """Business rules: what must never be shown, whatever the models say."""
+    if item is None or item.kind != ItemKind.PRODUCT.value:
+        return False
+    if item.item_id in behaviour.purchased and not item.repeatable:
+        return False  # bought already, and not something people buy again
+    filters = request.filters
+    if filters.in_stock_only and not item.in_stock:
+        return False
+    if item.item_id in request.exclude or item.item_id in request.context.cart_items:
+        return False
+    if item.item_id == request.context.current_item:
+        return False
+    if filters.category and not item.category.startswith(filters.category):
+        return False
+    if filters.min_price is not None and (item.price is None or item.price < filters.min_price):
+        return False
+    return not (filters.max_price is not None and (item.price is None
+                                                   or item.price > filters.max_price))
+
+
+def diversify(ranked: list[Candidate], n: int, max_share: float,
+              items: dict[str, Item]) -> list[Candidate]:
+    """Best first, but no top-level category takes more than ``max_share`` of the list —
+    unless there is nothing else to show."""
+    cap = max(1, math.ceil(max_share * n))
+    chosen, overflow, per_category = [], [], Counter()
+    for candidate in ranked:
+        top = items[candidate.item_id].top
+        if per_category[top] < cap:
+            chosen.append(candidate)
+            per_category[top] += 1
+        else:
+            overflow.append(candidate)
+        if len(chosen) == n:
+            return chosen
+    return (chosen + overflow)[:n]
+
+
+# ---------------------------------------------------------------------------- content
+def rank_content(state: ServingState, request: RecommendRequest, behaviour: Behaviour,
+                 n: int) -> list[Candidate]:
+    if n == 0:
+        return []
+    shop = state.shop
+    liked = _liked_categories(shop, behaviour)
+    scored: dict[str, Candidate] = {}
+    for item in shop.items.values():
+        if item.kind == ItemKind.CONTENT.value and item.top in liked:
+            scored[item.item_id] = Candidate(item.item_id, 1.0 + liked[item.top],
+                                             f"about {item.top}, which you have been browsing")
+    if request.context.current_item:
+        for item_id, score in state.content.similar(request.context.current_item, 20):
+            if shop.items[item_id].kind == ItemKind.CONTENT.value:
+                scored[item_id] = Candidate(item_id, 2.0 + score, "about what you are looking at")
+    for item_id, views in shop.popular_content:
+        scored.setdefault(item_id, Candidate(item_id, 0.5 * views / (1 + views),
+                                             "popular reading"))
+    seen = set(behaviour.recent_views) | set(request.exclude)
+    ranked = sorted((c for i, c in scored.items() if i not in seen), key=lambda c: -c.score)
+    return ranked[:n]
+
+
+# ---------------------------------------------------------------------------- offers
+def offer_is_eligible(offer: Item, segment: str, channel: str, cart_value: float,
+                      redeemed: int, now: pd.Timestamp) -> bool:
+    if offer.kind != ItemKind.OFFER.value:
+        return False
+    if offer.valid_from is not None and now < offer.valid_from:
+        return False
+    if offer.valid_to is not None and now > offer.valid_to:
+        return False  # expired offers never show
+    if offer.segments and segment not in offer.segments:
+        return False
+    if offer.channels and channel not in offer.channels:
+        return False
+    if cart_value < offer.min_basket:
+        return False
+    return offer.redemption_limit is None or redeemed < offer.redemption_limit
+
+
+def rank_offers(state: ServingState, request: RecommendRequest, behaviour: Behaviour,
+                now: pd.Timestamp, n: int) -> list[Candidate]:
+    """Eligible offers by expected value: P(redeem) x value."""
+    if n == 0:
+        return []
+    shop = state.shop
+    segment = shop.segments.get(request.customer_id, "")
+    cart_value = sum(shop.items[i].price or 0.0 for i in request.context.cart_items
+                     if i in shop.items)
+    ranked = []
+    for offer in shop.items.values():
+        if offer.item_id in request.exclude or not offer_is_eligible(
+                offer, segment, request.channel.value, cart_value,
+                behaviour.redemptions.get(offer.item_id, 0), now):
+            continue
+        rate = shop.offer_rate.get(offer.item_id, 0.1)
+        value = offer.offer_value or 0.0
+        ranked.append(Candidate(offer.item_id, rate * value,
+                                f"worth {value:g}, redeemed by {rate:.0%} of customers shown it"))
+    return sorted(ranked, key=lambda c: -c.score)[:n]

@@ -1,0 +1,170 @@
+"""What the service knows about the shop at serving time, precomputed once per load.
+
+The catalog (kinds, categories, prices, stock, offer terms), each customer's segment, and their
+recent behaviour — purchases, views, redemptions — read from the warehouse's latest events.
+(The real-time issue replaces the behaviour part with the online state; the pipeline only sees
+this interface.) Everything a request needs is a dictionary lookup here, never a DataFrame
+operation.
+"""
+
+from __future__ import annotations
+
+from collections import Counter, defaultdict
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+
+from features.contracts import LIST_SEPARATOR, EventType, ItemKind
+from features.warehouse import Warehouse
+
+POPULAR_KEEP = 300
+NEW_ITEM_DAYS = 30
+
+
+@dataclass
+class Item:
+    item_id: str
+    kind: str
+    title: str
+    category: str
+    top: str
+    price: float | None
+    in_stock: bool
+    repeatable: bool
+    created_at: pd.Timestamp | None
+    offer_value: float | None = None
+    valid_from: pd.Timestamp | None = None
+    valid_to: pd.Timestamp | None = None
+    segments: frozenset[str] = frozenset()
+    channels: frozenset[str] = frozenset()
+    min_basket: float = 0.0
+    redemption_limit: int | None = None
+
+
+@dataclass
+class Behaviour:
+    purchased: set[str] = field(default_factory=set)
+    recent_views: list[str] = field(default_factory=list)  # newest first
+    redemptions: Counter = field(default_factory=Counter)
+
+
+@dataclass
+class ShopView:
+    items: dict[str, Item]
+    segments: dict[str, str]
+    behaviour: dict[str, Behaviour]
+    popular: dict[tuple[str, str], list[tuple[str, float]]]
+    """(segment or '*', channel or '*') -> products by recent popularity, best first."""
+    popular_content: list[tuple[str, float]]
+    offer_rate: dict[str, float]
+    """Smoothed redemption rate of each offer when shown: the prior for its response."""
+    new_products: list[str]
+    as_of: pd.Timestamp
+
+    def customer(self, customer_id: str) -> Behaviour:
+        return self.behaviour.get(customer_id, Behaviour())
+
+
+def _split(value) -> frozenset[str]:
+    if not isinstance(value, str) or not value:
+        return frozenset()
+    return frozenset(part for part in value.split(LIST_SEPARATOR) if part)
+
+
+def _float(value) -> float | None:
+    return None if value is None or pd.isna(value) else float(value)
+
+
+def load_shop(warehouse: Warehouse, window_days: int = 90) -> ShopView:
+    """Build the serving view from the warehouse (recent ``window_days`` of behaviour)."""
+    items_frame = warehouse.items()
+    items = {}
+    for row in items_frame.itertuples(index=False):
+        limit = row.redemption_limit
+        items[row.item_id] = Item(
+            row.item_id, row.kind, row.title, row.category or "uncategorized",
+            (row.category or "uncategorized").split("/")[0], _float(row.price),
+            bool(row.in_stock), bool(row.repeatable),
+            None if pd.isna(row.created_at) else row.created_at, _float(row.offer_value),
+            None if pd.isna(row.valid_from) else row.valid_from,
+            None if pd.isna(row.valid_to) else row.valid_to, _split(row.eligible_segments),
+            _split(row.eligible_channels), _float(row.min_basket) or 0.0,
+            None if limit is None or pd.isna(limit) else int(limit))
+    customers = warehouse.customers()
+    segments = dict(zip(customers["customer_id"], customers["segment"], strict=True))
+    events = warehouse.events(columns=["customer_id", "item_id", "event_type", "timestamp",
+                                       "channel"])
+    as_of = events["timestamp"].max() if len(events) else pd.Timestamp.now(tz="UTC")
+    behaviour = _behaviour(events, as_of - pd.Timedelta(days=window_days))
+    recent = events[events["timestamp"] >= as_of - pd.Timedelta(days=30)]
+    return ShopView(items, segments, behaviour, _popular(recent, items, segments),
+                    _popular_content(recent, items), _offer_rates(events),
+                    _new_products(items, as_of), as_of)
+
+
+def _behaviour(events: pd.DataFrame, since: pd.Timestamp) -> dict[str, Behaviour]:
+    out: dict[str, Behaviour] = defaultdict(Behaviour)
+    bought = events[events["event_type"] == EventType.PURCHASE.value]
+    for customer, group in bought.groupby("customer_id")["item_id"]:
+        out[customer].purchased = set(group)
+    views = events[(events["event_type"] == EventType.VIEW.value) & (events["timestamp"] >= since)]
+    views = views.sort_values("timestamp", ascending=False).drop_duplicates(
+        ["customer_id", "item_id"])
+    for customer, group in views.groupby("customer_id", sort=False)["item_id"]:
+        out[customer].recent_views = list(group.head(20))
+    redeemed = events[events["event_type"] == EventType.OFFER_REDEEMED.value]
+    for (customer, offer), count in redeemed.groupby(["customer_id", "item_id"]).size().items():
+        out[customer].redemptions[offer] = int(count)
+    return dict(out)
+
+
+def _popular(recent: pd.DataFrame, items: dict[str, Item],
+             segments: dict[str, str]) -> dict[tuple[str, str], list[tuple[str, float]]]:
+    weights = {EventType.PURCHASE.value: 5.0, EventType.ADD_TO_CART.value: 3.0,
+               EventType.VIEW.value: 1.0}
+    frame = recent[recent["event_type"].isin(list(weights))].copy()
+    frame = frame[frame["item_id"].map(lambda i: i in items and items[i].kind == "product")]
+    frame["weight"] = frame["event_type"].map(weights)
+    frame["segment"] = frame["customer_id"].map(segments).fillna("*")
+    tables: dict[tuple[str, str], list[tuple[str, float]]] = {}
+    for keys in (["segment", "channel"], ["segment"], ["channel"], []):
+        grouped = frame.groupby([*keys, "item_id"])["weight"].sum() if keys else \
+            frame.groupby("item_id")["weight"].sum()
+        if keys:
+            for key, series in grouped.groupby(level=list(range(len(keys)))):
+                key = key if isinstance(key, tuple) else (key,)
+                named = dict(zip(keys, key, strict=True))
+                top = series.droplevel(list(range(len(keys)))).nlargest(POPULAR_KEEP)
+                tables[(named.get("segment", "*"), named.get("channel", "*"))] = list(top.items())
+        else:
+            tables[("*", "*")] = list(grouped.nlargest(POPULAR_KEEP).items())
+    return tables
+
+
+def _popular_content(recent: pd.DataFrame, items: dict[str, Item]) -> list[tuple[str, float]]:
+    views = recent[(recent["event_type"] == EventType.VIEW.value)
+                   & recent["item_id"].map(lambda i: i in items and items[i].kind == "content")]
+    counts = views["item_id"].value_counts()
+    ranked = list(counts.items())
+    unseen = [(i, 0.0) for i, item in items.items() if item.kind == ItemKind.CONTENT.value
+              and i not in counts.index]
+    return ranked + unseen
+
+
+def _offer_rates(events: pd.DataFrame, prior_shown: float = 20.0,
+                 prior_rate: float = 0.1) -> dict[str, float]:
+    shown = events[events["event_type"] == EventType.OFFER_SHOWN.value]["item_id"].value_counts()
+    redeemed = events[events["event_type"] == EventType.OFFER_REDEEMED.value][
+        "item_id"].value_counts()
+    offers = shown.index.union(redeemed.index)
+    rates = ((redeemed.reindex(offers, fill_value=0) + prior_rate * prior_shown)
+             / (shown.reindex(offers, fill_value=0) + prior_shown))
+    return {offer: float(np.clip(rate, 0, 1)) for offer, rate in rates.items()}
+
+
+def _new_products(items: dict[str, Item], as_of: pd.Timestamp) -> list[str]:
+    since = as_of - pd.Timedelta(days=NEW_ITEM_DAYS)
+    fresh = [i for i in items.values() if i.kind == "product" and i.created_at is not None
+             and i.created_at >= since]
+    return [i.item_id for i in sorted(fresh, key=lambda i: i.created_at, reverse=True)]
