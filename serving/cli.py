@@ -2,6 +2,13 @@
 
 from __future__ import annotations
 
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
 from pathlib import Path
 from typing import Annotated
 
@@ -45,13 +52,20 @@ def demo(
     events: Annotated[int, typer.Option(min=100, help="Size of the built-in synthetic shop.")] = 200_000,
     seed: Annotated[int, typer.Option(help="Random seed of the synthetic shop.")] = 42,
     data_dir: Annotated[Path | None, typer.Option(help="Warehouse directory.")] = None,
+    serve: Annotated[bool, typer.Option(help="End by serving on --port until Ctrl+C.")] = True,
+    port: Annotated[int, typer.Option(min=1, max=65535, help="Port of the service.")] = 3000,
 ) -> None:
     """The main job on built-in data: generate a shop, validate it, build features, then train,
     evaluate and register recommenders and answer for one customer with the champion, and
-    train a purchase-propensity model and export the top customers with their reasons."""
+    train a purchase-propensity model and export the top customers with their reasons, then
+    serve it all on port 3000 after printing one example request and its answer."""
     warehouse = warehouse_at(data_dir)
     console.rule("1. synthetic shop")
-    shop = generate_shop(ShopConfig.for_events(events, seed=seed))
+    # Dated to end today, so that offers valid now exist when the service answers.
+    config = ShopConfig.for_events(events, seed=seed)
+    today = pd.Timestamp.now(tz="UTC").normalize()
+    shop = generate_shop(config.model_copy(
+        update={"start": (today - pd.Timedelta(days=config.days)).to_pydatetime()}))
     for name, frame in (("events", shop.events), ("items", shop.items),
                         ("customers", shop.customers)):
         _, report = validate_table(frame, CONTRACTS[name], f"generated {name}")
@@ -101,6 +115,60 @@ def demo(
         console.print(f"  {row.customer_id} ({row.segment}) score {row.score:.2f}: {row.reason_1}")
     console.print(f"top customers exported to {out}")
     console.print(f"MLflow store: {settings.resolved_tracking_uri()}")
+    if serve:
+        console.rule("6. the service, on built-in data")
+        example = {"customer_id": str(shop.events["customer_id"].iloc[-1]), "channel": "web",
+                   "n": {"product": 3, "content": 1, "offer": 1}}
+        run_service(data_dir or settings.data_dir, port, example)
+
+
+def run_service(data_dir: Path, port: int, example: dict | None = None) -> None:
+    """Start `bentoml serve` on the models of ``data_dir``, print one example request and
+    its answer, then keep serving until interrupted."""
+    env = {**os.environ, "NEXTBEST_DATA_DIR": str(Path(data_dir).resolve())}
+    process = subprocess.Popen([sys.executable, "-m", "bentoml", "serve",
+                                "serving.service:NextBest", "--port", str(port)],
+                               cwd=Path(__file__).resolve().parents[1], env=env)
+    url = f"http://localhost:{port}"
+    # A SIGTERM (from a supervisor, or `timeout`) must also stop the server we started.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    try:
+        deadline = time.monotonic() + 180
+        while not _ready(url):
+            if process.poll() is not None or time.monotonic() > deadline:
+                raise ValueError(f"the service did not become ready on {url}")
+            time.sleep(0.5)
+        if example is not None:
+            console.print(f"POST {url}/recommend {json.dumps(example)}")
+            request = urllib.request.Request(f"{url}/recommend", data=json.dumps(example).encode(),
+                                             headers={"Content-Type": "application/json"})
+            with urllib.request.urlopen(request, timeout=30) as response:
+                console.print_json(response.read().decode())
+        console.print(f"nextbest is serving on {url} (OpenAPI docs at {url}/docs); Ctrl+C stops it")
+        process.wait()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
+
+
+def _ready(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(f"{url}/readyz", timeout=2) as response:
+            return response.status == 200
+    except OSError:
+        return False
+
+
+@app.command()
+@friendly_errors
+def serve(
+    port: Annotated[int, typer.Option(min=1, max=65535, help="Port to listen on.")] = 3000,
+    data_dir: Annotated[Path | None, typer.Option(help="Warehouse and model cache directory.")] = None,
+) -> None:
+    """Serve recommendations with the registered champion models (bentoml serve)."""
+    run_service(data_dir or get_settings().data_dir, port)
 
 
 def main() -> None:

@@ -169,7 +169,7 @@ def product_candidates(state: ServingState, request: RecommendRequest,
                         if np.isfinite(s)], lambda _: "recommended for you")
     for anchor, verb in _anchors(request, behaviour):
         title = shop.items[anchor].title if anchor in shop.items else anchor
-        add("similar", _similar_products(state, anchor), lambda _, t=title, v=verb: f"{v} {t}")
+        add("similar", similar_products(state, anchor), lambda _, t=title, v=verb: f"{v} {t}")
     liked = _liked_categories(shop, behaviour)
     add("new", [(i, 1.0 + liked[shop.items[i].top]) for i in shop.new_products
                 if shop.items[i].top in liked],
@@ -195,7 +195,7 @@ def _anchors(request: RecommendRequest, behaviour: Behaviour) -> list[tuple[str,
     return unique
 
 
-def _similar_products(state: ServingState, anchor: str, n: int = 30) -> list[tuple[str, float]]:
+def similar_products(state: ServingState, anchor: str, n: int = 30) -> list[tuple[str, float]]:
     """Collaborative similarity when the model knows the item, text similarity otherwise."""
     interactions = state.models.recommender.interactions
     column = interactions.item_columns([anchor])[0]

@@ -12,9 +12,9 @@ Run it with ``bentoml serve serving.service:NextBest`` (port 3000).
 from __future__ import annotations
 
 import hmac
-from http import HTTPStatus
 import logging
 import threading
+from http import HTTPStatus
 from typing import Any
 
 import bentoml
@@ -25,7 +25,13 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from features.settings import Settings, get_settings
 from features.warehouse import Warehouse
 from serving.models import LoadedModels, RegistryUnavailable, load_models, resolve_versions
-from serving.pipeline import ContentIndex, RecommendRequest, ServingState, recommend
+from serving.pipeline import (
+    ContentIndex,
+    RecommendRequest,
+    ServingState,
+    recommend,
+    similar_products,
+)
 from serving.shop import load_shop
 
 log = logging.getLogger("nextbest.serving")
@@ -104,9 +110,7 @@ class NextBest:
         state = self._ready_state()
         if item_id not in state.shop.items:
             raise InvalidArgument(f"item_id {item_id!r} is not in the catalog")
-        from serving.pipeline import _similar_products
-
-        similar = _similar_products(state, item_id, n) or state.content.similar(item_id, n)
+        similar = similar_products(state, item_id, n) or state.content.similar(item_id, n)
         return {"item_id": item_id, "model_versions": dict(state.models.versions),
                 "items": [{"item_id": i, "title": state.shop.items[i].title,
                            "score": round(s, 6)} for i, s in similar[:n]]}
