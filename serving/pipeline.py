@@ -30,6 +30,7 @@ from serving.models import LoadedModels
 from serving.shop import Behaviour, Item, ShopView
 from training.recommenders.content import ContentRecommender
 
+PRODUCT, CONTENT, OFFER = ItemKind.PRODUCT.value, ItemKind.CONTENT.value, ItemKind.OFFER.value
 CANDIDATES = 200
 SOURCE_WEIGHT = {"for_you": 1.0, "similar": 0.9, "new": 0.5, "popular": 0.35}
 MAX_N = 100
@@ -204,14 +205,14 @@ def similar_products(state: ServingState, anchor: str, n: int = 30) -> list[tupl
         return [(interactions.item_ids[i], float(s)) for i, s in zip(ids, scores, strict=True)
                 if np.isfinite(s) and s > 0]
     return [(i, s) for i, s in state.content.similar(anchor, n)
-            if state.shop.items[i].kind == ItemKind.PRODUCT.value]
+            if state.shop.items[i].kind == PRODUCT]
 
 
 def _liked_categories(shop: ShopView, behaviour: Behaviour) -> Counter:
     liked: Counter = Counter()
     for item_id in [*behaviour.purchased, *behaviour.recent_views]:
         item = shop.items.get(item_id)
-        if item is not None and item.kind == ItemKind.PRODUCT.value:
+        if item is not None and item.kind == PRODUCT:
             liked[item.top] += 1
     total = sum(liked.values()) or 1
     return Counter({k: v / total for k, v in liked.items()})
@@ -227,7 +228,7 @@ def _popular_for(shop: ShopView, segment: str, channel: str) -> list[tuple[str, 
 def passes_product_rules(item: Item | None, request: RecommendRequest,
                          behaviour: Behaviour) -> bool:
     """Business rules: what must never be shown, whatever the models say."""
-    if item is None or item.kind != ItemKind.PRODUCT.value:
+    if item is None or item.kind != PRODUCT:
         return False
     if item.item_id in behaviour.purchased and not item.repeatable:
         return False  # bought already, and not something people buy again
@@ -272,13 +273,13 @@ def rank_content(state: ServingState, request: RecommendRequest, behaviour: Beha
     shop = state.shop
     liked = _liked_categories(shop, behaviour)
     scored: dict[str, Candidate] = {}
-    for item in shop.items.values():
-        if item.kind == ItemKind.CONTENT.value and item.top in liked:
-            scored[item.item_id] = Candidate(item.item_id, 1.0 + liked[item.top],
-                                             f"about {item.top}, which you have been browsing")
+    for top, share in liked.items():
+        for item in shop.content_by_top.get(top, []):
+            scored[item.item_id] = Candidate(item.item_id, 1.0 + share,
+                                             f"about {top}, which you have been browsing")
     if request.context.current_item:
         for item_id, score in state.content.similar(request.context.current_item, 20):
-            if shop.items[item_id].kind == ItemKind.CONTENT.value:
+            if shop.items[item_id].kind == CONTENT:
                 scored[item_id] = Candidate(item_id, 2.0 + score, "about what you are looking at")
     for item_id, views in shop.popular_content:
         scored.setdefault(item_id, Candidate(item_id, 0.5 * views / (1 + views),
@@ -291,7 +292,7 @@ def rank_content(state: ServingState, request: RecommendRequest, behaviour: Beha
 # ---------------------------------------------------------------------------- offers
 def offer_is_eligible(offer: Item, segment: str, channel: str, cart_value: float,
                       redeemed: int, now: pd.Timestamp) -> bool:
-    if offer.kind != ItemKind.OFFER.value:
+    if offer.kind != OFFER:
         return False
     if offer.valid_from is not None and now < offer.valid_from:
         return False
@@ -316,7 +317,7 @@ def rank_offers(state: ServingState, request: RecommendRequest, behaviour: Behav
     cart_value = sum(shop.items[i].price or 0.0 for i in request.context.cart_items
                      if i in shop.items)
     ranked = []
-    for offer in shop.items.values():
+    for offer in shop.offers:
         if offer.item_id in request.exclude or not offer_is_eligible(
                 offer, segment, request.channel.value, cart_value,
                 behaviour.redemptions.get(offer.item_id, 0), now):

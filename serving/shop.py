@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
+from functools import cached_property
 
 import numpy as np
 import pandas as pd
@@ -64,6 +65,18 @@ class ShopView:
 
     def customer(self, customer_id: str) -> Behaviour:
         return self.behaviour.get(customer_id, Behaviour())
+
+    @cached_property
+    def offers(self) -> list[Item]:
+        return [i for i in self.items.values() if i.kind == ItemKind.OFFER.value]
+
+    @cached_property
+    def content_by_top(self) -> dict[str, list[Item]]:
+        grouped: dict[str, list[Item]] = defaultdict(list)
+        for item in self.items.values():
+            if item.kind == ItemKind.CONTENT.value:
+                grouped[item.top].append(item)
+        return dict(grouped)
 
 
 def _split(value) -> frozenset[str]:

@@ -66,6 +66,7 @@ class Recommender(ABC):
                              f"({user_items.shape[1]}), got "
                              f"{'none' if item_info is None else len(item_info)}")
         self.n_items_ = user_items.shape[1]
+        self._unit_vectors = None
         self._fit(user_items, item_info)
         return self
 
@@ -128,21 +129,33 @@ class Recommender(ABC):
         self._check_fitted()
         if not 0 <= int(itemid) < self.n_items_:
             raise ValueError(f"itemid must be a column in [0, {self.n_items_}), got {itemid}")
-        vectors = self._item_vectors()
-        query = vectors[int(itemid)]
-        if sp.issparse(vectors):
-            scores = np.asarray((vectors @ query.T).todense()).ravel()
+        unit = self._unit_item_vectors()
+        query = unit[int(itemid)]
+        if sp.issparse(unit):
+            scores = np.asarray((unit @ query.T).todense()).ravel().astype(np.float32)
         else:
-            scores = vectors @ query
-        norms = _row_norms(vectors) * (_row_norms(query[None, :] if not sp.issparse(query)
-                                                  else query)[0])
-        scores = np.divide(scores, norms, out=np.zeros_like(scores, dtype=np.float32),
-                           where=norms > 0).astype(np.float32)
+            scores = (unit @ query).astype(np.float32)
         scores[int(itemid)] = -np.inf
         if filter_items is not None and len(filter_items):
             scores[np.asarray(filter_items)] = -np.inf
         ids, top = _top_n(scores[None, :], N)
         return ids[0], top[0]
+
+    def _unit_item_vectors(self) -> np.ndarray | sp.csr_matrix:
+        """Item vectors scaled to length 1, computed once per fitted model (serving calls
+        ``similar_items`` on every request)."""
+        cached = getattr(self, "_unit_vectors", None)
+        if cached is None:
+            vectors = self._item_vectors()
+            norms = _row_norms(vectors)
+            inverse = np.divide(1.0, norms, out=np.zeros_like(norms, dtype=np.float64),
+                                where=norms > 0)
+            if sp.issparse(vectors):
+                cached = sp.csr_matrix(sp.diags(inverse) @ vectors, dtype=np.float32)
+            else:
+                cached = (vectors * inverse[:, None]).astype(np.float32)
+            self._unit_vectors = cached
+        return cached
 
     @abstractmethod
     def _item_vectors(self) -> np.ndarray | sp.csr_matrix:
