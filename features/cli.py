@@ -45,7 +45,7 @@ DataDir = Annotated[
 ]
 
 
-class Table_(StrEnum):
+class TableName(StrEnum):
     events = "events"
     items = "items"
     customers = "customers"
@@ -202,7 +202,7 @@ def import_transactions_command(
 @friendly_errors
 def validate(
     file: Annotated[Path, typer.Argument(help="CSV, TSV or Parquet file.")],
-    table: Annotated[Table_, typer.Option(help="Which contract to check it against.")],
+    table: Annotated[TableName, typer.Option(help="Which contract to check it against.")],
     max_errors: Annotated[int, typer.Option(min=1, help="List at most this many problems.")] = 100,
 ) -> None:
     """Check a file against a table contract without storing anything; exit 1 if it has problems."""
