@@ -161,7 +161,7 @@ def product_candidates(state: ServingState, request: RecommendRequest,
             contributions.setdefault(item_id, []).append((value, reason(item_id)))
 
     interactions = bundle.interactions
-    row = interactions.user_rows([request.customer_id])[0]
+    row = interactions.user_row(request.customer_id)
     if row >= 0:
         columns, scores = bundle.model.recommend(row, interactions.matrix[row], N=CANDIDATES,
                                                  filter_already_liked_items=False)
@@ -199,7 +199,7 @@ def _anchors(request: RecommendRequest, behaviour: Behaviour) -> list[tuple[str,
 def similar_products(state: ServingState, anchor: str, n: int = 30) -> list[tuple[str, float]]:
     """Collaborative similarity when the model knows the item, text similarity otherwise."""
     interactions = state.models.recommender.interactions
-    column = interactions.item_columns([anchor])[0]
+    column = interactions.item_column(anchor)
     if column >= 0:
         ids, scores = state.models.recommender.model.similar_items(column, N=n)
         return [(interactions.item_ids[i], float(s)) for i, s in zip(ids, scores, strict=True)

@@ -9,6 +9,7 @@ item ids into matrix rows and columns and back; a model is only meaningful toget
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 
 import numpy as np
 import pandas as pd
@@ -59,6 +60,22 @@ class Interactions:
     def item_columns(self, item_ids) -> np.ndarray:
         """Column of each item id, or -1 for items the matrix does not know."""
         return self._item_index.get_indexer(np.atleast_1d(np.asarray(item_ids, dtype=object)))
+
+    def user_row(self, user_id: str) -> int:
+        """Row of one customer id, or -1: a dictionary lookup, for the serving hot path."""
+        return self._user_positions.get(user_id, -1)
+
+    def item_column(self, item_id: str) -> int:
+        """Column of one item id, or -1: a dictionary lookup, for the serving hot path."""
+        return self._item_positions.get(item_id, -1)
+
+    @cached_property
+    def _user_positions(self) -> dict[str, int]:
+        return {str(u): i for i, u in enumerate(self.user_ids)}
+
+    @cached_property
+    def _item_positions(self) -> dict[str, int]:
+        return {str(u): i for i, u in enumerate(self.item_ids)}
 
     def popularity(self) -> np.ndarray:
         """Number of customers who interacted with each item."""

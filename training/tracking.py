@@ -74,7 +74,7 @@ class Bundle:
 
     def recommend_ids(self, customer_id: str, n: int = 10) -> pd.DataFrame:
         """Ranked items for one customer: the model for known ones, popularity otherwise."""
-        row = self.interactions.user_rows([customer_id])[0]
+        row = self.interactions.user_row(customer_id)
         if row >= 0:
             history = self.interactions.matrix[row]
             columns, scores = self.model.recommend(row, history, N=n)
