@@ -27,6 +27,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from features.contracts import Channel, ItemKind
 from serving.models import LoadedModels
+from serving.scores import PropensityScores
 from serving.shop import Behaviour, Item, ShopView
 from training.recommenders.content import ContentRecommender
 
@@ -82,6 +83,7 @@ class ServingState:
     models: LoadedModels
     shop: ShopView
     content: ContentIndex
+    propensity: PropensityScores | None = None
 
 
 class ContentIndex:

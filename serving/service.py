@@ -32,6 +32,7 @@ from serving.pipeline import (
     recommend,
     similar_products,
 )
+from serving.scores import PropensityScores
 from serving.shop import load_shop
 
 log = logging.getLogger("nextbest.serving")
@@ -47,6 +48,12 @@ class SimilarItemsRequest(BaseModel):
     n: int = Field(10, ge=1, le=100)
 
 
+class PropensityRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    customer_ids: list[str] = Field(min_length=1, max_length=1000,
+                                    description="Customers to score (1 to 1000).")
+
+
 class ReloadRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
     token: str = Field(min_length=1, max_length=512)
@@ -55,8 +62,13 @@ class ReloadRequest(BaseModel):
 def build_state(settings: Settings, models: LoadedModels | None = None) -> ServingState:
     """Load models (unless given) and the shop view, and check they can answer."""
     models = models or load_models(settings, settings.serving_alias)
-    shop = load_shop(Warehouse(settings.data_dir / "warehouse"))
-    state = ServingState(models, shop, ContentIndex(shop))
+    warehouse = Warehouse(settings.data_dir / "warehouse")
+    shop = load_shop(warehouse)
+    scores = None
+    if models.propensity is not None:
+        scores = PropensityScores.build(models.propensity,
+                                        models.versions[settings.propensity_name], warehouse)
+    state = ServingState(models, shop, ContentIndex(shop), scores)
     smoke_check(state)
     return state
 
@@ -114,6 +126,17 @@ class NextBest:
         return {"item_id": item_id, "model_versions": dict(state.models.versions),
                 "items": [{"item_id": i, "title": state.shop.items[i].title,
                            "score": round(s, 6)} for i, s in similar[:n]]}
+
+    @bentoml.api(input_spec=PropensityRequest)
+    def propensity(self, customer_ids: list[str]) -> dict:
+        """Calibrated purchase-propensity scores with decile (over all customers), the three
+        reasons that moved each score most, and the model version; unknown ids are listed."""
+        state = self._ready_state()
+        if state.propensity is None:
+            raise ServiceUnavailable(f"no '{self.settings.propensity_name}' model is registered "
+                                     f"under alias '{self.settings.serving_alias}'; train one "
+                                     "with 'nextbest train propensity'")
+        return state.propensity.answer(customer_ids)
 
     @bentoml.api(input_spec=ReloadRequest)
     def admin_reload(self, token: str) -> dict:

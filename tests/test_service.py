@@ -35,6 +35,7 @@ from serving.pipeline import (
 from serving.service import NextBest, build_state
 from serving.shop import Item
 from training import registry
+from training.propensity_job import train_propensity
 from training.recommender_job import train_recommender
 
 TOKEN = "test-token"
@@ -46,6 +47,8 @@ def data_dir(tmp_path_factory) -> Path:
     shop = generate_shop(ShopConfig(n_customers=300, n_products=120, days=75, seed=21))
     store_shop(Warehouse(root / "warehouse"), shop)
     train_recommender(Settings(data_dir=root), "itemknn")
+    train_propensity(Settings(data_dir=root), "purchase", {"n_estimators": 100},
+                     horizon_days=14, n_snapshots=2)
     return root
 
 
@@ -82,7 +85,7 @@ def test_a_known_customer_gets_each_kind_with_reasons_and_versions(state):
     answer = recommend(state, RecommendRequest(customer_id=customer), state.shop.as_of)
     assert answer["known_customer"] and len(answer["products"]) == 10
     assert all(entry["reason"] for entry in answer["products"] + answer["content"])
-    assert answer["model_versions"] == {"recommender": "1"}
+    assert answer["model_versions"] == {"recommender": "1", "propensity": "1"}
     assert len(answer["recommendation_id"]) == 32
 
 
@@ -201,7 +204,7 @@ def test_the_http_app_answers_a_flat_json_request(client):
                                                 "n": {"product": 4, "content": 1, "offer": 1}})
     assert response.status_code == 200
     body = response.json()
-    assert len(body["products"]) == 4 and body["model_versions"] == {"recommender": "1"}
+    assert len(body["products"]) == 4 and body["model_versions"]["recommender"] == "1"
 
 
 @pytest.mark.parametrize("body, field", [
@@ -223,6 +226,34 @@ def test_similar_items_over_http(client):
     assert ok.status_code == 200 and len(ok.json()["items"]) == 3
     missing = client.post("/similar_items", json={"item_id": "nope"})
     assert missing.status_code == 400 and "'nope' is not in the catalog" in missing.text
+
+
+def test_propensity_scores_known_customers_and_lists_unknown_ones(client):
+    response = client.post("/propensity", json={"customer_ids": ["c0000001", "c0000002", "ghost"]})
+    assert response.status_code == 200
+    body = response.json()
+    assert body["model_version"] == "1" and body["unknown"] == ["ghost"]
+    assert [s["customer_id"] for s in body["scores"]] == ["c0000001", "c0000002"]
+    for score in body["scores"]:
+        assert 0 <= score["score"] <= 1 and 1 <= score["decile"] <= 10
+        assert 1 <= len(score["reasons"]) <= 3
+
+
+@pytest.mark.parametrize("body, field", [
+    ({"customer_ids": []}, "customer_ids"),
+    ({"customer_ids": [f"c{i}" for i in range(1001)]}, "customer_ids"),
+    ({"customer_ids": ["c1"], "horizon": 7}, "horizon"),
+])
+def test_bad_propensity_input_is_a_400_that_names_the_field(client, body, field):
+    response = client.post("/propensity", json=body)
+    assert response.status_code == 400 and field in response.text
+
+
+def test_propensity_without_a_registered_model_says_how_to_get_one(env):
+    service = NextBest()
+    service.state = dataclasses.replace(service.state, propensity=None)
+    with pytest.raises(ServiceUnavailable, match="train one with 'nextbest train propensity'"):
+        service.propensity(customer_ids=["c0000001"])
 
 
 def test_health_endpoints(client):
@@ -321,7 +352,7 @@ def test_a_real_bentoml_serve_process_answers(data_dir, tmp_path):
             headers={"Content-Type": "application/json"})
         with urllib.request.urlopen(request, timeout=10) as response:
             body = json.loads(response.read())
-        assert len(body["products"]) == 3 and body["model_versions"] == {"recommender": "1"}
+        assert len(body["products"]) == 3 and body["model_versions"]["recommender"] == "1"
         with urllib.request.urlopen(f"{url}/metrics", timeout=5) as metrics:
             assert "bentoml_service_request" in metrics.read().decode()
     finally:
