@@ -27,8 +27,8 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from features.contracts import Channel, ItemKind
 from serving.models import LoadedModels
-from serving.scores import PropensityScores
 from serving.shop import Behaviour, Item, ShopView
+from training.propensity.scoring import ScoredCustomers
 from training.recommenders.content import ContentRecommender
 
 PRODUCT, CONTENT, OFFER = ItemKind.PRODUCT.value, ItemKind.CONTENT.value, ItemKind.OFFER.value
@@ -83,7 +83,7 @@ class ServingState:
     models: LoadedModels
     shop: ShopView
     content: ContentIndex
-    propensity: PropensityScores | None = None
+    propensity: ScoredCustomers | None = None
 
 
 class ContentIndex:

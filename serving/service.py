@@ -32,8 +32,9 @@ from serving.pipeline import (
     recommend,
     similar_products,
 )
-from serving.scores import PropensityScores
+from serving.scores import propensity_answer
 from serving.shop import load_shop
+from training.propensity.scoring import ScoredCustomers
 
 log = logging.getLogger("nextbest.serving")
 
@@ -63,11 +64,12 @@ def build_state(settings: Settings, models: LoadedModels | None = None) -> Servi
     """Load models (unless given) and the shop view, and check they can answer."""
     models = models or load_models(settings, settings.serving_alias)
     warehouse = Warehouse(settings.data_dir / "warehouse")
-    shop = load_shop(warehouse)
+    events, items = warehouse.events(), warehouse.items()  # read once for everything below
+    shop = load_shop(warehouse, events, items)
     scores = None
     if models.propensity is not None:
-        scores = PropensityScores.build(models.propensity,
-                                        models.versions[settings.propensity_name], warehouse)
+        scores = ScoredCustomers.score(models.propensity,
+                                       models.versions[settings.propensity_name], events, items)
     state = ServingState(models, shop, ContentIndex(shop), scores)
     smoke_check(state)
     return state
@@ -136,7 +138,7 @@ class NextBest:
             raise ServiceUnavailable(f"no '{self.settings.propensity_name}' model is registered "
                                      f"under alias '{self.settings.serving_alias}'; train one "
                                      "with 'nextbest train propensity'")
-        return state.propensity.answer(customer_ids)
+        return propensity_answer(state.propensity, customer_ids)
 
     @bentoml.api(input_spec=ReloadRequest)
     def admin_reload(self, token: str) -> dict:

@@ -89,9 +89,13 @@ def _float(value) -> float | None:
     return None if value is None or pd.isna(value) else float(value)
 
 
-def load_shop(warehouse: Warehouse, window_days: int = 90) -> ShopView:
-    """Build the serving view from the warehouse (recent ``window_days`` of behaviour)."""
-    items_frame = warehouse.items()
+def load_shop(warehouse: Warehouse, events: pd.DataFrame | None = None,
+              items_frame: pd.DataFrame | None = None, window_days: int = 90) -> ShopView:
+    """Build the serving view from the warehouse (recent ``window_days`` of behaviour).
+
+    ``events`` and ``items_frame`` may be passed when the caller has read them already.
+    """
+    items_frame = warehouse.items() if items_frame is None else items_frame
     items = {}
     for row in items_frame.itertuples(index=False):
         limit = row.redemption_limit
@@ -106,8 +110,9 @@ def load_shop(warehouse: Warehouse, window_days: int = 90) -> ShopView:
             None if limit is None or pd.isna(limit) else int(limit))
     customers = warehouse.customers()
     segments = dict(zip(customers["customer_id"], customers["segment"], strict=True))
-    events = warehouse.events(columns=["customer_id", "item_id", "event_type", "timestamp",
-                                       "channel"])
+    if events is None:
+        events = warehouse.events(columns=["customer_id", "item_id", "event_type", "timestamp",
+                                           "channel"])
     as_of = events["timestamp"].max() if len(events) else pd.Timestamp.now(tz="UTC")
     behaviour = _behaviour(events, as_of - pd.Timedelta(days=window_days))
     recent = events[events["timestamp"] >= as_of - pd.Timedelta(days=30)]
@@ -162,7 +167,7 @@ def _popular_content(recent: pd.DataFrame, items: dict[str, Item]) -> list[tuple
     ranked = list(counts.items())
     unseen = [(i, 0.0) for i, item in items.items() if item.kind == ItemKind.CONTENT.value
               and i not in counts.index]
-    return ranked + unseen
+    return (ranked + unseen)[:POPULAR_KEEP]  # walked on every request: keep it short
 
 
 def _offer_rates(events: pd.DataFrame, prior_shown: float = 20.0,

@@ -16,13 +16,11 @@ import pandas as pd
 from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 
-from features.point_in_time import compute_customer_features
 from features.settings import Settings
 from features.warehouse import Warehouse
 from training import registry
-from training.propensity.datasets import numeric_features
 from training.propensity.model import PropensityModel
-from training.propensity.scoring import reason_columns, score_table
+from training.propensity.scoring import ScoredCustomers
 from training.tracking import configure
 
 CHUNK = 50_000
@@ -66,13 +64,12 @@ def export_scores(
         known = ", ".join(sorted(customers["segment"].dropna().unique())) or "none"
         raise ValueError(f"no customer is in segment {segment!r}; segments are: {known}")
     model, version = load_champion(settings, name)
-    events = warehouse.events()
-    moment = at if at is not None else events["timestamp"].max() + pd.Timedelta(microseconds=1)
-    features = numeric_features(compute_customer_features(events, moment, warehouse.items()))
+    scored = ScoredCustomers.score(model, version, warehouse.events(), warehouse.items(), at)
     segments = customers.set_index("customer_id")["segment"]
-    scored_at = pd.Timestamp.now(tz="UTC")
-    table = score_table(model, features.astype(float), segments, version, scored_at,
-                        with_reasons=False)  # deciles over everyone, before any filter
+    table = pd.DataFrame({"customer_id": scored.scores.index.astype(str),
+                          "score": scored.scores.to_numpy(), "decile": scored.deciles.to_numpy(),
+                          "segment": segments.reindex(scored.scores.index).fillna("unknown")
+                          .to_numpy()})
     table = table.sort_values("score", ascending=False, kind="stable")
     if segment is not None:
         table = table[table["segment"] == segment]
@@ -81,17 +78,15 @@ def export_scores(
     if top is not None:
         table = table.head(top)
     # Reasons are the costly part (per-row SHAP values): only for the rows written, in chunks.
-    parts = []
-    kept = features.loc[table["customer_id"]].astype(float)
-    for start in range(0, len(kept), CHUNK):
-        parts.append(reason_columns(model, kept.iloc[start:start + CHUNK]))
+    ids = table["customer_id"].tolist()
+    parts = [pd.DataFrame(columns=["reason_1", "reason_2", "reason_3"])]
+    for start in range(0, len(ids), CHUNK):
+        parts.append(scored.reasons(ids[start:start + CHUNK]))
         if on_progress:
-            on_progress(min(start + CHUNK, len(kept)), len(kept))
-    reasons = pd.concat(parts) if parts else pd.DataFrame(columns=["reason_1", "reason_2",
-                                                                   "reason_3"])
-    table = pd.concat([table.drop(columns=["model_version", "scored_at"]).reset_index(drop=True),
-                       reasons.reset_index(drop=True)], axis=1)
-    table["model_version"], table["scored_at"] = version, scored_at
+            on_progress(min(start + CHUNK, len(ids)), len(ids))
+    reasons = pd.concat(parts)
+    table = pd.concat([table.reset_index(drop=True), reasons.reset_index(drop=True)], axis=1)
+    table["model_version"], table["scored_at"] = version, pd.Timestamp.now(tz="UTC")
     out.parent.mkdir(parents=True, exist_ok=True)
     if file_format == "csv":
         table.to_csv(out, index=False)

@@ -1,17 +1,22 @@
 """Turn a propensity model and customer features into scores people can act on.
 
-One function, :func:`score_table`, serves both the marketers' export and the service: score,
-decile, segment, the three features that moved the score most (in plain words, with the
-direction), the model version and when it was scored.
+:class:`ScoredCustomers` scores every customer once, as of the newest event, so that deciles
+are over the whole customer base; reasons (the three features that moved a score most, in plain
+words, with the direction) cost per-row SHAP values, so they are computed only for the customers
+someone asks about. The marketers' export and the service's ``propensity`` endpoint both use it.
 """
 
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
+from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
 
+from features.point_in_time import compute_customer_features
+from training.propensity.datasets import numeric_features
 from training.propensity.evaluate import deciles
 from training.propensity.model import PropensityModel
 
@@ -63,16 +68,27 @@ def reason_columns(model: PropensityModel, X: pd.DataFrame) -> pd.DataFrame:
                          for i in range(3)}, index=X.index)
 
 
-def score_table(model: PropensityModel, X: pd.DataFrame, segments: pd.Series | None,
-                version: str, scored_at: pd.Timestamp, with_reasons: bool = True) -> pd.DataFrame:
-    """Scores, deciles (over everyone scored), segment, reasons, model version, scored-at."""
-    scores = model.predict_proba(X)[:, 1]
-    table = pd.DataFrame({"customer_id": X.index.astype(str), "score": scores,
-                          "decile": deciles(scores)})
-    table["segment"] = (segments.reindex(X.index).fillna("unknown").to_numpy()
-                        if segments is not None else "unknown")
-    if with_reasons:
-        table = pd.concat([table, reason_columns(model, X).reset_index(drop=True)], axis=1)
-    table["model_version"] = version
-    table["scored_at"] = scored_at
-    return table
+@dataclass(frozen=True)
+class ScoredCustomers:
+    """Every customer's score and decile as of ``as_of``, with the features behind them."""
+
+    model: PropensityModel
+    version: str
+    features: pd.DataFrame
+    scores: pd.Series
+    deciles: pd.Series
+    as_of: pd.Timestamp
+
+    @classmethod
+    def score(cls, model: PropensityModel, version: str, events: pd.DataFrame,
+              items: pd.DataFrame, at: pd.Timestamp | None = None) -> ScoredCustomers:
+        """Features as of ``at`` (default: just after the newest event), then one scoring pass."""
+        as_of = at if at is not None else events["timestamp"].max() + pd.Timedelta(microseconds=1)
+        features = numeric_features(compute_customer_features(events, as_of, items)).astype(float)
+        scores = pd.Series(model.predict_proba(features)[:, 1], index=features.index)
+        return cls(model, version, features, scores,
+                   pd.Series(deciles(scores.to_numpy()), index=features.index), as_of)
+
+    def reasons(self, customer_ids: Sequence[str]) -> pd.DataFrame:
+        """``reason_1..3`` for these (known) customers, indexed by customer id."""
+        return reason_columns(self.model, self.features.loc[list(customer_ids)])
