@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from functools import lru_cache
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -71,6 +72,26 @@ class Settings(BaseSettings):
     max_category_share: float = Field(
         0.5, gt=0, le=1, description="Most of a product list one top-level category may take."
     )
+
+    # --- real time: ingestion, online state, triggers ---
+    online_backend: Literal["embedded", "redis"] = Field(
+        "embedded", description="Where customer state lives: embedded (SQLite file <data_dir>/online.db,"
+        " one machine) or redis (several workers or instances).")
+    redis_url: str = Field("redis://127.0.0.1:6379/0", description="Redis for online_backend=redis.")
+    redis_prefix: str = Field("nextbest:", description="Prefix of every Redis key nextbest writes.")
+    dedup_window_days: float = Field(
+        7.0, gt=0, description="A re-sent event_id is recognised online this long; the warehouse "
+        "deduplicates forever.")
+    max_batch_events: int = Field(10_000, ge=1, description="Most events one /events call may send.")
+    flush_interval_seconds: float = Field(
+        60.0, ge=0, description="How often the service moves ingested events to the warehouse; 0 = never "
+        "(use 'nextbest events flush').")
+    trigger_interval_seconds: float = Field(
+        60.0, ge=0, description="How often the service evaluates timed triggers (cart abandonment); "
+        "0 = never.")
+    policy_file: Path | None = Field(
+        None, description="Contact policy and trigger rules (YAML). Default: <data_dir>/policy.yaml if it "
+        "exists, else the built-in policy (features/policy.default.yaml).")
 
     def resolved_tracking_uri(self) -> str:
         """The configured tracking URI, or the embedded SQLite store under the data directory."""

@@ -11,6 +11,10 @@ bottom. A request is answered per kind:
   by text, or popular reading;
 * offers: only eligible ones (segment, channel, validity window, basket minimum, the customer's
   redemption limit), ranked by expected value = redemption probability × offer value.
+
+What the customer did since the serving snapshot (their live state from ``features.online``) is
+merged in first: fresh purchases, views and cart contents change every stage, and the
+collaborative model re-derives the customer's vector from their fresh history.
 """
 
 from __future__ import annotations
@@ -25,7 +29,9 @@ import pandas as pd
 import scipy.sparse as sp
 from pydantic import BaseModel, ConfigDict, Field
 
-from features.contracts import Channel, ItemKind
+from features.contracts import CONTACT_CHANNELS, Channel, EventType, ItemKind
+from features.online.state import CustomerState
+from features.policy import ContactPolicy, contact_verdict, recently_shown
 from serving.models import LoadedModels
 from serving.shop import Behaviour, Item, ShopView
 from training.propensity.scoring import ScoredCustomers
@@ -35,6 +41,9 @@ PRODUCT, CONTENT, OFFER = ItemKind.PRODUCT.value, ItemKind.CONTENT.value, ItemKi
 CANDIDATES = 200
 SOURCE_WEIGHT = {"for_you": 1.0, "similar": 0.9, "new": 0.5, "popular": 0.35}
 MAX_N = 100
+FRESH_WEIGHT = {EventType.PURCHASE.value: 5.0, EventType.ADD_TO_CART.value: 3.0,
+                EventType.VIEW.value: 1.0}
+"""How much a fresh event adds to the customer's history row (as in training's defaults)."""
 
 
 class Context(BaseModel):
@@ -108,19 +117,30 @@ class ContentIndex:
 
 # ---------------------------------------------------------------------------- entry point
 def recommend(state: ServingState, request: RecommendRequest, now: pd.Timestamp,
-              max_category_share: float = 0.5) -> dict:
-    """Answer one request: ranked products, content and offers, with reasons and ids."""
+              max_category_share: float = 0.5, live: CustomerState | None = None,
+              policy: ContactPolicy | None = None) -> dict:
+    """Answer one request: ranked products, content and offers, with reasons and ids.
+
+    ``live`` is the customer's online state (None when it could not be read: the answer then
+    comes from the serving snapshot alone); ``policy`` applies cross-channel memory and reports
+    whether a contact channel may be used now.
+    """
     for kind, count in request.n.items():
         if not 0 <= count <= MAX_N:
             raise ValueError(f"n.{kind.value} must be between 0 and {MAX_N}, got {count}")
     behaviour = state.shop.customer(request.customer_id)
-    known = request.customer_id in state.shop.segments or request.customer_id in state.shop.behaviour
+    if live is not None and live.last_event is not None:
+        behaviour, request = with_live_state(behaviour, request, live)
+    known = (request.customer_id in state.shop.segments
+             or request.customer_id in state.shop.behaviour or bool(live and live.last_event))
     answer = {"recommendation_id": uuid.uuid4().hex, "customer_id": request.customer_id,
               "known_customer": known, "model_versions": dict(state.models.versions),
               "served_from": state.models.source}
+    if policy is not None and live is not None:
+        request = _apply_contact_policy(state, request, live, policy, now, answer)
     n = request.n
     products = rank_products(state, request, behaviour, n.get(ItemKind.PRODUCT, 0),
-                             max_category_share)
+                             max_category_share, live)
     answer["products"] = [_entry(state.shop.items[c.item_id], c) for c in products]
     answer["content"] = [_entry(state.shop.items[c.item_id], c)
                          for c in rank_content(state, request, behaviour,
@@ -131,6 +151,46 @@ def recommend(state: ServingState, request: RecommendRequest, now: pd.Timestamp,
     return answer
 
 
+def with_live_state(behaviour: Behaviour, request: RecommendRequest,
+                    live: CustomerState) -> tuple[Behaviour, RecommendRequest]:
+    """The snapshot's behaviour plus what the customer did since, and their live cart as context.
+
+    Redemptions take the larger count of the two sources, since events flushed to the warehouse
+    appear in both after the next reload.
+    """
+    redemptions = Counter(behaviour.redemptions)
+    for offer, count in live.redemptions.items():
+        redemptions[offer] = max(redemptions[offer], count)
+    merged = Behaviour(purchased=behaviour.purchased | set(live.purchased),
+                       recent_views=list(dict.fromkeys([*live.recent_views(),
+                                                        *behaviour.recent_views]))[:20],
+                       redemptions=redemptions)
+    if live.cart:
+        cart = list(dict.fromkeys([*request.context.cart_items, *live.cart]))
+        request = request.model_copy(
+            update={"context": request.context.model_copy(update={"cart_items": cart})})
+    return merged, request
+
+
+def _apply_contact_policy(state: ServingState, request: RecommendRequest, live: CustomerState,
+                          policy: ContactPolicy, now: pd.Timestamp, answer: dict) -> RecommendRequest:
+    """On a contact channel: say whether it may be used now, and leave out what was shown or sent
+    on another channel within the cross-channel memory."""
+    channel = request.channel.value
+    if request.channel not in CONTACT_CHANNELS:
+        return request
+    verdict = contact_verdict(policy, live, state.shop.consents.get(request.customer_id,
+                                                                    frozenset()),
+                              channel, now.to_pydatetime())
+    answer["contact"] = {"channel": channel, "allowed": verdict is None, "reason": verdict}
+    elsewhere = {item for item in recently_shown(policy, live, now.to_pydatetime())
+                 if live.shown[item][0] != channel}
+    if not elsewhere:
+        return request
+    return request.model_copy(update={"exclude": list(dict.fromkeys([*request.exclude,
+                                                                      *elsewhere]))})
+
+
 def _entry(item: Item, candidate: Candidate) -> dict:
     return {"item_id": item.item_id, "title": item.title, "category": item.category,
             "score": round(candidate.score, 6), "reason": candidate.reason}
@@ -138,18 +198,18 @@ def _entry(item: Item, candidate: Candidate) -> dict:
 
 # ---------------------------------------------------------------------------- products
 def rank_products(state: ServingState, request: RecommendRequest, behaviour: Behaviour, n: int,
-                  max_category_share: float) -> list[Candidate]:
+                  max_category_share: float, live: CustomerState | None = None) -> list[Candidate]:
     if n == 0:
         return []
-    pooled = product_candidates(state, request, behaviour)
+    pooled = product_candidates(state, request, behaviour, live)
     allowed = {i: c for i, c in pooled.items()
                if passes_product_rules(state.shop.items.get(i), request, behaviour)}
     ranked = sorted(allowed.values(), key=lambda c: -c.score)
     return diversify(ranked, n, max_category_share, state.shop.items)
 
 
-def product_candidates(state: ServingState, request: RecommendRequest,
-                       behaviour: Behaviour) -> dict[str, Candidate]:
+def product_candidates(state: ServingState, request: RecommendRequest, behaviour: Behaviour,
+                       live: CustomerState | None = None) -> dict[str, Candidate]:
     """Blend every source into one score per item; the strongest source gives the reason."""
     shop, bundle = state.shop, state.models.recommender
     contributions: dict[str, list[tuple[float, str]]] = {}
@@ -164,9 +224,11 @@ def product_candidates(state: ServingState, request: RecommendRequest,
 
     interactions = bundle.interactions
     row = interactions.user_row(request.customer_id)
-    if row >= 0:
-        columns, scores = bundle.model.recommend(row, interactions.matrix[row], N=CANDIDATES,
-                                                 filter_already_liked_items=False)
+    history, fresh = _history_row(interactions, row, live)
+    if row >= 0 or fresh:
+        columns, scores = bundle.model.recommend(row, history, N=CANDIDATES,
+                                                 filter_already_liked_items=False,
+                                                 recalculate_user=fresh)
         add("for_you", [(interactions.item_ids[c], float(s)) for c, s in zip(columns, scores,
                                                                             strict=True)
                         if np.isfinite(s)], lambda _: "recommended for you")
@@ -182,6 +244,29 @@ def product_candidates(state: ServingState, request: RecommendRequest,
         lambda i: f"popular in {shop.items[i].top}")
     return {item_id: Candidate(item_id, sum(v for v, _ in parts), max(parts)[1])
             for item_id, parts in contributions.items()}
+
+
+def _history_row(interactions, row: int, live: CustomerState | None) -> tuple[sp.csr_matrix, bool]:
+    """The customer's training row plus items they touched since (not in it yet); True when
+    something was added, so that a factor model recomputes the customer vector from it."""
+    n_items = interactions.matrix.shape[1]
+    history = interactions.matrix[row] if row >= 0 else sp.csr_matrix((1, n_items), dtype=np.float32)
+    if live is None or live.last_event is None:
+        return history, False
+    weights: dict[int, float] = {}
+    touched = [(i, EventType.VIEW.value) for i, _ in live.views]
+    touched += [(i, EventType.ADD_TO_CART.value) for i in live.cart]
+    touched += [(i, EventType.PURCHASE.value) for i in live.purchased]
+    known = set(history.indices.tolist())
+    for item_id, kind in touched:
+        column = interactions.item_column(item_id)
+        if column >= 0 and column not in known:
+            weights[column] = weights.get(column, 0.0) + FRESH_WEIGHT[kind]
+    if not weights:
+        return history, False
+    fresh = sp.csr_matrix((list(weights.values()), ([0] * len(weights), list(weights))),
+                          shape=(1, n_items), dtype=np.float32)
+    return history + fresh, True
 
 
 def _anchors(request: RecommendRequest, behaviour: Behaviour) -> list[tuple[str, str]]:

@@ -6,6 +6,14 @@ replaced whole. A background thread polls the alias (``NEXTBEST_RELOAD_INTERVAL_
 ``admin_reload`` forces a check; new models are loaded aside, smoke-checked, and only then
 swapped in, so a request in flight always finishes on the state it started with.
 
+Customers' latest events arrive on ``events`` and are recorded durably in the online store
+(embedded SQLite or Redis) before the call returns; every ``recommend`` reads the customer's
+live state from it, so the next answer reflects what they just did. A background thread
+evaluates the trigger rules for customers with new events and on a timer, and another moves
+ingested events to the warehouse for the next retrain. If the online store is unreachable,
+``recommend`` answers from the models and the snapshot alone and says ``degraded``, and
+``events`` answers 503 so that the caller retries.
+
 Run it with ``bentoml serve serving.service:NextBest`` (port 3000).
 """
 
@@ -14,6 +22,8 @@ from __future__ import annotations
 import hmac
 import logging
 import threading
+import time
+from datetime import UTC, datetime
 from http import HTTPStatus
 from typing import Any
 
@@ -22,6 +32,9 @@ import pandas as pd
 from bentoml.exceptions import BentoMLException, InvalidArgument, ServiceUnavailable
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from features.ingest import parse_events
+from features.online import OnlineStateUnavailable, open_online_store
+from features.policy import load_policy, policy_path
 from features.settings import Settings, get_settings
 from features.warehouse import Warehouse
 from serving.models import LoadedModels, RegistryUnavailable, load_models, resolve_versions
@@ -34,6 +47,7 @@ from serving.pipeline import (
 )
 from serving.scores import propensity_answer
 from serving.shop import load_shop
+from serving.triggers import TriggerEngine
 from training.propensity.scoring import ScoredCustomers
 
 log = logging.getLogger("nextbest.serving")
@@ -53,6 +67,17 @@ class PropensityRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
     customer_ids: list[str] = Field(min_length=1, max_length=1000,
                                     description="Customers to score (1 to 1000).")
+
+
+class EventsBody(BaseModel):
+    """One event as a flat object (the event contract's fields), or ``{"events": [...]}``."""
+
+    model_config = ConfigDict(extra="allow")
+    events: list[Any] | None = Field(
+        None, description="A batch of events; leave out to send one event as the whole body.")
+    atomic: bool = Field(
+        False, description="Batch only: reject the whole batch if any event is bad (default: "
+        "accept the good ones and list the bad ones with their index).")
 
 
 class ReloadRequest(BaseModel):
@@ -92,6 +117,15 @@ class NextBest:
         self.detail = "loading"
         self._swap = threading.Lock()
         self._stop = threading.Event()
+        self.warehouse = Warehouse(self.settings.data_dir / "warehouse")
+        self.online = open_online_store(self.settings)
+        self.policy = load_policy(policy_path(self.settings))
+        self.triggers = TriggerEngine(self.policy, self.online, lambda: self.state,
+                                      self.settings.max_category_share)
+        self._touched: set[str] = set()
+        self._touched_lock = threading.Lock()
+        self._wake = threading.Event()
+        self._online_down_until = 0.0
         try:
             self.state = build_state(self.settings)
             self.detail = self.state.models.detail or "models loaded from the registry"
@@ -100,6 +134,9 @@ class NextBest:
             log.error(self.detail)
         if self.settings.reload_interval_seconds > 0:
             threading.Thread(target=self._poll, name="alias-poller", daemon=True).start()
+        if self.settings.flush_interval_seconds > 0:
+            threading.Thread(target=self._flush_loop, name="warehouse-flush", daemon=True).start()
+        threading.Thread(target=self._trigger_loop, name="triggers", daemon=True).start()
 
     # ------------------------------------------------------------------ health
     def __is_ready__(self) -> bool:
@@ -113,10 +150,56 @@ class NextBest:
         state = self._ready_state()
         try:
             parsed = RecommendRequest(**request)
-            return recommend(state, parsed, pd.Timestamp.now(tz="UTC"),
-                             self.settings.max_category_share)
-        except (ValidationError, ValueError) as error:
+        except ValidationError as error:
             raise InvalidArgument(str(error)) from None
+        live, degraded = self._live_state(parsed.customer_id)
+        try:
+            answer = recommend(state, parsed, pd.Timestamp.now(tz="UTC"),
+                               self.settings.max_category_share, live, self.policy)
+        except ValueError as error:
+            raise InvalidArgument(str(error)) from None
+        answer["degraded"] = degraded is not None
+        if degraded is not None:
+            answer["degraded_reason"] = degraded
+        return answer
+
+    @bentoml.api
+    def events(self, body: EventsBody, /, ctx: bentoml.Context) -> dict:
+        """Record customers' events: one event as the body, or a batch as ``{"events": [...]}``.
+
+        Each event is checked against the event contract; a bad one is listed with its index,
+        field and value (HTTP 400 when nothing was accepted, 207 when some were). Accepted events
+        are on disk (or in Redis) before the answer; a re-sent ``event_id`` counts as a
+        duplicate, not again. 503 means the online store is unreachable and nothing was written.
+        """
+        single = body.events is None
+        raw = [body.model_extra or {}] if single else body.events
+        limit = self.settings.max_batch_events
+        if len(raw) > limit:
+            ctx.response.status_code = HTTPStatus.REQUEST_ENTITY_TOO_LARGE
+            return {"error": f"events: a batch holds at most {limit} events, got {len(raw)}; "
+                             "split it (NEXTBEST_MAX_BATCH_EVENTS)"}
+        parsed = parse_events(raw, self.settings.max_reported_errors)
+        problems = [p.as_dict() for p in parsed.problems]
+        if parsed.problems and (single or body.atomic or not parsed.events):
+            ctx.response.status_code = HTTPStatus.BAD_REQUEST
+            return {"accepted": 0, "duplicates": 0, "rejected": parsed.rejected,
+                    "problems": problems,
+                    "error": "nothing was recorded: " + "; ".join(p["message"] for p in problems[:5])}
+        try:
+            result = self.online.ingest(parsed.events)
+        except OnlineStateUnavailable as error:
+            ctx.response.status_code = HTTPStatus.SERVICE_UNAVAILABLE
+            ctx.response.metadata["Retry-After"] = "5"
+            log.error("ingestion refused: %s", error)
+            return {"error": f"{error}; nothing was recorded, retry later"}
+        with self._touched_lock:
+            self._touched.update(result.customers)
+        self._wake.set()
+        if parsed.problems:
+            ctx.response.status_code = HTTPStatus.MULTI_STATUS
+        return {"accepted": result.accepted, "duplicates": result.duplicates + parsed.repeated,
+                "rejected": parsed.rejected, "problems": problems}
 
     @bentoml.api(input_spec=SimilarItemsRequest)
     def similar_items(self, item_id: str, n: int = 10) -> dict:
@@ -169,6 +252,55 @@ class NextBest:
     def _poll(self) -> None:
         while not self._stop.wait(self.settings.reload_interval_seconds):
             self.reload()
+
+    # ------------------------------------------------------------------ real time
+    def _live_state(self, customer_id: str):
+        """The customer's online state, or (None, why) while the store is unreachable; after a
+        failure the store is not asked again for a few seconds, so requests stay fast."""
+        if time.monotonic() < self._online_down_until:
+            return None, "online state unavailable (retrying shortly); answered from the models alone"
+        try:
+            return self.online.customer(customer_id), None
+        except OnlineStateUnavailable as error:
+            self._online_down_until = time.monotonic() + 5.0
+            log.warning("recommend degraded: %s", error)
+            return None, f"{error}; answered from the models alone"
+
+    def _flush_loop(self) -> None:
+        while True:
+            try:
+                moved = self.online.flush_to(self.warehouse)
+                if moved:
+                    log.info("moved %d ingested events to the warehouse", moved)
+            except Exception as error:  # noqa: BLE001 - events stay logged and are retried
+                log.error("warehouse flush failed, will retry: %s", error)
+            if self._stop.wait(self.settings.flush_interval_seconds):
+                return
+
+    def _trigger_loop(self) -> None:
+        """Evaluate event-driven rules as soon as events arrive, and timed rules every interval."""
+        interval = self.settings.trigger_interval_seconds
+        next_tick = time.monotonic()
+        while not self._stop.is_set():
+            timeout = max(0.0, next_tick - time.monotonic()) if interval > 0 else None
+            self._wake.wait(timeout)
+            self._wake.clear()
+            with self._touched_lock:
+                touched, self._touched = self._touched, set()
+            now = datetime.now(UTC)
+            timed = interval > 0 and time.monotonic() >= next_tick
+            if timed:
+                next_tick = time.monotonic() + interval
+            try:
+                outcomes = self.triggers.on_events(touched, now) if touched else []
+                if timed:
+                    outcomes += self.triggers.tick(now)
+            except Exception as error:  # noqa: BLE001 - a bad tick must not stop the loop
+                log.error("trigger evaluation failed, will retry: %s", error)
+                continue
+            for outcome in outcomes:
+                log.info("trigger %s for %s: %s %s", outcome.trigger, outcome.customer_id,
+                         outcome.status, outcome.detail)
 
     def _ready_state(self) -> ServingState:
         state = self.state

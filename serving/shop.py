@@ -2,9 +2,9 @@
 
 The catalog (kinds, categories, prices, stock, offer terms), each customer's segment, and their
 recent behaviour — purchases, views, redemptions — read from the warehouse's latest events.
-(The real-time issue replaces the behaviour part with the online state; the pipeline only sees
-this interface.) Everything a request needs is a dictionary lookup here, never a DataFrame
-operation.
+What a customer did since this snapshot comes from the online state (``features.online``) and
+is merged in per request by the pipeline. Everything a request needs is a dictionary lookup
+here, never a DataFrame operation.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from functools import cached_property
 import numpy as np
 import pandas as pd
 
-from features.contracts import LIST_SEPARATOR, EventType, ItemKind
+from features.contracts import CONTACT_CHANNELS, LIST_SEPARATOR, EventType, ItemKind
 from features.warehouse import Warehouse
 
 POPULAR_KEEP = 300
@@ -62,6 +62,8 @@ class ShopView:
     """Smoothed redemption rate of each offer when shown: the prior for its response."""
     new_products: list[str]
     as_of: pd.Timestamp
+    consents: dict[str, frozenset[str]] = field(default_factory=dict)
+    """Customer -> the contact channels they agreed to (email, sms, push)."""
 
     def customer(self, customer_id: str) -> Behaviour:
         return self.behaviour.get(customer_id, Behaviour())
@@ -110,6 +112,7 @@ def load_shop(warehouse: Warehouse, events: pd.DataFrame | None = None,
             None if limit is None or pd.isna(limit) else int(limit))
     customers = warehouse.customers()
     segments = dict(zip(customers["customer_id"], customers["segment"], strict=True))
+    consents = _consents(customers)
     if events is None:
         events = warehouse.events(columns=["customer_id", "item_id", "event_type", "timestamp",
                                            "channel"])
@@ -118,7 +121,14 @@ def load_shop(warehouse: Warehouse, events: pd.DataFrame | None = None,
     recent = events[events["timestamp"] >= as_of - pd.Timedelta(days=30)]
     return ShopView(items, segments, behaviour, _popular(recent, items, segments),
                     _popular_content(recent, items), _offer_rates(events),
-                    _new_products(items, as_of), as_of)
+                    _new_products(items, as_of), as_of, consents)
+
+
+def _consents(customers: pd.DataFrame) -> dict[str, frozenset[str]]:
+    flags = {c.value: customers[f"consent_{c.value}"].fillna(False).to_numpy(dtype=bool)
+             for c in CONTACT_CHANNELS}
+    return {customer: frozenset(c for c, agreed in flags.items() if agreed[row])
+            for row, customer in enumerate(customers["customer_id"])}
 
 
 def _behaviour(events: pd.DataFrame, since: pd.Timestamp) -> dict[str, Behaviour]:

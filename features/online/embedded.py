@@ -1,0 +1,172 @@
+"""The embedded online store: one SQLite file in WAL mode, no server to run.
+
+Every write is a ``BEGIN IMMEDIATE`` transaction committed with ``synchronous=FULL``, so once a
+call returns its data is on disk: a process killed right after loses nothing. Several worker
+processes on one machine can share the file (WAL lets readers run beside the one writer); for
+several machines, use the Redis backend.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from features.online.state import CustomerState
+from features.online.store import (
+    OnlineStateUnavailable,
+    OnlineStore,
+    logged_event,
+    update_states,
+)
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS seen (event_id TEXT PRIMARY KEY, received REAL NOT NULL);
+CREATE TABLE IF NOT EXISTS event_log (position INTEGER PRIMARY KEY AUTOINCREMENT,
+                                      event TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS customers (customer_id TEXT PRIMARY KEY, state TEXT NOT NULL,
+                                      cart_updated REAL);
+CREATE INDEX IF NOT EXISTS customers_open_carts ON customers (cart_updated)
+    WHERE cart_updated IS NOT NULL;
+CREATE TABLE IF NOT EXISTS outbox (position INTEGER PRIMARY KEY AUTOINCREMENT,
+                                   firing_key TEXT NOT NULL UNIQUE, decision TEXT NOT NULL);
+"""
+CHUNK = 500  # well under SQLite's limit on ? parameters per statement
+
+
+class EmbeddedStore(OnlineStore):
+    name = "embedded"
+
+    def __init__(self, path: Path, dedup_window_days: float = 7.0) -> None:
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.dedup_window = dedup_window_days * 86400
+        self._local = threading.local()
+        self._db.executescript(SCHEMA)
+
+    # ------------------------------------------------------------------ connections
+    @property
+    def _db(self) -> sqlite3.Connection:
+        """One connection per thread (BentoML runs sync endpoints in a thread pool)."""
+        db = getattr(self._local, "db", None)
+        if db is None:
+            try:
+                db = sqlite3.connect(self.path, timeout=30, isolation_level=None)
+                db.execute("PRAGMA journal_mode=WAL")
+                db.execute("PRAGMA synchronous=FULL")
+            except sqlite3.Error as error:
+                raise OnlineStateUnavailable(f"cannot open {self.path}: {error}") from error
+            self._local.db = db
+        return db
+
+    @contextmanager
+    def _write(self) -> Iterator[sqlite3.Connection]:
+        db = self._db
+        try:
+            db.execute("BEGIN IMMEDIATE")
+        except sqlite3.Error as error:
+            raise OnlineStateUnavailable(f"cannot write {self.path}: {error}") from error
+        try:
+            yield db
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+        db.execute("COMMIT")
+
+    # ------------------------------------------------------------------ events
+    def _commit_events(self, events: list[dict]) -> list[dict]:
+        now = time.time()
+        with self._write() as db:
+            ids = [e["event_id"] for e in events]
+            seen = set()
+            for start in range(0, len(ids), CHUNK):
+                part = ids[start:start + CHUNK]
+                seen.update(row[0] for row in db.execute(
+                    f"SELECT event_id FROM seen WHERE event_id IN ({','.join('?' * len(part))})",
+                    part))
+            fresh = [e for e in events if e["event_id"] not in seen]
+            if not fresh:
+                return []
+            db.executemany("INSERT INTO seen VALUES (?, ?)", [(e["event_id"], now) for e in fresh])
+            db.executemany("INSERT INTO event_log (event) VALUES (?)",
+                           [(logged_event(e),) for e in fresh])
+            states = self._states(db, list({e["customer_id"] for e in fresh}))
+            update_states(states, fresh)
+            db.executemany(
+                "INSERT OR REPLACE INTO customers VALUES (?, ?, ?)",
+                [(c, s.to_json(), s.cart_updated) for c, s in states.items()])
+        return fresh
+
+    def _states(self, db: sqlite3.Connection, customers: list[str]) -> dict[str, CustomerState]:
+        states = {}
+        for start in range(0, len(customers), CHUNK):
+            part = customers[start:start + CHUNK]
+            for customer, text in db.execute(
+                    f"SELECT customer_id, state FROM customers WHERE customer_id IN "
+                    f"({','.join('?' * len(part))})", part):
+                states[customer] = CustomerState.from_json(text)
+        return states
+
+    # ------------------------------------------------------------------ customers
+    def customer(self, customer_id: str) -> CustomerState:
+        try:
+            row = self._db.execute("SELECT state FROM customers WHERE customer_id = ?",
+                                   (customer_id,)).fetchone()
+        except sqlite3.Error as error:
+            raise OnlineStateUnavailable(f"cannot read {self.path}: {error}") from error
+        return CustomerState.from_json(row[0]) if row else CustomerState(customer_id)
+
+    def open_carts(self, idle_since: float) -> list[str]:
+        return [row[0] for row in self._db.execute(
+            "SELECT customer_id FROM customers WHERE cart_updated IS NOT NULL "
+            "AND cart_updated <= ? ORDER BY cart_updated", (idle_since,))]
+
+    # ------------------------------------------------------------------ decisions
+    def _commit_decision(self, decision: dict, change) -> bool:
+        customer = decision["customer_id"]
+        with self._write() as db:
+            state = self._states(db, [customer]).get(customer) or CustomerState(customer)
+            if not change(state):
+                return False
+            db.execute("INSERT OR REPLACE INTO customers VALUES (?, ?, ?)",
+                       (customer, state.to_json(), state.cart_updated))
+            db.execute("INSERT INTO outbox (firing_key, decision) VALUES (?, ?)",
+                       (decision["firing_key"], json.dumps(decision)))
+        return True
+
+    def outbox(self, after: str | None = None, limit: int = 100) -> list[tuple[str, dict]]:
+        rows = self._db.execute(
+            "SELECT position, decision FROM outbox WHERE position > ? ORDER BY position LIMIT ?",
+            (int(after or 0), limit))
+        return [(str(position), json.loads(text)) for position, text in rows]
+
+    # ------------------------------------------------------------------ warehouse
+    def pending_events(self, limit: int) -> tuple[list[str], list[dict]]:
+        rows = self._db.execute(
+            "SELECT position, event FROM event_log ORDER BY position LIMIT ?", (limit,)).fetchall()
+        return [str(p) for p, _ in rows], [json.loads(text) for _, text in rows]
+
+    def forget_events(self, positions: list[str]) -> None:
+        if not positions:
+            return
+        with self._write() as db:
+            db.execute("DELETE FROM event_log WHERE position <= ?", (max(map(int, positions)),))
+            db.execute("DELETE FROM seen WHERE received < ?", (time.time() - self.dedup_window,))
+
+    # ------------------------------------------------------------------ health
+    def ping(self) -> None:
+        try:
+            self._db.execute("SELECT 1").fetchone()
+        except sqlite3.Error as error:
+            raise OnlineStateUnavailable(f"cannot read {self.path}: {error}") from error
+
+    def close(self) -> None:
+        db = getattr(self._local, "db", None)
+        if db is not None:
+            db.close()
+            self._local.db = None
+

@@ -1,0 +1,166 @@
+"""The Redis online store: for several workers or instances sharing one customer state.
+
+Keys (under a prefix, default ``nextbest:``): ``customer:<id>`` holds the state as JSON,
+``seen:<event_id>`` marks an event for the deduplication window, the ``carts`` sorted set
+indexes open carts by when they last grew, and two streams hold the event log awaiting the
+warehouse (``events``) and the decision outbox (``outbox``, for other systems to ``XREAD``).
+
+Each write is an optimistic transaction: ``WATCH`` the keys it reads, compute the new states with
+the same Python code as the embedded backend, then ``MULTI``/``EXEC`` — retried if another
+worker changed a watched key meanwhile. Redis applies all of it or none of it. How durable an
+acknowledged event is depends on the server's persistence: run Redis with
+``appendonly yes`` and ``appendfsync always`` for no loss on a server crash (docs/realtime.md).
+"""
+
+from __future__ import annotations
+
+import json
+
+import redis
+
+from features.online.state import CustomerState
+from features.online.store import (
+    OnlineStateUnavailable,
+    OnlineStore,
+    logged_event,
+    update_states,
+)
+
+RETRIES = 20
+
+
+class RedisStore(OnlineStore):
+    name = "redis"
+
+    def __init__(self, url: str, prefix: str = "nextbest:", dedup_window_days: float = 7.0,
+                 timeout_seconds: float = 2.0) -> None:
+        self.url = url
+        self.prefix = prefix
+        self.dedup_window = int(dedup_window_days * 86400)
+        self.client = redis.Redis.from_url(url, socket_timeout=timeout_seconds,
+                                           socket_connect_timeout=timeout_seconds)
+
+    def _key(self, *parts: str) -> str:
+        return self.prefix + ":".join(parts)
+
+    def _unavailable(self, error: Exception) -> OnlineStateUnavailable:
+        return OnlineStateUnavailable(f"redis at {self.url} is unreachable: {error}")
+
+    def _transaction(self, keys: list[str], body):
+        """Run ``body(pipe)`` under WATCH on ``keys``, retrying when another writer won."""
+        try:
+            for _ in range(RETRIES):
+                with self.client.pipeline() as pipe:
+                    try:
+                        pipe.watch(*keys)
+                        return body(pipe)
+                    except redis.WatchError:
+                        continue
+            raise OnlineStateUnavailable(f"redis at {self.url}: too much contention on {keys[:3]}")
+        except (redis.ConnectionError, redis.TimeoutError) as error:
+            raise self._unavailable(error) from error
+
+    # ------------------------------------------------------------------ events
+    def _commit_events(self, events: list[dict]) -> list[dict]:
+        seen_keys = [self._key("seen", e["event_id"]) for e in events]
+        customers = list({e["customer_id"] for e in events})
+        customer_keys = [self._key("customer", c) for c in customers]
+
+        def body(pipe) -> list[dict]:
+            seen = pipe.mget(seen_keys)
+            fresh = [e for e, flag in zip(events, seen, strict=True) if flag is None]
+            if not fresh:
+                return []
+            states = {c: CustomerState.from_json(text) for c, text
+                      in zip(customers, pipe.mget(customer_keys), strict=True) if text}
+            update_states(states, fresh)
+            pipe.multi()
+            for event in fresh:
+                pipe.set(self._key("seen", event["event_id"]), 1, ex=self.dedup_window)
+                pipe.xadd(self._key("events"), {"event": logged_event(event)})
+            self._store_states(pipe, states)
+            pipe.execute()
+            return fresh
+
+        return self._transaction([*seen_keys, *customer_keys], body)
+
+    def _store_states(self, pipe, states: dict[str, CustomerState]) -> None:
+        pipe.mset({self._key("customer", c): s.to_json() for c, s in states.items()})
+        open_carts = {c: s.cart_updated for c, s in states.items() if s.cart_updated is not None}
+        closed = [c for c, s in states.items() if s.cart_updated is None]
+        if open_carts:
+            pipe.zadd(self._key("carts"), open_carts)
+        if closed:
+            pipe.zrem(self._key("carts"), *closed)
+
+    # ------------------------------------------------------------------ customers
+    def customer(self, customer_id: str) -> CustomerState:
+        try:
+            text = self.client.get(self._key("customer", customer_id))
+        except (redis.ConnectionError, redis.TimeoutError) as error:
+            raise self._unavailable(error) from error
+        return CustomerState.from_json(text) if text else CustomerState(customer_id)
+
+    def open_carts(self, idle_since: float) -> list[str]:
+        try:
+            members = self.client.zrangebyscore(self._key("carts"), "-inf", idle_since)
+        except (redis.ConnectionError, redis.TimeoutError) as error:
+            raise self._unavailable(error) from error
+        return [m.decode() for m in members]
+
+    # ------------------------------------------------------------------ decisions
+    def _commit_decision(self, decision: dict, change) -> bool:
+        customer = decision["customer_id"]
+        key = self._key("customer", customer)
+
+        def body(pipe) -> bool:
+            text = pipe.get(key)
+            state = CustomerState.from_json(text) if text else CustomerState(customer)
+            if not change(state):
+                return False
+            pipe.multi()
+            self._store_states(pipe, {customer: state})
+            pipe.xadd(self._key("outbox"), {"decision": json.dumps(decision)})
+            pipe.execute()
+            return True
+
+        return self._transaction([key], body)
+
+    def outbox(self, after: str | None = None, limit: int = 100) -> list[tuple[str, dict]]:
+        start = f"({after}" if after else "-"
+        try:
+            entries = self.client.xrange(self._key("outbox"), start, "+", count=limit)
+        except (redis.ConnectionError, redis.TimeoutError) as error:
+            raise self._unavailable(error) from error
+        return [(position.decode(), json.loads(fields[b"decision"]))
+                for position, fields in entries]
+
+    # ------------------------------------------------------------------ warehouse
+    def pending_events(self, limit: int) -> tuple[list[str], list[dict]]:
+        try:
+            entries = self.client.xrange(self._key("events"), "-", "+", count=limit)
+        except (redis.ConnectionError, redis.TimeoutError) as error:
+            raise self._unavailable(error) from error
+        return ([p.decode() for p, _ in entries],
+                [json.loads(fields[b"event"]) for _, fields in entries])
+
+    def forget_events(self, positions: list[str]) -> None:
+        if positions:
+            self.client.xdel(self._key("events"), *positions)
+
+    # ------------------------------------------------------------------ health
+    def ping(self) -> None:
+        try:
+            self.client.ping()
+        except (redis.ConnectionError, redis.TimeoutError) as error:
+            raise self._unavailable(error) from error
+
+    def close(self) -> None:
+        self.client.close()
+
+    def clear(self) -> None:
+        """Delete every key under this store's prefix (tests and ``nextbest online reset``)."""
+        keys = list(self.client.scan_iter(match=self.prefix + "*", count=1000))
+        for start in range(0, len(keys), 1000):
+            self.client.delete(*keys[start:start + 1000])
+

@@ -1,0 +1,116 @@
+"""What the shop knows about one customer right now, and how one event changes it.
+
+Both online backends store a :class:`CustomerState` per customer and change it only through
+:func:`apply_event`, so the embedded and the Redis backend cannot disagree on what an event
+means. The state holds what serving and the triggers read on every request or tick: recent
+views, the cart, purchases, redemptions, what was shown or sent (cross-channel memory), contacts
+made (frequency caps) and trigger firings (exactly once). Old entries are pruned on every write,
+so a state stays small whatever a customer does.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+
+from features.contracts import EventType
+
+MAX_VIEWS = 50
+RETENTION_SECONDS = 90 * 86400
+"""Contacts, firings and shown items older than this are forgotten (longer than any cap)."""
+
+
+@dataclass
+class CustomerState:
+    customer_id: str
+    views: list[tuple[str, float]] = field(default_factory=list)
+    """(item, when) for the latest view events, newest first; repeats kept (triggers count them)."""
+    cart: dict[str, float] = field(default_factory=dict)
+    """Items in the cart now -> when they were added."""
+    cart_updated: float | None = None
+    """Last time something was added to the cart; None when the cart is empty."""
+    purchased: dict[str, float] = field(default_factory=dict)
+    last_purchase: float | None = None
+    redemptions: dict[str, int] = field(default_factory=dict)
+    shown: dict[str, tuple[str, float]] = field(default_factory=dict)
+    """Item or offer -> (channel, when) it was last shown or sent, on any channel."""
+    contacts: list[tuple[str, str, float]] = field(default_factory=list)
+    """(channel, trigger, when) for each message sent by a trigger, oldest first."""
+    fired: dict[str, float] = field(default_factory=dict)
+    """Firing key -> when: a trigger fires at most once per key."""
+    counts: dict[str, int] = field(default_factory=dict)
+    last_event: float | None = None
+
+    # ------------------------------------------------------------------ reading
+    def recent_views(self, limit: int = 20) -> list[str]:
+        """Distinct viewed items, newest first."""
+        seen: dict[str, None] = {}
+        for item_id, _ in self.views:
+            seen.setdefault(item_id, None)
+            if len(seen) == limit:
+                break
+        return list(seen)
+
+    def contacts_since(self, channel: str, since: float) -> int:
+        return sum(1 for c, _, when in self.contacts if c == channel and when >= since)
+
+    # ------------------------------------------------------------------ storing
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), separators=(",", ":"))
+
+    @classmethod
+    def from_json(cls, text: str | bytes) -> CustomerState:
+        data = json.loads(text)
+        data["views"] = [tuple(v) for v in data["views"]]
+        data["shown"] = {k: tuple(v) for k, v in data["shown"].items()}
+        data["contacts"] = [tuple(c) for c in data["contacts"]]
+        return cls(**data)
+
+
+def apply_event(state: CustomerState, event: dict) -> None:
+    """Fold one accepted event into the customer's state (``event['at']`` is epoch seconds).
+
+    Events may arrive a little out of order (a phone comes back online); views are kept in time
+    order, and a cart is only emptied by a purchase or removal that happened after the add.
+    """
+    kind, item, at, channel = event["event_type"], event["item_id"], event["at"], event["channel"]
+    state.counts[kind] = state.counts.get(kind, 0) + 1
+    state.last_event = max(at, state.last_event or at)
+    if kind in (EventType.VIEW, EventType.CLICK):
+        state.views.append((item, at))
+        state.views.sort(key=lambda view: -view[1])
+        del state.views[MAX_VIEWS:]
+    elif kind == EventType.ADD_TO_CART:
+        state.cart[item] = max(at, state.cart.get(item, at))
+        state.cart_updated = max(at, state.cart_updated or at)
+    elif kind == EventType.REMOVE_FROM_CART:
+        if item in state.cart and state.cart[item] <= at:
+            del state.cart[item]
+    elif kind == EventType.PURCHASE:
+        state.purchased[item] = max(at, state.purchased.get(item, at))
+        state.last_purchase = max(at, state.last_purchase or at)
+        if item in state.cart and state.cart[item] <= at:
+            del state.cart[item]
+    elif kind == EventType.OFFER_REDEEMED:
+        state.redemptions[item] = state.redemptions.get(item, 0) + 1
+    elif kind in (EventType.OFFER_SHOWN, EventType.IMPRESSION):
+        state.shown[item] = (channel, at)
+    if not state.cart:
+        state.cart_updated = None
+
+
+def record_contact(state: CustomerState, channel: str, trigger: str, items: list[str],
+                   firing_key: str, now: float) -> None:
+    """Remember a message sent: it counts against caps and blocks its items elsewhere."""
+    state.contacts.append((channel, trigger, now))
+    state.fired[firing_key] = now
+    for item in items:
+        state.shown[item] = (channel, now)
+    prune(state, now)
+
+
+def prune(state: CustomerState, now: float) -> None:
+    horizon = now - RETENTION_SECONDS
+    state.contacts = [c for c in state.contacts if c[2] >= horizon]
+    state.fired = {k: t for k, t in state.fired.items() if t >= horizon}
+    state.shown = {k: v for k, v in state.shown.items() if v[1] >= horizon}

@@ -1,0 +1,135 @@
+"""The online store: one interface over the embedded (SQLite) and the Redis backend.
+
+Everything that must be all-or-nothing is one call here, done in one transaction by the backend:
+
+* ``ingest``: drop events already seen (by ``event_id``), record the new ones durably in a log
+  that waits for the warehouse, and update each customer's state — so an acknowledged event is
+  never lost and a retried one is never counted twice;
+* ``record_decision``: write a trigger's decision to the outbox, mark the firing and count the
+  contact — or do nothing if this firing was written before (exactly once per firing);
+* ``flush_to``: move logged events into the warehouse. The warehouse's append is idempotent by
+  ``event_id``, so a crash between the append and forgetting the log only repeats a no-op.
+
+Backends raise :class:`OnlineStateUnavailable` when their storage cannot be reached, and then
+have written nothing.
+"""
+
+from __future__ import annotations
+
+import json
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import pandas as pd
+
+from features.contracts import EVENTS
+from features.online.state import CustomerState, apply_event, record_contact
+from features.warehouse import Warehouse
+
+
+class OnlineStateUnavailable(RuntimeError):
+    """The online store cannot be reached; nothing was written."""
+
+
+@dataclass(frozen=True)
+class IngestResult:
+    accepted: int
+    duplicates: int
+    customers: tuple[str, ...]
+
+
+class OnlineStore(ABC):
+    """Customer state, the event log awaiting the warehouse, and the decision outbox."""
+
+    name: str
+
+    # ------------------------------------------------------------------ events
+    def ingest(self, events: Sequence[dict]) -> IngestResult:
+        """Record valid, normalized events (see ``features.ingest``) and update state."""
+        unique: dict[str, dict] = {}
+        for event in events:
+            unique.setdefault(event["event_id"], event)
+        fresh = self._commit_events(list(unique.values()))
+        customers = tuple(dict.fromkeys(e["customer_id"] for e in fresh))
+        return IngestResult(len(fresh), len(events) - len(fresh), customers)
+
+    @abstractmethod
+    def _commit_events(self, events: list[dict]) -> list[dict]:
+        """In one transaction: keep the events not seen before, log them, apply them to their
+        customers' states (with :func:`update_states`); return the kept ones."""
+
+    # ------------------------------------------------------------------ customers
+    @abstractmethod
+    def customer(self, customer_id: str) -> CustomerState:
+        """The customer's state; an empty one for a customer with no online events."""
+
+    @abstractmethod
+    def open_carts(self, idle_since: float) -> list[str]:
+        """Customers whose cart is not empty and last grew at or before ``idle_since``."""
+
+    # ------------------------------------------------------------------ decisions
+    def record_decision(self, decision: dict, now: float) -> bool:
+        """Write ``decision`` to the outbox unless its ``firing_key`` was written before."""
+        def change(state: CustomerState) -> bool:
+            if decision["firing_key"] in state.fired:
+                return False
+            record_contact(state, decision["channel"], decision["trigger"],
+                           [item["item_id"] for item in decision["items"]],
+                           decision["firing_key"], now)
+            return True
+        return self._commit_decision(decision, change)
+
+    @abstractmethod
+    def _commit_decision(self, decision: dict, change) -> bool:
+        """In one transaction: run ``change`` on the customer's state; if it returns True, store
+        the state and append ``decision`` to the outbox."""
+
+    @abstractmethod
+    def outbox(self, after: str | None = None, limit: int = 100) -> list[tuple[str, dict]]:
+        """Decisions in the order written, after the position ``after``: (position, decision)."""
+
+    # ------------------------------------------------------------------ warehouse
+    @abstractmethod
+    def pending_events(self, limit: int) -> tuple[list[str], list[dict]]:
+        """Logged events not yet in the warehouse, oldest first, with their log positions."""
+
+    @abstractmethod
+    def forget_events(self, positions: list[str]) -> None:
+        """Drop logged events that are now in the warehouse."""
+
+    def flush_to(self, warehouse: Warehouse, batch: int = 50_000) -> int:
+        """Append every logged event to the warehouse (exactly once); return how many moved."""
+        moved = 0
+        while True:
+            positions, events = self.pending_events(batch)
+            if not events:
+                return moved
+            frame = pd.DataFrame(events, columns=EVENTS.column_names)
+            frame["timestamp"] = pd.to_datetime(frame["timestamp"], utc=True, format="ISO8601")
+            warehouse.append_events(frame)
+            self.forget_events(positions)
+            moved += len(events)
+
+    # ------------------------------------------------------------------ health
+    @abstractmethod
+    def ping(self) -> None:
+        """Raise :class:`OnlineStateUnavailable` unless the store answers."""
+
+    def close(self) -> None:  # noqa: B027 - optional for backends that hold nothing
+        """Release connections."""
+
+
+def update_states(states: dict[str, CustomerState], events: list[dict]) -> None:
+    """Apply events, in time order, to the states of their customers (created when missing)."""
+    for event in sorted(events, key=lambda e: e["at"]):
+        customer = event["customer_id"]
+        state = states.get(customer)
+        if state is None:
+            state = states[customer] = CustomerState(customer)
+        apply_event(state, event)
+
+
+def logged_event(event: dict) -> str:
+    """The event as the warehouse will store it: the contract's columns only."""
+    return json.dumps({name: event.get(name) for name in EVENTS.column_names})

@@ -1,0 +1,155 @@
+"""Contact policy and trigger rules: what marketers set in a YAML file, checked as data.
+
+One policy is shared by the triggers and the service: frequency caps per channel and window,
+quiet hours, consent per channel, and cross-channel memory (an offer shown in the app is not
+pushed again by email for a while). :func:`contact_verdict` answers "may we send this customer
+this item on this channel now?" with the rule that says no.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, time
+from pathlib import Path
+from typing import Annotated, Literal
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from features.contracts import CONTACT_CHANNELS, Channel
+from features.online.state import CustomerState
+from features.settings import Settings
+
+DEFAULT_POLICY = Path(__file__).with_name("policy.default.yaml")
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class QuietHours(_Strict):
+    start: time = Field(description="Local time quiet hours begin, e.g. '21:00'.")
+    end: time = Field(description="Local time they end; may be past midnight, e.g. '08:00'.")
+    timezone: str = Field("UTC", description="IANA zone the hours are in, e.g. 'Europe/London'.")
+
+    @field_validator("timezone")
+    @classmethod
+    def _known_zone(cls, value: str) -> str:
+        try:
+            ZoneInfo(value)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise ValueError(f"unknown time zone {value!r}; use an IANA name such as "
+                             "'Europe/London' or 'UTC'") from None
+        return value
+
+    def contains(self, moment: datetime) -> bool:
+        local = moment.astimezone(ZoneInfo(self.timezone)).time()
+        if self.start <= self.end:
+            return self.start <= local < self.end
+        return local >= self.start or local < self.end  # wraps past midnight
+
+
+class Cap(_Strict):
+    max: int = Field(ge=0, description="Most messages on this channel in the window.")
+    per_days: float = Field(gt=0, description="Length of the sliding window, in days.")
+
+
+class _Trigger(_Strict):
+    name: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.-]+$")
+    action: Literal["offer", "content", "products"] = Field(
+        description="What to send: the next best offer, content, or products.")
+    channels: list[Channel] = Field(min_length=1, description="Preferred first; contact channels only.")
+    expires_after_hours: float = Field(24.0, gt=0, description="Too late to send after this long.")
+    cooldown_hours: float = Field(72.0, ge=0, description="At most one firing per customer this often.")
+    items: int = Field(3, ge=1, le=20, description="How many items or offers the message carries.")
+
+    @field_validator("channels")
+    @classmethod
+    def _contact_channels(cls, value: list[Channel]) -> list[Channel]:
+        wrong = [c.value for c in value if c not in CONTACT_CHANNELS]
+        if wrong:
+            raise ValueError(f"{', '.join(wrong)} cannot carry a message; use "
+                             f"{', '.join(c.value for c in CONTACT_CHANNELS)}")
+        return value
+
+
+class CartAbandoned(_Trigger):
+    """A cart that last grew ``after_minutes`` ago with nothing bought since."""
+
+    when: Literal["cart_abandoned"]
+    after_minutes: float = Field(30.0, gt=0)
+
+
+class CategoryBrowsing(_Trigger):
+    """``views`` views in one top-level category within ``within_days``, no purchase in it since."""
+
+    when: Literal["category_browsing"]
+    views: int = Field(3, ge=1)
+    within_days: float = Field(7.0, gt=0)
+
+
+Trigger = Annotated[CartAbandoned | CategoryBrowsing, Field(discriminator="when")]
+
+
+class ContactPolicy(_Strict):
+    quiet_hours: QuietHours | None = None
+    caps: dict[Channel, Cap] = Field(default_factory=dict)
+    cross_channel_memory_hours: float = Field(72.0, ge=0)
+    triggers: list[Trigger] = Field(default_factory=list)
+
+    @field_validator("triggers")
+    @classmethod
+    def _unique_names(cls, value: list) -> list:
+        names = [t.name for t in value]
+        repeated = sorted({n for n in names if names.count(n) > 1})
+        if repeated:
+            raise ValueError(f"trigger names must be unique; repeated: {', '.join(repeated)}")
+        return value
+
+
+class PolicyError(ValueError):
+    """The policy file is missing or wrong; the message names the file and the field."""
+
+
+def policy_path(settings: Settings) -> Path:
+    if settings.policy_file is not None:
+        return settings.policy_file
+    local = settings.data_dir / "policy.yaml"
+    return local if local.exists() else DEFAULT_POLICY
+
+
+def load_policy(path: Path) -> ContactPolicy:
+    try:
+        data = yaml.safe_load(Path(path).read_text())
+    except FileNotFoundError:
+        raise PolicyError(f"policy file {path} does not exist") from None
+    except yaml.YAMLError as error:
+        raise PolicyError(f"{path} is not valid YAML: {error}") from None
+    try:
+        return ContactPolicy.model_validate(data or {})
+    except ValidationError as error:
+        lines = [f"  {'.'.join(str(p) for p in e['loc'])}: {e['msg']} (got {e.get('input')!r})"
+                 for e in error.errors()]
+        raise PolicyError(f"{path} has {len(lines)} problem(s):\n" + "\n".join(lines)) from None
+
+
+def contact_verdict(policy: ContactPolicy, state: CustomerState, consents: frozenset[str],
+                    channel: str, now: datetime) -> str | None:
+    """Why this customer may not be contacted on ``channel`` now, or None if they may."""
+    if channel not in consents:
+        return f"no consent for {channel}"
+    if policy.quiet_hours is not None and policy.quiet_hours.contains(now):
+        q = policy.quiet_hours
+        return f"quiet hours ({q.start:%H:%M}-{q.end:%H:%M} {q.timezone})"
+    cap = policy.caps.get(Channel(channel))
+    if cap is not None:
+        sent = state.contacts_since(channel, now.timestamp() - cap.per_days * 86400)
+        if sent >= cap.max:
+            return f"cap reached: {sent} {channel} message(s) in {cap.per_days:g} days (max {cap.max})"
+    return None
+
+
+def recently_shown(policy: ContactPolicy, state: CustomerState, now: datetime) -> set[str]:
+    """Items and offers shown or sent on any channel within the cross-channel memory."""
+    since = now.timestamp() - policy.cross_channel_memory_hours * 3600
+    return {item for item, (_, when) in state.shown.items() if when >= since}

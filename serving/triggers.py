@@ -1,0 +1,202 @@
+"""Behavioural triggers: rules from the policy file, evaluated as events arrive and on a timer.
+
+A rule that holds for a customer picks a channel (the first in the rule's list the customer
+consented to, outside quiet hours and within its cap), picks what to send with the same ranking
+pipeline the storefront uses (leaving out what was shown on any channel within the cross-channel
+memory), and writes one decision to the outbox. Each firing has a key naming the situation that
+caused it (this customer's cart as of when it last grew, say); the store writes a key once, so a
+firing is written exactly once however many workers or ticks evaluate it.
+
+Every evaluation returns an :class:`Outcome` that says what happened and why, for logs, metrics
+and ``nextbest triggers run``.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections import Counter
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from datetime import datetime
+
+import pandas as pd
+
+from features.contracts import ItemKind
+from features.online.state import CustomerState
+from features.online.store import OnlineStore
+from features.policy import (
+    CartAbandoned,
+    CategoryBrowsing,
+    ContactPolicy,
+    contact_verdict,
+    recently_shown,
+)
+from serving.pipeline import (
+    Candidate,
+    RecommendRequest,
+    ServingState,
+    rank_offers,
+    rank_products,
+    with_live_state,
+)
+
+
+@dataclass(frozen=True)
+class Outcome:
+    trigger: str
+    customer_id: str
+    status: str
+    """fired | already_fired | cooling_down | waiting (quiet hours) | suppressed | expired"""
+    detail: str = ""
+    decision: dict | None = None
+
+
+class TriggerEngine:
+    def __init__(self, policy: ContactPolicy, store: OnlineStore,
+                 serving_state: Callable[[], ServingState | None], max_category_share: float = 0.5
+                 ) -> None:
+        self.policy = policy
+        self.store = store
+        self.serving_state = serving_state
+        self.max_category_share = max_category_share
+
+    # ------------------------------------------------------------------ entry points
+    def on_events(self, customers: Iterable[str], now: datetime) -> list[Outcome]:
+        """Rules that events can make true at once (category browsing), for these customers."""
+        rules = [r for r in self.policy.triggers if isinstance(r, CategoryBrowsing)]
+        if not rules:
+            return []
+        return [outcome for customer in customers for rule in rules
+                if (outcome := self.evaluate(rule, customer, now)) is not None]
+
+    def tick(self, now: datetime) -> list[Outcome]:
+        """Rules that become true with time passing (cart abandonment)."""
+        outcomes = []
+        for rule in self.policy.triggers:
+            if isinstance(rule, CartAbandoned):
+                idle_since = now.timestamp() - rule.after_minutes * 60
+                for customer in self.store.open_carts(idle_since):
+                    outcome = self.evaluate(rule, customer, now)
+                    if outcome is not None:
+                        outcomes.append(outcome)
+        return outcomes
+
+    # ------------------------------------------------------------------ one rule, one customer
+    def evaluate(self, rule: CartAbandoned | CategoryBrowsing, customer: str,
+                 now: datetime) -> Outcome | None:
+        """None when the rule does not hold for the customer; otherwise what was done."""
+        state = self.serving_state()
+        if state is None:
+            return None
+        live = self.store.customer(customer)
+        situation = (_abandoned_cart(rule, live, now) if isinstance(rule, CartAbandoned)
+                     else _category_interest(rule, live, state, now))
+        if situation is None:
+            return None
+        key, started, reason, category = situation
+        if now.timestamp() > started + rule.expires_after_hours * 3600:
+            return Outcome(rule.name, customer, "expired", f"{reason}; too late to send")
+        if key in live.fired:
+            return Outcome(rule.name, customer, "already_fired", key)
+        cooling = [t for k, t in live.fired.items() if k.startswith(rule.name + ":")
+                   and t > now.timestamp() - rule.cooldown_hours * 3600]
+        if cooling:
+            return Outcome(rule.name, customer, "cooling_down",
+                           f"fired {(now.timestamp() - max(cooling)) / 3600:.1f} h ago")
+        channel, verdicts = self._channel(rule, live, state, customer, now)
+        if channel is None:
+            # consent is checked before quiet hours: a quiet-hours verdict means "later"
+            waiting = any(v.startswith("quiet hours") for v in verdicts.values())
+            return Outcome(rule.name, customer, "waiting" if waiting else "suppressed",
+                           "; ".join(f"{c}: {v}" for c, v in verdicts.items()))
+        chosen = self._payload(rule, live, state, customer, channel, category, now)
+        if not chosen:
+            return Outcome(rule.name, customer, "suppressed", "nothing eligible to send")
+        decision = {
+            "decision_id": uuid.uuid4().hex, "firing_key": key, "trigger": rule.name,
+            "customer_id": customer, "channel": channel, "action": rule.action,
+            "items": [{"item_id": c.item_id, "title": state.shop.items[c.item_id].title,
+                       "score": round(c.score, 6), "reason": c.reason} for c in chosen],
+            "reason": reason, "recommendation_id": uuid.uuid4().hex,
+            "model_versions": dict(state.models.versions), "created_at": now.isoformat()}
+        if not self.store.record_decision(decision, now.timestamp()):
+            return Outcome(rule.name, customer, "already_fired", key)
+        return Outcome(rule.name, customer, "fired", reason, decision)
+
+    def _channel(self, rule, live: CustomerState, state: ServingState, customer: str,
+                 now: datetime) -> tuple[str | None, dict[str, str]]:
+        consents = state.shop.consents.get(customer, frozenset())
+        verdicts = {}
+        for channel in rule.channels:
+            verdict = contact_verdict(self.policy, live, consents, channel.value, now)
+            if verdict is None:
+                return channel.value, verdicts
+            verdicts[channel.value] = verdict
+        return None, verdicts
+
+    def _payload(self, rule, live: CustomerState, state: ServingState, customer: str,
+                 channel: str, category: str | None, now: datetime) -> list[Candidate]:
+        shown = recently_shown(self.policy, live, now)
+        request = RecommendRequest(customer_id=customer, channel=channel,
+                                   n={ItemKind(k): 0 for k in ItemKind}, exclude=sorted(shown))
+        behaviour, request = with_live_state(state.shop.customer(customer), request, live)
+        moment = pd.Timestamp(now)
+        if rule.action == "offer":
+            return rank_offers(state, request, behaviour, moment, rule.items)
+        if rule.action == "products":
+            return rank_products(state, request, behaviour, rule.items, self.max_category_share,
+                                 live)
+        return _content_about(state, category, shown | set(behaviour.recent_views), rule.items)
+
+
+# ---------------------------------------------------------------------------- situations
+Situation = tuple[str, float, str, str | None]
+"""(firing key, when the situation started, human reason, category it is about)"""
+
+
+def _abandoned_cart(rule: CartAbandoned, live: CustomerState, now: datetime) -> Situation | None:
+    if not live.cart or live.cart_updated is None:
+        return None
+    if now.timestamp() < live.cart_updated + rule.after_minutes * 60:
+        return None
+    if live.last_purchase is not None and live.last_purchase >= live.cart_updated:
+        return None  # bought since the cart last grew
+    idle = (now.timestamp() - live.cart_updated) / 60
+    reason = f"cart of {len(live.cart)} item(s) left {idle:.0f} minutes ago without a purchase"
+    due = live.cart_updated + rule.after_minutes * 60
+    return f"{rule.name}:{live.customer_id}:{live.cart_updated:.3f}", due, reason, None
+
+
+def _category_interest(rule: CategoryBrowsing, live: CustomerState, state: ServingState,
+                       now: datetime) -> Situation | None:
+    since = now.timestamp() - rule.within_days * 86400
+    items = state.shop.items
+    views: dict[str, list[float]] = {}
+    for item_id, at in live.views:
+        item = items.get(item_id)
+        if at >= since and item is not None and item.kind == ItemKind.PRODUCT.value:
+            views.setdefault(item.top, []).append(at)
+    bought = Counter()
+    for item_id, at in live.purchased.items():
+        item = items.get(item_id)
+        if item is not None:
+            bought[item.top] = max(bought[item.top], at)
+    for top, moments in sorted(views.items(), key=lambda kv: -len(kv[1])):
+        moments = sorted(moments)
+        if len(moments) < rule.views or bought.get(top, 0) >= moments[0]:
+            continue
+        reached = moments[rule.views - 1]  # the view that made the count
+        reason = f"viewed {len(moments)} {top} products in {rule.within_days:g} days without buying"
+        return f"{rule.name}:{live.customer_id}:{top}:{reached:.3f}", reached, reason, top
+    return None
+
+
+def _content_about(state: ServingState, category: str | None, exclude: set[str],
+                   n: int) -> list[Candidate]:
+    popularity = dict(state.shop.popular_content)
+    articles = [i for i in state.shop.content_by_top.get(category or "", [])
+                if i.item_id not in exclude]
+    ranked = sorted(articles, key=lambda i: -popularity.get(i.item_id, 0.0))[:n]
+    return [Candidate(i.item_id, popularity.get(i.item_id, 0.0), f"about {category}, which you "
+                      "have been browsing") for i in ranked]
+
