@@ -30,6 +30,7 @@ from features.point_in_time import build_feature_table
 from features.settings import get_settings
 from features.synthetic import ShopConfig, generate_shop, store_shop
 from features.validation import validate_table
+from serving.realtime_cli import events_app, policy_app, triggers_app
 from training.cli import models_app, scores_app, train_app
 from training.propensity.export import export_scores
 from training.propensity_job import train_propensity
@@ -44,6 +45,9 @@ app.add_typer(features_app, name="features")
 app.add_typer(train_app, name="train")
 app.add_typer(models_app, name="models")
 app.add_typer(scores_app, name="scores")
+app.add_typer(policy_app, name="policy")
+app.add_typer(events_app, name="events")
+app.add_typer(triggers_app, name="triggers")
 
 
 @app.command()

@@ -173,33 +173,38 @@ class NextBest:
         duplicate, not again. 503 means the online store is unreachable and nothing was written.
         """
         single = body.events is None
-        raw = [body.model_extra or {}] if single else body.events
+        status, answer = self.ingest([body.model_extra or {}] if single else body.events,
+                                     single=single, atomic=body.atomic)
+        ctx.response.status_code = status
+        if status == HTTPStatus.SERVICE_UNAVAILABLE:
+            ctx.response.metadata["Retry-After"] = "5"
+        return answer
+
+    def ingest(self, raw: list, single: bool = False, atomic: bool = False) -> tuple[int, dict]:
+        """What ``events`` does, as (HTTP status, answer): validate, record, wake the triggers."""
         limit = self.settings.max_batch_events
         if len(raw) > limit:
-            ctx.response.status_code = HTTPStatus.REQUEST_ENTITY_TOO_LARGE
-            return {"error": f"events: a batch holds at most {limit} events, got {len(raw)}; "
-                             "split it (NEXTBEST_MAX_BATCH_EVENTS)"}
+            return HTTPStatus.REQUEST_ENTITY_TOO_LARGE, {
+                "error": f"events: a batch holds at most {limit} events, got {len(raw)}; split it "
+                         "(NEXTBEST_MAX_BATCH_EVENTS)"}
         parsed = parse_events(raw, self.settings.max_reported_errors)
         problems = [p.as_dict() for p in parsed.problems]
-        if parsed.problems and (single or body.atomic or not parsed.events):
-            ctx.response.status_code = HTTPStatus.BAD_REQUEST
-            return {"accepted": 0, "duplicates": 0, "rejected": parsed.rejected,
-                    "problems": problems,
-                    "error": "nothing was recorded: " + "; ".join(p["message"] for p in problems[:5])}
+        if parsed.problems and (single or atomic or not parsed.events):
+            return HTTPStatus.BAD_REQUEST, {
+                "accepted": 0, "duplicates": 0, "rejected": parsed.rejected, "problems": problems,
+                "error": "nothing was recorded: " + "; ".join(p["message"] for p in problems[:5])}
         try:
             result = self.online.ingest(parsed.events)
         except OnlineStateUnavailable as error:
-            ctx.response.status_code = HTTPStatus.SERVICE_UNAVAILABLE
-            ctx.response.metadata["Retry-After"] = "5"
             log.error("ingestion refused: %s", error)
-            return {"error": f"{error}; nothing was recorded, retry later"}
+            return HTTPStatus.SERVICE_UNAVAILABLE, {
+                "error": f"{error}; nothing was recorded, retry later"}
         with self._touched_lock:
             self._touched.update(result.customers)
         self._wake.set()
-        if parsed.problems:
-            ctx.response.status_code = HTTPStatus.MULTI_STATUS
-        return {"accepted": result.accepted, "duplicates": result.duplicates + parsed.repeated,
-                "rejected": parsed.rejected, "problems": problems}
+        return (HTTPStatus.MULTI_STATUS if parsed.problems else HTTPStatus.OK), {
+            "accepted": result.accepted, "duplicates": result.duplicates + parsed.repeated,
+            "rejected": parsed.rejected, "problems": problems}
 
     @bentoml.api(input_spec=SimilarItemsRequest)
     def similar_items(self, item_id: str, n: int = 10) -> dict:

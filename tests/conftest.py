@@ -6,6 +6,7 @@ Tests never read ../shared: everything they use is generated here or written by 
 from __future__ import annotations
 
 import os
+import shutil
 import socket
 from pathlib import Path
 
@@ -48,6 +49,23 @@ def stored_shop(tiny_shop: SyntheticShop, warehouse: Warehouse) -> Warehouse:
     return warehouse
 
 
+@pytest.fixture(scope="session")
+def serving_dir(tmp_path_factory) -> Path:
+    """A data directory with a 300-customer shop and registered champion models (item-kNN
+    recommender, purchase propensity): what the service and the triggers serve from."""
+    from features.settings import Settings
+    from training.propensity_job import train_propensity
+    from training.recommender_job import train_recommender
+
+    root = tmp_path_factory.mktemp("serving")
+    shop = generate_shop(ShopConfig(n_customers=300, n_products=120, days=75, seed=21))
+    store_shop(Warehouse(root / "warehouse"), shop)
+    train_recommender(Settings(data_dir=root), "itemknn")
+    train_propensity(Settings(data_dir=root), "purchase", {"n_estimators": 100},
+                     horizon_days=14, n_snapshots=2)
+    return root
+
+
 def _reachable(host: str, port: int) -> bool:
     try:
         with socket.create_connection((host, port), timeout=1):
@@ -64,3 +82,13 @@ def require_service(name: str, host: str, port: int) -> None:
     if os.environ.get("NEXTBEST_REQUIRE_SERVICES") == "1":
         pytest.fail(f"{message}, and NEXTBEST_REQUIRE_SERVICES=1 says it must be", pytrace=False)
     pytest.skip(f"{message}; start it to run this test")
+
+
+def require_program(name: str) -> None:
+    """Skip (on a user's machine) or fail (under CI) when a program a test starts is missing."""
+    if shutil.which(name) is not None:
+        return
+    message = f"{name} is not installed"
+    if os.environ.get("NEXTBEST_REQUIRE_SERVICES") == "1":
+        pytest.fail(f"{message}, and NEXTBEST_REQUIRE_SERVICES=1 says it must be", pytrace=False)
+    pytest.skip(f"{message}; install it to run this test")

@@ -137,3 +137,55 @@ def test_generate_refuses_an_absurd_size(tmp_path):
     assert result.exit_code == 2
     assert "--events" in result.output
     assert "greater than or equal to 100" in " ".join(result.output.split())
+
+
+# ---------------------------------------------------------------------------- real time
+@pytest.fixture
+def realtime_env(tmp_path, monkeypatch):
+    from features.settings import get_settings
+
+    monkeypatch.setenv("NEXTBEST_DATA_DIR", str(tmp_path))
+    get_settings.cache_clear()
+    yield tmp_path
+    get_settings.cache_clear()
+
+
+def test_policy_show_prints_caps_quiet_hours_and_triggers(realtime_env):
+    result = run("policy", "show")
+    assert result.exit_code == 0
+    assert "quiet hours: 21:00-08:00 Europe/London" in result.output
+    assert "cart_abandoned: on a cart idle 30 minutes" in result.output
+
+
+def test_a_policy_file_in_the_data_dir_takes_over_and_its_mistakes_are_named(realtime_env):
+    (realtime_env / "policy.yaml").write_text("caps:\n  email: {max: two, per_days: 7}\n")
+    result = runner.invoke(app, ["policy", "show"])
+    assert result.exit_code == 2
+    assert "caps.email.max" in result.output and "policy.yaml" in result.output
+
+
+def test_events_flush_moves_ingested_events_to_the_warehouse(realtime_env):
+    from features.ingest import parse_events
+    from features.online import open_online_store
+    from features.settings import get_settings
+    from features.warehouse import Warehouse
+
+    parsed = parse_events([{"event_id": f"e{i}", "customer_id": "c1", "item_id": "p1",
+                            "event_type": "view", "timestamp": "2026-01-01T10:00:00Z",
+                            "channel": "web"} for i in range(3)])
+    open_online_store(get_settings()).ingest(parsed.events)
+    result = run("events", "flush")
+    assert result.exit_code == 0 and "moved 3 event(s)" in result.output
+    assert len(Warehouse(realtime_env / "warehouse").events()) == 3
+
+
+def test_the_outbox_lists_decisions_as_json_lines(realtime_env):
+    from features.online import open_online_store
+    from features.settings import get_settings
+
+    open_online_store(get_settings()).record_decision(
+        {"firing_key": "k", "customer_id": "c1", "trigger": "cart", "channel": "email",
+         "items": [{"item_id": "o1"}], "reason": "r", "created_at": "2026-01-01T10:00:00"}, 0.0)
+    result = run("triggers", "outbox", "--json")
+    assert result.exit_code == 0
+    assert '"position": "1"' in result.output and '"customer_id": "c1"' in result.output

@@ -7,11 +7,15 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import shutil
+import signal
 import socket
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
+import uuid
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -22,8 +26,6 @@ from mlflow import MlflowClient
 from starlette.testclient import TestClient
 
 from features.settings import Settings, get_settings
-from features.synthetic import ShopConfig, generate_shop, store_shop
-from features.warehouse import Warehouse
 from serving.pipeline import (
     ContentIndex,
     RecommendRequest,
@@ -34,22 +36,16 @@ from serving.pipeline import (
 )
 from serving.service import NextBest, build_state
 from serving.shop import Item
+from tests.conftest import require_program
 from training import registry
-from training.propensity_job import train_propensity
 from training.recommender_job import train_recommender
 
 TOKEN = "test-token"
 
 
 @pytest.fixture(scope="module")
-def data_dir(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("serving")
-    shop = generate_shop(ShopConfig(n_customers=300, n_products=120, days=75, seed=21))
-    store_shop(Warehouse(root / "warehouse"), shop)
-    train_recommender(Settings(data_dir=root), "itemknn")
-    train_propensity(Settings(data_dir=root), "purchase", {"n_estimators": 100},
-                     horizon_days=14, n_snapshots=2)
-    return root
+def data_dir(serving_dir) -> Path:
+    return serving_dir
 
 
 @pytest.fixture
@@ -324,40 +320,111 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.mark.slow
-def test_a_real_bentoml_serve_process_answers(data_dir, tmp_path):
+def start_server(data_dir: Path, tmp_path: Path, **env: str) -> tuple[subprocess.Popen, str]:
+    """``bentoml serve`` in a subprocess, returned once /readyz answers 200."""
     port = _free_port()
     env = {**os.environ, "NEXTBEST_DATA_DIR": str(data_dir),
-           "NEXTBEST_RELOAD_INTERVAL_SECONDS": "0", "BENTOML_HOME": str(tmp_path / "bentoml")}
+           "NEXTBEST_RELOAD_INTERVAL_SECONDS": "0", "BENTOML_HOME": str(tmp_path / "bentoml"),
+           **env}
     root = Path(__file__).resolve().parents[1]
     server = subprocess.Popen(
         [sys.executable, "-m", "bentoml", "serve", "serving.service:NextBest", "--port", str(port),
          "--host", "127.0.0.1"], cwd=root, env=env, stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE, text=True)
+        stderr=subprocess.PIPE, text=True, start_new_session=True)
     url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 120
+    while True:
+        try:
+            with urllib.request.urlopen(f"{url}/readyz", timeout=2) as ready:
+                if ready.status == 200:
+                    return server, url
+        except OSError:
+            if server.poll() is not None or time.monotonic() > deadline:
+                server.kill()
+                pytest.fail(f"bentoml serve did not become ready: {server.stderr.read()[-2000:]}",
+                            pytrace=False)
+            time.sleep(0.5)
+
+
+def post(url: str, body: dict) -> tuple[int, dict]:
+    request = urllib.request.Request(url, data=json.dumps(body).encode(),
+                                     headers={"Content-Type": "application/json"})
     try:
-        deadline = time.monotonic() + 120
-        while True:
-            try:
-                with urllib.request.urlopen(f"{url}/readyz", timeout=2) as ready:
-                    if ready.status == 200:
-                        break
-            except OSError:
-                if server.poll() is not None or time.monotonic() > deadline:
-                    pytest.fail(f"bentoml serve did not become ready: {server.stderr.read()[-2000:]}",
-                                pytrace=False)
-                time.sleep(0.5)
-        request = urllib.request.Request(
-            f"{url}/recommend", data=b'{"customer_id": "c0000001", "n": {"product": 3}}',
-            headers={"Content-Type": "application/json"})
         with urllib.request.urlopen(request, timeout=10) as response:
-            body = json.loads(response.read())
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as error:
+        return error.code, json.loads(error.read())
+
+
+def stop(server: subprocess.Popen) -> None:
+    if server.poll() is None:
+        os.killpg(server.pid, signal.SIGTERM)
+        server.wait(timeout=30)
+
+
+@pytest.mark.slow
+def test_a_real_bentoml_serve_process_answers(data_dir, tmp_path):
+    server, url = start_server(data_dir, tmp_path)
+    try:
+        status, body = post(f"{url}/recommend", {"customer_id": "c0000001", "n": {"product": 3}})
+        assert status == 200
         assert len(body["products"]) == 3 and body["model_versions"]["recommender"] == "1"
         with urllib.request.urlopen(f"{url}/metrics", timeout=5) as metrics:
             assert "bentoml_service_request" in metrics.read().decode()
     finally:
-        server.terminate()
+        stop(server)
+
+
+@pytest.mark.slow
+def test_an_acknowledged_event_survives_kill_9(data_dir, tmp_path):
+    from features.online.embedded import EmbeddedStore
+
+    online = tmp_path / "data"
+    shutil.copytree(data_dir, online)  # its own online.db; the models and warehouse as served
+    server, url = start_server(online, tmp_path, NEXTBEST_FLUSH_INTERVAL_SECONDS="0")
+    events = [an_event("kill-9", f"p{i:06d}", "add_to_cart") for i in range(1, 51)]
+    try:
+        status, body = post(f"{url}/events", {"events": events})
+        assert status == 200 and body["accepted"] == 50
+    finally:
+        os.killpg(server.pid, signal.SIGKILL)  # no chance to flush or close anything
         server.wait(timeout=30)
+    server, url = start_server(online, tmp_path, NEXTBEST_FLUSH_INTERVAL_SECONDS="0")
+    try:
+        status, again = post(f"{url}/events", {"events": events})
+        assert status == 200 and again["duplicates"] == 50  # all remembered
+        state = EmbeddedStore(online / "online.db").customer("kill-9")
+        assert len(state.cart) == 50
+        status, answer = post(f"{url}/recommend", {"customer_id": "kill-9", "n": {"product": 20}})
+        assert not {e["item_id"] for e in events} & set(ids(answer))  # the cart is context
+    finally:
+        stop(server)
+
+
+@pytest.mark.slow
+def test_with_redis_stopped_recommend_degrades_and_ingestion_asks_for_a_retry(data_dir, tmp_path):
+    require_program("redis-server")  # a private server, so that stopping it disturbs no one
+    port = _free_port()
+    redis_server = subprocess.Popen(["redis-server", "--port", str(port), "--bind", "127.0.0.1",
+                                     "--save", "", "--appendonly", "no"],
+                                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    server = None
+    try:
+        server, url = start_server(data_dir, tmp_path, NEXTBEST_ONLINE_BACKEND="redis",
+                                   NEXTBEST_REDIS_URL=f"redis://127.0.0.1:{port}/0")
+        status, body = post(f"{url}/events", an_event("redis-shopper", "p000004", "purchase"))
+        assert status == 200 and body["accepted"] == 1
+        redis_server.kill()
+        redis_server.wait(timeout=10)
+        status, answer = post(f"{url}/recommend", {"customer_id": "redis-shopper"})
+        assert status == 200 and answer["degraded"] is True and answer["products"]
+        assert "unreachable" in answer["degraded_reason"]
+        status, refused = post(f"{url}/events", an_event("redis-shopper", "p000005"))
+        assert status == 503 and "nothing was recorded, retry" in refused["error"]
+    finally:
+        redis_server.kill()
+        if server is not None:
+            stop(server)
 
 
 @pytest.mark.slow
@@ -368,3 +435,95 @@ def test_the_bento_builds_from_bentofile(tmp_path):
                             capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-2000:]
     assert list((tmp_path / "bentos" / "nextbest").glob("*/bento.yaml"))
+
+
+# ---------------------------------------------------------------------------- real time
+def an_event(customer: str, item: str, kind: str = "view", **extra) -> dict:
+    return {"event_id": uuid.uuid4().hex, "customer_id": customer, "item_id": item,
+            "event_type": kind, "timestamp": pd.Timestamp.now(tz="UTC").isoformat(),
+            "channel": "web", **extra}
+
+
+def test_one_event_is_accepted_once_and_a_retry_is_a_duplicate(client):
+    event = an_event("rt-single", "p000001")
+    first = client.post("/events", json=event)
+    assert first.status_code == 200 and first.json()["accepted"] == 1
+    again = client.post("/events", json=event)
+    assert again.status_code == 200 and again.json() == {"accepted": 0, "duplicates": 1,
+                                                          "rejected": [], "problems": []}
+
+
+def test_a_batch_keeps_its_good_events_and_names_each_bad_one(client):
+    good = an_event("rt-batch", "p000002")
+    bad = an_event("rt-batch", "p000003", kind="teleport")
+    response = client.post("/events", json={"events": [good, bad, "junk"]})
+    assert response.status_code == 207
+    body = response.json()
+    assert body["accepted"] == 1 and body["rejected"] == [1, 2]
+    messages = [p["message"] for p in body["problems"]]
+    assert any(m.startswith("events[1].event_type: got 'teleport'") for m in messages)
+    assert any(m.startswith("events[2]: got \"'junk'\"") for m in messages)
+
+
+def test_an_atomic_batch_with_a_bad_event_records_nothing(client):
+    good = an_event("rt-atomic", "p000002")
+    bad = an_event("rt-atomic", "p000003", timestamp="last tuesday")
+    response = client.post("/events", json={"events": [good, bad], "atomic": True})
+    assert response.status_code == 400 and "events[1].timestamp" in response.text
+    assert client.post("/events", json=good).json()["accepted"] == 1  # it was not recorded
+
+
+def test_a_single_bad_event_is_a_400_that_names_the_field(client):
+    response = client.post("/events", json={**an_event("rt-bad", "p1"), "channel": "fax"})
+    assert response.status_code == 400 and "events[0].channel: got 'fax'" in response.text
+
+
+def test_an_oversized_batch_is_refused_whole(client):
+    response = client.post("/events", json={"events": [{}] * 10_001})
+    assert response.status_code == 413 and "at most 10000 events" in response.text
+
+
+def test_a_purchase_removes_the_item_from_the_next_recommendation(client, state):
+    customer = buyer_of_durables(state)
+    before = client.post("/recommend", json={"customer_id": customer}).json()
+    durable = next(i for i in ids(before) if not state.shop.items[i].repeatable)
+    client.post("/events", json=an_event(customer, durable, "purchase"))
+    after = client.post("/recommend", json={"customer_id": customer, "n": {"product": 50}}).json()
+    assert durable not in ids(after) and after["degraded"] is False
+
+
+def test_a_just_viewed_item_drives_similar_recommendations(client, state):
+    viewed = "p000010"
+    client.post("/events", json=an_event("rt-newcomer", viewed))
+    answer = client.post("/recommend", json={"customer_id": "rt-newcomer"}).json()
+    title = state.shop.items[viewed].title
+    assert any(entry["reason"] == f"because you viewed {title}" for entry in answer["products"])
+    assert answer["known_customer"]
+
+
+def test_the_live_cart_is_context(client, state):
+    in_cart = "p000011"
+    client.post("/events", json=an_event("rt-cart", in_cart, "add_to_cart"))
+    answer = client.post("/recommend", json={"customer_id": "rt-cart"}).json()
+    assert in_cart not in ids(answer)
+    title = state.shop.items[in_cart].title
+    assert any(entry["reason"] == f"goes with {title}" for entry in answer["products"])
+
+
+def test_a_factor_model_computes_a_new_customers_vector_from_their_fresh_events(state):
+    from features.online.state import CustomerState
+    from training.recommenders import make_recommender
+
+    bundle = state.models.recommender
+    als = make_recommender("als", factors=8, iterations=5).fit(bundle.interactions.matrix)
+    models = dataclasses.replace(state.models, recommender=dataclasses.replace(bundle, model=als))
+    with_als = dataclasses.replace(state, models=models)
+    request = RecommendRequest(customer_id="brand-new-customer", n={"product": 20})
+    before = recommend(with_als, request, state.shop.as_of)
+    seen = [str(i) for i in bundle.interactions.item_ids[:5]]
+    live = CustomerState("brand-new-customer", views=[(item, 1.0) for item in seen],
+                         last_event=1.0)
+    after = recommend(with_als, request, state.shop.as_of, live=live)
+    reasons = {entry["reason"] for entry in after["products"]}
+    assert "recommended for you" not in {e["reason"] for e in before["products"]}
+    assert "recommended for you" in reasons

@@ -1,0 +1,161 @@
+"""The online store contract: every backend passes the same suite (embedded SQLite, real Redis)."""
+
+from __future__ import annotations
+
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime, timedelta
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from features.ingest import parse_events
+from features.online.embedded import EmbeddedStore
+from features.online.redis_store import RedisStore
+from features.online.state import CustomerState
+from features.online.store import OnlineStore
+from tests.conftest import require_service
+
+T0 = datetime(2026, 3, 2, 12, 0, tzinfo=UTC)
+
+
+def event(kind: str, item: str = "p1", customer: str = "c1", minutes: float = 0,
+          channel: str = "web", event_id: str | None = None) -> dict:
+    return {"event_id": event_id or uuid.uuid4().hex, "customer_id": customer, "item_id": item,
+            "event_type": kind, "timestamp": (T0 + timedelta(minutes=minutes)).isoformat(),
+            "channel": channel}
+
+
+def valid(*raw: dict) -> list[dict]:
+    parsed = parse_events(list(raw))
+    assert not parsed.problems, parsed.problems
+    return parsed.events
+
+
+@pytest.fixture(params=["embedded", "redis"])
+def store(request, tmp_path) -> OnlineStore:
+    if request.param == "embedded":
+        backend = EmbeddedStore(tmp_path / "online.db")
+        yield backend
+    else:
+        require_service("Redis", "127.0.0.1", 6379)
+        backend = RedisStore("redis://127.0.0.1:6379/0", prefix=f"nextbest-test-{uuid.uuid4().hex}:")
+        yield backend
+        backend.clear()
+    backend.close()
+
+
+def test_a_resent_event_is_counted_once(store):
+    batch = valid(event("view"), event("add_to_cart", minutes=1))
+    assert store.ingest(batch).accepted == 2
+    again = store.ingest(batch)
+    assert (again.accepted, again.duplicates) == (0, 2)
+    assert store.customer("c1").counts == {"view": 1, "add_to_cart": 1}
+
+
+def test_duplicates_inside_one_batch_are_counted_once(store):
+    one = valid(event("purchase", event_id="e-1"))[0]
+    result = store.ingest([one, one])
+    assert (result.accepted, result.duplicates) == (1, 1)
+
+
+def test_state_follows_the_funnel(store):
+    store.ingest(valid(event("view", "p1"), event("view", "p2", minutes=1),
+                       event("add_to_cart", "p2", minutes=2), event("add_to_cart", "p3", minutes=3),
+                       event("purchase", "p2", minutes=4), event("offer_redeemed", "o1", minutes=5)))
+    state = store.customer("c1")
+    assert state.recent_views() == ["p2", "p1"]
+    assert set(state.cart) == {"p3"} and set(state.purchased) == {"p2"}
+    assert state.redemptions == {"o1": 1}
+
+
+def test_a_late_event_does_not_undo_a_newer_one(store):
+    store.ingest(valid(event("add_to_cart", "p1", minutes=10)))
+    store.ingest(valid(event("remove_from_cart", "p1", minutes=5)))  # arrived late
+    assert "p1" in store.customer("c1").cart
+
+
+def test_an_unknown_customer_has_an_empty_state(store):
+    state = store.customer("nobody")
+    assert state == CustomerState("nobody")
+
+
+def test_open_carts_are_found_by_how_long_they_sat(store):
+    store.ingest(valid(event("add_to_cart", customer="old"),
+                       event("add_to_cart", customer="new", minutes=50),
+                       event("add_to_cart", customer="bought"),
+                       event("purchase", customer="bought", minutes=1)))
+    assert store.open_carts((T0 + timedelta(minutes=30)).timestamp()) == ["old"]
+
+
+def test_a_decision_is_written_once_per_firing_key(store):
+    decision = {"firing_key": "cart:c1:1", "customer_id": "c1", "trigger": "cart", "channel": "email",
+                "items": [{"item_id": "o1"}]}
+    assert store.record_decision(decision, T0.timestamp()) is True
+    assert store.record_decision(decision, T0.timestamp()) is False
+    assert [d["firing_key"] for _, d in store.outbox()] == ["cart:c1:1"]
+    state = store.customer("c1")
+    assert state.contacts == [("email", "cart", T0.timestamp())]
+    assert state.shown["o1"] == ("email", T0.timestamp())
+
+
+def test_the_outbox_reads_on_from_a_position(store):
+    for i in range(3):
+        store.record_decision({"firing_key": f"k{i}", "customer_id": f"c{i}", "trigger": "t",
+                               "channel": "email", "items": []}, T0.timestamp())
+    first = store.outbox(limit=1)
+    rest = store.outbox(after=first[0][0])
+    assert [d["firing_key"] for _, d in first + rest] == ["k0", "k1", "k2"]
+
+
+def test_events_reach_the_warehouse_exactly_once(store, warehouse):
+    batch = valid(*(event("view", f"p{i}", minutes=i) for i in range(5)))
+    store.ingest(batch)
+    assert store.flush_to(warehouse) == 5
+    assert store.flush_to(warehouse) == 0
+    store.ingest(batch)  # a retry after the flush: still a duplicate
+    store.flush_to(warehouse)
+    stored = warehouse.events()
+    assert sorted(stored["event_id"]) == sorted(e["event_id"] for e in batch)
+    assert str(stored["timestamp"].dt.tz) == "UTC"
+
+
+def test_a_crash_between_append_and_forget_repeats_only_a_no_op(store, warehouse):
+    store.ingest(valid(event("purchase")))
+    positions, events = store.pending_events(10)
+    store.flush_to(warehouse)
+    store.forget_events(positions)  # already gone: harmless
+    assert len(warehouse.events()) == 1
+
+
+def test_concurrent_writers_lose_no_update(store):
+    batches = [valid(*(event("view", f"p{i}", customer="shared") for _ in range(5)))
+               for i in range(8)]
+    with ThreadPoolExecutor(4) as pool:
+        results = list(pool.map(store.ingest, batches))
+    assert sum(r.accepted for r in results) == 40
+    assert store.customer("shared").counts == {"view": 40}
+
+
+def test_state_survives_reopening(store, tmp_path):
+    store.ingest(valid(event("purchase", "p9")))
+    reopened = (EmbeddedStore(store.path) if isinstance(store, EmbeddedStore)
+                else RedisStore(store.url, prefix=store.prefix))
+    assert "p9" in reopened.customer("c1").purchased
+    assert reopened.pending_events(10)[1][0]["item_id"] == "p9"
+
+
+kinds = st.sampled_from(["view", "add_to_cart", "remove_from_cart", "purchase", "offer_redeemed"])
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(st.lists(st.tuples(kinds, st.sampled_from(["p1", "p2", "p3"]), st.integers(0, 100)),
+                min_size=1, max_size=20))
+def test_ingesting_any_events_twice_changes_nothing(tmp_path_factory, steps):
+    store = EmbeddedStore(tmp_path_factory.mktemp("prop") / "online.db")
+    batch = valid(*(event(kind, item, minutes=m) for kind, item, m in steps))
+    store.ingest(batch)
+    once = store.customer("c1")
+    store.ingest(list(reversed(batch)))
+    assert store.customer("c1") == once

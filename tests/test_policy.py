@@ -1,0 +1,90 @@
+"""The contact policy file: what marketers write, and the verdicts it gives."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, time, timedelta
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from features.online.state import CustomerState
+from features.policy import (
+    DEFAULT_POLICY,
+    Cap,
+    ContactPolicy,
+    PolicyError,
+    QuietHours,
+    contact_verdict,
+    load_policy,
+    recently_shown,
+)
+
+NOON = datetime(2026, 3, 2, 12, 0, tzinfo=UTC)
+POLICY = ContactPolicy(quiet_hours=QuietHours(start=time(21), end=time(8), timezone="UTC"),
+                       caps={"email": Cap(max=2, per_days=7)}, cross_channel_memory_hours=72)
+EVERYTHING = frozenset({"email", "sms", "push"})
+
+
+def test_the_built_in_policy_loads_and_has_both_triggers():
+    policy = load_policy(DEFAULT_POLICY)
+    assert {t.when for t in policy.triggers} == {"cart_abandoned", "category_browsing"}
+
+
+def test_a_wrong_policy_file_names_the_file_and_each_field(tmp_path):
+    path = tmp_path / "policy.yaml"
+    path.write_text("caps:\n  fax: {max: 2, per_days: 7}\n  email: {max: -1, per_days: 7}\n"
+                    "quiet_hours: {start: '21:00', end: '08:00', timezone: Mars/Olympus}\n")
+    with pytest.raises(PolicyError) as error:
+        load_policy(path)
+    message = str(error.value)
+    assert str(path) in message and "caps.fax" in message and "caps.email.max" in message
+    assert "unknown time zone 'Mars/Olympus'" in message
+
+
+def test_a_trigger_cannot_send_on_a_storefront_channel(tmp_path):
+    path = tmp_path / "policy.yaml"
+    path.write_text("triggers:\n  - {name: x, when: cart_abandoned, action: offer, channels: [web]}\n")
+    with pytest.raises(PolicyError, match="web cannot carry a message"):
+        load_policy(path)
+
+
+def test_no_consent_means_no_contact():
+    verdict = contact_verdict(POLICY, CustomerState("c"), frozenset({"sms"}), "email", NOON)
+    assert verdict == "no consent for email"
+
+
+@pytest.mark.parametrize("hour, quiet", [(20, False), (21, True), (23, True), (0, True), (7, True),
+                                         (8, False), (12, False)])
+def test_quiet_hours_wrap_past_midnight(hour, quiet):
+    moment = NOON.replace(hour=hour)
+    verdict = contact_verdict(POLICY, CustomerState("c"), EVERYTHING, "email", moment)
+    assert (verdict is not None and verdict.startswith("quiet hours")) is quiet
+
+
+def test_quiet_hours_are_local_to_their_time_zone():
+    new_york = QuietHours(start=time(21), end=time(8), timezone="America/New_York")
+    assert new_york.contains(datetime(2026, 3, 2, 3, 0, tzinfo=UTC))  # 22:00 in New York
+    assert not new_york.contains(datetime(2026, 3, 2, 15, 0, tzinfo=UTC))
+
+
+def test_a_full_cap_blocks_the_channel_until_the_window_moves_on():
+    state = CustomerState("c", contacts=[("email", "t", (NOON - timedelta(days=d)).timestamp())
+                                         for d in (1, 6)])
+    assert contact_verdict(POLICY, state, EVERYTHING, "email", NOON).startswith("cap reached")
+    assert contact_verdict(POLICY, state, EVERYTHING, "email", NOON + timedelta(days=2)) is None
+    assert contact_verdict(POLICY, state, EVERYTHING, "sms", NOON) is None  # caps are per channel
+
+
+@given(st.integers(0, 10), st.integers(0, 10))
+def test_a_cap_is_never_exceeded(cap, sent):
+    policy = ContactPolicy(caps={"push": Cap(max=cap, per_days=1)})
+    state = CustomerState("c", contacts=[("push", "t", NOON.timestamp() - 60)] * sent)
+    allowed = contact_verdict(policy, state, EVERYTHING, "push", NOON) is None
+    assert allowed == (sent < cap)
+
+
+def test_cross_channel_memory_forgets_after_its_window():
+    state = CustomerState("c", shown={"o1": ("app", (NOON - timedelta(hours=10)).timestamp()),
+                                      "o2": ("app", (NOON - timedelta(hours=100)).timestamp())})
+    assert recently_shown(POLICY, state, NOON) == {"o1"}
