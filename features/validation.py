@@ -19,6 +19,7 @@ import pandas as pd
 from features.contracts import LIST_SEPARATOR, Column, TableContract
 
 _TIMEZONE_SUFFIX = re.compile(r"(?:[zZ]|[+-]\d{2}(?::?\d{2})?)$")
+INT64_LIMIT = 2.0**63  # whole numbers are stored as int64
 _TRUE = {"true", "1", "yes", "y", "t"}
 _FALSE = {"false", "0", "no", "n", "f"}
 
@@ -252,6 +253,8 @@ def _as_number(raw: pd.Series, missing: np.ndarray, column: Column, collector: _
     if integer:
         fractional = checked & (np.floor(values) != values)
         collector.rows(fractional, raw, column.name, kind)
+        huge = checked & ~fractional & (np.abs(values) >= INT64_LIMIT)
+        collector.rows(huge, raw, column.name, f"{kind} below {INT64_LIMIT:.0e}")
     if column.min_value is not None:
         below = checked & (values < column.min_value)
         collector.rows(below, raw, column.name, f"{kind} >= {column.min_value:g}")
@@ -260,7 +263,8 @@ def _as_number(raw: pd.Series, missing: np.ndarray, column: Column, collector: _
 
 def _as_int(raw, missing, column, collector):
     numbers = _as_number(raw, missing, column, collector, integer=True)
-    safe = numbers.where(np.isfinite(numbers) & (numbers == np.floor(numbers)))
+    safe = numbers.where(np.isfinite(numbers) & (numbers == np.floor(numbers))
+                         & (numbers.abs() < INT64_LIMIT))
     return safe.astype("Int64")
 
 

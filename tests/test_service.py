@@ -4,6 +4,7 @@ concurrent requests."""
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import os
@@ -20,6 +21,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pandas as pd
+import psutil
 import pytest
 from bentoml.exceptions import ServiceUnavailable
 from mlflow import MlflowClient
@@ -356,10 +358,18 @@ def post(url: str, body: dict) -> tuple[int, dict]:
         return error.code, json.loads(error.read())
 
 
-def stop(server: subprocess.Popen) -> None:
-    if server.poll() is None:
-        os.killpg(server.pid, signal.SIGTERM)
-        server.wait(timeout=30)
+def stop(server: subprocess.Popen, sig: int = signal.SIGTERM) -> None:
+    """Signal the server and every worker it started (BentoML workers run in their own process
+    groups, so a signal to the server's group alone would leave them serving)."""
+    try:
+        processes = [psutil.Process(server.pid), *psutil.Process(server.pid).children(recursive=True)]
+    except psutil.NoSuchProcess:
+        return
+    for process in processes:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            process.send_signal(sig)
+    psutil.wait_procs(processes, timeout=30)
+    server.wait(timeout=30)
 
 
 @pytest.mark.slow
@@ -387,8 +397,7 @@ def test_an_acknowledged_event_survives_kill_9(data_dir, tmp_path):
         status, body = post(f"{url}/events", {"events": events})
         assert status == 200 and body["accepted"] == 50
     finally:
-        os.killpg(server.pid, signal.SIGKILL)  # no chance to flush or close anything
-        server.wait(timeout=30)
+        stop(server, signal.SIGKILL)  # server and worker: no chance to flush or close anything
     server, url = start_server(online, tmp_path, NEXTBEST_FLUSH_INTERVAL_SECONDS="0")
     try:
         status, again = post(f"{url}/events", {"events": events})
