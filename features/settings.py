@@ -77,6 +77,9 @@ class Settings(BaseSettings):
     online_backend: Literal["embedded", "redis"] = Field(
         "embedded", description="Where customer state lives: embedded (SQLite file <data_dir>/online.db,"
         " one machine) or redis (several workers or instances).")
+    online_sync: Literal["full", "normal"] = Field(
+        "full", description="Embedded store: full = each acknowledged event is on disk (survives a power "
+        "cut); normal = survives a killed process, the OS flushes later (faster single events).")
     redis_url: str = Field("redis://127.0.0.1:6379/0", description="Redis for online_backend=redis.")
     redis_prefix: str = Field("nextbest:", description="Prefix of every Redis key nextbest writes.")
     dedup_window_days: float = Field(

@@ -18,7 +18,7 @@ import pandas as pd
 
 from features.contracts import LIST_SEPARATOR, Column, TableContract
 
-_TIMEZONE_SUFFIX = re.compile(r"(?:[zZ]|[+-]\d{2}(?::?\d{2})?)$")
+TIMEZONE_SUFFIX = re.compile(r"(?:[zZ]|[+-]\d{2}(?::?\d{2})?)$")
 INT64_LIMIT = 2.0**63  # whole numbers are stored as int64
 _TRUE = {"true", "1", "yes", "y", "t"}
 _FALSE = {"false", "0", "no", "n", "f"}
@@ -235,7 +235,7 @@ def _as_timestamp(raw: pd.Series, missing: np.ndarray, column: Column, collector
         return raw.dt.tz_localize("UTC").astype("datetime64[us, UTC]")
     text = raw.astype("string").str.strip()
     parsed = pd.to_datetime(text.where(~missing), format="ISO8601", utc=True, errors="coerce")
-    has_zone = text.str.contains(_TIMEZONE_SUFFIX, regex=True).fillna(False).to_numpy(dtype=bool)
+    has_zone = text.str.contains(TIMEZONE_SUFFIX, regex=True).fillna(False).to_numpy(dtype=bool)
     unparsed = parsed.isna().to_numpy() & ~missing
     collector.rows(unparsed | (~has_zone & ~missing & ~unparsed), raw, column.name, expected)
     return parsed.astype("datetime64[us, UTC]")

@@ -24,3 +24,12 @@ def test_every_contract_column_is_documented_in_order():
 def test_every_feature_is_documented():
     assert documented_rows("### Customer features") == [f.name for f in CUSTOMER_FEATURES]
     assert documented_rows("### Item features") == [f.name for f in ITEM_FEATURES]
+
+
+def test_the_readme_names_every_setting_and_no_other():
+    from features.settings import Settings
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    section = readme.split("## Configuration", 1)[1].split("\n## ", 1)[0]
+    documented = set(re.findall(r"`NEXTBEST_([A-Z_]+)`", section))
+    assert documented == {name.upper() for name in Settings.model_fields}

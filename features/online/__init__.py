@@ -18,4 +18,5 @@ def open_online_store(settings: Settings) -> OnlineStore:
         return RedisStore(settings.redis_url, settings.redis_prefix, settings.dedup_window_days)
     from features.online.embedded import EmbeddedStore
 
-    return EmbeddedStore(settings.data_dir / "online.db", settings.dedup_window_days)
+    return EmbeddedStore(settings.data_dir / "online.db", settings.dedup_window_days,
+                         settings.online_sync)

@@ -1,7 +1,9 @@
 """The embedded online store: one SQLite file in WAL mode, no server to run.
 
-Every write is a ``BEGIN IMMEDIATE`` transaction committed with ``synchronous=FULL``, so once a
-call returns its data is on disk: a process killed right after loses nothing. Several worker
+Every write is a ``BEGIN IMMEDIATE`` transaction. With ``synchronous=FULL`` (the default) a commit
+returns once its data is on disk; with ``NORMAL`` (``NEXTBEST_ONLINE_SYNC=normal``) once it is
+in the WAL file, which a killed process cannot lose but a power cut can. Either way a process
+killed right after an acknowledgement loses nothing. Several worker
 processes on one machine can share the file (WAL lets readers run beside the one writer); for
 several machines, use the Redis backend.
 """
@@ -15,6 +17,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Literal
 
 from features.online.state import CustomerState
 from features.online.store import (
@@ -41,8 +44,10 @@ CHUNK = 500  # well under SQLite's limit on ? parameters per statement
 class EmbeddedStore(OnlineStore):
     name = "embedded"
 
-    def __init__(self, path: Path, dedup_window_days: float = 7.0) -> None:
+    def __init__(self, path: Path, dedup_window_days: float = 7.0,
+                 sync: Literal["full", "normal"] = "full") -> None:
         self.path = Path(path)
+        self.sync = sync
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.dedup_window = dedup_window_days * 86400
         self._local = threading.local()
@@ -57,7 +62,7 @@ class EmbeddedStore(OnlineStore):
             try:
                 db = sqlite3.connect(self.path, timeout=30, isolation_level=None)
                 db.execute("PRAGMA journal_mode=WAL")
-                db.execute("PRAGMA synchronous=FULL")
+                db.execute(f"PRAGMA synchronous={self.sync.upper()}")
             except sqlite3.Error as error:
                 raise OnlineStateUnavailable(f"cannot open {self.path}: {error}") from error
             self._local.db = db

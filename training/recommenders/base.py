@@ -141,6 +141,29 @@ class Recommender(ABC):
         ids, top = _top_n(scores[None, :], N)
         return ids[0], top[0]
 
+    def item_neighbours(self, N: int = 30, batch: int = 2048) -> tuple[np.ndarray, np.ndarray]:
+        """``similar_items`` for every item at once: (n_items × N columns, n_items × N scores).
+
+        Exact, in blocks of ``batch`` items (one matrix product and one partial sort each), so
+        that a service can answer "similar to" with a lookup instead of scoring the catalog per
+        request. Only for models with dense, low-dimensional item vectors (factor models); the
+        cost is n_items² × dimensions.
+        """
+        self._check_fitted()
+        unit = self._unit_item_vectors()
+        if sp.issparse(unit) or unit.shape[1] > 1024:
+            raise ValueError(f"{type(self).__name__} has {'sparse' if sp.issparse(unit) else 'wide'} "
+                             "item vectors; a neighbour table is for factor models")
+        n = min(N, self.n_items_ - 1)
+        ids = np.empty((self.n_items_, n), dtype=np.int32)
+        scores = np.empty((self.n_items_, n), dtype=np.float32)
+        for start in range(0, self.n_items_, batch):
+            block = unit[start:start + batch] @ unit.T
+            rows = np.arange(block.shape[0])
+            block[rows, rows + start] = -np.inf  # an item is not its own neighbour
+            ids[start:start + batch], scores[start:start + batch] = _top_n(block, n)
+        return ids, scores
+
     def _unit_item_vectors(self) -> np.ndarray | sp.csr_matrix:
         """Item vectors scaled to length 1, computed once per fitted model (serving calls
         ``similar_items`` on every request)."""
