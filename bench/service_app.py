@@ -2,21 +2,29 @@
 next to a no-op endpoint with the same input spec and service configuration.
 
 Sized by ``NB_ITEMS`` and ``NB_CUSTOMERS`` (default 100,000 and 1,000,000); 64 random ALS
-factors, five interactions per customer. Access logging is off (one log line per request
-would be measured too). Used only by ``bench/bench_service.py``.
+factors, five interactions per customer, the neighbour table the service precomputes, and a
+read of the customer's live state from the embedded online store per request, as the service
+does. Access logging is off (one log line per request would be measured too). Used only by
+``bench/bench_service.py``.
 """
 
 from __future__ import annotations
 
 import os
+import tempfile
+from pathlib import Path
 
 import bentoml
 import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
+from features.online.embedded import EmbeddedStore
+from features.policy import DEFAULT_POLICY, load_policy
+from features.settings import Settings
 from serving.models import LoadedModels
 from serving.pipeline import ContentIndex, RecommendRequest, ServingState, recommend
+from serving.service import neighbour_table
 from serving.shop import Behaviour, Item, ShopView
 from training.interactions import Interactions
 from training.recommenders import make_recommender
@@ -61,7 +69,8 @@ def synthetic_state(n_items: int, n_customers: int, factors: int = 64, seed: int
                                                               for i in top]},
                     [], {}, [], pd.Timestamp.now(tz="UTC"))
     models = LoadedModels(Bundle(model, interactions, popularity), {"recommender": "bench"})
-    return ServingState(models, shop, ContentIndex(shop))
+    return ServingState(models, shop, ContentIndex(shop),
+                        neighbours=neighbour_table(model, Settings()))
 
 
 @bentoml.service(name="nextbest-bench", logging={"access": {"enabled": False}})
@@ -69,10 +78,15 @@ class BenchService:
     def __init__(self) -> None:
         self.state = synthetic_state(int(os.environ.get("NB_ITEMS", 100_000)),
                                      int(os.environ.get("NB_CUSTOMERS", 1_000_000)))
+        self.online = EmbeddedStore(Path(tempfile.mkdtemp()) / "online.db")
+        self.policy = load_policy(DEFAULT_POLICY)
 
     @bentoml.api(input_spec=RecommendRequest)
     def recommend(self, **request) -> dict:
-        return recommend(self.state, RecommendRequest(**request), self.state.shop.as_of)
+        """As the service does it: parse, read the customer's live state, rank."""
+        parsed = RecommendRequest(**request)
+        live = self.online.customer(parsed.customer_id)
+        return recommend(self.state, parsed, self.state.shop.as_of, 0.5, live, self.policy)
 
     @bentoml.api(input_spec=RecommendRequest)
     def noop(self, **request) -> dict:

@@ -69,6 +69,9 @@ class Settings(BaseSettings):
     admin_token: str | None = Field(
         None, description="Bearer token for the service's admin_reload endpoint; unset = disabled."
     )
+    neighbour_table_max_items: int = Field(
+        250_000, ge=0, description="Precompute every item's nearest items at load for factor models up "
+        "to this many items (about a minute at 100k); larger catalogs score similarity per request.")
     max_category_share: float = Field(
         0.5, gt=0, le=1, description="Most of a product list one top-level category may take."
     )

@@ -22,6 +22,7 @@ from __future__ import annotations
 import math
 import uuid
 from collections import Counter
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 import numpy as np
@@ -93,6 +94,9 @@ class ServingState:
     shop: ShopView
     content: ContentIndex
     propensity: ScoredCustomers | None = None
+    neighbours: tuple[np.ndarray, np.ndarray] | None = None
+    """Each item's nearest items by the recommender (columns, scores), precomputed at load for
+    factor models, so that "similar to" is a lookup rather than a pass over the catalog."""
 
 
 class ContentIndex:
@@ -199,29 +203,28 @@ def _entry(item: Item, candidate: Candidate) -> dict:
 # ---------------------------------------------------------------------------- products
 def rank_products(state: ServingState, request: RecommendRequest, behaviour: Behaviour, n: int,
                   max_category_share: float, live: CustomerState | None = None) -> list[Candidate]:
+    """Best blended candidates that pass the rules, diversified. Candidates are walked best
+    first and only as far as the list needs, so rules and reasons run for a few dozen items,
+    not for every candidate."""
     if n == 0:
         return []
-    pooled = product_candidates(state, request, behaviour, live)
-    allowed = {i: c for i, c in pooled.items()
-               if passes_product_rules(state.shop.items.get(i), request, behaviour)}
-    ranked = sorted(allowed.values(), key=lambda c: -c.score)
-    return diversify(ranked, n, max_category_share, state.shop.items)
+    pool = product_candidates(state, request, behaviour, live)
+    items = state.shop.items
+    ranked = sorted(pool.items(), key=lambda entry: -entry[1][0])
+    allowed = (Candidate(item_id, score, reason(item_id)) for item_id, (score, _, reason) in ranked
+               if passes_product_rules(items.get(item_id), request, behaviour))
+    return diversify(allowed, n, max_category_share, items)
+
+
+Pool = dict[str, list]
+"""item -> [blended score, strongest single contribution, reason(item) of that contribution]"""
 
 
 def product_candidates(state: ServingState, request: RecommendRequest, behaviour: Behaviour,
-                       live: CustomerState | None = None) -> dict[str, Candidate]:
+                       live: CustomerState | None = None) -> Pool:
     """Blend every source into one score per item; the strongest source gives the reason."""
     shop, bundle = state.shop, state.models.recommender
-    contributions: dict[str, list[tuple[float, str]]] = {}
-
-    def add(source: str, scored: list[tuple[str, float]], reason) -> None:
-        if not scored:
-            return
-        top = max(s for _, s in scored) or 1.0
-        for item_id, score in scored:
-            value = SOURCE_WEIGHT[source] * max(score, 0.0) / top
-            contributions.setdefault(item_id, []).append((value, reason(item_id)))
-
+    pool: Pool = {}
     interactions = bundle.interactions
     row = interactions.user_row(request.customer_id)
     history, fresh = _history_row(interactions, row, live)
@@ -229,21 +232,46 @@ def product_candidates(state: ServingState, request: RecommendRequest, behaviour
         columns, scores = bundle.model.recommend(row, history, N=CANDIDATES,
                                                  filter_already_liked_items=False,
                                                  recalculate_user=fresh)
-        add("for_you", [(interactions.item_ids[c], float(s)) for c, s in zip(columns, scores,
-                                                                            strict=True)
-                        if np.isfinite(s)], lambda _: "recommended for you")
+        finite = np.isfinite(scores)
+        _add(pool, "for_you", interactions.item_ids[columns[finite]].tolist(),
+             scores[finite].tolist(), _for_you)
     for anchor, verb in _anchors(request, behaviour):
         title = shop.items[anchor].title if anchor in shop.items else anchor
-        add("similar", similar_products(state, anchor), lambda _, t=title, v=verb: f"{v} {t}")
+        similar = similar_products(state, anchor)
+        _add(pool, "similar", [i for i, _ in similar], [s for _, s in similar],
+             lambda _, t=title, v=verb: f"{v} {t}")
     liked = _liked_categories(shop, behaviour)
-    add("new", [(i, 1.0 + liked[shop.items[i].top]) for i in shop.new_products
-                if shop.items[i].top in liked],
-        lambda i: f"new in {shop.items[i].top}, a category you like")
+    fresh_items = [i for i in shop.new_products if shop.items[i].top in liked]
+    _add(pool, "new", fresh_items, [1.0 + liked[shop.items[i].top] for i in fresh_items],
+         lambda i: f"new in {shop.items[i].top}, a category you like")
     segment = shop.segments.get(request.customer_id, "*")
-    add("popular", _popular_for(shop, segment, request.channel.value),
-        lambda i: f"popular in {shop.items[i].top}")
-    return {item_id: Candidate(item_id, sum(v for v, _ in parts), max(parts)[1])
-            for item_id, parts in contributions.items()}
+    popular = _popular_for(shop, segment, request.channel.value)
+    _add(pool, "popular", [i for i, _ in popular], [s for _, s in popular],
+         lambda i: f"popular in {shop.items[i].top}")
+    return pool
+
+
+def _for_you(_: str) -> str:
+    return "recommended for you"
+
+
+def _add(pool: Pool, source: str, item_ids: list[str], scores: list[float], reason) -> None:
+    """Add one source's scores, scaled so its best item gets the source's weight."""
+    top = max(scores, default=0.0)
+    if top <= 0:
+        return
+    weight = SOURCE_WEIGHT[source] / top
+    for item_id, score in zip(item_ids, scores, strict=True):
+        if score <= 0:
+            continue
+        value = weight * score
+        entry = pool.get(item_id)
+        if entry is None:
+            pool[item_id] = [value, value, reason]
+        else:
+            entry[0] += value
+            if value > entry[1]:
+                entry[1], entry[2] = value, reason
 
 
 def _history_row(interactions, row: int, live: CustomerState | None) -> tuple[sp.csr_matrix, bool]:
@@ -288,9 +316,13 @@ def similar_products(state: ServingState, anchor: str, n: int = 30) -> list[tupl
     interactions = state.models.recommender.interactions
     column = interactions.item_column(anchor)
     if column >= 0:
-        ids, scores = state.models.recommender.model.similar_items(column, N=n)
-        return [(interactions.item_ids[i], float(s)) for i, s in zip(ids, scores, strict=True)
-                if np.isfinite(s) and s > 0]
+        if state.neighbours is not None and n <= state.neighbours[0].shape[1]:
+            ids, scores = state.neighbours[0][column, :n], state.neighbours[1][column, :n]
+        else:
+            ids, scores = state.models.recommender.model.similar_items(column, N=n)
+        keep = np.isfinite(scores) & (scores > 0)
+        return list(zip(interactions.item_ids[ids[keep]].tolist(), scores[keep].tolist(),
+                        strict=True))
     return [(i, s) for i, s in state.content.similar(anchor, n)
             if state.shop.items[i].kind == PRODUCT]
 
@@ -334,7 +366,7 @@ def passes_product_rules(item: Item | None, request: RecommendRequest,
                                                    or item.price > filters.max_price))
 
 
-def diversify(ranked: list[Candidate], n: int, max_share: float,
+def diversify(ranked: Iterable[Candidate], n: int, max_share: float,
               items: dict[str, Item]) -> list[Candidate]:
     """Best first, but no top-level category takes more than ``max_share`` of the list —
     unless there is nothing else to show."""

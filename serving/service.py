@@ -28,6 +28,7 @@ from http import HTTPStatus
 from typing import Any
 
 import bentoml
+import numpy as np
 import pandas as pd
 from bentoml.exceptions import BentoMLException, InvalidArgument, ServiceUnavailable
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -51,6 +52,8 @@ from serving.triggers import TriggerEngine
 from training.propensity.scoring import ScoredCustomers
 
 log = logging.getLogger("nextbest.serving")
+NEIGHBOURS = 50
+"""Neighbours kept per item; similar_items asking for more scores the catalog instead."""
 
 
 class Forbidden(BentoMLException):
@@ -95,9 +98,21 @@ def build_state(settings: Settings, models: LoadedModels | None = None) -> Servi
     if models.propensity is not None:
         scores = ScoredCustomers.score(models.propensity,
                                        models.versions[settings.propensity_name], events, items)
-    state = ServingState(models, shop, ContentIndex(shop), scores)
+    state = ServingState(models, shop, ContentIndex(shop), scores,
+                         neighbour_table(models.recommender.model, settings))
     smoke_check(state)
     return state
+
+
+def neighbour_table(model, settings: Settings) -> tuple[np.ndarray, np.ndarray] | None:
+    """Every item's nearest items, precomputed for factor models up to a catalog size (the cost
+    grows with its square); other models score similarity per request."""
+    if model.n_items_ > settings.neighbour_table_max_items:
+        return None
+    try:
+        return model.item_neighbours(N=NEIGHBOURS)
+    except ValueError:  # sparse or wide item vectors (item-kNN, EASE): scored per request
+        return None
 
 
 def smoke_check(state: ServingState) -> None:
@@ -199,9 +214,12 @@ class NextBest:
             log.error("ingestion refused: %s", error)
             return HTTPStatus.SERVICE_UNAVAILABLE, {
                 "error": f"{error}; nothing was recorded, retry later"}
-        with self._touched_lock:
-            self._touched.update(result.customers)
-        self._wake.set()
+        reacting = self.triggers.event_types
+        touched = {e["customer_id"] for e in parsed.events if e["event_type"] in reacting}
+        if touched:
+            with self._touched_lock:
+                self._touched.update(touched)
+            self._wake.set()
         return (HTTPStatus.MULTI_STATUS if parsed.problems else HTTPStatus.OK), {
             "accepted": result.accepted, "duplicates": result.duplicates + parsed.repeated,
             "rejected": parsed.rejected, "problems": problems}

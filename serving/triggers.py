@@ -21,7 +21,7 @@ from datetime import datetime
 
 import pandas as pd
 
-from features.contracts import ItemKind
+from features.contracts import EventType, ItemKind
 from features.online.state import CustomerState
 from features.online.store import OnlineStore
 from features.policy import (
@@ -60,14 +60,22 @@ class TriggerEngine:
         self.serving_state = serving_state
         self.max_category_share = max_category_share
 
+    @property
+    def event_types(self) -> frozenset[str]:
+        """Event types that can make an event-driven rule true; others need no evaluation."""
+        if any(isinstance(r, CategoryBrowsing) for r in self.policy.triggers):
+            return frozenset({EventType.VIEW.value, EventType.CLICK.value})
+        return frozenset()
+
     # ------------------------------------------------------------------ entry points
     def on_events(self, customers: Iterable[str], now: datetime) -> list[Outcome]:
         """Rules that events can make true at once (category browsing), for these customers."""
         rules = [r for r in self.policy.triggers if isinstance(r, CategoryBrowsing)]
         if not rules:
             return []
-        return [outcome for customer in customers for rule in rules
-                if (outcome := self.evaluate(rule, customer, now)) is not None]
+        states = self.store.customers(list(customers))  # one read for the whole batch
+        return [outcome for customer, live in states.items() for rule in rules
+                if (outcome := self.evaluate(rule, customer, now, live)) is not None]
 
     def tick(self, now: datetime) -> list[Outcome]:
         """Rules that become true with time passing (cart abandonment)."""
@@ -82,13 +90,14 @@ class TriggerEngine:
         return outcomes
 
     # ------------------------------------------------------------------ one rule, one customer
-    def evaluate(self, rule: CartAbandoned | CategoryBrowsing, customer: str,
-                 now: datetime) -> Outcome | None:
-        """None when the rule does not hold for the customer; otherwise what was done."""
+    def evaluate(self, rule: CartAbandoned | CategoryBrowsing, customer: str, now: datetime,
+                 live: CustomerState | None = None) -> Outcome | None:
+        """None when the rule does not hold for the customer; otherwise what was done.
+        ``live`` is the customer's state if the caller read it already."""
         state = self.serving_state()
         if state is None:
             return None
-        live = self.store.customer(customer)
+        live = live if live is not None else self.store.customer(customer)
         situation = (_abandoned_cart(rule, live, now) if isinstance(rule, CartAbandoned)
                      else _category_interest(rule, live, state, now))
         if situation is None:

@@ -159,3 +159,10 @@ def test_ingesting_any_events_twice_changes_nothing(tmp_path_factory, steps):
     once = store.customer("c1")
     store.ingest(list(reversed(batch)))
     assert store.customer("c1") == once
+
+
+def test_many_customers_are_read_at_once(store):
+    store.ingest(valid(event("view", customer="a"), event("purchase", customer="b")))
+    states = store.customers(["a", "b", "nobody"])
+    assert states["a"].counts == {"view": 1} and states["b"].counts == {"purchase": 1}
+    assert states["nobody"] == CustomerState("nobody")

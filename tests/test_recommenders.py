@@ -235,3 +235,20 @@ def test_als_recommends_from_the_categories_customers_truly_like(taste_shop):
     popularity = fit_model(make_recommender("popularity"), train, shop.items)
     assert share_in_taste(als) > 0.5  # 3 of 24 categories: 0.125 for a model with no idea
     assert share_in_taste(als) > 3 * share_in_taste(popularity)
+
+
+def test_the_neighbour_table_is_similar_items_for_every_item():
+    rng = np.random.default_rng(4)
+    matrix = sp.random(200, 150, density=0.05, format="csr", random_state=4, dtype=np.float32)
+    model = make_recommender("als", factors=8, iterations=3).fit(matrix)
+    ids, scores = model.item_neighbours(N=10, batch=64, threads=2)
+    for item in rng.choice(150, 20, replace=False):
+        exact_ids, exact_scores = model.similar_items(int(item), N=10)
+        np.testing.assert_allclose(scores[item], exact_scores, rtol=1e-5)
+        assert set(ids[item]) == set(exact_ids)
+
+
+def test_a_neighbour_table_is_refused_for_sparse_item_vectors():
+    matrix = sp.random(50, 40, density=0.1, format="csr", random_state=1, dtype=np.float32)
+    with pytest.raises(ValueError, match="a neighbour table is for factor models"):
+        make_recommender("itemknn").fit(matrix).item_neighbours()

@@ -28,11 +28,12 @@ from features.online.store import (
 )
 
 SCHEMA = """
-CREATE TABLE IF NOT EXISTS seen (event_id TEXT PRIMARY KEY, received REAL NOT NULL);
+CREATE TABLE IF NOT EXISTS seen (event_id TEXT PRIMARY KEY, received REAL NOT NULL)
+    WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS event_log (position INTEGER PRIMARY KEY AUTOINCREMENT,
                                       event TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS customers (customer_id TEXT PRIMARY KEY, state TEXT NOT NULL,
-                                      cart_updated REAL);
+                                      cart_updated REAL) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS customers_open_carts ON customers (cart_updated)
     WHERE cart_updated IS NOT NULL;
 CREATE TABLE IF NOT EXISTS outbox (position INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -63,6 +64,7 @@ class EmbeddedStore(OnlineStore):
                 db = sqlite3.connect(self.path, timeout=30, isolation_level=None)
                 db.execute("PRAGMA journal_mode=WAL")
                 db.execute(f"PRAGMA synchronous={self.sync.upper()}")
+                db.execute("PRAGMA cache_size=-65536")  # 64 MiB: keys are random, keep B-trees hot
             except sqlite3.Error as error:
                 raise OnlineStateUnavailable(f"cannot open {self.path}: {error}") from error
             self._local.db = db
@@ -85,6 +87,7 @@ class EmbeddedStore(OnlineStore):
     # ------------------------------------------------------------------ events
     def _commit_events(self, events: list[dict]) -> list[dict]:
         now = time.time()
+        logged = {e["event_id"]: logged_event(e) for e in events}  # outside the write lock
         with self._write() as db:
             ids = [e["event_id"] for e in events]
             seen = set()
@@ -98,7 +101,7 @@ class EmbeddedStore(OnlineStore):
                 return []
             db.executemany("INSERT INTO seen VALUES (?, ?)", [(e["event_id"], now) for e in fresh])
             db.executemany("INSERT INTO event_log (event) VALUES (?)",
-                           [(logged_event(e),) for e in fresh])
+                           [(logged[e["event_id"]],) for e in fresh])
             states = self._states(db, list({e["customer_id"] for e in fresh}))
             update_states(states, fresh)
             db.executemany(
@@ -117,6 +120,13 @@ class EmbeddedStore(OnlineStore):
         return states
 
     # ------------------------------------------------------------------ customers
+    def customers(self, customer_ids: list[str]) -> dict[str, CustomerState]:
+        try:
+            found = self._states(self._db, customer_ids)
+        except sqlite3.Error as error:
+            raise OnlineStateUnavailable(f"cannot read {self.path}: {error}") from error
+        return {c: found.get(c) or CustomerState(c) for c in customer_ids}
+
     def customer(self, customer_id: str) -> CustomerState:
         try:
             row = self._db.execute("SELECT state FROM customers WHERE customer_id = ?",

@@ -101,6 +101,14 @@ class RedisStore(OnlineStore):
             raise self._unavailable(error) from error
         return CustomerState.from_json(text) if text else CustomerState(customer_id)
 
+    def customers(self, customer_ids: list[str]) -> dict[str, CustomerState]:
+        try:
+            texts = self.client.mget([self._key("customer", c) for c in customer_ids])
+        except (redis.ConnectionError, redis.TimeoutError) as error:
+            raise self._unavailable(error) from error
+        return {c: CustomerState.from_json(t) if t else CustomerState(c)
+                for c, t in zip(customer_ids, texts, strict=True)}
+
     def open_carts(self, idle_since: float) -> list[str]:
         try:
             members = self.client.zrangebyscore(self._key("carts"), "-inf", idle_since)

@@ -65,6 +65,10 @@ class OnlineStore(ABC):
         """The customer's state; an empty one for a customer with no online events."""
 
     @abstractmethod
+    def customers(self, customer_ids: list[str]) -> dict[str, CustomerState]:
+        """The states of many customers in one read (empty ones for those with no events)."""
+
+    @abstractmethod
     def open_carts(self, idle_since: float) -> list[str]:
         """Customers whose cart is not empty and last grew at or before ``idle_since``."""
 

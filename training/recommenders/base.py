@@ -16,7 +16,9 @@ and ``_item_vectors`` (for similar items), plus ``_arrays``/``_restore`` for per
 from __future__ import annotations
 
 import json
+import os
 from abc import ABC, abstractmethod
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, ClassVar, Self
 
@@ -141,13 +143,14 @@ class Recommender(ABC):
         ids, top = _top_n(scores[None, :], N)
         return ids[0], top[0]
 
-    def item_neighbours(self, N: int = 30, batch: int = 2048) -> tuple[np.ndarray, np.ndarray]:
+    def item_neighbours(self, N: int = 30, batch: int = 1024,
+                        threads: int | None = None) -> tuple[np.ndarray, np.ndarray]:
         """``similar_items`` for every item at once: (n_items × N columns, n_items × N scores).
 
-        Exact, in blocks of ``batch`` items (one matrix product and one partial sort each), so
-        that a service can answer "similar to" with a lookup instead of scoring the catalog per
-        request. Only for models with dense, low-dimensional item vectors (factor models); the
-        cost is n_items² × dimensions.
+        Exact, in blocks of ``batch`` items (one matrix product and one partial sort each, on
+        ``threads`` threads: numpy releases the GIL for both), so that a service can answer
+        "similar to" with a lookup instead of scoring the catalog per request. Only for models
+        with dense, low-dimensional item vectors (factor models); the cost is n_items² × factors.
         """
         self._check_fitted()
         unit = self._unit_item_vectors()
@@ -157,11 +160,15 @@ class Recommender(ABC):
         n = min(N, self.n_items_ - 1)
         ids = np.empty((self.n_items_, n), dtype=np.int32)
         scores = np.empty((self.n_items_, n), dtype=np.float32)
-        for start in range(0, self.n_items_, batch):
-            block = unit[start:start + batch] @ unit.T
-            rows = np.arange(block.shape[0])
-            block[rows, rows + start] = -np.inf  # an item is not its own neighbour
-            ids[start:start + batch], scores[start:start + batch] = _top_n(block, n)
+
+        def block(start: int) -> None:
+            similarity = unit[start:start + batch] @ unit.T
+            rows = np.arange(similarity.shape[0])
+            similarity[rows, rows + start] = -np.inf  # an item is not its own neighbour
+            ids[start:start + batch], scores[start:start + batch] = _top_n(similarity, n)
+
+        with ThreadPoolExecutor(threads or os.cpu_count() or 1) as pool:
+            list(pool.map(block, range(0, self.n_items_, batch)))
         return ids, scores
 
     def _unit_item_vectors(self) -> np.ndarray | sp.csr_matrix:
