@@ -16,11 +16,11 @@ have written nothing.
 
 from __future__ import annotations
 
-import json
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+import orjson
 import pandas as pd
 
 from features.contracts import EVENTS
@@ -136,4 +136,4 @@ def update_states(states: dict[str, CustomerState], events: list[dict]) -> None:
 
 def logged_event(event: dict) -> str:
     """The event as the warehouse will store it: the contract's columns only."""
-    return json.dumps({name: event.get(name) for name in EVENTS.column_names})
+    return orjson.dumps({name: event.get(name) for name in EVENTS.column_names}).decode()
