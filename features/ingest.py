@@ -93,7 +93,8 @@ def check_event(entry: dict, index: int = 0) -> tuple[dict, list[EventProblem]]:
             record[column.name] = _CONVERT[column.type](value, column)
         except ValueError as error:
             problems.append(EventProblem(index, column.name, _text(value), str(error)))
-    extras = {k: v for k, v in entry.items() if k not in _KNOWN and v is not None and v != ""}
+    unknown = entry.keys() - _KNOWN  # usually empty
+    extras = {k: entry[k] for k in unknown if entry[k] is not None and entry[k] != ""}
     context = record.get(EVENTS.extras_column)
     if context is not None and not _is_json_object(context):
         problems.append(EventProblem(index, EVENTS.extras_column, context,
@@ -103,7 +104,7 @@ def check_event(entry: dict, index: int = 0) -> tuple[dict, list[EventProblem]]:
         record[EVENTS.extras_column] = json.dumps(merged, default=str)
     if not problems:
         moment = record.pop("timestamp")
-        record["timestamp"] = moment.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+        record["timestamp"] = moment.isoformat(timespec="microseconds").replace("+00:00", "Z")
         record["at"] = moment.timestamp()
     return record, problems
 

@@ -34,7 +34,7 @@ from bentoml.exceptions import BentoMLException, InvalidArgument, ServiceUnavail
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from features.ingest import parse_events
-from features.online import OnlineStateUnavailable, open_online_store
+from features.online import CustomerState, OnlineStateUnavailable, open_online_store
 from features.policy import load_policy, policy_path
 from features.settings import Settings, get_settings
 from features.warehouse import Warehouse
@@ -137,7 +137,7 @@ class NextBest:
         self.policy = load_policy(policy_path(self.settings))
         self.triggers = TriggerEngine(self.policy, self.online, lambda: self.state,
                                       self.settings.max_category_share)
-        self._touched: set[str] = set()
+        self._touched: dict[str, CustomerState] = {}
         self._touched_lock = threading.Lock()
         self._wake = threading.Event()
         self._online_down_until = 0.0
@@ -215,7 +215,9 @@ class NextBest:
             return HTTPStatus.SERVICE_UNAVAILABLE, {
                 "error": f"{error}; nothing was recorded, retry later"}
         reacting = self.triggers.event_types
-        touched = {e["customer_id"] for e in parsed.events if e["event_type"] in reacting}
+        touched = {c: result.states[c] for c in {e["customer_id"] for e in parsed.events
+                                                 if e["event_type"] in reacting}
+                   if c in result.states}
         if touched:
             with self._touched_lock:
                 self._touched.update(touched)
@@ -309,7 +311,7 @@ class NextBest:
             self._wake.wait(timeout)
             self._wake.clear()
             with self._touched_lock:
-                touched, self._touched = self._touched, set()
+                touched, self._touched = self._touched, {}
             now = datetime.now(UTC)
             timed = interval > 0 and time.monotonic() >= next_tick
             if timed:

@@ -68,12 +68,15 @@ class TriggerEngine:
         return frozenset()
 
     # ------------------------------------------------------------------ entry points
-    def on_events(self, customers: Iterable[str], now: datetime) -> list[Outcome]:
-        """Rules that events can make true at once (category browsing), for these customers."""
+    def on_events(self, customers: Iterable[str] | dict[str, CustomerState],
+                  now: datetime) -> list[Outcome]:
+        """Rules that events can make true at once (category browsing), for these customers —
+        given as ids, or as the states their ingestion just left them in (saves a read)."""
         rules = [r for r in self.policy.triggers if isinstance(r, CategoryBrowsing)]
         if not rules:
             return []
-        states = self.store.customers(list(customers))  # one read for the whole batch
+        states = (customers if isinstance(customers, dict)
+                  else self.store.customers(list(customers)))  # one read for the whole batch
         return [outcome for customer, live in states.items() for rule in rules
                 if (outcome := self.evaluate(rule, customer, now, live)) is not None]
 

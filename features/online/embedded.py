@@ -85,7 +85,7 @@ class EmbeddedStore(OnlineStore):
         db.execute("COMMIT")
 
     # ------------------------------------------------------------------ events
-    def _commit_events(self, events: list[dict]) -> list[dict]:
+    def _commit_events(self, events: list[dict]) -> tuple[list[dict], dict[str, CustomerState]]:
         now = time.time()
         logged = {e["event_id"]: logged_event(e) for e in events}  # outside the write lock
         with self._write() as db:
@@ -98,7 +98,7 @@ class EmbeddedStore(OnlineStore):
                     part))
             fresh = [e for e in events if e["event_id"] not in seen]
             if not fresh:
-                return []
+                return [], {}
             db.executemany("INSERT INTO seen VALUES (?, ?)", [(e["event_id"], now) for e in fresh])
             db.executemany("INSERT INTO event_log (event) VALUES (?)",
                            [(logged[e["event_id"]],) for e in fresh])
@@ -107,7 +107,7 @@ class EmbeddedStore(OnlineStore):
             db.executemany(
                 "INSERT OR REPLACE INTO customers VALUES (?, ?, ?)",
                 [(c, s.to_json(), s.cart_updated) for c, s in states.items()])
-        return fresh
+        return fresh, states
 
     def _states(self, db: sqlite3.Connection, customers: list[str]) -> dict[str, CustomerState]:
         states = {}

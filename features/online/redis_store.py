@@ -61,16 +61,16 @@ class RedisStore(OnlineStore):
             raise self._unavailable(error) from error
 
     # ------------------------------------------------------------------ events
-    def _commit_events(self, events: list[dict]) -> list[dict]:
+    def _commit_events(self, events: list[dict]) -> tuple[list[dict], dict[str, CustomerState]]:
         seen_keys = [self._key("seen", e["event_id"]) for e in events]
         customers = list({e["customer_id"] for e in events})
         customer_keys = [self._key("customer", c) for c in customers]
 
-        def body(pipe) -> list[dict]:
+        def body(pipe) -> tuple[list[dict], dict[str, CustomerState]]:
             seen = pipe.mget(seen_keys)
             fresh = [e for e, flag in zip(events, seen, strict=True) if flag is None]
             if not fresh:
-                return []
+                return [], {}
             states = {c: CustomerState.from_json(text) for c, text
                       in zip(customers, pipe.mget(customer_keys), strict=True) if text}
             update_states(states, fresh)
@@ -80,7 +80,7 @@ class RedisStore(OnlineStore):
                 pipe.xadd(self._key("events"), {"event": logged_event(event)})
             self._store_states(pipe, states)
             pipe.execute()
-            return fresh
+            return fresh, {c: states[c] for c in {e["customer_id"] for e in fresh}}
 
         return self._transaction([*seen_keys, *customer_keys], body)
 

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import orjson
 import pandas as pd
@@ -37,6 +37,8 @@ class IngestResult:
     accepted: int
     duplicates: int
     customers: tuple[str, ...]
+    states: dict[str, CustomerState] = field(default_factory=dict)
+    """The customers' states as this call left them (what the triggers evaluate next)."""
 
 
 class OnlineStore(ABC):
@@ -50,14 +52,15 @@ class OnlineStore(ABC):
         unique: dict[str, dict] = {}
         for event in events:
             unique.setdefault(event["event_id"], event)
-        fresh = self._commit_events(list(unique.values()))
+        fresh, states = self._commit_events(list(unique.values()))
         customers = tuple(dict.fromkeys(e["customer_id"] for e in fresh))
-        return IngestResult(len(fresh), len(events) - len(fresh), customers)
+        return IngestResult(len(fresh), len(events) - len(fresh), customers, states)
 
     @abstractmethod
-    def _commit_events(self, events: list[dict]) -> list[dict]:
+    def _commit_events(self, events: list[dict]) -> tuple[list[dict], dict[str, CustomerState]]:
         """In one transaction: keep the events not seen before, log them, apply them to their
-        customers' states (with :func:`update_states`); return the kept ones."""
+        customers' states (with :func:`update_states`); return the kept ones and the states of
+        their customers."""
 
     # ------------------------------------------------------------------ customers
     @abstractmethod
