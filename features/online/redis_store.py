@@ -1,9 +1,10 @@
 """The Redis online store: for several workers or instances sharing one customer state.
 
 Keys (under a prefix, default ``nextbest:``): ``customer:<id>`` holds the state as JSON,
-``seen:<event_id>`` marks an event for the deduplication window, the ``carts`` sorted set
-indexes open carts by when they last grew, and two streams hold the event log awaiting the
-warehouse (``events``) and the decision outbox (``outbox``, for other systems to ``XREAD``).
+``seen:<day>`` is the set of event ids received that day (expiring after the deduplication
+window), the ``carts`` sorted set indexes open carts by when they last grew, and two streams
+hold the event log awaiting the warehouse (``events``, one entry per ingested batch) and the
+decision outbox (``outbox``, one entry per decision, for other systems to ``XREAD``).
 
 Each write is an optimistic transaction: ``WATCH`` the keys it reads, compute the new states with
 the same Python code as the embedded backend, then ``MULTI``/``EXEC`` — retried if another
@@ -15,7 +16,11 @@ acknowledged event is depends on the server's persistence: run Redis with
 from __future__ import annotations
 
 import json
+import math
+import time
 
+import numpy as np
+import orjson
 import redis
 
 from features.online.state import CustomerState
@@ -27,6 +32,7 @@ from features.online.store import (
 )
 
 RETRIES = 20
+DAY = 86400
 
 
 class RedisStore(OnlineStore):
@@ -62,27 +68,37 @@ class RedisStore(OnlineStore):
 
     # ------------------------------------------------------------------ events
     def _commit_events(self, events: list[dict]) -> tuple[list[dict], dict[str, CustomerState]]:
-        seen_keys = [self._key("seen", e["event_id"]) for e in events]
+        ids = [e["event_id"] for e in events]
+        buckets = self._seen_buckets(time.time())
         customers = list({e["customer_id"] for e in events})
         customer_keys = [self._key("customer", c) for c in customers]
 
         def body(pipe) -> tuple[list[dict], dict[str, CustomerState]]:
-            seen = pipe.mget(seen_keys)
-            fresh = [e for e, flag in zip(events, seen, strict=True) if flag is None]
+            seen = np.zeros(len(ids), dtype=bool)
+            for bucket in buckets:
+                seen |= np.asarray(pipe.smismember(bucket, ids), dtype=bool)
+            fresh = [e for e, flag in zip(events, seen, strict=True) if not flag]
             if not fresh:
                 return [], {}
             states = {c: CustomerState.from_json(text) for c, text
                       in zip(customers, pipe.mget(customer_keys), strict=True) if text}
             update_states(states, fresh)
             pipe.multi()
-            for event in fresh:
-                pipe.set(self._key("seen", event["event_id"]), 1, ex=self.dedup_window)
-                pipe.xadd(self._key("events"), {"event": logged_event(event)})
+            pipe.sadd(buckets[-1], *(e["event_id"] for e in fresh))
+            pipe.expire(buckets[-1], self.dedup_window + DAY)
+            pipe.xadd(self._key("events"),  # one entry per batch: one command, not one per event
+                      {"events": "[" + ",".join(logged_event(e) for e in fresh) + "]"})
             self._store_states(pipe, states)
             pipe.execute()
             return fresh, {c: states[c] for c in {e["customer_id"] for e in fresh}}
 
-        return self._transaction([*seen_keys, *customer_keys], body)
+        return self._transaction([*buckets, *customer_keys], body)
+
+    def _seen_buckets(self, now: float) -> list[str]:
+        """One set of event ids per day received, each expiring after the window; today last."""
+        today = int(now // DAY)
+        days = math.ceil(self.dedup_window / DAY)
+        return [self._key("seen", str(day)) for day in range(today - days, today + 1)]
 
     def _store_states(self, pipe, states: dict[str, CustomerState]) -> None:
         pipe.mset({self._key("customer", c): s.to_json() for c, s in states.items()})
@@ -145,12 +161,18 @@ class RedisStore(OnlineStore):
 
     # ------------------------------------------------------------------ warehouse
     def pending_events(self, limit: int) -> tuple[list[str], list[dict]]:
+        """Whole logged batches, oldest first, until about ``limit`` events."""
         try:
-            entries = self.client.xrange(self._key("events"), "-", "+", count=limit)
+            entries = self.client.xrange(self._key("events"), "-", "+", count=max(1, limit // 100))
         except (redis.ConnectionError, redis.TimeoutError) as error:
             raise self._unavailable(error) from error
-        return ([p.decode() for p, _ in entries],
-                [json.loads(fields[b"event"]) for _, fields in entries])
+        positions, events = [], []
+        for position, fields in entries:
+            positions.append(position.decode())
+            events.extend(orjson.loads(fields[b"events"]))
+            if len(events) >= limit:
+                break
+        return positions, events
 
     def forget_events(self, positions: list[str]) -> None:
         if positions:
