@@ -44,13 +44,19 @@ class LoadedModels:
     """'registry', or 'cache' when the registry was unreachable at load time."""
     detail: str = ""
     loaded_at: str = field(default_factory=lambda: datetime.now(UTC).isoformat(timespec="seconds"))
+    offer: PropensityModel | None = None
+    """The offer-response model (P(redeem | shown)), when one is registered under the alias."""
+
+
+def offer_model_name(settings: Settings) -> str:
+    return f"{settings.propensity_name}-offer"
 
 
 def resolve_versions(settings: Settings, alias: str) -> dict[str, str]:
     """The version each registered model's alias points at now (models without it are left out)."""
     client = MlflowClient()
     versions = {}
-    for name in (settings.recommender_name, settings.propensity_name):
+    for name in (settings.recommender_name, settings.propensity_name, offer_model_name(settings)):
         try:
             versions[name] = str(client.get_model_version_by_alias(name, alias).version)
         except MlflowException as error:
@@ -110,11 +116,14 @@ def _read(settings: Settings, cache: Path, versions: dict[str, str], source: str
           detail: str) -> LoadedModels:
     recommender_dir = cache / settings.recommender_name / versions[settings.recommender_name]
     bundle = load_bundle(recommender_dir / MODEL_FILE, recommender_dir / IDS_FILE)
-    propensity = None
+    propensity, offer = None, None
     if settings.propensity_name in versions:
         path = cache / settings.propensity_name / versions[settings.propensity_name]
         propensity = PropensityModel.load(path / PROPENSITY_FILE)
-    return LoadedModels(bundle, dict(versions), propensity, source, detail)
+    if offer_model_name(settings) in versions:
+        path = cache / offer_model_name(settings) / versions[offer_model_name(settings)]
+        offer = PropensityModel.load(path / PROPENSITY_FILE)
+    return LoadedModels(bundle, dict(versions), propensity, source, detail, offer=offer)
 
 
 def _fail_fast_when_unreachable() -> None:

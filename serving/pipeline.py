@@ -34,6 +34,7 @@ from features.contracts import CONTACT_CHANNELS, Channel, EventType, ItemKind
 from features.online.state import CustomerState
 from features.policy import ContactPolicy, contact_verdict, recently_shown
 from serving.models import LoadedModels
+from serving.offers import OfferScorer
 from serving.shop import Behaviour, Item, ShopView
 from training.propensity.scoring import ScoredCustomers
 from training.recommenders.content import ContentRecommender
@@ -97,6 +98,8 @@ class ServingState:
     neighbours: tuple[np.ndarray, np.ndarray] | None = None
     """Each item's nearest items by the recommender (columns, scores), precomputed at load for
     factor models, so that "similar to" is a lookup rather than a pass over the catalog."""
+    offers: OfferScorer | None = None
+    """P(redeem) per customer and offer from the offer-response model, when one is registered."""
 
 
 class ContentIndex:
@@ -428,21 +431,30 @@ def offer_is_eligible(offer: Item, segment: str, channel: str, cart_value: float
 
 def rank_offers(state: ServingState, request: RecommendRequest, behaviour: Behaviour,
                 now: pd.Timestamp, n: int) -> list[Candidate]:
-    """Eligible offers by expected value: P(redeem) x value."""
+    """Eligible offers by expected value: P(redeem) x value. P(redeem) comes from the
+    offer-response model for this customer when one is registered, otherwise from each offer's
+    smoothed historical redemption rate."""
     if n == 0:
         return []
     shop = state.shop
     segment = shop.segments.get(request.customer_id, "")
     cart_value = sum(shop.items[i].price or 0.0 for i in request.context.cart_items
                      if i in shop.items)
+    eligible = [offer for offer in shop.offers
+                if offer.item_id not in request.exclude and offer_is_eligible(
+                    offer, segment, request.channel.value, cart_value,
+                    behaviour.redemptions.get(offer.item_id, 0), now)]
+    if not eligible:
+        return []
+    if state.offers is not None:
+        chances = state.offers.redeem_probability(request.customer_id, eligible, now)
+        says = "likely for you: {rate:.0%} chance you redeem it"
+    else:
+        chances = [shop.offer_rate.get(offer.item_id, 0.1) for offer in eligible]
+        says = "redeemed by {rate:.0%} of customers shown it"
     ranked = []
-    for offer in shop.offers:
-        if offer.item_id in request.exclude or not offer_is_eligible(
-                offer, segment, request.channel.value, cart_value,
-                behaviour.redemptions.get(offer.item_id, 0), now):
-            continue
-        rate = shop.offer_rate.get(offer.item_id, 0.1)
+    for offer, rate in zip(eligible, chances, strict=True):
         value = offer.offer_value or 0.0
-        ranked.append(Candidate(offer.item_id, rate * value,
-                                f"worth {value:g}, redeemed by {rate:.0%} of customers shown it"))
+        ranked.append(Candidate(offer.item_id, float(rate) * value,
+                                f"worth {value:g}, " + says.format(rate=float(rate))))
     return sorted(ranked, key=lambda c: -c.score)[:n]

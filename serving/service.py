@@ -35,10 +35,18 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from features.ingest import parse_events
 from features.online import CustomerState, OnlineStateUnavailable, open_online_store
+from features.point_in_time import compute_customer_features
 from features.policy import load_policy, policy_path
 from features.settings import Settings, get_settings
 from features.warehouse import Warehouse
-from serving.models import LoadedModels, RegistryUnavailable, load_models, resolve_versions
+from serving.models import (
+    LoadedModels,
+    RegistryUnavailable,
+    load_models,
+    offer_model_name,
+    resolve_versions,
+)
+from serving.offers import OfferScorer
 from serving.pipeline import (
     ContentIndex,
     RecommendRequest,
@@ -49,6 +57,7 @@ from serving.pipeline import (
 from serving.scores import propensity_answer
 from serving.shop import load_shop
 from serving.triggers import TriggerEngine
+from training.propensity.datasets import numeric_features
 from training.propensity.scoring import ScoredCustomers
 
 log = logging.getLogger("nextbest.serving")
@@ -98,10 +107,20 @@ def build_state(settings: Settings, models: LoadedModels | None = None) -> Servi
     if models.propensity is not None:
         scores = ScoredCustomers.score(models.propensity,
                                        models.versions[settings.propensity_name], events, items)
+    offers = None
+    if models.offer is not None:
+        features = scores.features if scores is not None else customer_features(events, items)
+        offers = OfferScorer(models.offer, models.versions[offer_model_name(settings)], features)
     state = ServingState(models, shop, ContentIndex(shop), scores,
-                         neighbour_table(models.recommender.model, settings))
+                         neighbour_table(models.recommender.model, settings), offers)
     smoke_check(state)
     return state
+
+
+def customer_features(events: pd.DataFrame, items: pd.DataFrame) -> pd.DataFrame:
+    """Every customer's numeric features just after the newest event, as propensity models use."""
+    as_of = events["timestamp"].max() + pd.Timedelta(microseconds=1)
+    return numeric_features(compute_customer_features(events, as_of, items)).astype(float)
 
 
 def neighbour_table(model, settings: Settings) -> tuple[np.ndarray, np.ndarray] | None:

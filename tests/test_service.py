@@ -20,6 +20,7 @@ import uuid
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import psutil
 import pytest
@@ -28,6 +29,7 @@ from mlflow import MlflowClient
 from starlette.testclient import TestClient
 
 from features.settings import Settings, get_settings
+from serving.offers import OfferScorer
 from serving.pipeline import (
     ContentIndex,
     RecommendRequest,
@@ -40,6 +42,7 @@ from serving.service import NextBest, build_state
 from serving.shop import Item
 from tests.conftest import require_program
 from training import registry
+from training.propensity_job import train_propensity
 from training.recommender_job import train_recommender
 
 TOKEN = "test-token"
@@ -536,3 +539,57 @@ def test_a_factor_model_computes_a_new_customers_vector_from_their_fresh_events(
     reasons = {entry["reason"] for entry in after["products"]}
     assert "recommended for you" not in {e["reason"] for e in before["products"]}
     assert "recommended for you" in reasons
+
+
+# ---------------------------------------------------------------------------- offer model
+def offer_model(state: ServingState):
+    """A small offer-response model in which offers without a basket minimum get redeemed."""
+    from training.propensity.model import PropensityModel
+
+    rng = np.random.default_rng(0)
+    rows = state.propensity.features.sample(600, replace=True, random_state=0)
+    rows = rows.reset_index(drop=True).assign(
+        offer_value=rng.uniform(5, 50, 600), offer_min_basket=rng.choice([0.0, 50.0], 600),
+        offer_days_left=rng.uniform(1, 30, 600))
+    return PropensityModel(n_estimators=30).fit(rows, (rows["offer_min_basket"] == 0).astype(int))
+
+
+def test_offers_are_ranked_by_the_offer_models_chance_times_value(state):
+    scorer = OfferScorer(offer_model(state), "7", state.propensity.features)
+    with_model = dataclasses.replace(state, offers=scorer)
+    when = state.shop.as_of - pd.Timedelta(days=20)
+    request = RecommendRequest(customer_id="c0000001", n={"offer": 10})
+    answer = recommend(with_model, request, when)
+    assert answer["offers"], "the test shop should have eligible offers then"
+    offers = [state.shop.items[e["item_id"]] for e in answer["offers"]]
+    chances = scorer.redeem_probability("c0000001", offers, when)
+    expected = [round(p * o.offer_value, 6) for p, o in zip(chances, offers, strict=True)]
+    assert [e["score"] for e in answer["offers"]] == expected == sorted(expected, reverse=True)
+    assert all("chance you redeem it" in e["reason"] for e in answer["offers"])
+
+
+def test_a_customer_the_offer_model_never_saw_still_gets_a_chance(state):
+    scorer = OfferScorer(offer_model(state), "7", state.propensity.features)
+    offers = state.shop.offers[:3]
+    chances = scorer.redeem_probability("never-seen", offers, state.shop.as_of)
+    assert ((chances > 0) & (chances < 1)).all()
+
+
+def test_a_model_without_offer_terms_is_not_an_offer_model(state):
+    with pytest.raises(ValueError, match="lacks offer_value"):
+        OfferScorer(state.models.propensity, "1", state.propensity.features)
+
+
+def test_a_registered_offer_model_is_loaded_and_ranks_the_offers(data_dir, tmp_path):
+    copy = tmp_path / "data"
+    shutil.copytree(data_dir, copy)  # its own registry, so the shared one keeps two models
+    settings = Settings(data_dir=copy)
+    offer = train_propensity(settings, "offer", {"n_estimators": 50}, horizon_days=14,
+                             n_snapshots=2)
+    state = build_state(settings)
+    assert state.models.versions["propensity-offer"] == offer.version
+    assert state.offers is not None and state.offers.version == offer.version
+    answer = recommend(state, RecommendRequest(customer_id="c0000001", n={"offer": 5}),
+                       state.shop.as_of - pd.Timedelta(days=20))
+    assert answer["model_versions"]["propensity-offer"] == offer.version
+    assert all("chance you redeem it" in e["reason"] for e in answer["offers"])

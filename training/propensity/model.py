@@ -119,7 +119,13 @@ class PropensityModel:
         return self._booster().predict(self._matrix(X), raw_score=True)
 
     def predict_proba(self, X: pd.DataFrame) -> np.ndarray:
-        raw = self.raw_score(X)
+        return self.predict_proba_rows(self._matrix(X))
+
+    def predict_proba_rows(self, rows: np.ndarray) -> np.ndarray:
+        """``predict_proba`` for a float matrix whose columns are ``feature_names_`` in order:
+        for the serving path, where building a DataFrame per request would cost more than
+        the prediction."""
+        raw = self._booster().predict(rows, raw_score=True)
         uncalibrated = 1 / (1 + np.exp(-raw))
         response = raw if self.calibration_input_ == "raw" else uncalibrated
         if self.calibration_method_ == "isotonic":
