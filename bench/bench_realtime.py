@@ -74,10 +74,10 @@ def serve(data_dir: Path, env: dict[str, str], workers: int) -> tuple[subprocess
     full_env = {**os.environ, "NEXTBEST_DATA_DIR": str(data_dir),
                 "NEXTBEST_RELOAD_INTERVAL_SECONDS": "0", "NEXTBEST_FLUSH_INTERVAL_SECONDS": "0",
                 "NEXTBEST_TRIGGER_INTERVAL_SECONDS": "0", "BENTOML_HOME": str(data_dir / "bentoml"),
-                **env}
+                "NEXTBEST_WORKERS": str(workers), **env}
     server = subprocess.Popen(
         [sys.executable, "-m", "bentoml", "serve", "serving.service:NextBest", "--port", str(port),
-         "--host", "127.0.0.1", "--api-workers", str(workers)],
+         "--host", "127.0.0.1"],
         cwd=ROOT, env=full_env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 180

@@ -108,10 +108,10 @@ def render(r: dict) -> str:
 def start(args, workers: int) -> tuple[subprocess.Popen, str]:
     port = free_port()
     env = {**os.environ, "NB_ITEMS": str(args.items), "NB_CUSTOMERS": str(args.customers),
-           "PYTHONPATH": str(ROOT)}
+           "NB_WORKERS": str(workers), "PYTHONPATH": str(ROOT)}
     server = subprocess.Popen([sys.executable, "-m", "bentoml", "serve",
                                "bench.service_app:BenchService", "--port", str(port),
-                               "--host", "127.0.0.1", "--api-workers", str(workers)], cwd=ROOT,
+                               "--host", "127.0.0.1"], cwd=ROOT,
                               env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 900

@@ -73,7 +73,8 @@ def synthetic_state(n_items: int, n_customers: int, factors: int = 64, seed: int
                         neighbours=neighbour_table(model, Settings()))
 
 
-@bentoml.service(name="nextbest-bench", logging={"access": {"enabled": False}})
+@bentoml.service(name="nextbest-bench", logging={"access": {"enabled": False}},
+                 workers=int(os.environ.get("NB_WORKERS", 1)))
 class BenchService:
     def __init__(self) -> None:
         self.state = synthetic_state(int(os.environ.get("NB_ITEMS", 100_000)),

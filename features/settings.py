@@ -63,6 +63,9 @@ class Settings(BaseSettings):
 
     # --- serving ---
     serving_alias: str = Field("champion", description="Alias of the versions the service loads.")
+    workers: int | Literal["cpu_count"] = Field(
+        1, description="API worker processes of the service (each loads the models): a number, or "
+        "cpu_count for one per core. Read when the service module is imported.")
     reload_interval_seconds: float = Field(
         30.0, ge=0, description="How often the service checks whether the alias moved; 0 = never."
     )

@@ -143,7 +143,7 @@ def smoke_check(state: ServingState) -> None:
             raise RuntimeError(f"smoke check failed: no products for customer {customer}")
 
 
-@bentoml.service(name="nextbest", traffic={"timeout": 30})
+@bentoml.service(name="nextbest", traffic={"timeout": 30}, workers=get_settings().workers)
 class NextBest:
     def __init__(self) -> None:
         self.settings = get_settings()

@@ -10,6 +10,7 @@ several machines, use the Redis backend.
 
 from __future__ import annotations
 
+import fcntl
 import json
 import sqlite3
 import threading
@@ -72,17 +73,34 @@ class EmbeddedStore(OnlineStore):
 
     @contextmanager
     def _write(self) -> Iterator[sqlite3.Connection]:
+        """One writer at a time, across threads and worker processes, queued on a file lock.
+
+        SQLite alone would make a second writer poll with sleeps of up to 100 ms while the first
+        commits; a blocking ``flock`` hands the lock over the moment it is released.
+        """
         db = self._db
+        with self._writer_lock():
+            try:
+                db.execute("BEGIN IMMEDIATE")
+            except sqlite3.Error as error:
+                raise OnlineStateUnavailable(f"cannot write {self.path}: {error}") from error
+            try:
+                yield db
+            except BaseException:
+                db.execute("ROLLBACK")
+                raise
+            db.execute("COMMIT")
+
+    @contextmanager
+    def _writer_lock(self) -> Iterator[None]:
+        handle = getattr(self._local, "lock", None)
+        if handle is None:  # one open file per thread: flock excludes other open files
+            handle = self._local.lock = open(self.path.with_suffix(".lock"), "a+b")  # noqa: SIM115
+        fcntl.flock(handle, fcntl.LOCK_EX)
         try:
-            db.execute("BEGIN IMMEDIATE")
-        except sqlite3.Error as error:
-            raise OnlineStateUnavailable(f"cannot write {self.path}: {error}") from error
-        try:
-            yield db
-        except BaseException:
-            db.execute("ROLLBACK")
-            raise
-        db.execute("COMMIT")
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
 
     # ------------------------------------------------------------------ events
     def _commit_events(self, events: list[dict]) -> tuple[list[dict], dict[str, CustomerState]]:
@@ -184,4 +202,8 @@ class EmbeddedStore(OnlineStore):
         if db is not None:
             db.close()
             self._local.db = None
+        lock = getattr(self._local, "lock", None)
+        if lock is not None:
+            lock.close()
+            self._local.lock = None
 
