@@ -59,12 +59,11 @@ def parse_events(raw: Sequence[object], max_problems: int = 100) -> ParsedEvents
         if not isinstance(entry, dict):
             found = [EventProblem(index, None, _shown(entry), "a JSON object (an event)")]
         else:
-            event_id = entry.get("event_id")
-            if isinstance(event_id, str) and event_id in ids:
-                repeated += 1  # a retry inside the batch: counted once
-                continue
             record, found = check_event(entry, index)
             if not found:
+                if record["event_id"] in ids:
+                    repeated += 1  # a retry inside the batch: counted once
+                    continue
                 ids.add(record["event_id"])
                 events.append(record)
                 continue

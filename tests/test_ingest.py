@@ -41,6 +41,11 @@ def test_a_timestamp_without_a_zone_is_refused():
     assert parsed.problems[0].field == "timestamp"
 
 
+def test_a_repeated_event_id_in_a_batch_is_a_retry_whatever_its_json_type():
+    parsed = parse_events([{**GOOD, "event_id": 7}, {**GOOD, "event_id": "7"}])
+    assert len(parsed.events) == 1 and parsed.repeated == 1 and not parsed.problems
+
+
 def test_the_problem_list_is_capped_but_every_bad_event_is_rejected():
     parsed = parse_events([{"event_id": f"e{i}"} for i in range(50)], max_problems=10)
     assert len(parsed.problems) == 10 and len(parsed.rejected) == 50
@@ -65,8 +70,10 @@ cells = {
 @settings(max_examples=200, deadline=None)
 @given(st.lists(st.fixed_dictionaries(cells), min_size=1, max_size=6))
 def test_the_per_event_check_agrees_with_file_validation(rows):
+    # a repeated event_id is a retry for the service but a problem in a file: keep ids apart
     unique = [dict(row, event_id=f"{row['event_id']}-{i}") if isinstance(row["event_id"], str)
-              and row["event_id"].strip() else row for i, row in enumerate(rows)]
+              and row["event_id"].strip() else dict(row, event_id=row["event_id"] + 100 * i)
+              if isinstance(row["event_id"], int) else row for i, row in enumerate(rows)]
     _, report = validate_table(pd.DataFrame(unique), EVENTS, "events")
     parsed = parse_events(unique)
     assert parsed.rejected == report.bad_rows.tolist()

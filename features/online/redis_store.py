@@ -8,7 +8,9 @@ decision outbox (``outbox``, one entry per decision, for other systems to ``XREA
 
 Each write is an optimistic transaction: ``WATCH`` the keys it reads, compute the new states with
 the same Python code as the embedded backend, then ``MULTI``/``EXEC`` — retried if another
-worker changed a watched key meanwhile. Redis applies all of it or none of it. How durable an
+worker changed a watched key meanwhile. Redis applies all of it or none of it. Ingesting
+writers also queue on a short Redis lock first, so that concurrent batches (which nearly always
+share a customer or the day's seen-set) take turns instead of invalidating each other. How durable an
 acknowledged event is depends on the server's persistence: run Redis with
 ``appendonly yes`` and ``appendfsync always`` for no loss on a server crash (docs/realtime.md).
 """
@@ -92,7 +94,15 @@ class RedisStore(OnlineStore):
             pipe.execute()
             return fresh, {c: states[c] for c in {e["customer_id"] for e in fresh}}
 
-        return self._transaction([*buckets, *customer_keys], body)
+        try:  # writers queue on a lock instead of invalidating each other's WATCH and retrying
+            with self.client.lock(self._key("write-lock"), timeout=30, sleep=0.002,
+                                  blocking_timeout=30):
+                return self._transaction([*buckets, *customer_keys], body)
+        except redis.exceptions.LockError as error:
+            raise OnlineStateUnavailable(f"redis at {self.url}: could not take the write lock "
+                                         f"({error}); nothing was recorded") from error
+        except (redis.ConnectionError, redis.TimeoutError) as error:
+            raise self._unavailable(error) from error
 
     def _seen_buckets(self, now: float) -> list[str]:
         """One set of event ids per day received, each expiring after the window; today last."""
