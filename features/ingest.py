@@ -17,7 +17,7 @@ from datetime import UTC, datetime
 import pandas as pd
 
 from features.contracts import EVENTS, Column
-from features.validation import INT64_LIMIT, TIMEZONE_SUFFIX
+from features.validation import INT64_LIMIT, TIMEZONE_SUFFIX, is_json_object
 
 
 @dataclass(frozen=True)
@@ -95,7 +95,7 @@ def check_event(entry: dict, index: int = 0) -> tuple[dict, list[EventProblem]]:
     unknown = entry.keys() - _KNOWN  # usually empty
     extras = {k: entry[k] for k in unknown if entry[k] is not None and entry[k] != ""}
     context = record.get(EVENTS.extras_column)
-    if context is not None and not _is_json_object(context):
+    if context is not None and not is_json_object(context):
         problems.append(EventProblem(index, EVENTS.extras_column, context,
                                      "a JSON object such as {\"page\": \"home\"}"))
     elif extras:
@@ -171,9 +171,3 @@ def _shown(value: object) -> str:
     text = repr(value)
     return text if len(text) <= 80 else text[:77] + "..."
 
-
-def _is_json_object(text: str) -> bool:
-    try:
-        return isinstance(json.loads(text), dict)
-    except json.JSONDecodeError:
-        return False

@@ -293,7 +293,7 @@ def _fold_extras(unknown: pd.DataFrame, existing: pd.Series, name: str,
                                                   strict=True)):
         payload: dict = {}
         if isinstance(current, str) and current:
-            if _is_json_object(current):
+            if is_json_object(current):
                 payload.update(json.loads(current))
             else:
                 not_object[position] = True
@@ -311,7 +311,7 @@ def _check_table_rules(contract: TableContract, typed: dict[str, pd.Series],
     if contract.extras_column in raw.columns and not folded:
         present = np.flatnonzero(extras.notna().to_numpy())
         not_object = np.zeros(len(extras), dtype=bool)
-        not_object[present] = [not _is_json_object(s) for s in extras.iloc[present]]
+        not_object[present] = [not is_json_object(s) for s in extras.iloc[present]]
         collector.rows(not_object, raw[contract.extras_column].reset_index(drop=True),
                        contract.extras_column, "a JSON object such as {\"page\": \"home\"}")
     if contract.name != "items":
@@ -330,7 +330,7 @@ def _raw_or_typed(raw: pd.DataFrame, typed: dict[str, pd.Series], name: str) -> 
     return raw[name].reset_index(drop=True) if name in raw.columns else typed[name]
 
 
-def _is_json_object(text: str) -> bool:
+def is_json_object(text: str) -> bool:
     try:
         return isinstance(json.loads(text), dict)
     except json.JSONDecodeError:

@@ -36,6 +36,7 @@ from features.policy import ContactPolicy, contact_verdict, recently_shown
 from serving.models import LoadedModels
 from serving.offers import OfferScorer
 from serving.shop import Behaviour, Item, ShopView
+from training.interactions import InteractionConfig
 from training.propensity.scoring import ScoredCustomers
 from training.recommenders.content import ContentRecommender
 
@@ -43,9 +44,8 @@ PRODUCT, CONTENT, OFFER = ItemKind.PRODUCT.value, ItemKind.CONTENT.value, ItemKi
 CANDIDATES = 200
 SOURCE_WEIGHT = {"for_you": 1.0, "similar": 0.9, "new": 0.5, "popular": 0.35}
 MAX_N = 100
-FRESH_WEIGHT = {EventType.PURCHASE.value: 5.0, EventType.ADD_TO_CART.value: 3.0,
-                EventType.VIEW.value: 1.0}
-"""How much a fresh event adds to the customer's history row (as in training's defaults)."""
+FRESH_WEIGHT = InteractionConfig().weights
+"""How much a fresh event adds to the customer's history row: training's default weights."""
 
 
 class Context(BaseModel):

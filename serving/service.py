@@ -35,7 +35,6 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from features.ingest import parse_events
 from features.online import CustomerState, OnlineStateUnavailable, open_online_store
-from features.point_in_time import compute_customer_features
 from features.policy import load_policy, policy_path
 from features.settings import Settings, get_settings
 from features.warehouse import Warehouse
@@ -57,8 +56,7 @@ from serving.pipeline import (
 from serving.scores import propensity_answer
 from serving.shop import load_shop
 from serving.triggers import TriggerEngine
-from training.propensity.datasets import numeric_features
-from training.propensity.scoring import ScoredCustomers
+from training.propensity.scoring import ScoredCustomers, customer_features
 
 log = logging.getLogger("nextbest.serving")
 NEIGHBOURS = 50
@@ -109,18 +107,12 @@ def build_state(settings: Settings, models: LoadedModels | None = None) -> Servi
                                        models.versions[settings.propensity_name], events, items)
     offers = None
     if models.offer is not None:
-        features = scores.features if scores is not None else customer_features(events, items)
+        features = scores.features if scores is not None else customer_features(events, items)[1]
         offers = OfferScorer(models.offer, models.versions[offer_model_name(settings)], features)
     state = ServingState(models, shop, ContentIndex(shop), scores,
                          neighbour_table(models.recommender.model, settings), offers)
     smoke_check(state)
     return state
-
-
-def customer_features(events: pd.DataFrame, items: pd.DataFrame) -> pd.DataFrame:
-    """Every customer's numeric features just after the newest event, as propensity models use."""
-    as_of = events["timestamp"].max() + pd.Timedelta(microseconds=1)
-    return numeric_features(compute_customer_features(events, as_of, items)).astype(float)
 
 
 def neighbour_table(model, settings: Settings) -> tuple[np.ndarray, np.ndarray] | None:
@@ -298,7 +290,7 @@ class NextBest:
             self.reload()
 
     # ------------------------------------------------------------------ real time
-    def _live_state(self, customer_id: str):
+    def _live_state(self, customer_id: str) -> tuple[CustomerState | None, str | None]:
         """The customer's online state, or (None, why) while the store is unreachable; after a
         failure the store is not asked again for a few seconds, so requests stay fast."""
         if time.monotonic() < self._online_down_until:

@@ -145,14 +145,6 @@ class EmbeddedStore(OnlineStore):
             raise OnlineStateUnavailable(f"cannot read {self.path}: {error}") from error
         return {c: found.get(c) or CustomerState(c) for c in customer_ids}
 
-    def customer(self, customer_id: str) -> CustomerState:
-        try:
-            row = self._db.execute("SELECT state FROM customers WHERE customer_id = ?",
-                                   (customer_id,)).fetchone()
-        except sqlite3.Error as error:
-            raise OnlineStateUnavailable(f"cannot read {self.path}: {error}") from error
-        return CustomerState.from_json(row[0]) if row else CustomerState(customer_id)
-
     def open_carts(self, idle_since: float) -> list[str]:
         return [row[0] for row in self._db.execute(
             "SELECT customer_id FROM customers WHERE cart_updated IS NOT NULL "

@@ -120,13 +120,6 @@ class RedisStore(OnlineStore):
             pipe.zrem(self._key("carts"), *closed)
 
     # ------------------------------------------------------------------ customers
-    def customer(self, customer_id: str) -> CustomerState:
-        try:
-            text = self.client.get(self._key("customer", customer_id))
-        except (redis.ConnectionError, redis.TimeoutError) as error:
-            raise self._unavailable(error) from error
-        return CustomerState.from_json(text) if text else CustomerState(customer_id)
-
     def customers(self, customer_ids: list[str]) -> dict[str, CustomerState]:
         try:
             texts = self.client.mget([self._key("customer", c) for c in customer_ids])

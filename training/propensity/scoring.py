@@ -68,6 +68,14 @@ def reason_columns(model: PropensityModel, X: pd.DataFrame) -> pd.DataFrame:
                          for i in range(3)}, index=X.index)
 
 
+def customer_features(events: pd.DataFrame, items: pd.DataFrame,
+                      at: pd.Timestamp | None = None) -> tuple[pd.Timestamp, pd.DataFrame]:
+    """Every customer's numeric model inputs as of ``at`` (default: just after the newest event),
+    with the moment used: what the propensity and offer-response models score from."""
+    as_of = at if at is not None else events["timestamp"].max() + pd.Timedelta(microseconds=1)
+    return as_of, numeric_features(compute_customer_features(events, as_of, items)).astype(float)
+
+
 @dataclass(frozen=True)
 class ScoredCustomers:
     """Every customer's score and decile as of ``as_of``, with the features behind them."""
@@ -83,8 +91,7 @@ class ScoredCustomers:
     def score(cls, model: PropensityModel, version: str, events: pd.DataFrame,
               items: pd.DataFrame, at: pd.Timestamp | None = None) -> ScoredCustomers:
         """Features as of ``at`` (default: just after the newest event), then one scoring pass."""
-        as_of = at if at is not None else events["timestamp"].max() + pd.Timedelta(microseconds=1)
-        features = numeric_features(compute_customer_features(events, as_of, items)).astype(float)
+        as_of, features = customer_features(events, items, at)
         scores = pd.Series(model.predict_proba(features)[:, 1], index=features.index)
         return cls(model, version, features, scores,
                    pd.Series(deciles(scores.to_numpy()), index=features.index), as_of)
