@@ -29,9 +29,11 @@ from typing import Any
 
 import bentoml
 import numpy as np
+import orjson
 import pandas as pd
 from bentoml.exceptions import BentoMLException, InvalidArgument, ServiceUnavailable
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from starlette.responses import Response
 
 from features.ingest import parse_events
 from features.online import CustomerState, OnlineStateUnavailable, open_online_store
@@ -172,15 +174,25 @@ class NextBest:
     @bentoml.api(input_spec=RecommendRequest)
     def recommend(self, **request: Any) -> dict:
         """Ranked products, content and offers for one customer, with a reason for each item,
-        a recommendation_id to attribute clicks and purchases, and the model versions used."""
-        state = self._ready_state()
+        a recommendation_id to attribute clicks and purchases, and the model versions used.
+
+        The JSON object is written with orjson and handed to the server as is: BentoML's own
+        output path (validating the dict and deriving its schema per call) cost ~0.4 ms a
+        request. In Python, call ``answer`` for the dict.
+        """
         try:
             parsed = RecommendRequest(**request)
         except ValidationError as error:
             raise InvalidArgument(str(error)) from None
-        live, degraded = self._live_state(parsed.customer_id)
+        return Response(orjson.dumps(self.answer(parsed), option=orjson.OPT_SERIALIZE_NUMPY),
+                        media_type="application/json")
+
+    def answer(self, request: RecommendRequest) -> dict:
+        """What ``recommend`` answers, as a dict: read the customer's live state, then rank."""
+        state = self._ready_state()
+        live, degraded = self._live_state(request.customer_id)
         try:
-            answer = recommend(state, parsed, pd.Timestamp.now(tz="UTC"),
+            answer = recommend(state, request, pd.Timestamp.now(tz="UTC"),
                                self.settings.max_category_share, live, self.policy)
         except ValueError as error:
             raise InvalidArgument(str(error)) from None

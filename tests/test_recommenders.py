@@ -10,12 +10,15 @@ import numpy as np
 import pandas as pd
 import pytest
 import scipy.sparse as sp
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from features.synthetic import ShopConfig, generate_shop
 from training.evaluate import evaluate, time_split
 from training.interactions import InteractionConfig, build_interactions
 from training.recommender_job import fit_model
 from training.recommenders import RECOMMENDERS, NotFittedError, Recommender, make_recommender
+from training.recommenders.base import _top_n
 
 # Six customers, six items, two obvious groups: {0,1,2} like items 0-2, {3,4,5} like items 3-5.
 TINY = sp.csr_matrix(np.array([
@@ -252,3 +255,23 @@ def test_a_neighbour_table_is_refused_for_sparse_item_vectors():
     matrix = sp.random(50, 40, density=0.1, format="csr", random_state=1, dtype=np.float32)
     with pytest.raises(ValueError, match="a neighbour table is for factor models"):
         make_recommender("itemknn").fit(matrix).item_neighbours()
+
+
+@settings(max_examples=200, deadline=None)
+@given(seed=st.integers(0, 2**32 - 1), n=st.integers(1, 40),
+       columns=st.integers(1, 6000), filtered=st.floats(0.0, 1.0),
+       ties=st.booleans())
+def test_top_n_is_the_exact_partial_sort_whatever_the_scores(seed, n, columns, filtered, ties):
+    """The sampled pre-selection must never change the answer: same scores, best first, and
+    only finite ones, including rows with ties and rows mostly filtered out (-inf)."""
+    rng = np.random.default_rng(seed)
+    scores = rng.normal(size=(1, columns)).astype(np.float32)
+    if ties:
+        scores = np.round(scores, 1)
+    scores[0, rng.random(columns) < filtered] = -np.inf
+    ids, top = _top_n(scores, n)
+    finite = np.sort(scores[0][np.isfinite(scores[0])])[::-1]
+    expected = finite[:n]
+    assert np.array_equal(top[0], expected)
+    assert np.array_equal(scores[0, ids[0]], top[0])
+    assert len(set(ids[0].tolist())) == len(ids[0])

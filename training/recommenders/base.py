@@ -234,6 +234,15 @@ class Recommender(ABC):
 def _top_n(scores: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
     """Columns and scores of the ``n`` best finite scores per row, best first."""
     n = min(n, scores.shape[1])
+    if scores.shape[0] == 1:
+        kept = _preselect(scores[0], n)
+        if kept is not None:  # the same answer from a few hundred columns instead of all
+            ids, top = _partial_sort(scores[:, kept], n)
+            return kept[ids], top
+    return _partial_sort(scores, n)
+
+
+def _partial_sort(scores: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
     part = np.argpartition(-scores, n - 1, axis=1)[:, :n]
     part_scores = np.take_along_axis(scores, part, axis=1)
     order = np.argsort(-part_scores, axis=1, kind="stable")
@@ -246,6 +255,25 @@ def _top_n(scores: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
     if ids.shape[0] == 1:
         return ids[:, finite[0]], top[:, finite[0]]
     return ids, np.where(finite, top, -np.inf)
+
+
+SAMPLE_STEP = 16
+
+
+def _preselect(row: np.ndarray, n: int) -> np.ndarray | None:
+    """Columns that surely hold the row's ``n`` best: all at or above a threshold read off a
+    1-in-16 sample, set so that about 2n pass. Exact: whenever at least ``n`` pass, the n-th
+    best is at or above the threshold, so none of the best is left out; otherwise (None) the
+    caller partitions the whole row. A full partial sort of 100k scores costs ~1 ms, this ~0.1."""
+    if len(row) < 64 * n:
+        return None
+    sample = row[::SAMPLE_STEP]
+    rank = len(sample) - (2 * n // SAMPLE_STEP + 8)
+    threshold = np.partition(sample, rank)[rank]
+    if not np.isfinite(threshold):
+        return None
+    kept = np.flatnonzero(row >= threshold)
+    return kept if len(kept) >= n else None
 
 
 def _row_norms(matrix) -> np.ndarray:

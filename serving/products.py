@@ -1,0 +1,77 @@
+"""The catalog's products as arrays, so that blending and business rules run vectorized.
+
+A request blends several hundred candidates from four sources. Done item by item in Python that
+cost about a millisecond per request; over these arrays it is a handful of numpy calls, and
+Python touches only the few dozen items walked into the answer.
+
+Built once per serving state (from the shop view and the recommender's columns), never per
+request.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from features.contracts import ItemKind
+from serving.shop import ShopView
+from training.interactions import Interactions
+
+
+@dataclass(frozen=True, eq=False)
+class ProductIndex:
+    ids: np.ndarray
+    """Position -> product id."""
+    position: dict[str, int]
+    top: np.ndarray
+    """Position -> code of the top-level category (an index into ``tops``)."""
+    tops: tuple[str, ...]
+    category: np.ndarray
+    """Position -> code of the full category path (an index into ``categories``)."""
+    categories: tuple[str, ...]
+    price: np.ndarray
+    """NaN where the catalog gives no price."""
+    in_stock: np.ndarray
+    repeatable: np.ndarray
+    of_column: np.ndarray
+    """Recommender column -> position, or -1 for a column that is not a product."""
+    popular: dict[tuple[str, str], tuple[np.ndarray, np.ndarray]]
+    """The shop view's popularity lists as (positions, scores), best first."""
+
+    @classmethod
+    def build(cls, shop: ShopView, interactions: Interactions) -> ProductIndex:
+        products = [i for i in shop.items.values() if i.kind == ItemKind.PRODUCT.value]
+        tops = tuple(sorted({i.top for i in products}))
+        categories = tuple(sorted({i.category for i in products}))
+        top_code = {t: k for k, t in enumerate(tops)}
+        category_code = {c: k for k, c in enumerate(categories)}
+        position = {item.item_id: p for p, item in enumerate(products)}
+        of_column = np.fromiter((position.get(str(i), -1) for i in interactions.item_ids),
+                                dtype=np.int64, count=len(interactions.item_ids))
+        popular = {}
+        for key, ranked in shop.popular.items():
+            pairs = [(position[i], s) for i, s in ranked if i in position]
+            popular[key] = (np.array([p for p, _ in pairs], dtype=np.int64),
+                            np.array([s for _, s in pairs], dtype=np.float64))
+        return cls(
+            ids=np.array([i.item_id for i in products], dtype=object), position=position,
+            top=np.array([top_code[i.top] for i in products], dtype=np.int32), tops=tops,
+            category=np.array([category_code[i.category] for i in products], dtype=np.int32),
+            categories=categories,
+            price=np.array([np.nan if i.price is None else i.price for i in products]),
+            in_stock=np.array([i.in_stock for i in products], dtype=bool),
+            repeatable=np.array([i.repeatable for i in products], dtype=bool),
+            of_column=of_column, popular=popular)
+
+    def positions(self, item_ids) -> np.ndarray:
+        """Positions of those ids that are products (others are left out)."""
+        found = (self.position.get(i, -1) for i in item_ids)
+        return np.array([p for p in found if p >= 0], dtype=np.int64)
+
+    def in_category(self, positions: np.ndarray, prefix: str) -> np.ndarray:
+        """Per position: does the product's category path start with ``prefix``? Asked only of
+        the categories among ``positions``, so the cost follows the candidates, not the catalog."""
+        codes, inverse = np.unique(self.category[positions], return_inverse=True)
+        matches = np.array([self.categories[c].startswith(prefix) for c in codes], dtype=bool)
+        return matches[inverse] if len(codes) else np.zeros(len(positions), dtype=bool)
