@@ -2,10 +2,11 @@
 next to a no-op endpoint with the same input spec and service configuration.
 
 Sized by ``NB_ITEMS`` and ``NB_CUSTOMERS`` (default 100,000 and 1,000,000); 64 random ALS
-factors, five interactions per customer, the neighbour table the service precomputes, and a
-read of the customer's live state from the embedded online store per request, as the service
-does. Access logging is off (one log line per request would be measured too). Used only by
-``bench/bench_service.py``.
+factors, five interactions per customer, 1,000 articles, 20 offers with eligibility rules, 200
+new products, the neighbour table the service precomputes, and a read of the customer's live
+state from the embedded online store per request, as the service does. Both endpoints answer
+through the service's output path (orjson bytes). Access logging is off (one log line per
+request would be measured too). Used only by ``bench/bench_service.py``.
 """
 
 from __future__ import annotations
@@ -16,8 +17,10 @@ from pathlib import Path
 
 import bentoml
 import numpy as np
+import orjson
 import pandas as pd
 import scipy.sparse as sp
+from starlette.responses import Response
 
 from features.online.embedded import EmbeddedStore
 from features.policy import DEFAULT_POLICY, load_policy
@@ -51,23 +54,42 @@ def synthetic_state(n_items: int, n_customers: int, factors: int = 64, seed: int
     popularity = np.asarray(matrix.sum(axis=0)).ravel()
     categories = [f"dept{d}/cat{c}" for d in range(6) for c in range(4)]
     category = rng.integers(0, len(categories), n_items)
+    names = ["casual", "loyal", "premium", "bargain_hunter"]
     price = np.round(rng.lognormal(3.5, 0.7, n_items), 2)
     stocked = rng.random(n_items) > 0.05
     items = {item_ids[i]: Item(item_ids[i], "product", f"product {i} {categories[category[i]]}",
                                categories[category[i]], categories[category[i]].split("/")[0],
                                float(price[i]), bool(stocked[i]), False, None)
              for i in range(n_items)}
+    as_of = pd.Timestamp.now(tz="UTC")
+    for i in rng.choice(n_items, 200, replace=False):  # new this month: the "new in" source
+        items[item_ids[i]].created_at = as_of - pd.Timedelta(days=int(rng.integers(0, 30)))
+    content = [f"a{k:05d}" for k in range(1000)]
+    for k, article in enumerate(content):
+        path = categories[k % len(categories)]
+        items[article] = Item(article, "content", f"guide {k} to {path}", path,
+                              path.split("/")[0], None, True, True, None)
+    for k in range(20):
+        offer = f"o{k:03d}"
+        items[offer] = Item(offer, "offer", f"{5 * (k % 4 + 1)} off", "offers", "offers", None,
+                            True, False, None, offer_value=float(5 * (k % 4 + 1)),
+                            segments=frozenset() if k % 2 else frozenset({names[k % 4]}),
+                            channels=frozenset() if k % 3 else frozenset({"web", "app"}),
+                            min_basket=float(20 * (k % 3)), redemption_limit=1 + k % 2)
     segments, behaviour = {}, {}
-    names = ["casual", "loyal", "premium", "bargain_hunter"]
     for u in range(n_customers):
         mine = columns[u * per_user:(u + 1) * per_user]
         segments[user_ids[u]] = names[u % 4]
         behaviour[user_ids[u]] = Behaviour(purchased={item_ids[c] for c in mine[:2]},
                                            recent_views=[item_ids[c] for c in mine[2:]])
     top = np.argsort(-popularity)[:300]
-    shop = ShopView(items, segments, behaviour, {("*", "*"): [(item_ids[i], float(popularity[i]))
-                                                              for i in top]},
-                    [], {}, [], pd.Timestamp.now(tz="UTC"))
+    new = sorted((i for i in items.values() if i.created_at is not None),
+                 key=lambda i: i.created_at, reverse=True)
+    shop = ShopView(items, segments, behaviour,
+                    {("*", "*"): [(item_ids[i], float(popularity[i])) for i in top]},
+                    [(a, float(1000 - k)) for k, a in enumerate(content[:300])],
+                    {f"o{k:03d}": 0.05 + 0.01 * k for k in range(20)},
+                    [i.item_id for i in new], as_of)
     models = LoadedModels(Bundle(model, interactions, popularity), {"recommender": "bench"})
     return ServingState(models, shop, ContentIndex(shop),
                         neighbours=neighbour_table(model, Settings()))
@@ -84,11 +106,18 @@ class BenchService:
 
     @bentoml.api(input_spec=RecommendRequest)
     def recommend(self, **request) -> dict:
-        """As the service does it: parse, read the customer's live state, rank."""
+        """As the service does it: parse, read the customer's live state, rank, answer JSON."""
         parsed = RecommendRequest(**request)
         live = self.online.customer(parsed.customer_id)
-        return recommend(self.state, parsed, self.state.shop.as_of, 0.5, live, self.policy)
+        return json_response(recommend(self.state, parsed, pd.Timestamp.now(tz="UTC"), 0.5,
+                                       live, self.policy))
 
     @bentoml.api(input_spec=RecommendRequest)
     def noop(self, **request) -> dict:
-        return CONSTANT
+        """The same input handling and output path, around a constant."""
+        return json_response(CONSTANT)
+
+
+def json_response(answer: dict) -> Response:
+    return Response(orjson.dumps(answer, option=orjson.OPT_SERIALIZE_NUMPY),
+                    media_type="application/json")

@@ -308,10 +308,7 @@ def product_candidates(state: ServingState, request: RecommendRequest, behaviour
         title = shop.items[anchor].title if anchor in shop.items else anchor
         positions, scores = _similar_positions(state, anchor)
         blend.add("similar", positions, scores, anchor=f"{verb} {title}")
-    liked = _liked_categories(shop, behaviour)
-    fresh_items = [i for i in shop.new_products if shop.items[i].top in liked]
-    blend.add("new", index.positions(fresh_items),
-              np.array([1.0 + liked[shop.items[i].top] for i in fresh_items]))
+    blend.add("new", *_new_in_liked_categories(index, _liked_categories(shop, behaviour)))
     segment = shop.segments.get(request.customer_id, "*")
     blend.add("popular", *_popular_for(index, segment, request.channel.value))
     return blend
@@ -403,6 +400,19 @@ def _liked_categories(shop: ShopView, behaviour: Behaviour) -> Counter:
     return Counter({k: v / total for k, v in liked.items()})
 
 
+def _new_in_liked_categories(index: ProductIndex, liked: Counter
+                             ) -> tuple[np.ndarray, np.ndarray]:
+    """New products (newest first) in the categories the customer likes, scored 1 + the share
+    of their activity in that category."""
+    share = np.zeros(len(index.tops))
+    for top, value in liked.items():
+        if top in index.top_code:
+            share[index.top_code[top]] = value
+    tops = index.top[index.new]
+    keep = share[tops] > 0
+    return index.new[keep], 1.0 + share[tops[keep]]
+
+
 def _popular_for(index: ProductIndex, segment: str, channel: str
                  ) -> tuple[np.ndarray, np.ndarray]:
     for key in ((segment, channel), (segment, "*"), ("*", channel), ("*", "*")):
@@ -458,25 +468,38 @@ def diversify(ranked: Iterable[Candidate], n: int, max_share: float,
 # ---------------------------------------------------------------------------- content
 def rank_content(state: ServingState, request: RecommendRequest, behaviour: Behaviour,
                  n: int) -> list[Candidate]:
+    """Articles about the item on the page (scored 2 + text similarity), then about the
+    categories the customer browses (1 + that category's share of their activity, so the most
+    browsed category first), then popular reading (below 0.5) to fill the list. Each tier ranks
+    under the one before, so each is walked only as far as the list needs."""
     if n == 0:
         return []
     shop = state.shop
-    liked = _liked_categories(shop, behaviour)
-    scored: dict[str, Candidate] = {}
-    for top, share in liked.items():
-        for item in shop.content_by_top.get(top, []):
-            scored[item.item_id] = Candidate(item.item_id, 1.0 + share,
-                                             f"about {top}, which you have been browsing")
+    taken = set(behaviour.recent_views) | set(request.exclude)
+    ranked: list[Candidate] = []
     if request.context.current_item:
-        for item_id, score in state.content.similar(request.context.current_item, 20):
-            if shop.items[item_id].kind == CONTENT:
-                scored[item_id] = Candidate(item_id, 2.0 + score, "about what you are looking at")
+        similar = [(item_id, 2.0 + score) for item_id, score
+                   in state.content.similar(request.context.current_item, 20)
+                   if shop.items[item_id].kind == CONTENT and item_id not in taken]
+        ranked = [Candidate(item_id, score, "about what you are looking at")
+                  for item_id, score in sorted(similar, key=lambda e: -e[1])[:n]]
+        taken.update(c.item_id for c in ranked)
+    liked = sorted(_liked_categories(shop, behaviour).items(), key=lambda e: -e[1])
+    for top, share in liked:
+        reason = f"about {top}, which you have been browsing"
+        for item in shop.content_by_top.get(top, []):
+            if len(ranked) == n:
+                return ranked
+            if item.item_id not in taken:
+                ranked.append(Candidate(item.item_id, 1.0 + share, reason))
+                taken.add(item.item_id)
     for item_id, views in shop.popular_content:
-        scored.setdefault(item_id, Candidate(item_id, 0.5 * views / (1 + views),
-                                             "popular reading"))
-    seen = set(behaviour.recent_views) | set(request.exclude)
-    ranked = sorted((c for i, c in scored.items() if i not in seen), key=lambda c: -c.score)
-    return ranked[:n]
+        if len(ranked) == n:
+            break
+        if item_id not in taken:
+            ranked.append(Candidate(item_id, 0.5 * views / (1 + views), "popular reading"))
+            taken.add(item_id)
+    return ranked
 
 
 # ---------------------------------------------------------------------------- offers

@@ -27,6 +27,7 @@ class ProductIndex:
     top: np.ndarray
     """Position -> code of the top-level category (an index into ``tops``)."""
     tops: tuple[str, ...]
+    top_code: dict[str, int]
     category: np.ndarray
     """Position -> code of the full category path (an index into ``categories``)."""
     categories: tuple[str, ...]
@@ -38,6 +39,8 @@ class ProductIndex:
     """Recommender column -> position, or -1 for a column that is not a product."""
     popular: dict[tuple[str, str], tuple[np.ndarray, np.ndarray]]
     """The shop view's popularity lists as (positions, scores), best first."""
+    new: np.ndarray
+    """Positions of the shop view's new products, newest first."""
 
     @classmethod
     def build(cls, shop: ShopView, interactions: Interactions) -> ProductIndex:
@@ -57,12 +60,14 @@ class ProductIndex:
         return cls(
             ids=np.array([i.item_id for i in products], dtype=object), position=position,
             top=np.array([top_code[i.top] for i in products], dtype=np.int32), tops=tops,
+            top_code=top_code,
             category=np.array([category_code[i.category] for i in products], dtype=np.int32),
             categories=categories,
             price=np.array([np.nan if i.price is None else i.price for i in products]),
             in_stock=np.array([i.in_stock for i in products], dtype=bool),
             repeatable=np.array([i.repeatable for i in products], dtype=bool),
-            of_column=of_column, popular=popular)
+            of_column=of_column, popular=popular,
+            new=np.array([position[i] for i in shop.new_products if i in position], dtype=np.int64))
 
     def positions(self, item_ids) -> np.ndarray:
         """Positions of those ids that are products (others are left out)."""

@@ -597,3 +597,20 @@ def test_a_registered_offer_model_is_loaded_and_ranks_the_offers(data_dir, tmp_p
                        state.shop.as_of - pd.Timedelta(days=20))
     assert answer["model_versions"]["propensity-offer"] == offer.version
     assert all("chance you redeem it" in e["reason"] for e in answer["offers"])
+
+
+def test_content_ranks_browsed_categories_first_and_fills_with_popular_reading(state):
+    from serving.pipeline import _liked_categories, rank_content
+
+    customer = next(c for c, b in state.shop.behaviour.items() if b.recent_views)
+    behaviour = state.shop.customer(customer)
+    excluded = [i.item_id for i in state.shop.items.values() if i.kind == "content"][:2]
+    request = RecommendRequest(customer_id=customer, exclude=excluded)
+    ranked = rank_content(state, request, behaviour, 40)
+    scores = [c.score for c in ranked]
+    assert scores == sorted(scores, reverse=True)
+    assert not {c.item_id for c in ranked} & (set(excluded) | set(behaviour.recent_views))
+    favourite = _liked_categories(state.shop, behaviour).most_common(1)[0][0]
+    assert ranked[0].reason == f"about {favourite}, which you have been browsing"
+    kinds = ["popular" if c.reason == "popular reading" else "browsing" for c in ranked]
+    assert kinds == sorted(kinds)  # every browsing article before any popular one
