@@ -11,6 +11,7 @@ request would be measured too). Used only by ``bench/bench_service.py``.
 
 from __future__ import annotations
 
+import gc
 import os
 import tempfile
 from pathlib import Path
@@ -27,7 +28,7 @@ from features.policy import DEFAULT_POLICY, load_policy
 from features.settings import Settings
 from serving.models import LoadedModels
 from serving.pipeline import ContentIndex, RecommendRequest, ServingState, recommend
-from serving.service import neighbour_table
+from serving.service import neighbour_table, share_blas_threads
 from serving.shop import Behaviour, Item, ShopView
 from training.interactions import Interactions
 from training.recommenders import make_recommender
@@ -99,10 +100,12 @@ def synthetic_state(n_items: int, n_customers: int, factors: int = 64, seed: int
                  workers=int(os.environ.get("NB_WORKERS", 1)))
 class BenchService:
     def __init__(self) -> None:
+        share_blas_threads(int(os.environ.get("NB_WORKERS", 1)))
         self.state = synthetic_state(int(os.environ.get("NB_ITEMS", 100_000)),
                                      int(os.environ.get("NB_CUSTOMERS", 1_000_000)))
         self.online = EmbeddedStore(Path(tempfile.mkdtemp()) / "online.db")
         self.policy = load_policy(DEFAULT_POLICY)
+        gc.freeze()  # as the service does after loading
 
     @bentoml.api(input_spec=RecommendRequest)
     def recommend(self, **request) -> dict:

@@ -14,13 +14,20 @@ ingested events to the warehouse for the next retrain. If the online store is un
 ``recommend`` answers from the models and the snapshot alone and says ``degraded``, and
 ``events`` answers 503 so that the caller retries.
 
+The loaded state (millions of small objects at a million customers) is moved out of the
+garbage collector's sight with ``gc.freeze()``: a full collection over it took 0.34 s at 200k
+customers, a pause every request would wait out; it is freed by reference counting when a swap
+drops it.
+
 Run it with ``bentoml serve serving.service:NextBest`` (port 3000).
 """
 
 from __future__ import annotations
 
+import gc
 import hmac
 import logging
+import os
 import threading
 import time
 from datetime import UTC, datetime
@@ -34,6 +41,7 @@ import pandas as pd
 from bentoml.exceptions import BentoMLException, InvalidArgument, ServiceUnavailable
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from starlette.responses import Response
+from threadpoolctl import threadpool_limits
 
 from features.ingest import parse_events
 from features.online import CustomerState, OnlineStateUnavailable, open_online_store
@@ -128,6 +136,18 @@ def neighbour_table(model, settings: Settings) -> tuple[np.ndarray, np.ndarray] 
         return None
 
 
+def share_blas_threads(workers: int | str) -> int:
+    """Give this worker its share of the cores for BLAS, and return it. OpenBLAS otherwise
+    starts a thread per core in every worker, and two workers' threads spinning against each
+    other on two cores cost more than they add (measured: 110 req/s on two workers, 199 with
+    one BLAS thread each, 151 on one worker)."""
+    cores = os.cpu_count() or 1
+    count = cores if workers == "cpu_count" else int(workers)
+    share = max(1, cores // max(1, count))
+    threadpool_limits(share, user_api="blas")
+    return share
+
+
 def smoke_check(state: ServingState) -> None:
     """A model that cannot answer a known and an unknown customer is never swapped in."""
     known = next(iter(state.models.recommender.interactions.user_ids), "smoke-unknown")
@@ -141,6 +161,7 @@ def smoke_check(state: ServingState) -> None:
 class NextBest:
     def __init__(self) -> None:
         self.settings = get_settings()
+        share_blas_threads(self.settings.workers)
         self.state: ServingState | None = None
         self.detail = "loading"
         self._swap = threading.Lock()
@@ -156,6 +177,7 @@ class NextBest:
         self._online_down_until = 0.0
         try:
             self.state = build_state(self.settings)
+            gc.freeze()
             self.detail = self.state.models.detail or "models loaded from the registry"
         except (RegistryUnavailable, RuntimeError, ValueError) as error:
             self.detail = f"not ready: {error}"
@@ -293,6 +315,7 @@ class NextBest:
                 log.error(self.detail)
                 return False
             self.state = fresh  # one reference assignment: requests see old or new, never a mix
+            gc.freeze()
             self.detail = f"serving {fresh.models.versions} since {fresh.models.loaded_at}"
             log.info(self.detail)
             return True
