@@ -614,3 +614,21 @@ def test_content_ranks_browsed_categories_first_and_fills_with_popular_reading(s
     assert ranked[0].reason == f"about {favourite}, which you have been browsing"
     kinds = ["popular" if c.reason == "popular reading" else "browsing" for c in ranked]
     assert kinds == sorted(kinds)  # every browsing article before any popular one
+
+
+def test_each_worker_takes_its_share_of_the_cores_for_blas():
+    from threadpoolctl import threadpool_info, threadpool_limits
+
+    from serving.service import share_blas_threads
+
+    def blas_threads() -> set[int]:
+        return {p["num_threads"] for p in threadpool_info() if p["user_api"] == "blas"}
+
+    before = max(blas_threads())
+    try:
+        assert share_blas_threads(2 * (os.cpu_count() or 1)) == 1
+        assert blas_threads() == {1}
+        assert share_blas_threads(1) == (os.cpu_count() or 1)
+        assert share_blas_threads("cpu_count") == 1
+    finally:
+        threadpool_limits(before, user_api="blas")
