@@ -18,17 +18,15 @@ from pathlib import Path
 
 import bentoml
 import numpy as np
-import orjson
 import pandas as pd
 import scipy.sparse as sp
-from starlette.responses import Response
 
 from features.online.embedded import EmbeddedStore
 from features.policy import DEFAULT_POLICY, load_policy
 from features.settings import Settings
 from serving.models import LoadedModels
 from serving.pipeline import ContentIndex, RecommendRequest, ServingState, recommend
-from serving.service import neighbour_table, share_blas_threads
+from serving.service import json_response, neighbour_table, share_blas_threads
 from serving.shop import Behaviour, Item, ShopView
 from training.interactions import Interactions
 from training.recommenders import make_recommender
@@ -119,8 +117,3 @@ class BenchService:
     def noop(self, **request) -> dict:
         """The same input handling and output path, around a constant."""
         return json_response(CONSTANT)
-
-
-def json_response(answer: dict) -> Response:
-    return Response(orjson.dumps(answer, option=orjson.OPT_SERIALIZE_NUMPY),
-                    media_type="application/json")

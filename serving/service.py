@@ -136,6 +136,12 @@ def neighbour_table(model, settings: Settings) -> tuple[np.ndarray, np.ndarray] 
         return None
 
 
+def json_response(body: dict, status: int = HTTPStatus.OK) -> Response:
+    """A JSON answer written with orjson, with its status: what the request endpoints return."""
+    return Response(orjson.dumps(body, option=orjson.OPT_SERIALIZE_NUMPY), status_code=int(status),
+                    media_type="application/json")
+
+
 def share_blas_threads(workers: int | str) -> int:
     """Give this worker its share of the cores for BLAS, and return it. OpenBLAS otherwise
     starts a thread per core in every worker, and two workers' threads spinning against each
@@ -200,14 +206,16 @@ class NextBest:
 
         The JSON object is written with orjson and handed to the server as is: BentoML's own
         output path (validating the dict and deriving its schema per call) cost ~0.4 ms a
-        request. In Python, call ``answer`` for the dict.
+        request. Errors are written here too, as ``{"error": ...}``: BentoML 1.4 wraps a 4xx
+        message in a list and replaces a 5xx one with "unexpected error". In Python, call
+        ``answer`` for the dict.
         """
         try:
-            parsed = RecommendRequest(**request)
+            return json_response(self.answer(RecommendRequest(**request)))
         except ValidationError as error:
-            raise InvalidArgument(str(error)) from None
-        return Response(orjson.dumps(self.answer(parsed), option=orjson.OPT_SERIALIZE_NUMPY),
-                        media_type="application/json")
+            return json_response({"error": str(error)}, HTTPStatus.BAD_REQUEST)
+        except BentoMLException as error:
+            return json_response({"error": str(error)}, error.error_code)
 
     def answer(self, request: RecommendRequest) -> dict:
         """What ``recommend`` answers, as a dict: read the customer's live state, then rank."""
@@ -274,24 +282,32 @@ class NextBest:
     @bentoml.api(input_spec=SimilarItemsRequest)
     def similar_items(self, item_id: str, n: int = 10) -> dict:
         """Items similar to ``item_id``: collaborative when it has history, by text otherwise."""
-        state = self._ready_state()
+        state = self.state
+        if state is None:
+            return json_response({"error": f"no models loaded yet ({self.detail})"},
+                                 HTTPStatus.SERVICE_UNAVAILABLE)
         if item_id not in state.shop.items:
-            raise InvalidArgument(f"item_id {item_id!r} is not in the catalog")
+            return json_response({"error": f"item_id {item_id!r} is not in the catalog"},
+                                 HTTPStatus.BAD_REQUEST)
         similar = similar_products(state, item_id, n) or state.content.similar(item_id, n)
-        return {"item_id": item_id, "model_versions": dict(state.models.versions),
-                "items": [{"item_id": i, "title": state.shop.items[i].title,
-                           "score": round(s, 6)} for i, s in similar[:n]]}
+        return json_response({"item_id": item_id, "model_versions": dict(state.models.versions),
+                              "items": [{"item_id": i, "title": state.shop.items[i].title,
+                                         "score": round(s, 6)} for i, s in similar[:n]]})
 
     @bentoml.api(input_spec=PropensityRequest)
     def propensity(self, customer_ids: list[str]) -> dict:
         """Calibrated purchase-propensity scores with decile (over all customers), the three
         reasons that moved each score most, and the model version; unknown ids are listed."""
-        state = self._ready_state()
+        state = self.state
+        if state is None:
+            return json_response({"error": f"no models loaded yet ({self.detail})"},
+                                 HTTPStatus.SERVICE_UNAVAILABLE)
         if state.propensity is None:
-            raise ServiceUnavailable(f"no '{self.settings.propensity_name}' model is registered "
-                                     f"under alias '{self.settings.serving_alias}'; train one "
-                                     "with 'nextbest train propensity'")
-        return propensity_answer(state.propensity, customer_ids)
+            return json_response(
+                {"error": f"no '{self.settings.propensity_name}' model is registered under alias "
+                          f"'{self.settings.serving_alias}'; train one with 'nextbest train "
+                          "propensity'"}, HTTPStatus.SERVICE_UNAVAILABLE)
+        return json_response(propensity_answer(state.propensity, customer_ids))
 
     @bentoml.api(input_spec=ReloadRequest)
     def admin_reload(self, token: str) -> dict:

@@ -21,6 +21,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
+import orjson
 import pandas as pd
 import psutil
 import pytest
@@ -223,14 +224,15 @@ def test_the_http_app_answers_a_flat_json_request(client):
 def test_bad_input_is_a_400_that_names_the_field(client, body, field):
     response = client.post("/recommend", json=body)
     assert response.status_code == 400
-    assert field in response.text
+    assert field in response.json()["error"] + str(response.json().get("detail", ""))
 
 
 def test_similar_items_over_http(client):
     ok = client.post("/similar_items", json={"item_id": "p000005", "n": 3})
     assert ok.status_code == 200 and len(ok.json()["items"]) == 3
     missing = client.post("/similar_items", json={"item_id": "nope"})
-    assert missing.status_code == 400 and "'nope' is not in the catalog" in missing.text
+    assert missing.status_code == 400
+    assert missing.json() == {"error": "item_id 'nope' is not in the catalog"}
 
 
 def test_propensity_scores_known_customers_and_lists_unknown_ones(client):
@@ -257,8 +259,9 @@ def test_bad_propensity_input_is_a_400_that_names_the_field(client, body, field)
 def test_propensity_without_a_registered_model_says_how_to_get_one(env):
     service = NextBest()
     service.state = dataclasses.replace(service.state, propensity=None)
-    with pytest.raises(ServiceUnavailable, match="train one with 'nextbest train propensity'"):
-        service.propensity(customer_ids=["c0000001"])
+    response = service.propensity(customer_ids=["c0000001"])
+    assert response.status_code == 503
+    assert "train one with 'nextbest train propensity'" in orjson.loads(response.body)["error"]
 
 
 def test_health_endpoints(client):
@@ -291,8 +294,11 @@ def test_with_no_registry_and_no_cache_it_is_not_ready_and_says_why(tmp_path, mo
     service = NextBest()
     assert not service.__is_ready__()
     assert "unreachable" in service.detail and "no cached models" in service.detail
-    with pytest.raises(ServiceUnavailable, match="no models loaded yet"):  # HTTP 503
+    with pytest.raises(ServiceUnavailable, match="no models loaded yet"):
         service.answer(RecommendRequest(customer_id="c1"))
+    response = service.recommend(customer_id="c1")  # what the HTTP client gets: why, not a 500
+    assert response.status_code == 503
+    assert "no models loaded yet" in orjson.loads(response.body)["error"]
     get_settings.cache_clear()
 
 
@@ -617,18 +623,13 @@ def test_content_ranks_browsed_categories_first_and_fills_with_popular_reading(s
 
 
 def test_each_worker_takes_its_share_of_the_cores_for_blas():
-    from threadpoolctl import threadpool_info, threadpool_limits
-
-    from serving.service import share_blas_threads
-
-    def blas_threads() -> set[int]:
-        return {p["num_threads"] for p in threadpool_info() if p["user_api"] == "blas"}
-
-    before = max(blas_threads())
-    try:
-        assert share_blas_threads(2 * (os.cpu_count() or 1)) == 1
-        assert blas_threads() == {1}
-        assert share_blas_threads(1) == (os.cpu_count() or 1)
-        assert share_blas_threads("cpu_count") == 1
-    finally:
-        threadpool_limits(before, user_api="blas")
+    """In a fresh process: in this one, other tests' background threads enter and leave
+    threadpool limits of their own, which restore whatever they found."""
+    probe = ("from threadpoolctl import threadpool_info; from serving.service import "
+             "share_blas_threads; import os; cores = os.cpu_count() or 1; "
+             "shares = [share_blas_threads(2 * cores), share_blas_threads('cpu_count')]; "
+             "print(shares, sorted({p['num_threads'] for p in threadpool_info() "
+             "if p['user_api'] == 'blas'}), share_blas_threads(1) == cores)")
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
+                         check=True, cwd=Path(__file__).resolve().parents[1]).stdout
+    assert out.split("\n")[0] == "[1, 1] [1] True"
