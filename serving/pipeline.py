@@ -415,9 +415,11 @@ def _new_in_liked_categories(index: ProductIndex, liked: Counter
 
 def _popular_for(index: ProductIndex, segment: str, channel: str
                  ) -> tuple[np.ndarray, np.ndarray]:
+    """The most specific non-empty popularity list: segment and channel, segment, channel, all."""
     for key in ((segment, channel), (segment, "*"), ("*", channel), ("*", "*")):
-        if len(index.popular.get(key, ((),))[0]):
-            return index.popular[key]
+        found = index.popular.get(key)
+        if found is not None and len(found[0]):
+            return found
     return np.zeros(0, dtype=np.int64), np.zeros(0)
 
 
