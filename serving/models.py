@@ -115,7 +115,8 @@ def _write_manifest(cache: Path, versions: dict[str, str]) -> None:
 def _read(settings: Settings, cache: Path, versions: dict[str, str], source: str,
           detail: str) -> LoadedModels:
     recommender_dir = cache / settings.recommender_name / versions[settings.recommender_name]
-    bundle = load_bundle(recommender_dir / MODEL_FILE, recommender_dir / IDS_FILE)
+    bundle = load_bundle(recommender_dir / MODEL_FILE, recommender_dir / IDS_FILE,
+                         recommender_dir)
     propensity, offer = None, None
     if settings.propensity_name in versions:
         path = cache / settings.propensity_name / versions[settings.propensity_name]

@@ -75,6 +75,16 @@ class RecommenderContract:
             single, _ = model.recommend(user, TINY[user], N=2)
             assert list(batch_ids[user]) == list(single)
 
+    def test_recommend_all_is_recommend_for_every_row(self):
+        """The table a service answers fitted customers from: each row exactly what
+        ``recommend`` gives that customer, already-liked items kept."""
+        model = self.fitted()
+        table_ids, table_scores = model.recommend_all(TINY, N=4, batch=2, threads=2)
+        for user in range(TINY.shape[0]):
+            ids, scores = model.recommend(user, TINY[user], N=4, filter_already_liked_items=False)
+            assert list(table_ids[user]) == list(ids)
+            np.testing.assert_allclose(table_scores[user], scores, rtol=1e-5, atol=1e-6)
+
     def test_similar_items_exclude_the_item_itself(self):
         ids, scores = self.fitted().similar_items(0, N=3)
         assert 0 not in ids and len(ids) == 3
