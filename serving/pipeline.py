@@ -22,9 +22,9 @@ from __future__ import annotations
 import math
 import uuid
 from collections import Counter
-from collections.abc import Iterable
 from dataclasses import dataclass
 from functools import cached_property
+from itertools import chain
 
 import numpy as np
 import pandas as pd
@@ -41,9 +41,11 @@ from serving.shop import Behaviour, Item, ShopView
 from training.interactions import InteractionConfig
 from training.propensity.scoring import ScoredCustomers
 from training.recommenders.content import ContentRecommender
+from training.tracking import TOP_ITEMS
 
 PRODUCT, CONTENT, OFFER = ItemKind.PRODUCT.value, ItemKind.CONTENT.value, ItemKind.OFFER.value
-CANDIDATES = 200
+CANDIDATES = TOP_ITEMS
+"""Collaborative candidates per request: as many as the training job keeps per customer."""
 SOURCE_WEIGHT = {"for_you": 1.0, "similar": 0.9, "new": 0.5, "popular": 0.35}
 MAX_N = 100
 FRESH_WEIGHT = InteractionConfig().weights
@@ -152,16 +154,15 @@ def recommend(state: ServingState, request: RecommendRequest, now: pd.Timestamp,
               "served_from": state.models.source}
     if policy is not None and live is not None:
         request = _apply_contact_policy(state, request, live, policy, now, answer)
-    n = request.n
+    n, items = request.n, state.shop.items
+    liked = _liked_categories(state.shop, behaviour)
     products = rank_products(state, request, behaviour, n.get(ItemKind.PRODUCT, 0),
-                             max_category_share, live)
-    answer["products"] = [_entry(state.shop.items[c.item_id], c) for c in products]
-    answer["content"] = [_entry(state.shop.items[c.item_id], c)
-                         for c in rank_content(state, request, behaviour,
-                                               n.get(ItemKind.CONTENT, 0))]
-    answer["offers"] = [_entry(state.shop.items[c.item_id], c)
-                        for c in rank_offers(state, request, behaviour, now,
-                                             n.get(ItemKind.OFFER, 0))]
+                             max_category_share, live, liked)
+    content = rank_content(state, request, behaviour, n.get(ItemKind.CONTENT, 0), liked)
+    offers = rank_offers(state, request, behaviour, now, n.get(ItemKind.OFFER, 0))
+    answer["products"] = [_entry(items[c.item_id], c) for c in products]
+    answer["content"] = [_entry(items[c.item_id], c) for c in content]
+    answer["offers"] = [_entry(items[c.item_id], c) for c in offers]
     return answer
 
 
@@ -216,68 +217,81 @@ FOR_YOU, NEW, POPULAR, SIMILAR = 0, 1, 2, 3
 
 
 def rank_products(state: ServingState, request: RecommendRequest, behaviour: Behaviour, n: int,
-                  max_category_share: float, live: CustomerState | None = None) -> list[Candidate]:
-    """Best blended candidates that pass the rules, diversified. Blending and rules run over
-    arrays; candidates are then walked best first and only as far as the list needs, so reasons
-    are written for a few dozen items, not for every candidate."""
+                  max_category_share: float, live: CustomerState | None = None,
+                  liked: Counter | None = None) -> list[Candidate]:
+    """Best blended candidates that pass the rules, diversified. Blending, rules and diversity
+    run over arrays; reasons are written only for the items that make the list."""
     if n == 0:
         return []
     index = state.products
-    blend = product_candidates(state, request, behaviour, live)
-    positions, scores, reasons = blend.combined()
+    blend = product_candidates(state, request, behaviour, live, liked)
+    positions, scores, reasons = blend.ranked()
     allowed = allowed_products(index, positions, request, behaviour)
     positions, scores, reasons = positions[allowed], scores[allowed], reasons[allowed]
-    order = np.argsort(-scores, kind="stable")  # ties keep the order sources were added in
-    ranked = (Candidate(index.ids[p], s, blend.reason(r, p)) for p, s, r in
-              zip(positions[order].tolist(), scores[order].tolist(), reasons[order].tolist(),
-                  strict=True))
-    return diversify(ranked, n, max_category_share, state.shop.items)
+    chosen = diversify(index.top[positions], n, max_category_share)
+    return [Candidate(index.ids[p], s, blend.reason(r, p)) for p, s, r in
+            zip(positions[chosen].tolist(), scores[chosen].tolist(), reasons[chosen].tolist(),
+                strict=True)]
 
 
 class Blend:
     """Every source's candidates, each source scaled so that its best item gets the source's
     weight; an item's score is the sum over sources, and its reason is that of the source that
-    contributed most (the first one added, on a tie)."""
+    contributed most (the first one added, on a tie).
+
+    Sources are only collected as they are added; ``ranked`` then blends them all at once, with
+    per-product sums kept in catalog-sized arrays that every request on a thread reuses (see
+    ``ProductIndex.scratch``): a fixed, small number of vectorized calls per request, whatever
+    the number of sources, and no grouping sort.
+    """
 
     def __init__(self, index: ProductIndex) -> None:
         self.index = index
         self.anchors: list[str] = []
         self._positions: list[np.ndarray] = []
-        self._values: list[np.ndarray] = []
-        self._reasons: list[np.ndarray] = []
+        self._scores: list[np.ndarray] = []
+        self._scales: list[float] = []
+        self._codes: list[int] = []
 
     def add(self, source: str, positions: np.ndarray, scores: np.ndarray,
             anchor: str | None = None) -> None:
         """One source's scores for catalog positions (-1: not a product, left out)."""
-        scores = np.asarray(scores, dtype=np.float64)
-        finite = np.isfinite(scores)
-        top = scores[finite].max(initial=0.0)
+        top = _finite_max(scores)  # over every item the source scored, products or not
         if top <= 0:
             return
-        keep = finite & (scores > 0) & (positions >= 0)
         code = {"for_you": FOR_YOU, "new": NEW, "popular": POPULAR}.get(source)
         if code is None:
             code = SIMILAR + len(self.anchors)
             self.anchors.append(anchor or "")
-        self._positions.append(positions[keep])
-        self._values.append(scores[keep] * (SOURCE_WEIGHT[source] / top))
-        self._reasons.append(np.full(int(keep.sum()), code, dtype=np.int64))
+        self._positions.append(positions)
+        self._scores.append(scores)
+        self._scales.append(SOURCE_WEIGHT[source] / top)
+        self._codes.append(code)
 
-    def combined(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """(positions, summed scores, reason codes), one entry per item, in the order items
-        were first added."""
+    def ranked(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(positions, summed scores, reason codes), one entry per item, best first; items
+        with equal scores keep the order they were first added in."""
         if not self._positions:
             empty = np.zeros(0, dtype=np.int64)
             return empty, np.zeros(0), empty
-        positions = np.concatenate(self._positions)
-        values = np.concatenate(self._values)
-        reasons = np.concatenate(self._reasons)
-        unique, first, inverse = np.unique(positions, return_index=True, return_inverse=True)
-        totals = np.bincount(inverse, weights=values, minlength=len(unique))
-        strongest = np.lexsort((np.arange(len(values)), -values, inverse))
-        best = strongest[np.searchsorted(inverse[strongest], np.arange(len(unique)))]
-        added = np.argsort(first)
-        return unique[added], totals[added], reasons[best][added]
+        counts = [len(p) for p in self._positions]
+        positions = np.concatenate(self._positions).astype(np.int64, copy=False)
+        values = np.concatenate(self._scores, dtype=np.float64) * np.repeat(self._scales, counts)
+        codes = np.repeat(self._codes, counts)
+        keep = (values > 0) & (values < np.inf) & (positions >= 0)  # NaN fails every test
+        positions, values, codes = positions[keep], values[keep], codes[keep]
+        scratch = self.index.scratch().begin(positions)
+        entry = np.arange(len(positions))
+        np.add.at(scratch.total, positions, values)
+        np.maximum.at(scratch.strongest, positions, values)
+        np.minimum.at(scratch.first, positions, entry)
+        wins = values == scratch.strongest[positions]
+        np.minimum.at(scratch.first_win, positions[wins], entry[wins])
+        items = positions[scratch.first[positions] == entry]  # once each, in the order added
+        totals = scratch.total[items]
+        best = np.argsort(-totals, kind="stable")
+        items = items[best]
+        return items, totals[best], codes[scratch.first_win[items]]
 
     def reason(self, code: int, position: int) -> str:
         if code == FOR_YOU:
@@ -290,59 +304,74 @@ class Blend:
         return self.anchors[code - SIMILAR]
 
 
+def _finite_max(scores: np.ndarray) -> float:
+    """The largest finite score (0 if none); the plain maximum first, as scores are nearly
+    always finite."""
+    scores = np.asarray(scores)
+    top = float(scores.max()) if len(scores) else 0.0
+    if math.isfinite(top):
+        return top
+    return float(scores.max(initial=0.0, where=np.isfinite(scores)))
+
+
 def product_candidates(state: ServingState, request: RecommendRequest, behaviour: Behaviour,
-                       live: CustomerState | None = None) -> Blend:
+                       live: CustomerState | None = None, liked: Counter | None = None) -> Blend:
     """Collaborative filtering for the customer, items similar to what they look at, hold or
     just viewed, new products in categories they like, and what is popular for their segment."""
     shop, bundle, index = state.shop, state.models.recommender, state.products
     blend = Blend(index)
     interactions = bundle.interactions
     row = interactions.user_row(request.customer_id)
-    history, fresh = _history_row(interactions, row, live)
+    fresh = _fresh_weights(interactions, row, live)
     if row >= 0 or fresh:
-        columns, scores = bundle.model.recommend(row, history, N=CANDIDATES,
-                                                 filter_already_liked_items=False,
-                                                 recalculate_user=fresh)
-        blend.add("for_you", index.of_column[columns], scores)
+        found = None if fresh else bundle.precomputed(row, CANDIDATES)
+        if found is None:  # history fresher than the model, or no table: score the catalog
+            found = bundle.model.recommend(row, _history_row(interactions.matrix, row, fresh),
+                                           N=CANDIDATES, filter_already_liked_items=False,
+                                           recalculate_user=bool(fresh))
+        blend.add("for_you", index.of_column[found[0]], found[1])
     for anchor, verb in _anchors(request, behaviour):
         title = shop.items[anchor].title if anchor in shop.items else anchor
         positions, scores = _similar_positions(state, anchor)
         blend.add("similar", positions, scores, anchor=f"{verb} {title}")
-    blend.add("new", *_new_in_liked_categories(index, _liked_categories(shop, behaviour)))
+    if liked is None:
+        liked = _liked_categories(shop, behaviour)
+    blend.add("new", *_new_in_liked_categories(index, liked))
     segment = shop.segments.get(request.customer_id, "*")
     blend.add("popular", *_popular_for(index, segment, request.channel.value))
     return blend
 
 
-def _history_row(interactions, row: int, live: CustomerState | None) -> tuple[sp.csr_matrix, bool]:
-    """The customer's training row plus items they touched since (not in it yet); True when
-    something was added, so that a factor model recomputes the customer vector from it."""
-    history = _row(interactions.matrix, row)
-    n_items = history.shape[1]
+def _fresh_weights(interactions, row: int, live: CustomerState | None) -> dict[int, float]:
+    """Columns the customer touched since the model's snapshot (not in their training row),
+    with the weight training would give them; a factor model re-derives the customer's vector
+    when there are any."""
     if live is None or live.last_event is None:
-        return history, False
-    weights: dict[int, float] = {}
+        return {}
+    matrix = interactions.matrix
+    known = set(matrix.indices[matrix.indptr[row]:matrix.indptr[row + 1]].tolist()) \
+        if row >= 0 else set()
     touched = [(i, EventType.VIEW.value) for i, _ in live.views]
     touched += [(i, EventType.ADD_TO_CART.value) for i in live.cart]
     touched += [(i, EventType.PURCHASE.value) for i in live.purchased]
-    known = set(history.indices.tolist())
+    weights: dict[int, float] = {}
     for item_id, kind in touched:
         column = interactions.item_column(item_id)
         if column >= 0 and column not in known:
             weights[column] = weights.get(column, 0.0) + FRESH_WEIGHT[kind]
-    if not weights:
-        return history, False
-    fresh = sp.csr_matrix((list(weights.values()), ([0] * len(weights), list(weights))),
-                          shape=(1, n_items), dtype=np.float32)
-    return history + fresh, True
+    return weights
 
 
-def _row(matrix: sp.csr_matrix, row: int) -> sp.csr_matrix:
-    """One customer's row (empty for -1), sliced straight from the CSR arrays: scipy's general
-    indexing costs ~0.2 ms, a tenth of a request."""
+def _history_row(matrix: sp.csr_matrix, row: int, fresh: dict[int, float]) -> sp.csr_matrix:
+    """The customer's training row (empty for -1) plus their fresh columns, built straight from
+    the CSR arrays: scipy's general indexing costs ~0.2 ms, more than the rest of a request."""
     start, end = (matrix.indptr[row], matrix.indptr[row + 1]) if row >= 0 else (0, 0)
-    return sp.csr_matrix((matrix.data[start:end], matrix.indices[start:end],
-                          np.array([0, end - start])), shape=(1, matrix.shape[1]))
+    columns = np.concatenate([matrix.indices[start:end], np.fromiter(fresh, dtype=np.int32)])
+    values = np.concatenate([matrix.data[start:end],
+                             np.fromiter(fresh.values(), dtype=np.float32)])
+    order = np.argsort(columns, kind="stable")
+    return sp.csr_matrix((values[order], columns[order].astype(matrix.indices.dtype),
+                          np.array([0, len(columns)])), shape=(1, matrix.shape[1]))
 
 
 def _anchors(request: RecommendRequest, behaviour: Behaviour) -> list[tuple[str, str]]:
@@ -391,13 +420,13 @@ def _similar_positions(state: ServingState, anchor: str, n: int = 30
 
 
 def _liked_categories(shop: ShopView, behaviour: Behaviour) -> Counter:
-    liked: Counter = Counter()
-    for item_id in [*behaviour.purchased, *behaviour.recent_views]:
-        item = shop.items.get(item_id)
-        if item is not None and item.kind == PRODUCT:
-            liked[item.top] += 1
-    total = sum(liked.values()) or 1
-    return Counter({k: v / total for k, v in liked.items()})
+    """Top-level categories of the products the customer bought or viewed, by share."""
+    found = map(shop.items.get, chain(behaviour.purchased, behaviour.recent_views))
+    liked = Counter(item.top for item in found if item is not None and item.kind == PRODUCT)
+    total = liked.total() or 1
+    for top in liked:
+        liked[top] /= total
+    return liked
 
 
 def _new_in_liked_categories(index: ProductIndex, liked: Counter
@@ -444,24 +473,26 @@ def allowed_products(index: ProductIndex, positions: np.ndarray, request: Recomm
     never = index.positions([*request.exclude, *context.cart_items,
                              *([context.current_item] if context.current_item else [])])
     blocked = np.concatenate([bought, never])
-    if len(blocked):
-        allowed &= ~np.isin(positions, blocked)
+    if len(blocked):  # marked in a catalog-sized mask: cheaper than np.isin's sort
+        mask = index.scratch().blocked
+        mask[blocked] = True
+        allowed &= ~mask[positions]
+        mask[blocked] = False
     return allowed
 
 
-def diversify(ranked: Iterable[Candidate], n: int, max_share: float,
-              items: dict[str, Item]) -> list[Candidate]:
-    """Best first, but no top-level category takes more than ``max_share`` of the list —
-    unless there is nothing else to show."""
+def diversify(categories: np.ndarray, n: int, max_share: float) -> list[int]:
+    """Indices into a best-first list (given each entry's category code) of the ``n`` to show:
+    best first, but no category takes more than ``max_share`` of the list — unless there is
+    nothing else to show."""
     cap = max(1, math.ceil(max_share * n))
     chosen, overflow, per_category = [], [], Counter()
-    for candidate in ranked:
-        top = items[candidate.item_id].top
-        if per_category[top] < cap:
-            chosen.append(candidate)
-            per_category[top] += 1
+    for k, category in enumerate(categories.tolist()):
+        if per_category[category] < cap:
+            chosen.append(k)
+            per_category[category] += 1
         else:
-            overflow.append(candidate)
+            overflow.append(k)
         if len(chosen) == n:
             return chosen
     return (chosen + overflow)[:n]
@@ -469,7 +500,7 @@ def diversify(ranked: Iterable[Candidate], n: int, max_share: float,
 
 # ---------------------------------------------------------------------------- content
 def rank_content(state: ServingState, request: RecommendRequest, behaviour: Behaviour,
-                 n: int) -> list[Candidate]:
+                 n: int, liked: Counter | None = None) -> list[Candidate]:
     """Articles about the item on the page (scored 2 + text similarity), then about the
     categories the customer browses (1 + that category's share of their activity, so the most
     browsed category first), then popular reading (below 0.5) to fill the list. Each tier ranks
@@ -486,8 +517,9 @@ def rank_content(state: ServingState, request: RecommendRequest, behaviour: Beha
         ranked = [Candidate(item_id, score, "about what you are looking at")
                   for item_id, score in sorted(similar, key=lambda e: -e[1])[:n]]
         taken.update(c.item_id for c in ranked)
-    liked = sorted(_liked_categories(shop, behaviour).items(), key=lambda e: -e[1])
-    for top, share in liked:
+    if liked is None:
+        liked = _liked_categories(shop, behaviour)
+    for top, share in liked.most_common():
         reason = f"about {top}, which you have been browsing"
         for item in shop.content_by_top.get(top, []):
             if len(ranked) == n:

@@ -10,7 +10,9 @@ request.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import threading
+from dataclasses import dataclass, field
+from typing import ClassVar
 
 import numpy as np
 
@@ -41,6 +43,7 @@ class ProductIndex:
     """The shop view's popularity lists as (positions, scores), best first."""
     new: np.ndarray
     """Positions of the shop view's new products, newest first."""
+    _scratch: threading.local = field(default_factory=threading.local, repr=False)
 
     @classmethod
     def build(cls, shop: ShopView, interactions: Interactions) -> ProductIndex:
@@ -69,6 +72,13 @@ class ProductIndex:
             of_column=of_column, popular=popular,
             new=np.array([position[i] for i in shop.new_products if i in position], dtype=np.int64))
 
+    def scratch(self) -> Scratch:
+        """This thread's per-product work arrays (one request at a time per thread uses them)."""
+        scratch = getattr(self._scratch, "arrays", None)
+        if scratch is None:
+            scratch = self._scratch.arrays = Scratch.sized(len(self.ids))
+        return scratch
+
     def positions(self, item_ids) -> np.ndarray:
         """Positions of those ids that are products (others are left out)."""
         found = (self.position.get(i, -1) for i in item_ids)
@@ -80,3 +90,39 @@ class ProductIndex:
         codes, inverse = np.unique(self.category[positions], return_inverse=True)
         matches = np.array([self.categories[c].startswith(prefix) for c in codes], dtype=bool)
         return matches[inverse] if len(codes) else np.zeros(len(positions), dtype=bool)
+
+
+@dataclass
+class Scratch:
+    """Per-product arrays for blending, in their initial state except where the last blend
+    wrote (``touched``), so that starting a blend costs what the previous one wrote, not the
+    catalog's size; the arrays' pages are only allocated where products are touched."""
+
+    total: np.ndarray
+    """Sum of the sources' contributions."""
+    strongest: np.ndarray
+    """The largest single contribution."""
+    first: np.ndarray
+    """The first entry (in the order sources were added) that names the product."""
+    first_win: np.ndarray
+    """The first entry whose contribution is ``strongest``: it gives the reason."""
+    touched: np.ndarray
+    blocked: np.ndarray
+    """All False between uses: set, read and unset by one rule check."""
+
+    UNSET: ClassVar[int] = np.iinfo(np.int64).max
+
+    @classmethod
+    def sized(cls, n: int) -> Scratch:
+        return cls(np.zeros(n), np.zeros(n), np.full(n, cls.UNSET), np.full(n, cls.UNSET),
+                   np.zeros(0, dtype=np.int64), np.zeros(n, dtype=bool))
+
+    def begin(self, positions: np.ndarray) -> Scratch:
+        """Undo what the last blend wrote, and note that this one writes at ``positions``."""
+        used = self.touched
+        self.total[used] = 0.0
+        self.strongest[used] = 0.0
+        self.first[used] = self.UNSET
+        self.first_win[used] = self.UNSET
+        self.touched = positions
+        return self

@@ -32,6 +32,7 @@ from starlette.testclient import TestClient
 from features.settings import Settings, get_settings
 from serving.offers import OfferScorer
 from serving.pipeline import (
+    CANDIDATES,
     ContentIndex,
     RecommendRequest,
     ServingState,
@@ -93,6 +94,45 @@ def test_a_known_customer_gets_each_kind_with_reasons_and_versions(state):
     assert all(entry["reason"] for entry in answer["products"] + answer["content"])
     assert answer["model_versions"] == {"recommender": "1", "propensity": "1"}
     assert len(answer["recommendation_id"]) == 32
+
+
+def test_fitted_customers_are_answered_from_the_registered_top_items_as_if_scored(state):
+    """The training job registers each customer's top items; answering from them is exact."""
+    bundle = state.models.recommender
+    assert bundle.top_items is not None
+    assert bundle.top_items[0].shape[0] == len(bundle.interactions.user_ids)
+    scored = dataclasses.replace(state, models=dataclasses.replace(
+        state.models, recommender=dataclasses.replace(bundle, top_items=None)))
+    for row, customer in enumerate(bundle.interactions.user_ids[:25]):
+        assert bundle.precomputed(row, CANDIDATES) is not None
+        request = RecommendRequest(customer_id=str(customer), n={"product": 20})
+        from_table = recommend(state, request, state.shop.as_of)["products"]
+        from_scores = recommend(scored, request, state.shop.as_of)["products"]
+        assert [(e["item_id"], e["reason"]) for e in from_table] == \
+            [(e["item_id"], e["reason"]) for e in from_scores]
+
+
+def test_a_customer_with_events_newer_than_the_model_is_scored_not_looked_up(state):
+    from features.online.state import CustomerState
+
+    bundle = state.models.recommender
+    only = int(np.flatnonzero(state.products.of_column >= 0)[0])  # one product column
+    shape = bundle.top_items[0].shape  # each row: that column, then padding
+    table = (np.full(shape, -1, dtype=np.int32), np.full(shape, -np.inf, dtype=np.float32))
+    table[0][:, 0], table[1][:, 0] = only, 1.0
+    marked = dataclasses.replace(state, models=dataclasses.replace(
+        state.models, recommender=dataclasses.replace(bundle, top_items=table)))
+    customer = str(bundle.interactions.user_ids[0])
+    request = RecommendRequest(customer_id=customer, n={"product": 30})
+    product = str(bundle.interactions.item_ids[only])
+
+    def for_you(answer: dict) -> set[str]:
+        return {e["item_id"] for e in answer["products"] if e["reason"] == "recommended for you"}
+
+    assert for_you(recommend(marked, request, state.shop.as_of)) <= {product}
+    viewed = [str(i) for i in bundle.interactions.item_ids[-5:]]
+    live = CustomerState(customer, views=[(item, 1.0) for item in viewed], last_event=1.0)
+    assert for_you(recommend(marked, request, state.shop.as_of, live=live)) - {product}
 
 
 def test_a_purchased_durable_never_comes_back(state):
