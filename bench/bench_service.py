@@ -30,6 +30,7 @@ import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -141,17 +142,19 @@ def render(r: dict) -> str:
 
 def start(args, workers: int) -> tuple[subprocess.Popen, str]:
     port = free_port()
+    ready = Path(tempfile.mkdtemp(prefix="nb-ready-"))
     env = {**os.environ, "NB_ITEMS": str(args.items), "NB_CUSTOMERS": str(args.customers),
-           "NB_WORKERS": str(workers), "PYTHONPATH": str(ROOT)}
+           "NB_WORKERS": str(workers), "NB_READY_DIR": str(ready), "PYTHONPATH": str(ROOT)}
     server = subprocess.Popen([sys.executable, "-m", "bentoml", "serve",
                                "bench.service_app:BenchService", "--port", str(port),
                                "--host", "127.0.0.1"], cwd=ROOT,
                               env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 900
-    while True:
+    while True:  # every worker loaded (one that is still loading competes for the cores)
         try:
-            if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
+            if (len(list(ready.iterdir())) >= workers
+                    and httpx.get(f"{url}/readyz", timeout=2).status_code == 200):
                 return server, url
         except httpx.HTTPError:
             pass
