@@ -4,8 +4,9 @@
     python bench/bench_service.py --items 10000 --customers 100000 --no-record
 
 One `bentoml serve` process (one worker, access log off) serves both `recommend` (the real
-pipeline on a synthetic state: 64 random ALS factors, filters on) and `noop` (same input spec,
-configuration and output path, returns a constant). In the same run:
+pipeline on a synthetic state: 64 random ALS factors, each customer's top 200 precomputed as the
+training job registers them, filters on) and `noop` (same input spec, configuration and output
+path, returns a constant). In the same run:
 
 1. sequential keep-alive latency: requests alternate between the two endpoints, so both see the
    same machine noise; p50 and p99 of each. The client is the standard library's http.client on
@@ -17,7 +18,9 @@ configuration and output path, returns a constant). In the same run:
 
 The load generator runs on the same two cores as the server. Targets: p50 <= 1.2x and p99 <= 2x
 the no-op's, throughput >= 1.0x the no-op's single-worker figure (recommend is measured on one
-worker and on one worker per core).
+worker and on one worker per core, once every worker has loaded: each worker marks itself ready
+in NB_READY_DIR). The first run at a size builds the synthetic tables (minutes; see
+bench/service_app.py); later runs map them from the cache.
 """
 
 from __future__ import annotations
@@ -207,7 +210,9 @@ def main() -> None:
 
         record_section("bench_service", "Service: recommend vs a no-op endpoint",
                        "python bench/bench_service.py", text + "\n\nOne worker (the last row: "
-                       "one per core), access log off, the neighbour table precomputed at load, "
+                       "one per core), access log off, each customer's top 200 and the neighbour "
+                       "table precomputed (read from disk at start, as the service reads the "
+                       "registered ones), "
                        "one read of the live customer state per request, both endpoints answering "
                        "through the same output path; sequential latency from http.client on one "
                        "keep-alive connection; load generated from the same machine (it shares the "

@@ -6,8 +6,8 @@ factors, five interactions per customer, 1,000 articles, 20 offers with eligibil
 new products, the neighbour table the service precomputes, each customer's top 200 items as the
 training job keeps them, and a read of the customer's live state from the embedded online store
 per request, as the service does. The two tables are built once (about 4 minutes at the default
-size) and kept in ``NB_CACHE`` (default ``~/.cache/nextbest-bench``), where every worker
-memory-maps them, as the service maps a registered model's. Both endpoints answer
+size) and kept in ``NB_CACHE`` (default ``~/.cache/nextbest-bench``), from where every worker
+reads them, as the service reads a registered model's. Both endpoints answer
 through the service's output path (orjson bytes). Access logging is off (one log line per
 request would be measured too). Used only by ``bench/bench_service.py``.
 """
@@ -102,7 +102,7 @@ def synthetic_state(n_items: int, n_customers: int, factors: int = 64, seed: int
 
 
 def cached_arrays(prefix: Path, build) -> tuple[np.ndarray, np.ndarray]:
-    """A pair of arrays built once and memory-mapped from then on (the bench state is the same
+    """A pair of arrays built once and read from disk from then on (the bench state is the same
     for a given size and seed)."""
     first, second = prefix.with_name(prefix.name + "-0.npy"), prefix.with_name(prefix.name + "-1.npy")
     if not second.exists():
@@ -112,7 +112,7 @@ def cached_arrays(prefix: Path, build) -> tuple[np.ndarray, np.ndarray]:
             with partial.open("wb") as file:  # np.save would add ".npy" to a bare path
                 np.save(file, array)
             os.replace(partial, path)
-    return tuple(np.load(path, mmap_mode="r").view(np.ndarray) for path in (first, second))
+    return tuple(np.load(path) for path in (first, second))  # read, as the service reads them
 
 
 @bentoml.service(name="nextbest-bench", logging={"access": {"enabled": False}},

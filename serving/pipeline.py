@@ -562,13 +562,13 @@ def rank_offers(state: ServingState, request: RecommendRequest, behaviour: Behav
     if n == 0:
         return []
     shop = state.shop
-    segment = shop.segments.get(request.customer_id, "")
+    segment, channel = shop.segments.get(request.customer_id, ""), request.channel.value
     cart_value = sum(shop.items[i].price or 0.0 for i in request.context.cart_items
                      if i in shop.items)
+    excluded, redeemed = set(request.exclude), behaviour.redemptions
     eligible = [offer for offer in shop.offers
-                if offer.item_id not in request.exclude and offer_is_eligible(
-                    offer, segment, request.channel.value, cart_value,
-                    behaviour.redemptions.get(offer.item_id, 0), now)]
+                if offer.item_id not in excluded and offer_is_eligible(
+                    offer, segment, channel, cart_value, redeemed.get(offer.item_id, 0), now)]
     if not eligible:
         return []
     if state.offers is not None:
@@ -577,9 +577,9 @@ def rank_offers(state: ServingState, request: RecommendRequest, behaviour: Behav
     else:
         chances = [shop.offer_rate.get(offer.item_id, 0.1) for offer in eligible]
         says = "redeemed by {rate:.0%} of customers shown it"
-    ranked = []
-    for offer, rate in zip(eligible, chances, strict=True):
-        value = offer.offer_value or 0.0
-        ranked.append(Candidate(offer.item_id, float(rate) * value,
-                                f"worth {value:g}, " + says.format(rate=float(rate))))
-    return sorted(ranked, key=lambda c: -c.score)[:n]
+    ranked = sorted(((float(rate) * (offer.offer_value or 0.0), k, float(rate))
+                     for k, (offer, rate) in enumerate(zip(eligible, chances, strict=True))),
+                    key=lambda e: -e[0])[:n]  # reasons are written for those shown only
+    return [Candidate(eligible[k].item_id, value,
+                      f"worth {eligible[k].offer_value or 0.0:g}, " + says.format(rate=rate))
+            for value, k, rate in ranked]
