@@ -96,7 +96,8 @@ class ProductIndex:
 class Scratch:
     """Per-product arrays for blending, in their initial state except where the last blend
     wrote (``touched``), so that starting a blend costs what the previous one wrote, not the
-    catalog's size; the arrays' pages are only allocated where products are touched."""
+    catalog's size. 33 bytes per product for each thread that ranks (3.3 MB at 100k products):
+    a worker's request thread and its trigger thread."""
 
     total: np.ndarray
     """Sum of the sources' contributions."""
