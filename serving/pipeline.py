@@ -214,6 +214,7 @@ def _entry(item: Item, candidate: Candidate) -> dict:
 # ---------------------------------------------------------------------------- products
 FOR_YOU, NEW, POPULAR, SIMILAR = 0, 1, 2, 3
 """Reason codes of the candidate sources; SIMILAR + k is "similar to" the k-th anchor item."""
+SOURCE_CODE = {"for_you": FOR_YOU, "new": NEW, "popular": POPULAR}
 
 
 def rank_products(state: ServingState, request: RecommendRequest, behaviour: Behaviour, n: int,
@@ -224,7 +225,9 @@ def rank_products(state: ServingState, request: RecommendRequest, behaviour: Beh
     if n == 0:
         return []
     index = state.products
-    blend = product_candidates(state, request, behaviour, live, liked)
+    if liked is None:
+        liked = _liked_categories(state.shop, behaviour)
+    blend = product_candidates(state, request, behaviour, liked, live)
     positions, scores, reasons = blend.ranked()
     allowed = allowed_products(index, positions, request, behaviour)
     positions, scores, reasons = positions[allowed], scores[allowed], reasons[allowed]
@@ -259,7 +262,7 @@ class Blend:
         top = _finite_max(scores)  # over every item the source scored, products or not
         if top <= 0:
             return
-        code = {"for_you": FOR_YOU, "new": NEW, "popular": POPULAR}.get(source)
+        code = SOURCE_CODE.get(source)
         if code is None:
             code = SIMILAR + len(self.anchors)
             self.anchors.append(anchor or "")
@@ -315,7 +318,7 @@ def _finite_max(scores: np.ndarray) -> float:
 
 
 def product_candidates(state: ServingState, request: RecommendRequest, behaviour: Behaviour,
-                       live: CustomerState | None = None, liked: Counter | None = None) -> Blend:
+                       liked: Counter, live: CustomerState | None = None) -> Blend:
     """Collaborative filtering for the customer, items similar to what they look at, hold or
     just viewed, new products in categories they like, and what is popular for their segment."""
     shop, bundle, index = state.shop, state.models.recommender, state.products
@@ -334,8 +337,6 @@ def product_candidates(state: ServingState, request: RecommendRequest, behaviour
         title = shop.items[anchor].title if anchor in shop.items else anchor
         positions, scores = _similar_positions(state, anchor)
         blend.add("similar", positions, scores, anchor=f"{verb} {title}")
-    if liked is None:
-        liked = _liked_categories(shop, behaviour)
     blend.add("new", *_new_in_liked_categories(index, liked))
     segment = shop.segments.get(request.customer_id, "*")
     blend.add("popular", *_popular_for(index, segment, request.channel.value))
@@ -348,9 +349,7 @@ def _fresh_weights(interactions, row: int, live: CustomerState | None) -> dict[i
     when there are any."""
     if live is None or live.last_event is None:
         return {}
-    matrix = interactions.matrix
-    known = set(matrix.indices[matrix.indptr[row]:matrix.indptr[row + 1]].tolist()) \
-        if row >= 0 else set()
+    known = set(_training_row(interactions.matrix, row)[0].tolist())
     touched = [(i, EventType.VIEW.value) for i, _ in live.views]
     touched += [(i, EventType.ADD_TO_CART.value) for i in live.cart]
     touched += [(i, EventType.PURCHASE.value) for i in live.purchased]
@@ -362,13 +361,18 @@ def _fresh_weights(interactions, row: int, live: CustomerState | None) -> dict[i
     return weights
 
 
-def _history_row(matrix: sp.csr_matrix, row: int, fresh: dict[int, float]) -> sp.csr_matrix:
-    """The customer's training row (empty for -1) plus their fresh columns, built straight from
-    the CSR arrays: scipy's general indexing costs ~0.2 ms, more than the rest of a request."""
+def _training_row(matrix: sp.csr_matrix, row: int) -> tuple[np.ndarray, np.ndarray]:
+    """The customer's training columns and weights (none for row -1), sliced straight from the
+    CSR arrays: scipy's general indexing costs ~0.2 ms, more than the rest of a request."""
     start, end = (matrix.indptr[row], matrix.indptr[row + 1]) if row >= 0 else (0, 0)
-    columns = np.concatenate([matrix.indices[start:end], np.fromiter(fresh, dtype=np.int32)])
-    values = np.concatenate([matrix.data[start:end],
-                             np.fromiter(fresh.values(), dtype=np.float32)])
+    return matrix.indices[start:end], matrix.data[start:end]
+
+
+def _history_row(matrix: sp.csr_matrix, row: int, fresh: dict[int, float]) -> sp.csr_matrix:
+    """The customer's training row plus their fresh columns, as a one-row matrix."""
+    known, weights = _training_row(matrix, row)
+    columns = np.concatenate([known, np.fromiter(fresh, dtype=np.int32)])
+    values = np.concatenate([weights, np.fromiter(fresh.values(), dtype=np.float32)])
     order = np.argsort(columns, kind="stable")
     return sp.csr_matrix((values[order], columns[order].astype(matrix.indices.dtype),
                           np.array([0, len(columns)])), shape=(1, matrix.shape[1]))
@@ -577,9 +581,11 @@ def rank_offers(state: ServingState, request: RecommendRequest, behaviour: Behav
     else:
         chances = [shop.offer_rate.get(offer.item_id, 0.1) for offer in eligible]
         says = "redeemed by {rate:.0%} of customers shown it"
-    ranked = sorted(((float(rate) * (offer.offer_value or 0.0), k, float(rate))
-                     for k, (offer, rate) in enumerate(zip(eligible, chances, strict=True))),
-                    key=lambda e: -e[0])[:n]  # reasons are written for those shown only
-    return [Candidate(eligible[k].item_id, value,
-                      f"worth {eligible[k].offer_value or 0.0:g}, " + says.format(rate=rate))
-            for value, k, rate in ranked]
+    def value(offer: Item) -> float:
+        return offer.offer_value or 0.0
+
+    shown = sorted(zip(eligible, map(float, chances), strict=True),
+                   key=lambda e: -e[1] * value(e[0]))[:n]  # reasons only for those shown
+    return [Candidate(offer.item_id, rate * value(offer),
+                      f"worth {value(offer):g}, " + says.format(rate=rate))
+            for offer, rate in shown]

@@ -81,7 +81,8 @@ class Bundle:
 
     def precomputed(self, row: int, n: int) -> tuple[np.ndarray, np.ndarray] | None:
         """The ``n`` best columns and scores the training job kept for a row it fitted (items
-        the customer already has included), or None when there is no such table or row."""
+        the customer already has included), or None when there is no table, no such row, or
+        the table keeps fewer than ``n`` (and fewer than the whole catalog)."""
         table = self.top_items
         if table is None or row < 0 or table[0].shape[1] < min(n, self.model.n_items_):
             return None
