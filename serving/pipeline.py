@@ -34,6 +34,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from features.contracts import CONTACT_CHANNELS, Channel, EventType, ItemKind
 from features.online.state import CustomerState
 from features.policy import ContactPolicy, contact_verdict, recently_shown
+from serving import kernels
 from serving.models import LoadedModels
 from serving.offers import OfferScorer
 from serving.products import ProductIndex
@@ -228,10 +229,9 @@ def rank_products(state: ServingState, request: RecommendRequest, behaviour: Beh
     if liked is None:
         liked = _liked_categories(state.shop, behaviour)
     blend = product_candidates(state, request, behaviour, liked, live)
-    positions, scores, reasons = blend.ranked()
-    allowed = allowed_products(index, positions, request, behaviour)
-    positions, scores, reasons = positions[allowed], scores[allowed], reasons[allowed]
-    chosen = diversify(index.top[positions], n, max_category_share)
+    positions, scores, reasons = blend.blended()
+    chosen = choose_products(index, positions, scores, request, behaviour, n,
+                             max_category_share)
     return [Candidate(index.ids[p], s, blend.reason(r, p)) for p, s, r in
             zip(positions[chosen].tolist(), scores[chosen].tolist(), reasons[chosen].tolist(),
                 strict=True)]
@@ -239,13 +239,15 @@ def rank_products(state: ServingState, request: RecommendRequest, behaviour: Beh
 
 class Blend:
     """Every source's candidates, each source scaled so that its best item gets the source's
-    weight; an item's score is the sum over sources, and its reason is that of the source that
-    contributed most (the first one added, on a tie).
+    weight (its best finite score over everything it scored, products or not; a source whose
+    best is not positive adds nothing); an item's score is the sum over sources of its positive,
+    finite contributions, and its reason is that of the source that contributed most (the first
+    one added, on a tie). Best first; items with equal scores keep the order they were first
+    added in.
 
-    Sources are only collected as they are added; ``ranked`` then blends them all at once, with
-    per-product sums kept in catalog-sized arrays that every request on a thread reuses (see
-    ``ProductIndex.scratch``): a fixed, small number of vectorized calls per request, whatever
-    the number of sources, and no grouping sort.
+    Sources are only collected as they are added; ``ranked`` then blends them all in one
+    compiled pass (``serving.kernels.blend``) over per-product arrays that every request on a
+    thread reuses (``ProductIndex.scratch``).
     """
 
     def __init__(self, index: ProductIndex) -> None:
@@ -253,48 +255,38 @@ class Blend:
         self.anchors: list[str] = []
         self._positions: list[np.ndarray] = []
         self._scores: list[np.ndarray] = []
-        self._scales: list[float] = []
+        self._weights: list[float] = []
         self._codes: list[int] = []
 
     def add(self, source: str, positions: np.ndarray, scores: np.ndarray,
             anchor: str | None = None) -> None:
         """One source's scores for catalog positions (-1: not a product, left out)."""
-        top = _finite_max(scores)  # over every item the source scored, products or not
-        if top <= 0:
-            return
         code = SOURCE_CODE.get(source)
         if code is None:
             code = SIMILAR + len(self.anchors)
             self.anchors.append(anchor or "")
         self._positions.append(positions)
         self._scores.append(scores)
-        self._scales.append(SOURCE_WEIGHT[source] / top)
+        self._weights.append(SOURCE_WEIGHT[source])
         self._codes.append(code)
 
-    def ranked(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """(positions, summed scores, reason codes), one entry per item, best first; items
-        with equal scores keep the order they were first added in."""
-        if not self._positions:
+    def blended(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(positions, summed scores, reason codes), one entry per item, in the order first
+        added: ``choose_products`` ranks only as far as the answer needs."""
+        bounds = np.cumsum([0, *map(len, self._positions)])
+        if bounds[-1] == 0:
             empty = np.zeros(0, dtype=np.int64)
             return empty, np.zeros(0), empty
-        counts = [len(p) for p in self._positions]
-        positions = np.concatenate(self._positions).astype(np.int64, copy=False)
-        values = np.concatenate(self._scores, dtype=np.float64) * np.repeat(self._scales, counts)
-        codes = np.repeat(self._codes, counts)
-        keep = (values > 0) & (values < np.inf) & (positions >= 0)  # NaN fails every test
-        positions, values, codes = positions[keep], values[keep], codes[keep]
-        scratch = self.index.scratch().begin(positions)
-        entry = np.arange(len(positions))
-        np.add.at(scratch.total, positions, values)
-        np.maximum.at(scratch.strongest, positions, values)
-        np.minimum.at(scratch.first, positions, entry)
-        wins = values == scratch.strongest[positions]
-        np.minimum.at(scratch.first_win, positions[wins], entry[wins])
-        items = positions[scratch.first[positions] == entry]  # once each, in the order added
-        totals = scratch.total[items]
-        best = np.argsort(-totals, kind="stable")
-        items = items[best]
-        return items, totals[best], codes[scratch.first_win[items]]
+        return kernels.blend(np.concatenate(self._positions, dtype=np.int64),
+                             np.concatenate(self._scores, dtype=np.float64), bounds,
+                             np.array(self._weights), np.array(self._codes, dtype=np.int64),
+                             self.index.scratch().work)
+
+    def ranked(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """``blended``, best first (ties in the order first added)."""
+        positions, totals, codes = self.blended()
+        order = np.argsort(-totals, kind="stable")
+        return positions[order], totals[order], codes[order]
 
     def reason(self, code: int, position: int) -> str:
         if code == FOR_YOU:
@@ -305,16 +297,6 @@ class Blend:
         if code == POPULAR:
             return f"popular in {top}"
         return self.anchors[code - SIMILAR]
-
-
-def _finite_max(scores: np.ndarray) -> float:
-    """The largest finite score (0 if none); the plain maximum first, as scores are nearly
-    always finite."""
-    scores = np.asarray(scores)
-    top = float(scores.max()) if len(scores) else 0.0
-    if math.isfinite(top):
-        return top
-    return float(scores.max(initial=0.0, where=np.isfinite(scores)))
 
 
 def product_candidates(state: ServingState, request: RecommendRequest, behaviour: Behaviour,
@@ -456,50 +438,33 @@ def _popular_for(index: ProductIndex, segment: str, channel: str
     return np.zeros(0, dtype=np.int64), np.zeros(0)
 
 
-def allowed_products(index: ProductIndex, positions: np.ndarray, request: RecommendRequest,
-                     behaviour: Behaviour) -> np.ndarray:
-    """Business rules, per candidate position: what must never be shown, whatever the models
-    say. Only products are candidates (the index holds nothing else)."""
-    allowed = np.ones(len(positions), dtype=bool)
-    filters = request.filters
-    if filters.in_stock_only:
-        allowed &= index.in_stock[positions]
-    price = index.price[positions]  # NaN (no price) fails any price filter
-    if filters.min_price is not None:
-        allowed &= price >= filters.min_price
-    if filters.max_price is not None:
-        allowed &= price <= filters.max_price
-    if filters.category:
-        allowed &= index.in_category(positions, filters.category)
+def choose_products(index: ProductIndex, positions: np.ndarray, scores: np.ndarray,
+                    request: RecommendRequest, behaviour: Behaviour, n: int, max_share: float
+                    ) -> np.ndarray:
+    """Indices into candidate ``positions`` of the ``n`` to show, best ``scores`` first (ties
+    in the order given).
+
+    Business rules first, whatever the models say: never a product out of stock (unless the
+    request allows it), outside the price filter (a product with no price fails it), outside
+    the category filter, bought already and not bought again, excluded by the request, in the
+    cart or on the page. Then diversity: best first, but no top-level category takes more than
+    ``max_share`` of the list, unless there is nothing else to show. Compiled
+    (``serving.kernels.choose``): it sorts only the best few candidates, and walks them only
+    until the list is full.
+    """
+    filters, context = request.filters, request.context
     bought = index.positions(behaviour.purchased)
-    bought = bought[~index.repeatable[bought]]  # bought already, and not bought again
-    context = request.context
     never = index.positions([*request.exclude, *context.cart_items,
                              *([context.current_item] if context.current_item else [])])
-    blocked = np.concatenate([bought, never])
-    if len(blocked):  # marked in a catalog-sized mask: cheaper than np.isin's sort
-        mask = index.scratch().blocked
-        mask[blocked] = True
-        allowed &= ~mask[positions]
-        mask[blocked] = False
-    return allowed
-
-
-def diversify(categories: np.ndarray, n: int, max_share: float) -> list[int]:
-    """Indices into a best-first list (given each entry's category code) of the ``n`` to show:
-    best first, but no category takes more than ``max_share`` of the list — unless there is
-    nothing else to show."""
-    cap = max(1, math.ceil(max_share * n))
-    chosen, overflow, per_category = [], [], Counter()
-    for k, category in enumerate(categories.tolist()):
-        if per_category[category] < cap:
-            chosen.append(k)
-            per_category[category] += 1
-        else:
-            overflow.append(k)
-        if len(chosen) == n:
-            return chosen
-    return (chosen + overflow)[:n]
+    blocked = np.concatenate([bought[~index.repeatable[bought]], never])
+    price_filter = filters.min_price is not None or filters.max_price is not None
+    return kernels.choose(
+        positions, scores, n, max(1, math.ceil(max_share * n)), index.top, len(index.tops),
+        filters.in_stock_only, index.in_stock, price_filter, index.price,
+        -math.inf if filters.min_price is None else filters.min_price,
+        math.inf if filters.max_price is None else filters.max_price,
+        index.category, index.category_filter(filters.category or ""),
+        blocked, index.scratch().blocked)
 
 
 # ---------------------------------------------------------------------------- content

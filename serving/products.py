@@ -1,8 +1,9 @@
-"""The catalog's products as arrays, so that blending and business rules run vectorized.
+"""The catalog's products as arrays, so that blending and business rules run as compiled loops
+(``serving.kernels``) over positions in the catalog.
 
 A request blends several hundred candidates from four sources. Done item by item in Python that
-cost about a millisecond per request; over these arrays it is a handful of numpy calls, and
-Python touches only the few dozen items walked into the answer.
+cost about a millisecond per request; over these arrays it is two compiled calls, and Python
+touches only the few dozen items walked into the answer.
 
 Built once per serving state (from the shop view and the recommender's columns), never per
 request.
@@ -12,11 +13,11 @@ from __future__ import annotations
 
 import threading
 from dataclasses import dataclass, field
-from typing import ClassVar
 
 import numpy as np
 
 from features.contracts import ItemKind
+from serving.kernels import FIRST, UNSET
 from serving.shop import ShopView
 from training.interactions import Interactions
 
@@ -44,6 +45,7 @@ class ProductIndex:
     new: np.ndarray
     """Positions of the shop view's new products, newest first."""
     _scratch: threading.local = field(default_factory=threading.local, repr=False)
+    _category_masks: dict[str, np.ndarray] = field(default_factory=dict, repr=False)
 
     @classmethod
     def build(cls, shop: ShopView, interactions: Interactions) -> ProductIndex:
@@ -84,46 +86,31 @@ class ProductIndex:
         found = (self.position.get(i, -1) for i in item_ids)
         return np.array([p for p in found if p >= 0], dtype=np.int64)
 
-    def in_category(self, positions: np.ndarray, prefix: str) -> np.ndarray:
-        """Per position: does the product's category path start with ``prefix``? Asked only of
-        the categories among ``positions``, so the cost follows the candidates, not the catalog."""
-        codes, inverse = np.unique(self.category[positions], return_inverse=True)
-        matches = np.array([self.categories[c].startswith(prefix) for c in codes], dtype=bool)
-        return matches[inverse] if len(codes) else np.zeros(len(positions), dtype=bool)
+    def category_filter(self, prefix: str) -> np.ndarray:
+        """Per category code: does the path start with ``prefix``? Kept per prefix (a shop
+        filters by a few hundred at most), so a request does not walk the category list."""
+        found = self._category_masks.get(prefix)
+        if found is None:
+            if len(self._category_masks) >= 1024:  # bounded, whatever callers send
+                self._category_masks.clear()
+            found = np.array([c.startswith(prefix) for c in self.categories], dtype=bool)
+            self._category_masks[prefix] = found
+        return found
 
 
 @dataclass
 class Scratch:
-    """Per-product arrays for blending, in their initial state except where the last blend
-    wrote (``touched``), so that starting a blend costs what the previous one wrote, not the
-    catalog's size. 33 bytes per product for each thread that ranks (3.3 MB at 100k products):
-    a worker's request thread and its trigger thread."""
+    """Per-product work arrays for ``serving.kernels``: 33 bytes per product for each thread
+    that ranks (3.3 MB at 100k products), a worker's request thread and its trigger thread.
+    Each kernel leaves them as it found them."""
 
-    total: np.ndarray
-    """Sum of the sources' contributions."""
-    strongest: np.ndarray
-    """The largest single contribution."""
-    first: np.ndarray
-    """The first entry (in the order sources were added) that names the product."""
-    first_win: np.ndarray
-    """The first entry whose contribution is ``strongest``: it gives the reason."""
-    touched: np.ndarray
+    work: np.ndarray
+    """Products x (first entry, total, strongest contribution, its source), for blending."""
     blocked: np.ndarray
-    """All False between uses: set, read and unset by one rule check."""
-
-    UNSET: ClassVar[int] = np.iinfo(np.int64).max
+    """All False between uses: set, read and unset by the rules."""
 
     @classmethod
     def sized(cls, n: int) -> Scratch:
-        return cls(np.zeros(n), np.zeros(n), np.full(n, cls.UNSET), np.full(n, cls.UNSET),
-                   np.zeros(0, dtype=np.int64), np.zeros(n, dtype=bool))
-
-    def begin(self, positions: np.ndarray) -> Scratch:
-        """Undo what the last blend wrote, and note that this one writes at ``positions``."""
-        used = self.touched
-        self.total[used] = 0.0
-        self.strongest[used] = 0.0
-        self.first[used] = self.UNSET
-        self.first_win[used] = self.UNSET
-        self.touched = positions
-        return self
+        work = np.zeros((n, 4))
+        work[:, FIRST] = UNSET
+        return cls(work, np.zeros(n, dtype=bool))

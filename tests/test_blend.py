@@ -1,4 +1,5 @@
-"""Blending candidate sources: the vectorized ``Blend`` against the rule written out plainly."""
+"""Blending candidate sources and choosing what to show: the compiled passes (``Blend``,
+``choose_products``) against their rules written out plainly in Python."""
 
 from __future__ import annotations
 
@@ -8,8 +9,19 @@ import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from serving.pipeline import FOR_YOU, NEW, POPULAR, SIMILAR, SOURCE_WEIGHT, Blend
+from serving.pipeline import (
+    FOR_YOU,
+    NEW,
+    POPULAR,
+    SIMILAR,
+    SOURCE_WEIGHT,
+    Blend,
+    Filters,
+    RecommendRequest,
+    choose_products,
+)
 from serving.products import ProductIndex
+from serving.shop import Behaviour
 
 N_PRODUCTS = 12
 
@@ -32,12 +44,12 @@ def plainly(sources: list[tuple[str, list[int], list[float]]]) -> list[tuple[int
     strongest: dict[int, tuple[float, int]] = {}
     similar = 0
     for source, positions, scores in sources:
+        code = {"for_you": FOR_YOU, "new": NEW, "popular": POPULAR}.get(source)
+        if code is None:  # "similar to" the k-th anchor added
+            code, similar = SIMILAR + similar, similar + 1
         top = max([s for s in scores if math.isfinite(s)] + [0.0])
         if top <= 0:
             continue
-        code = {"for_you": FOR_YOU, "new": NEW, "popular": POPULAR}.get(source)
-        if code is None:
-            code, similar = SIMILAR + similar, similar + 1
         for position, score in zip(positions, scores, strict=True):
             if position < 0 or not (0 < score < math.inf):
                 continue
@@ -79,3 +91,79 @@ def test_blend_sums_sources_and_gives_the_strongest_reason(sources, reuse):
     assert positions.tolist() == [p for p, _, _ in expected]
     assert totals.tolist() == [t for _, t, _ in expected]
     assert reasons.tolist() == [r for _, _, r in expected]
+
+
+CATEGORIES = ("a/x", "a/y", "b/x", "b/y/z", "c")
+
+
+def shop_index(category: list[int], price: list[float], in_stock: list[bool],
+               repeatable: list[bool]) -> ProductIndex:
+    n = len(category)
+    tops = ("a", "b", "c")
+    return ProductIndex(
+        ids=np.array([f"p{i}" for i in range(n)], dtype=object),
+        position={f"p{i}": i for i in range(n)},
+        top=np.array([tops.index(CATEGORIES[c].split("/")[0]) for c in category], dtype=np.int32),
+        tops=tops, top_code={t: k for k, t in enumerate(tops)},
+        category=np.array(category, dtype=np.int32), categories=CATEGORIES,
+        price=np.array(price), in_stock=np.array(in_stock, dtype=bool),
+        repeatable=np.array(repeatable, dtype=bool), of_column=np.arange(n), popular={},
+        new=np.zeros(0, dtype=np.int64))
+
+
+def chosen_plainly(index: ProductIndex, totals: list[float], request: RecommendRequest,
+                   behaviour: Behaviour, n: int, max_share: float) -> list[int]:
+    """The rules and diversity one candidate at a time, over the whole list sorted best first."""
+    f, context = request.filters, request.context
+    never = set(request.exclude) | set(context.cart_items) | {context.current_item}
+    never |= {i for i in behaviour.purchased if not index.repeatable[index.position[i]]}
+
+    def allowed(p: int) -> bool:
+        price = index.price[p]
+        return ((not f.in_stock_only or bool(index.in_stock[p]))
+                and (f.min_price is None or price >= f.min_price)
+                and (f.max_price is None or price <= f.max_price)
+                and index.categories[index.category[p]].startswith(f.category or "")
+                and index.ids[p] not in never)
+
+    cap = max(1, math.ceil(max_share * n))
+    chosen, overflow, per_top = [], [], {}
+    for k in sorted(range(len(totals)), key=lambda k: -totals[k]):
+        if not allowed(k):  # candidate k is product k
+            continue
+        top = index.top[k]
+        if per_top.get(top, 0) < cap:
+            chosen.append(k)
+            per_top[top] = per_top.get(top, 0) + 1
+        else:
+            overflow.append(k)
+    return (chosen + overflow)[:n]
+
+
+products = st.integers(1, 80).flatmap(lambda n: st.tuples(
+    st.lists(st.integers(0, len(CATEGORIES) - 1), min_size=n, max_size=n),
+    st.lists(st.sampled_from([5.0, 10.0, 50.0, 99.5, 200.0, math.nan]), min_size=n, max_size=n),
+    st.lists(st.booleans(), min_size=n, max_size=n),
+    st.lists(st.booleans(), min_size=n, max_size=n),
+    st.lists(st.sampled_from([0.25, 0.5, 0.75, 1.0, 2.0]), min_size=n, max_size=n)))
+filters = st.builds(Filters, category=st.sampled_from([None, "", "a", "a/x", "b/", "c", "d"]),
+                    min_price=st.sampled_from([None, 0.0, 10.0, 50.0]),
+                    max_price=st.sampled_from([None, 50.0, 200.0]), in_stock_only=st.booleans())
+
+
+@settings(max_examples=300, deadline=None)
+@given(catalog=products, filters=filters, n=st.integers(1, 12),
+       max_share=st.sampled_from([0.1, 0.3, 0.5, 1.0]), ids=st.data())
+def test_choosing_applies_every_rule_then_caps_each_category(catalog, filters, n, max_share, ids):
+    """Whatever the catalog, filters and list size: what is shown passes every rule, best
+    first, no category over its share unless nothing else passes; only the best few
+    candidates are sorted, so this also covers falling back to the whole list."""
+    category, price, in_stock, repeatable, totals = catalog
+    index = shop_index(category, price, in_stock, repeatable)
+    some = st.lists(st.sampled_from(sorted(index.position)), max_size=4)
+    request = RecommendRequest(customer_id="c1", filters=filters, exclude=ids.draw(some),
+                               context={"cart_items": ids.draw(some)})
+    behaviour = Behaviour(purchased=set(ids.draw(some)))
+    positions = np.arange(len(totals))
+    chosen = choose_products(index, positions, np.array(totals), request, behaviour, n, max_share)
+    assert chosen.tolist() == chosen_plainly(index, totals, request, behaviour, n, max_share)

@@ -1,0 +1,136 @@
+"""The two per-request passes over product candidates, compiled: blending the sources, and
+choosing what to show (the rules, then no category over its share).
+
+Both are loops over a few hundred candidates. As numpy calls they were some twenty vectorized
+operations per request, each costing more in call overhead than in work (about 80 µs a
+request, a third of ranking); compiled, they cost a few microseconds. What they compute is
+stated in ``serving/pipeline.py`` (``Blend``, ``choose_products``) and held to a plain Python
+statement of it by property tests (``tests/test_blend.py``).
+
+Compiled on first use and cached next to this file (numba's cache): a worker compiles them
+while it loads its models (the smoke check ranks once), and later workers read the cache.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numba import njit
+
+UNSET = -1.0
+"""The first column of ``Scratch.work`` for a product no blend has reached."""
+FIRST, TOTAL, STRONGEST, WINNER = 0, 1, 2, 3
+"""Columns of ``Scratch.work``: one row per product, so one cache line per candidate."""
+
+
+@njit(cache=True, nogil=True)
+def blend(positions: np.ndarray, scores: np.ndarray, bounds: np.ndarray, weights: np.ndarray,
+          codes: np.ndarray, work: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Source ``s`` holds entries ``bounds[s]:bounds[s + 1]`` of ``positions`` and ``scores``;
+    it is scaled so that its best finite score gets ``weights[s]``, and skipped when that is
+    not positive. Returns each product once, in the order first reached, with its total and
+    the code of the source that gave it most (the first such on a tie).
+
+    ``work`` is per-product scratch whose FIRST column must be UNSET on entry; it is on return.
+    """
+    items = np.empty(len(positions), np.int64)
+    found = 0
+    for s in range(len(weights)):
+        top = 0.0
+        for e in range(bounds[s], bounds[s + 1]):
+            if top < scores[e] < np.inf:  # NaN compares false
+                top = scores[e]
+        if top <= 0.0:
+            continue
+        scale = weights[s] / top
+        for e in range(bounds[s], bounds[s + 1]):
+            p, value = positions[e], scores[e] * scale
+            if p < 0 or not 0.0 < value < np.inf:
+                continue
+            if work[p, FIRST] == UNSET:
+                work[p, FIRST] = found
+                work[p, TOTAL] = work[p, STRONGEST] = value
+                work[p, WINNER] = codes[s]
+                items[found] = p
+                found += 1
+            else:
+                work[p, TOTAL] += value
+                if value > work[p, STRONGEST]:
+                    work[p, STRONGEST], work[p, WINNER] = value, codes[s]
+    items = items[:found]
+    totals = np.empty(found)
+    reasons = np.empty(found, np.int64)
+    for k in range(found):
+        p = items[k]
+        totals[k], reasons[k] = work[p, TOTAL], int(work[p, WINNER])
+        work[p, FIRST] = UNSET
+    return items, totals, reasons
+
+
+@njit(cache=True, nogil=True)
+def best_first(totals: np.ndarray, at_least: int) -> np.ndarray:
+    """Indices of the ``at_least`` largest totals (more on a tie at the boundary, all when
+    there are fewer), largest first, ties in index order: only these are sorted."""
+    if at_least < len(totals):
+        threshold = np.partition(-totals, at_least - 1)[at_least - 1]
+        head = np.flatnonzero(-totals <= threshold)
+    else:
+        head = np.arange(len(totals))
+    return head[np.argsort(-totals[head], kind="mergesort")]
+
+
+@njit(cache=True, nogil=True)
+def choose(items: np.ndarray, totals: np.ndarray, n: int, cap: int, top: np.ndarray,
+           n_tops: int, in_stock_only: bool, in_stock: np.ndarray, price_filter: bool,
+           price: np.ndarray, min_price: float, max_price: float, category: np.ndarray,
+           category_ok: np.ndarray, blocked: np.ndarray, blocked_mask: np.ndarray) -> np.ndarray:
+    """Indices into ``items`` of the ``n`` to show, in order: best total first (ties in index
+    order), only those that pass the rules, and no top-level category more than ``cap`` times
+    unless nothing else passes (then the best of the rest fill the list).
+
+    A product passes if it is in stock (when asked), priced within [min_price, max_price]
+    (when asked; no price fails), in a category ``category_ok`` allows and not ``blocked``.
+    Only the best few are sorted; the rest only when those do not fill the list.
+    ``blocked_mask`` is per-product scratch, all False on entry and on return.
+    """
+    for p in blocked:
+        blocked_mask[p] = True
+    head = best_first(totals, 4 * n + 16)
+    picked, filled = _walk(items, head, n, cap, top, n_tops, in_stock_only, in_stock,
+                           price_filter, price, min_price, max_price, category, category_ok,
+                           blocked_mask)
+    if not filled and len(head) < len(items):  # the head ran short: walk everything
+        picked, filled = _walk(items, best_first(totals, len(items)), n, cap, top, n_tops,
+                               in_stock_only, in_stock, price_filter, price, min_price,
+                               max_price, category, category_ok, blocked_mask)
+    for p in blocked:
+        blocked_mask[p] = False
+    return picked
+
+
+@njit(cache=True, nogil=True)
+def _walk(items, order, n, cap, top, n_tops, in_stock_only, in_stock, price_filter, price,
+          min_price, max_price, category, category_ok, blocked_mask) -> tuple[np.ndarray, bool]:
+    """``choose`` over the candidates in ``order``, and whether the list filled with candidates
+    within their category's share: only then can no candidate after ``order`` change it."""
+    chosen = np.empty(n, np.int64)
+    overflow = np.empty(n, np.int64)
+    per_top = np.zeros(n_tops, np.int64)
+    taken = spare = 0
+    for k in order:
+        p = items[k]
+        if blocked_mask[p] or not category_ok[category[p]]:
+            continue
+        if in_stock_only and not in_stock[p]:
+            continue
+        if price_filter and not min_price <= price[p] <= max_price:
+            continue
+        if per_top[top[p]] < cap:
+            per_top[top[p]] += 1
+            chosen[taken] = k
+            taken += 1
+            if taken == n:
+                return chosen, True
+        elif spare < n:
+            overflow[spare] = k
+            spare += 1
+    return np.concatenate((chosen[:taken], overflow[:min(n - taken, spare)])), False
