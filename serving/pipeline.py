@@ -85,7 +85,7 @@ class RecommendRequest(BaseModel):
                                description="Item ids never to return.")
 
 
-@dataclass
+@dataclass(slots=True)
 class Candidate:
     item_id: str
     score: float
@@ -208,8 +208,10 @@ def _apply_contact_policy(state: ServingState, request: RecommendRequest, live: 
 
 
 def _entry(item: Item, candidate: Candidate) -> dict:
+    """Scores to six places: ``round(x * 1e6) / 1e6`` rather than ``round(x, 6)``, which
+    costs six times as much (a third of writing the answer)."""
     return {"item_id": item.item_id, "title": item.title, "category": item.category,
-            "score": round(candidate.score, 6), "reason": candidate.reason}
+            "score": round(candidate.score * 1e6) / 1e6, "reason": candidate.reason}
 
 
 # ---------------------------------------------------------------------------- products
@@ -255,6 +257,7 @@ class Blend:
         self.anchors: list[str] = []
         self._positions: list[np.ndarray] = []
         self._scores: list[np.ndarray] = []
+        self._bounds: list[int] = [0]
         self._weights: list[float] = []
         self._codes: list[int] = []
 
@@ -267,18 +270,19 @@ class Blend:
             self.anchors.append(anchor or "")
         self._positions.append(positions)
         self._scores.append(scores)
+        self._bounds.append(self._bounds[-1] + len(positions))
         self._weights.append(SOURCE_WEIGHT[source])
         self._codes.append(code)
 
     def blended(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(positions, summed scores, reason codes), one entry per item, in the order first
         added: ``choose_products`` ranks only as far as the answer needs."""
-        bounds = np.cumsum([0, *map(len, self._positions)])
-        if bounds[-1] == 0:
+        if self._bounds[-1] == 0:
             empty = np.zeros(0, dtype=np.int64)
             return empty, np.zeros(0), empty
         return kernels.blend(np.concatenate(self._positions, dtype=np.int64),
-                             np.concatenate(self._scores, dtype=np.float64), bounds,
+                             np.concatenate(self._scores, dtype=np.float64),
+                             np.array(self._bounds, dtype=np.int64),
                              np.array(self._weights), np.array(self._codes, dtype=np.int64),
                              self.index.scratch().work)
 
@@ -407,12 +411,13 @@ def _similar_positions(state: ServingState, anchor: str, n: int = 30
 
 def _liked_categories(shop: ShopView, behaviour: Behaviour) -> Counter:
     """Top-level categories of the products the customer bought or viewed, by share."""
-    found = map(shop.items.get, chain(behaviour.purchased, behaviour.recent_views))
-    liked = Counter(item.top for item in found if item is not None and item.kind == PRODUCT)
-    total = liked.total() or 1
-    for top in liked:
-        liked[top] /= total
-    return liked
+    counts: dict[str, int] = {}
+    for item_id in chain(behaviour.purchased, behaviour.recent_views):
+        item = shop.items.get(item_id)
+        if item is not None and item.kind == PRODUCT:
+            counts[item.top] = counts.get(item.top, 0) + 1
+    total = sum(counts.values()) or 1
+    return Counter({top: count / total for top, count in counts.items()})
 
 
 def _new_in_liked_categories(index: ProductIndex, liked: Counter

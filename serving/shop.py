@@ -23,7 +23,7 @@ POPULAR_KEEP = 300
 NEW_ITEM_DAYS = 30
 
 
-@dataclass
+@dataclass(slots=True)
 class Item:
     item_id: str
     kind: str
@@ -43,7 +43,7 @@ class Item:
     redemption_limit: int | None = None
 
 
-@dataclass
+@dataclass(slots=True)
 class Behaviour:
     purchased: set[str] = field(default_factory=set)
     recent_views: list[str] = field(default_factory=list)  # newest first

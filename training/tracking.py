@@ -86,9 +86,11 @@ class Bundle:
         table = self.top_items
         if table is None or row < 0 or table[0].shape[1] < min(n, self.model.n_items_):
             return None
-        columns = table[0][row, :n]
+        columns, scores = table[0][row, :n], table[1][row, :n]
+        if not len(columns) or columns[-1] >= 0:  # a full row: no padding to drop
+            return columns, scores
         found = columns >= 0  # the padding of a customer with fewer scorable items
-        return columns[found], table[1][row, :n][found]
+        return columns[found], scores[found]
 
     def recommend_ids(self, customer_id: str, n: int = 10) -> pd.DataFrame:
         """Ranked items for one customer: the model for known ones, popularity otherwise."""
