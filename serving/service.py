@@ -215,14 +215,15 @@ class NextBest:
         return self.state is not None
 
     # ------------------------------------------------------------------ endpoints
-    @bentoml.api(input_spec=RecommendRequest)
-    def recommend(self, **request: Any) -> dict:
+    @bentoml.api
+    def recommend(self, request: RecommendRequest, /) -> dict:
         """Ranked products, content and offers for one customer, with a reason for each item,
         a recommendation_id to attribute clicks and purchases, and the model versions used.
 
-        In Python, call ``answer`` for the dict.
+        The request is the whole body, validated once by BentoML. In Python, call ``answer``
+        for the dict.
         """
-        return json_answer(lambda: self.answer(RecommendRequest(**request)))
+        return json_answer(lambda: self.answer(request))
 
     def answer(self, request: RecommendRequest) -> dict:
         """What ``recommend`` answers, as a dict: read the customer's live state, then rank."""
