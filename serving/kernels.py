@@ -7,14 +7,27 @@ request, a third of ranking); compiled, they cost a few microseconds. What they 
 stated in ``serving/pipeline.py`` (``Blend``, ``choose_products``) and held to a plain Python
 statement of it by property tests (``tests/test_blend.py``).
 
-Compiled on first use and cached next to this file (numba's cache): a worker compiles them
-while it loads its models (the smoke check ranks once), and later workers read the cache.
+Compiled on first use and cached on disk (numba's cache: next to this file, or in the user's
+cache directory): a worker compiles them while it loads its models (the smoke check ranks
+once; about 8 s on two cores), and later workers read the cache (0.25 s). Where numba can
+write nowhere (a read-only container), each worker compiles them afresh at start instead.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 from numba import njit
+
+
+def compiled(function: Callable) -> Callable:
+    """``function`` compiled, cached on disk where numba finds somewhere to write."""
+    try:
+        return njit(cache=True, nogil=True)(function)
+    except RuntimeError:  # "cannot cache function ...: no locator available"
+        return njit(nogil=True)(function)
+
 
 UNSET = -1.0
 """The first column of ``Scratch.work`` for a product no blend has reached."""
@@ -22,7 +35,7 @@ FIRST, TOTAL, STRONGEST, WINNER = 0, 1, 2, 3
 """Columns of ``Scratch.work``: one row per product, so one cache line per candidate."""
 
 
-@njit(cache=True, nogil=True)
+@compiled
 def blend(positions: np.ndarray, scores: np.ndarray, bounds: np.ndarray, weights: np.ndarray,
           codes: np.ndarray, work: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Source ``s`` holds entries ``bounds[s]:bounds[s + 1]`` of ``positions`` and ``scores``;
@@ -66,7 +79,7 @@ def blend(positions: np.ndarray, scores: np.ndarray, bounds: np.ndarray, weights
     return items, totals, reasons
 
 
-@njit(cache=True, nogil=True)
+@compiled
 def best_first(totals: np.ndarray, at_least: int) -> np.ndarray:
     """Indices of the ``at_least`` largest totals (more on a tie at the boundary, all when
     there are fewer), largest first, ties in index order: only these are sorted."""
@@ -78,7 +91,7 @@ def best_first(totals: np.ndarray, at_least: int) -> np.ndarray:
     return head[np.argsort(-totals[head], kind="mergesort")]
 
 
-@njit(cache=True, nogil=True)
+@compiled
 def choose(items: np.ndarray, totals: np.ndarray, n: int, cap: int, top: np.ndarray,
            n_tops: int, in_stock_only: bool, in_stock: np.ndarray, price_filter: bool,
            price: np.ndarray, min_price: float, max_price: float, category: np.ndarray,
@@ -107,7 +120,7 @@ def choose(items: np.ndarray, totals: np.ndarray, n: int, cap: int, top: np.ndar
     return picked
 
 
-@njit(cache=True, nogil=True)
+@compiled
 def _walk(items, order, n, cap, top, n_tops, in_stock_only, in_stock, price_filter, price,
           min_price, max_price, category, category_ok, blocked_mask) -> tuple[np.ndarray, bool]:
     """``choose`` over the candidates in ``order``, and whether the list filled with candidates

@@ -4,6 +4,10 @@
 from __future__ import annotations
 
 import math
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 from hypothesis import given, settings
@@ -167,3 +171,15 @@ def test_choosing_applies_every_rule_then_caps_each_category(catalog, filters, n
     positions = np.arange(len(totals))
     chosen = choose_products(index, positions, np.array(totals), request, behaviour, n, max_share)
     assert chosen.tolist() == chosen_plainly(index, totals, request, behaviour, n, max_share)
+
+
+def test_the_compiled_passes_still_load_where_numba_can_cache_nowhere():
+    """A read-only container: no locator for numba's on-disk cache (simulated by allowing only
+    the IPython locator, which finds nothing outside IPython). Compiled per process instead."""
+    probe = ("import numpy as np; from serving import kernels; "
+             "print(kernels.best_first(np.array([1.0, 3.0, 2.0]), 2).tolist())")
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
+                          cwd=Path(__file__).resolve().parents[1], timeout=300,
+                          env={**os.environ, "NUMBA_CACHE_LOCATOR_CLASSES": "_IPythonCacheLocator"})
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip() == "[1, 2]"
