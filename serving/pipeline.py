@@ -247,7 +247,7 @@ class Blend:
     one added, on a tie). Best first; items with equal scores keep the order they were first
     added in.
 
-    Sources are only collected as they are added; ``ranked`` then blends them all in one
+    Sources are only collected as they are added; ``blended`` then blends them all in one
     compiled pass (``serving.kernels.blend``) over per-product arrays that every request on a
     thread reuses (``ProductIndex.scratch``).
     """
@@ -285,12 +285,6 @@ class Blend:
                              np.array(self._bounds, dtype=np.int64),
                              np.array(self._weights), np.array(self._codes, dtype=np.int64),
                              self.index.scratch().work)
-
-    def ranked(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """``blended``, best first (ties in the order first added)."""
-        positions, totals, codes = self.blended()
-        order = np.argsort(-totals, kind="stable")
-        return positions[order], totals[order], codes[order]
 
     def reason(self, code: int, position: int) -> str:
         if code == FOR_YOU:

@@ -82,7 +82,7 @@ def test_blend_sums_sources_and_gives_the_strongest_reason(sources, reuse):
     if reuse:  # leave the thread's arrays as a previous request would
         earlier = Blend(idx)
         earlier.add("popular", np.arange(N_PRODUCTS), np.linspace(1, 2, N_PRODUCTS))
-        earlier.ranked()
+        earlier.blended()
     blend = Blend(idx)
     plain = []
     for name, entries in sources:
@@ -90,7 +90,9 @@ def test_blend_sums_sources_and_gives_the_strongest_reason(sources, reuse):
         scores = np.array([s for _, s in entries], dtype=np.float64)
         blend.add(name, positions, scores, anchor="anchor")
         plain.append((name, positions.tolist(), scores.tolist()))
-    positions, totals, reasons = blend.ranked()
+    positions, totals, reasons = blend.blended()
+    best_first = np.argsort(-totals, kind="stable")  # ties: the order first added
+    positions, totals, reasons = positions[best_first], totals[best_first], reasons[best_first]
     expected = plainly(plain)
     assert positions.tolist() == [p for p, _, _ in expected]
     assert totals.tolist() == [t for _, t, _ in expected]
