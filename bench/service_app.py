@@ -31,7 +31,7 @@ from features.policy import DEFAULT_POLICY, load_policy
 from features.settings import Settings
 from serving.models import LoadedModels
 from serving.pipeline import ContentIndex, RecommendRequest, ServingState, recommend
-from serving.service import json_response, neighbour_table, share_blas_threads
+from serving.service import json_response, neighbour_table, share_blas_threads, smoke_check
 from serving.shop import Behaviour, Item, ShopView
 from training.interactions import Interactions
 from training.recommenders import make_recommender
@@ -141,6 +141,7 @@ class BenchService:
         self.online.ingest(fresh_events(int(os.environ.get("NB_ITEMS", 100_000)),
                                         int(os.environ.get("NB_FRESH_CUSTOMERS", 0))))
         self.policy = load_policy(DEFAULT_POLICY)
+        smoke_check(self.state)  # as the service does before serving a state
         gc.freeze()  # as the service does after loading
         if os.environ.get("NB_READY_DIR"):  # the benchmark waits for every worker, not the first
             (Path(os.environ["NB_READY_DIR"]) / str(os.getpid())).touch()

@@ -171,10 +171,17 @@ def share_blas_threads(workers: int | str) -> int:
 
 
 def smoke_check(state: ServingState) -> None:
-    """A model that cannot answer a known and an unknown customer is never swapped in."""
-    known = next(iter(state.models.recommender.interactions.user_ids), "smoke-unknown")
-    for customer in (str(known), "smoke-unknown"):
-        answer = recommend(state, RecommendRequest(customer_id=customer), state.shop.as_of)
+    """A model that cannot answer a known customer, an unknown one and one with events newer
+    than the model is never swapped in. It also builds what a request would otherwise build
+    first (the product arrays, the item scan, the compiled loops)."""
+    interactions = state.models.recommender.interactions
+    known = next(iter(interactions.user_ids), "smoke-unknown")
+    viewed = next(iter(interactions.item_ids), None)
+    fresh = CustomerState("smoke-fresh", views=[(str(viewed), 0.0)] if viewed is not None else [],
+                          last_event=0.0)
+    for customer, live in ((str(known), None), ("smoke-unknown", None), ("smoke-fresh", fresh)):
+        answer = recommend(state, RecommendRequest(customer_id=customer), state.shop.as_of,
+                           live=live)
         if not answer["products"]:
             raise RuntimeError(f"smoke check failed: no products for customer {customer}")
 
