@@ -147,17 +147,3 @@ def _walk(items, order, n, cap, top, n_tops, in_stock_only, in_stock, price_filt
             overflow[spare] = k
             spare += 1
     return np.concatenate((chosen[:taken], overflow[:min(n - taken, spare)])), False
-
-
-@compiled
-def int8_scores(codes: np.ndarray, query: np.ndarray) -> np.ndarray:
-    """Each row of 8-bit ``codes`` times the coded ``query``, exactly, in 32-bit integers (a
-    row of 64 factors sums to at most 64 x 127 x 127). Reads a quarter of the bytes that float32
-    vectors take: scoring a catalog is bound by memory, not arithmetic (see serving/item_scan.py)."""
-    scores = np.empty(codes.shape[0], np.int32)
-    for i in range(codes.shape[0]):
-        total = np.int32(0)
-        for j in range(codes.shape[1]):
-            total += np.int32(codes[i, j]) * np.int32(query[j])
-        scores[i] = total
-    return scores

@@ -35,7 +35,6 @@ from features.contracts import CONTACT_CHANNELS, Channel, EventType, ItemKind
 from features.online.state import CustomerState
 from features.policy import ContactPolicy, contact_verdict, recently_shown
 from serving import kernels
-from serving.item_scan import ItemScan
 from serving.models import LoadedModels
 from serving.offers import OfferScorer
 from serving.products import ProductIndex
@@ -111,13 +110,6 @@ class ServingState:
     def products(self) -> ProductIndex:
         """The catalog's products as arrays; built on first use (the smoke check, at load)."""
         return ProductIndex.build(self.shop, self.models.recommender.interactions)
-
-    @cached_property
-    def scan(self) -> ItemScan | None:
-        """Exact top-N over the recommender's item vectors for customers scored live, when it
-        scores by inner product with a customer vector (ALS); built at the smoke check."""
-        vectors = self.models.recommender.model.scoring_vectors()
-        return None if vectors is None else ItemScan.build(vectors)
 
 
 class ContentIndex:
@@ -317,8 +309,9 @@ def product_candidates(state: ServingState, request: RecommendRequest, behaviour
     if row >= 0 or fresh:
         found = None if fresh else bundle.precomputed(row, CANDIDATES)
         if found is None:  # history fresher than the model, or no table: score the catalog
-            found = _score_catalog(state, row, _history_row(interactions.matrix, row, fresh),
-                                   bool(fresh))
+            found = bundle.model.recommend(row, _history_row(interactions.matrix, row, fresh),
+                                           N=CANDIDATES, filter_already_liked_items=False,
+                                           recalculate_user=bool(fresh))
         blend.add("for_you", index.of_column[found[0]], found[1])
     for anchor, verb in _anchors(request, behaviour):
         title = shop.items[anchor].title if anchor in shop.items else anchor
@@ -328,18 +321,6 @@ def product_candidates(state: ServingState, request: RecommendRequest, behaviour
     segment = shop.segments.get(request.customer_id, "*")
     blend.add("popular", *_popular_for(index, segment, request.channel.value))
     return blend
-
-
-def _score_catalog(state: ServingState, row: int, history: sp.csr_matrix, recalculate: bool
-                   ) -> tuple[np.ndarray, np.ndarray]:
-    """The recommender's top columns and scores for one customer: by the item scan when the
-    model has one (the same answer, reading a quarter of the bytes), else by the model."""
-    model = state.models.recommender.model
-    if state.scan is not None:
-        vector = model.user_vectors(np.array([row]), history, recalculate_user=recalculate)[0]
-        return state.scan.top(vector, CANDIDATES)
-    return model.recommend(row, history, N=CANDIDATES, filter_already_liked_items=False,
-                           recalculate_user=recalculate)
 
 
 def _fresh_weights(interactions, row: int, live: CustomerState | None) -> dict[int, float]:

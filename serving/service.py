@@ -173,7 +173,7 @@ def share_blas_threads(workers: int | str) -> int:
 def smoke_check(state: ServingState) -> None:
     """A model that cannot answer a known customer, an unknown one and one with events newer
     than the model is never swapped in. It also builds what a request would otherwise build
-    first (the product arrays, the item scan, the compiled loops)."""
+    first (the product arrays, the compiled loops)."""
     interactions = state.models.recommender.interactions
     known = next(iter(interactions.user_ids), "smoke-unknown")
     viewed = next(iter(interactions.item_ids), None)

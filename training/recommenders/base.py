@@ -216,12 +216,6 @@ class Recommender(ABC):
             self._unit_vectors = cached
         return cached
 
-    def scoring_vectors(self) -> np.ndarray | None:
-        """Item vectors whose inner products with the customer's vector (``user_vectors``) are
-        this model's scores, for models that score that way (None for the others): the service
-        searches them itself for customers it scores live (serving/item_scan.py)."""
-        return None
-
     @abstractmethod
     def _item_vectors(self) -> np.ndarray | sp.csr_matrix:
         """One row per item, compared by cosine in ``similar_items``."""

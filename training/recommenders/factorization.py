@@ -76,9 +76,6 @@ class ALSRecommender(Recommender):
     def _item_vectors(self) -> np.ndarray:
         return self.model_.item_factors
 
-    def scoring_vectors(self) -> np.ndarray:
-        return self.model_.item_factors
-
     def _arrays(self) -> dict[str, np.ndarray]:
         return {"user_factors": self.model_.user_factors, "item_factors": self.model_.item_factors}
 
