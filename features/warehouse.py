@@ -13,6 +13,16 @@ previous state readable. Appends are idempotent by ``event_id`` (events already 
 skipped), and a lock file keeps two writers from racing each other. Items and customers are
 small next to events; an upsert rewrites the whole file the same atomic way.
 
+Compaction: the service appends a part every flush (a minute by default), which would be
+half a million files a year, each opened by every read. So after each append, parts of about
+the same size are merged, ``FAN_IN`` at a time (size-tiered, as log-structured stores do):
+the parts stay a few dozen, and an event is rewritten about once per eightfold growth. A
+merge writes the new part, then a journal naming it and the parts it replaces, then renames
+the new part into view, deletes the old ones, and deletes the journal. A reader that lists the new part
+while the journal is there leaves out the old ones; one that lists a part deleted before it
+was read lists again. A crash at any step leaves every event readable exactly once, and the
+next write finishes or discards the merge.
+
 DuckDB queries the files in place (:meth:`Warehouse.query`); pandas reads them for training.
 """
 
@@ -21,6 +31,8 @@ from __future__ import annotations
 import fcntl
 import functools
 import hashlib
+import json
+import math
 import os
 import uuid
 from collections.abc import Iterator, Sequence
@@ -47,6 +59,14 @@ from features.contracts import (
 )
 from features.loading import OnError, load_table
 from features.validation import ValidationReport
+
+FAN_IN = 8
+"""Event parts of about the same size (a tier: rows within a factor of ``FAN_IN``) merged at a
+time."""
+LARGE_PART_ROWS = 4_000_000
+"""Parts with this many events are left as they are."""
+JOURNAL = ".compaction.json"
+READ_ATTEMPTS = 5
 
 
 @dataclass(frozen=True)
@@ -82,7 +102,14 @@ class Warehouse:
                 self._write_atomically(
                     fresh, self.events_dir / f"part-{stamp}-{uuid.uuid4().hex[:8]}.parquet"
                 )
+                self._compact()
         return WriteResult("events", fresh.num_rows, batch.num_rows - fresh.num_rows)
+
+    def compact(self) -> int:
+        """Merge event parts of about the same size (appends do this themselves); return how
+        many parts the merges removed."""
+        with self._locked():
+            return self._compact()
 
     def upsert(self, table: str, rows: pd.DataFrame) -> WriteResult:
         """Insert or replace items or customers by their key; the newest row for a key wins."""
@@ -146,26 +173,34 @@ class Warehouse:
 
         ``end`` is exclusive so that "everything known before the cutoff" is ``end=cutoff``.
         """
-        dataset = self._events_dataset()
-        if dataset is None:
-            empty = arrow_schema(EVENTS).empty_table().to_pandas()
-            return empty[list(columns)] if columns else empty
         condition = None
         for part in _event_filters(start, end, customer_ids):
             condition = part if condition is None else condition & part
-        table = dataset.to_table(columns=list(columns) if columns else None, filter=condition)
-        return table.to_pandas()
+
+        def read() -> pd.DataFrame:
+            dataset = self._events_dataset()
+            if dataset is None:
+                empty = arrow_schema(EVENTS).empty_table().to_pandas()
+                return empty[list(columns)] if columns else empty
+            return dataset.to_table(columns=list(columns) if columns else None,
+                                    filter=condition).to_pandas()
+
+        return _listing_again(read)
 
     def query(self, sql: str) -> pd.DataFrame:
         """Run DuckDB SQL over views named ``events``, ``items`` and ``customers``."""
-        with duckdb.connect() as connection:
-            for name, contract in CONTRACTS.items():
-                connection.register(name, self._arrow_view(contract))
-            return _plain_numbers(connection.sql(sql).to_arrow_table()).to_pandas()
+        def read() -> pd.DataFrame:
+            with duckdb.connect() as connection:
+                for name, contract in CONTRACTS.items():
+                    connection.register(name, self._arrow_view(contract))
+                return _plain_numbers(connection.sql(sql).to_arrow_table()).to_pandas()
+
+        return _listing_again(read)
 
     def counts(self) -> dict[str, int]:
         """Rows stored per table, read from Parquet metadata (cheap at any size)."""
-        counts = {"events": sum(pq.ParquetFile(p).metadata.num_rows for p in self._parts())}
+        counts = {"events": _listing_again(
+            lambda: sum(pq.ParquetFile(p).metadata.num_rows for p in self._parts()))}
         for contract in (ITEMS, CUSTOMERS):
             path = self._table_path(contract)
             counts[contract.name] = pq.ParquetFile(path).metadata.num_rows if path.exists() else 0
@@ -173,17 +208,87 @@ class Warehouse:
 
     def fingerprint(self) -> str:
         """A short hash that changes whenever any stored table changes (for model lineage)."""
-        digest = hashlib.sha256()
-        files = [*self._parts(), self._table_path(ITEMS), self._table_path(CUSTOMERS)]
-        for path in files:
-            if path.exists():
-                stat = path.stat()
-                digest.update(f"{path.name}:{stat.st_size}:{stat.st_mtime_ns}".encode())
-        return digest.hexdigest()[:16]
+        def read() -> str:
+            digest = hashlib.sha256()
+            files = [*self._parts(), self._table_path(ITEMS), self._table_path(CUSTOMERS)]
+            for path in files:
+                if path.exists():
+                    stat = path.stat()
+                    digest.update(f"{path.name}:{stat.st_size}:{stat.st_mtime_ns}".encode())
+            return digest.hexdigest()[:16]
+
+        return _listing_again(read)
 
     # ------------------------------------------------------------------ internals
     def _parts(self) -> list[Path]:
-        return sorted(self.events_dir.glob("part-*.parquet")) if self.events_dir.exists() else []
+        """The event parts to read: listed first, then the journal read, so that a merge's new
+        part is never counted with the parts it replaces."""
+        if not self.events_dir.exists():
+            return []
+        parts = sorted(self.events_dir.glob("part-*.parquet"))
+        journal = self._journal()
+        if journal is not None and journal["target"] in {p.name for p in parts}:
+            replaced = set(journal["sources"])
+            parts = [p for p in parts if p.name not in replaced]
+        return parts
+
+    # ------------------------------------------------------------------ compaction
+    def _compact(self) -> int:
+        """Merge tier by tier until no tier holds ``FAN_IN`` parts (under the lock)."""
+        self._finish_merge()
+        removed = 0
+        while group := self._mergeable():
+            self._merge(group)
+            removed += len(group) - 1
+        return removed
+
+    def _mergeable(self) -> list[Path]:
+        """The oldest ``FAN_IN`` parts of the smallest tier that has that many."""
+        tiers: dict[int, list[Path]] = {}
+        for part in self._parts():
+            rows = pq.ParquetFile(part).metadata.num_rows
+            if rows < LARGE_PART_ROWS:
+                tiers.setdefault(int(math.log(max(rows, 1), FAN_IN)), []).append(part)
+        for tier in sorted(tiers):
+            if len(tiers[tier]) >= FAN_IN:
+                return tiers[tier][:FAN_IN]
+        return []
+
+    def _merge(self, sources: list[Path]) -> None:
+        table = pa.concat_tables([pq.read_table(p, schema=arrow_schema(EVENTS)) for p in sources])
+        stamp = sources[0].name.split("-")[1]  # the new part sorts where the oldest one did
+        target = self.events_dir / f"part-{stamp}-{uuid.uuid4().hex[:8]}.parquet"
+        temporary = self._write_unseen(table.sort_by([("timestamp", "ascending")]))
+        self._write_journal({"target": target.name, "sources": [p.name for p in sources]})
+        os.replace(temporary, target)
+        self._finish_merge()
+
+    def _finish_merge(self) -> None:
+        """Complete a merge the journal names (its new part is in view: delete the parts it
+        replaces), or discard it (its new part never came into view)."""
+        journal = self._journal()
+        if journal is None:
+            return
+        if (self.events_dir / journal["target"]).exists():
+            for name in journal["sources"]:
+                (self.events_dir / name).unlink(missing_ok=True)
+        (self.events_dir / JOURNAL).unlink()
+        for leftover in self.events_dir.glob(".tmp-*.parquet"):
+            leftover.unlink(missing_ok=True)
+
+    def _journal(self) -> dict | None:
+        try:
+            return json.loads((self.events_dir / JOURNAL).read_text())
+        except FileNotFoundError:
+            return None
+
+    def _write_journal(self, entry: dict) -> None:
+        temporary = self.events_dir / f".journal-{uuid.uuid4().hex}"
+        with open(temporary, "w") as handle:
+            json.dump(entry, handle)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(temporary, self.events_dir / JOURNAL)
 
     def _events_dataset(self) -> ds.Dataset | None:
         parts = self._parts()
@@ -221,14 +326,23 @@ class Warehouse:
 
     def _write_atomically(self, table: pa.Table, target: Path) -> None:
         target.parent.mkdir(parents=True, exist_ok=True)
-        temporary = target.parent / f".tmp-{uuid.uuid4().hex}.parquet"
+        temporary = self._write_unseen(table, target.parent)
+        try:
+            os.replace(temporary, target)
+        finally:
+            temporary.unlink(missing_ok=True)
+
+    def _write_unseen(self, table: pa.Table, directory: Path | None = None) -> Path:
+        """``table`` on disk (fsynced) under a name no reader lists."""
+        temporary = (directory or self.events_dir) / f".tmp-{uuid.uuid4().hex}.parquet"
         try:
             pq.write_table(table, temporary, compression="zstd")
             with open(temporary, "rb") as handle:
                 os.fsync(handle.fileno())
-            os.replace(temporary, target)
-        finally:
+        except BaseException:
             temporary.unlink(missing_ok=True)
+            raise
+        return temporary
 
     @contextmanager
     def _locked(self) -> Iterator[None]:
@@ -239,6 +353,18 @@ class Warehouse:
                 yield
             finally:
                 fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def _listing_again(read):
+    """``read()``, listed and read again if a merge deleted a part it had listed (readers take
+    no lock, so that a long training read never holds up the service's appends)."""
+    for attempt in range(READ_ATTEMPTS):
+        try:
+            return read()
+        except FileNotFoundError:
+            if attempt == READ_ATTEMPTS - 1:
+                raise
+    raise AssertionError("unreachable")
 
 
 def _plain_numbers(table: pa.Table) -> pa.Table:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import multiprocessing
+import os
+import threading
 from pathlib import Path
 
 import pandas as pd
@@ -10,7 +12,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from features.loading import DataFileError
-from features.warehouse import Warehouse
+from features.warehouse import FAN_IN, JOURNAL, Warehouse
 
 
 def test_appending_the_same_events_twice_stores_them_once(warehouse, tiny_shop):
@@ -156,3 +158,99 @@ def test_sql_sums_come_back_as_numbers_not_objects(stored_shop):
     result = stored_shop.query("select customer_id, count_if(event_type = 'purchase') as n, "
                                "sum(quantity) as units from events group by 1")
     assert str(result["n"].dtype) == "int64" and str(result["units"].dtype) == "int64"
+
+
+# ---------------------------------------------------------------------------- compaction
+def stored_ids(warehouse: Warehouse) -> list[str]:
+    return sorted(warehouse.events(columns=["event_id"])["event_id"])
+
+
+def append_in_batches(warehouse: Warehouse, events: pd.DataFrame, batches: int) -> None:
+    for chunk in range(batches):
+        warehouse.append_events(events.iloc[chunk::batches])
+
+
+def test_many_small_appends_leave_few_parts_and_every_event_once(warehouse, tiny_shop):
+    """As the service's flush does: a part per append, merged eight at a time by size tier."""
+    append_in_batches(warehouse, tiny_shop.events, 100)
+    parts = list(warehouse.events_dir.glob("part-*.parquet"))
+    assert len(parts) < FAN_IN * 3  # a hundred appends, two tiers at most here
+    assert stored_ids(warehouse) == sorted(tiny_shop.events["event_id"])
+    assert warehouse.append_events(tiny_shop.events).added == 0  # still deduplicated
+
+
+def test_events_read_the_same_before_and_after_a_merge(warehouse, tiny_shop, monkeypatch):
+    monkeypatch.setattr("features.warehouse.FAN_IN", 10**9)  # no merge while appending
+    append_in_batches(warehouse, tiny_shop.events, 20)
+    before = warehouse.events().sort_values("event_id").reset_index(drop=True)
+    monkeypatch.setattr("features.warehouse.FAN_IN", 4)
+    assert warehouse.compact() > 0
+    after = warehouse.events().sort_values("event_id").reset_index(drop=True)
+    pd.testing.assert_frame_equal(after, before)
+    assert len(list(warehouse.events_dir.glob("part-*.parquet"))) < 20
+
+
+@pytest.mark.parametrize("crash_after", ["journal", "rename", "deleting one part"])
+def test_a_crash_during_a_merge_leaves_every_event_readable_once(warehouse, tiny_shop,
+                                                                 monkeypatch, crash_after):
+    monkeypatch.setattr("features.warehouse.FAN_IN", 10**9)
+    append_in_batches(warehouse, tiny_shop.events, 6)
+    monkeypatch.setattr("features.warehouse.FAN_IN", 3)
+    expected = sorted(tiny_shop.events["event_id"])
+
+    class Crash(Exception):
+        pass
+
+    real_replace, real_unlink = os.replace, Path.unlink
+
+    def replace(source, target):
+        real_replace(source, target)
+        if crash_after == "rename" and Path(target).name.startswith("part-"):
+            raise Crash
+        if crash_after == "journal" and Path(target).name == JOURNAL:
+            raise Crash
+
+    def unlink(path, missing_ok=False):
+        real_unlink(path, missing_ok=missing_ok)
+        if crash_after == "deleting one part" and path.name.startswith("part-"):
+            raise Crash
+
+    monkeypatch.setattr("features.warehouse.os.replace", replace)
+    monkeypatch.setattr(Path, "unlink", unlink)
+    with pytest.raises(Crash):
+        warehouse.compact()
+    monkeypatch.setattr("features.warehouse.os.replace", real_replace)
+    monkeypatch.setattr(Path, "unlink", real_unlink)
+    assert stored_ids(warehouse) == expected  # read as the crash left it
+    assert warehouse.counts()["events"] == len(expected)
+    warehouse.compact()  # the next write finishes or discards the merge
+    assert stored_ids(warehouse) == expected
+    assert not (warehouse.events_dir / JOURNAL).exists()
+    assert not list(warehouse.events_dir.glob(".tmp-*"))
+
+
+def test_a_reader_never_sees_an_event_twice_or_fails_while_parts_are_merged(warehouse,
+                                                                              tiny_shop):
+    """Readers take no lock: they list again when a merge deleted a part they had listed."""
+    events = tiny_shop.events
+    warehouse.append_events(events.iloc[:50])
+    stop, problems = threading.Event(), []
+
+    def read() -> None:
+        while not stop.is_set():
+            try:
+                ids = warehouse.events(columns=["event_id"])["event_id"]
+                if not ids.is_unique:
+                    problems.append(f"{ids.duplicated().sum()} events read twice")
+            except Exception as error:  # noqa: BLE001 - any failure is the finding
+                problems.append(repr(error))
+
+    reader = threading.Thread(target=read)
+    reader.start()
+    try:
+        append_in_batches(warehouse, events.iloc[50:], 60)
+    finally:
+        stop.set()
+        reader.join()
+    assert problems == []
+    assert stored_ids(warehouse) == sorted(events["event_id"])
