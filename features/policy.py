@@ -135,8 +135,14 @@ def load_policy(path: Path) -> ContactPolicy:
 
 def contact_verdict(policy: ContactPolicy, state: CustomerState, consents: frozenset[str],
                     channel: str, now: datetime) -> str | None:
-    """Why this customer may not be contacted on ``channel`` now, or None if they may."""
-    if channel not in consents:
+    """Why this customer may not be contacted on ``channel`` now, or None if they may.
+
+    ``consents`` are the channels the loaded customers table allows; a consent the shop sent
+    since (``state.consent``) wins over it."""
+    live = state.consent.get(channel)
+    if live is not None and not live[0]:
+        return f"consent for {channel} withdrawn"
+    if live is None and channel not in consents:
         return f"no consent for {channel}"
     if policy.quiet_hours is not None and policy.quiet_hours.contains(now):
         q = policy.quiet_hours

@@ -32,16 +32,16 @@ import os
 import threading
 import time
 from collections.abc import Callable
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from http import HTTPStatus
-from typing import Any
+from typing import Any, Literal
 
 import bentoml
 import numpy as np
 import orjson
 import pandas as pd
 from bentoml.exceptions import BentoMLException, InvalidArgument, ServiceUnavailable
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 from starlette.responses import Response
 from threadpoolctl import threadpool_limits
 
@@ -100,6 +100,29 @@ class EventsBody(BaseModel):
     atomic: bool = Field(
         False, description="Batch only: reject the whole batch if any event is bad (default: "
         "accept the good ones and list the bad ones with their index).")
+
+
+class ConsentRequest(BaseModel):
+    """A customer gave or withdrew consent to be contacted on a channel."""
+
+    model_config = ConfigDict(extra="forbid")
+    customer_id: str = Field(min_length=1, max_length=128)
+    channel: Literal["email", "sms", "push"]
+    granted: bool
+    timestamp: datetime | None = Field(
+        None, description="When the customer decided (ISO 8601; no zone means UTC; default: "
+        "now). A change older than the one recorded last is ignored.")
+
+    @field_validator("timestamp")
+    @classmethod
+    def _not_in_the_future(cls, value: datetime | None) -> datetime | None:
+        if value is None:
+            return None
+        value = value if value.tzinfo else value.replace(tzinfo=UTC)
+        if value > datetime.now(UTC) + timedelta(minutes=5):
+            raise ValueError(f"timestamp {value.isoformat()} is in the future; send when the "
+                             "customer decided")
+        return value
 
 
 class ReloadRequest(BaseModel):
@@ -291,6 +314,26 @@ class NextBest:
         return (HTTPStatus.MULTI_STATUS if parsed.problems else HTTPStatus.OK), {
             "accepted": result.accepted, "duplicates": result.duplicates + parsed.repeated,
             "rejected": parsed.rejected, "problems": problems}
+
+    @bentoml.api
+    def consent(self, request: ConsentRequest, /) -> dict:
+        """Record a consent given or withdrawn on a contact channel (email, sms, push). It
+        applies at once to the triggers and to ``recommend``'s ``contact`` verdict, ahead of the
+        customers table (which applies to customers who never sent one). 503 means the online
+        store is unreachable and nothing was recorded."""
+        return json_answer(lambda: self._consent(request))
+
+    def _consent(self, request: ConsentRequest) -> dict:
+        at = (request.timestamp or datetime.now(UTC)).timestamp()
+        try:
+            state = self.online.record_consent(request.customer_id, request.channel,
+                                               request.granted, at)
+        except OnlineStateUnavailable as error:
+            raise ServiceUnavailable(f"{error}; nothing was recorded, retry later") from None
+        granted, when = state.consent[request.channel]
+        return {"customer_id": request.customer_id, "channel": request.channel,
+                "granted": granted, "as_of": datetime.fromtimestamp(when, UTC).isoformat(),
+                "recorded": (granted, when) == (request.granted, at)}
 
     @bentoml.api(input_spec=SimilarItemsRequest)
     def similar_items(self, item_id: str, n: int = 10) -> dict:

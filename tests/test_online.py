@@ -166,3 +166,13 @@ def test_many_customers_are_read_at_once(store):
     states = store.customers(["a", "b", "nobody"])
     assert states["a"].counts == {"view": 1} and states["b"].counts == {"purchase": 1}
     assert states["nobody"] == CustomerState("nobody")
+
+
+def test_the_latest_consent_is_kept_whatever_order_it_arrives_in(store):
+    store.record_consent("c1", "email", False, 200.0)
+    late = store.record_consent("c1", "email", True, 100.0)  # decided earlier, arrived later
+    assert late.consent["email"] == (False, 200.0)
+    store.ingest(valid(event("view", customer="c1")))  # events leave consent as it is
+    assert store.customer("c1").consent == {"email": (False, 200.0)}
+    store.record_consent("c1", "email", True, 300.0)
+    assert store.customer("c1").consent["email"] == (True, 300.0)

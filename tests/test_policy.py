@@ -88,3 +88,14 @@ def test_cross_channel_memory_forgets_after_its_window():
     state = CustomerState("c", shown={"o1": ("app", (NOON - timedelta(hours=10)).timestamp()),
                                       "o2": ("app", (NOON - timedelta(hours=100)).timestamp())})
     assert recently_shown(POLICY, state, NOON) == {"o1"}
+
+
+def test_a_consent_withdrawn_since_the_customers_table_wins_over_it():
+    state = CustomerState("c", consent={"email": (False, NOON.timestamp())})
+    assert contact_verdict(POLICY, state, EVERYTHING, "email", NOON) == "consent for email withdrawn"
+
+
+def test_a_consent_given_since_the_customers_table_wins_over_it():
+    state = CustomerState("c", consent={"email": (True, NOON.timestamp())})
+    assert contact_verdict(POLICY, state, frozenset(), "email", NOON) is None
+    assert contact_verdict(POLICY, state, frozenset(), "sms", NOON) == "no consent for sms"

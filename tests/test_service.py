@@ -267,6 +267,37 @@ def test_bad_input_is_a_400_that_names_the_field(client, body, field):
     assert field in response.json()["error"] + str(response.json().get("detail", ""))
 
 
+def test_a_withdrawn_consent_applies_to_the_next_answer(client):
+    """No reload needed: the contact verdict reads the consent the shop sent last."""
+    ask = {"customer_id": "c0000003", "channel": "email", "n": {"product": 2}}
+
+    def consent(granted: bool) -> dict:
+        response = client.post("/consent", json={"customer_id": "c0000003", "channel": "email",
+                                                 "granted": granted})
+        assert response.status_code == 200, response.text
+        return response.json()
+
+    assert consent(True)["granted"] is True
+    assert "consent" not in (client.post("/recommend", json=ask).json()["contact"]["reason"] or "")
+    assert consent(False) | {"as_of": None} == {"customer_id": "c0000003", "channel": "email",
+                                               "granted": False, "as_of": None, "recorded": True}
+    contact = client.post("/recommend", json=ask).json()["contact"]
+    assert contact == {"channel": "email", "allowed": False,
+                       "reason": "consent for email withdrawn"}
+
+
+@pytest.mark.parametrize("body, field", [
+    ({"customer_id": "c1", "channel": "fax", "granted": False}, "channel"),
+    ({"customer_id": "c1", "channel": "email"}, "granted"),
+    ({"customer_id": "c1", "channel": "email", "granted": False,
+      "timestamp": "2999-01-01T00:00:00Z"}, "timestamp"),
+])
+def test_a_bad_consent_is_a_400_that_names_the_field(client, body, field):
+    response = client.post("/consent", json=body)
+    assert response.status_code == 400
+    assert field in response.json()["error"] + str(response.json().get("detail", ""))
+
+
 def test_similar_items_over_http(client):
     ok = client.post("/similar_items", json={"item_id": "p000005", "n": 3})
     assert ok.status_code == 200 and len(ok.json()["items"]) == 3

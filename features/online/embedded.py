@@ -151,6 +151,14 @@ class EmbeddedStore(OnlineStore):
             "AND cart_updated <= ? ORDER BY cart_updated", (idle_since,))]
 
     # ------------------------------------------------------------------ decisions
+    def _commit_state(self, customer_id: str, change) -> CustomerState:
+        with self._write() as db:
+            state = self._states(db, [customer_id]).get(customer_id) or CustomerState(customer_id)
+            if change(state):
+                db.execute("INSERT OR REPLACE INTO customers VALUES (?, ?, ?)",
+                           (customer_id, state.to_json(), state.cart_updated))
+        return state
+
     def _commit_decision(self, decision: dict, change) -> bool:
         customer = decision["customer_id"]
         with self._write() as db:

@@ -136,6 +136,20 @@ class RedisStore(OnlineStore):
         return [m.decode() for m in members]
 
     # ------------------------------------------------------------------ decisions
+    def _commit_state(self, customer_id: str, change) -> CustomerState:
+        key = self._key("customer", customer_id)
+
+        def body(pipe) -> CustomerState:
+            text = pipe.get(key)
+            state = CustomerState.from_json(text) if text else CustomerState(customer_id)
+            if change(state):
+                pipe.multi()
+                self._store_states(pipe, {customer_id: state})
+                pipe.execute()
+            return state
+
+        return self._transaction([key], body)
+
     def _commit_decision(self, decision: dict, change) -> bool:
         customer = decision["customer_id"]
         key = self._key("customer", customer)

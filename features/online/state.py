@@ -41,6 +41,9 @@ class CustomerState:
     """Firing key -> when: a trigger fires at most once per key."""
     counts: dict[str, int] = field(default_factory=dict)
     last_event: float | None = None
+    consent: dict[str, tuple[bool, float]] = field(default_factory=dict)
+    """Contact channel -> (granted, when) as the shop last told us (``OnlineStore.record_consent``):
+    newer than any customers table the service has loaded, so it wins over it. Never pruned."""
 
     # ------------------------------------------------------------------ reading
     def recent_views(self, limit: int = 20) -> list[str]:
@@ -67,6 +70,8 @@ class CustomerState:
             data["shown"] = {k: tuple(v) for k, v in data["shown"].items()}
         if data["contacts"]:
             data["contacts"] = list(map(tuple, data["contacts"]))
+        if data.get("consent"):  # states written before consent was recorded lack the key
+            data["consent"] = {k: tuple(v) for k, v in data["consent"].items()}
         return cls(**data)
 
 
@@ -110,6 +115,16 @@ def record_contact(state: CustomerState, channel: str, trigger: str, items: list
     for item in items:
         state.shown[item] = (channel, now)
     prune(state, now)
+
+
+def record_consent(state: CustomerState, channel: str, granted: bool, at: float) -> bool:
+    """Note the customer's consent on a contact channel unless a later one is noted already (a
+    change that arrives late does not undo a newer one); True if it changed the state."""
+    known = state.consent.get(channel)
+    if known is not None and known[1] > at:
+        return False
+    state.consent[channel] = (granted, at)
+    return True
 
 
 def prune(state: CustomerState, now: float) -> None:

@@ -25,6 +25,7 @@ import pandas as pd
 
 from features.contracts import EVENTS
 from features.online.state import CustomerState, apply_event, record_contact
+from features.online.state import record_consent as apply_consent
 from features.warehouse import Warehouse
 
 
@@ -86,6 +87,18 @@ class OnlineStore(ABC):
                            decision["firing_key"], now)
             return True
         return self._commit_decision(decision, change)
+
+    def record_consent(self, customer_id: str, channel: str, granted: bool, at: float
+                       ) -> CustomerState:
+        """Durably note a consent given or withdrawn on a contact channel; it applies to the
+        next contact decision and ``recommend`` at once, ahead of the customers table."""
+        return self._commit_state(
+            customer_id, lambda state: apply_consent(state, channel, granted, at))
+
+    @abstractmethod
+    def _commit_state(self, customer_id: str, change) -> CustomerState:
+        """In one transaction: run ``change`` on the customer's state and store it if it
+        returns True; return the state."""
 
     @abstractmethod
     def _commit_decision(self, decision: dict, change) -> bool:
