@@ -117,7 +117,7 @@ def record_contact(state: CustomerState, channel: str, trigger: str, items: list
     prune(state, now)
 
 
-def record_consent(state: CustomerState, channel: str, granted: bool, at: float) -> bool:
+def apply_consent(state: CustomerState, channel: str, granted: bool, at: float) -> bool:
     """Note the customer's consent on a contact channel unless a later one is noted already (a
     change that arrives late does not undo a newer one); True if it changed the state."""
     known = state.consent.get(channel)

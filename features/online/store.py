@@ -24,8 +24,7 @@ import orjson
 import pandas as pd
 
 from features.contracts import EVENTS
-from features.online.state import CustomerState, apply_event, record_contact
-from features.online.state import record_consent as apply_consent
+from features.online.state import CustomerState, apply_consent, apply_event, record_contact
 from features.warehouse import Warehouse
 
 
