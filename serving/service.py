@@ -68,6 +68,7 @@ from serving.pipeline import (
 from serving.scores import propensity_answer
 from serving.shop import load_shop
 from serving.triggers import TriggerEngine
+from serving.validation_errors import ReadableValidationErrors
 from training.propensity.scoring import ScoredCustomers, customer_features
 
 log = logging.getLogger("nextbest.serving")
@@ -451,3 +452,6 @@ class NextBest:
 
     def _versions(self) -> dict[str, str]:
         return dict(self.state.models.versions) if self.state is not None else {}
+
+
+NextBest.add_asgi_middleware(ReadableValidationErrors)  # a 400 names each field and its value

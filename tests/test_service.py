@@ -298,6 +298,21 @@ def test_a_bad_consent_is_a_400_that_names_the_field(client, body, field):
     assert field in response.json()["error"] + str(response.json().get("detail", ""))
 
 
+@pytest.mark.parametrize("endpoint, body, expected", [
+    ("/recommend", {"customer_id": "c1", "channel": "fax"}, 'channel: Input should be'),
+    ("/recommend", {"customer_id": "c1", "filters": {"max_price": -5}},
+     "filters.max_price: Input should be greater than or equal to 0 (got -5)"),
+    ("/consent", {"customer_id": "c1", "channel": "fax", "granted": True},
+     """channel: Input should be 'email', 'sms' or 'push' (got "fax")"""),
+    ("/consent", {"customer_id": "c1", "channel": "sms"}, "granted: Field required"),
+])
+def test_a_schema_mismatch_names_the_field_and_the_value_sent(client, endpoint, body, expected):
+    response = client.post(endpoint, json=body)
+    assert response.status_code == 400
+    assert expected in response.json()["error"]
+    assert response.json()["detail"]  # the fields, as BentoML lists them
+
+
 def test_similar_items_over_http(client):
     ok = client.post("/similar_items", json={"item_id": "p000005", "n": 3})
     assert ok.status_code == 200 and len(ok.json()["items"]) == 3
