@@ -9,8 +9,9 @@ per request, as the service does; the first ``NB_FRESH_CUSTOMERS`` customers hav
 since the snapshot. The two tables are built once (about 4 minutes at the default size) and
 kept in ``NB_CACHE`` (default ``~/.cache/nextbest-bench``), from where every worker reads them,
 as the service reads a registered model's. Both endpoints answer through the service's output
-path (orjson bytes) and take the request as the whole body. Access logging is off (one log line
-per request would be measured too). Used only by ``bench/bench_service.py``.
+path (orjson bytes), take the request as the whole body and sit behind the service's
+middleware. Access logging is off (one log line per request would be measured too). Used only
+by ``bench/bench_service.py``.
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ from serving.models import LoadedModels
 from serving.pipeline import ContentIndex, RecommendRequest, ServingState, recommend
 from serving.service import json_response, neighbour_table, share_blas_threads, smoke_check
 from serving.shop import Behaviour, Item, ShopView
+from serving.validation_errors import ReadableValidationErrors
 from training.interactions import Interactions
 from training.recommenders import make_recommender
 from training.tracking import TOP_ITEMS, Bundle
@@ -157,3 +159,6 @@ class BenchService:
     def noop(self, request: RecommendRequest, /) -> dict:
         """The same input handling and output path, around a constant."""
         return json_response(CONSTANT)
+
+
+BenchService.add_asgi_middleware(ReadableValidationErrors)  # as the service has it
