@@ -358,13 +358,12 @@ class Warehouse:
 def _listing_again(read):
     """``read()``, listed and read again if a merge deleted a part it had listed (readers take
     no lock, so that a long training read never holds up the service's appends)."""
-    for attempt in range(READ_ATTEMPTS):
+    for _ in range(READ_ATTEMPTS - 1):
         try:
             return read()
         except FileNotFoundError:
-            if attempt == READ_ATTEMPTS - 1:
-                raise
-    raise AssertionError("unreachable")
+            continue
+    return read()
 
 
 def _plain_numbers(table: pa.Table) -> pa.Table:

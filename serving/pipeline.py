@@ -244,8 +244,8 @@ class Blend:
     weight (its best finite score over everything it scored, products or not; a source whose
     best is not positive adds nothing); an item's score is the sum over sources of its positive,
     finite contributions, and its reason is that of the source that contributed most (the first
-    one added, on a tie). Best first; items with equal scores keep the order they were first
-    added in.
+    one added, on a tie). ``choose_products`` ranks them, best first, items with equal scores in
+    the order they were first added.
 
     Sources are only collected as they are added; ``blended`` then blends them all in one
     compiled pass (``serving.kernels.blend``) over per-product arrays that every request on a

@@ -41,10 +41,11 @@ import numpy as np
 import orjson
 import pandas as pd
 from bentoml.exceptions import BentoMLException, InvalidArgument, ServiceUnavailable
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 from starlette.responses import Response
 from threadpoolctl import threadpool_limits
 
+from features.contracts import CONTACT_CHANNELS
 from features.ingest import parse_events
 from features.online import CustomerState, OnlineStateUnavailable, open_online_store
 from features.policy import load_policy, policy_path
@@ -108,7 +109,7 @@ class ConsentRequest(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
     customer_id: str = Field(min_length=1, max_length=128)
-    channel: Literal["email", "sms", "push"]
+    channel: Literal[tuple(c.value for c in CONTACT_CHANNELS)]  # email, sms, push
     granted: bool
     timestamp: datetime | None = Field(
         None, description="When the customer decided (ISO 8601; no zone means UTC; default: "
@@ -176,8 +177,6 @@ def json_answer(work: Callable[[], dict]) -> Response:
     a list and replaces a 5xx one with "an unexpected error has occurred"."""
     try:
         return json_response(work())
-    except ValidationError as error:
-        return json_response({"error": str(error)}, HTTPStatus.BAD_REQUEST)
     except BentoMLException as error:
         return json_response({"error": str(error)}, error.error_code)
 
