@@ -149,15 +149,17 @@ class BenchService:
             (Path(os.environ["NB_READY_DIR"]) / str(os.getpid())).touch()
 
     @bentoml.api
-    def recommend(self, request: RecommendRequest, /) -> dict:
-        """As the service does it: read the customer's live state, rank, answer JSON."""
+    async def recommend(self, request: RecommendRequest, /) -> dict:
+        """As the service does it: on the event loop, read the customer's live state from the
+        embedded store, rank, answer JSON."""
         live = self.online.customer(request.customer_id)
         return json_response(recommend(self.state, request, pd.Timestamp.now(tz="UTC"), 0.5,
                                        live, self.policy))
 
     @bentoml.api
-    def noop(self, request: RecommendRequest, /) -> dict:
-        """The same input handling and output path, around a constant."""
+    async def noop(self, request: RecommendRequest, /) -> dict:
+        """The same kind of endpoint (on the event loop), input handling and output path, around
+        a constant."""
         return json_response(CONSTANT)
 
 

@@ -36,6 +36,7 @@ from datetime import UTC, datetime, timedelta
 from http import HTTPStatus
 from typing import Any, Literal
 
+import anyio.to_thread
 import bentoml
 import numpy as np
 import orjson
@@ -246,19 +247,31 @@ class NextBest:
 
     # ------------------------------------------------------------------ endpoints
     @bentoml.api
-    def recommend(self, request: RecommendRequest, /) -> dict:
+    async def recommend(self, request: RecommendRequest, /) -> dict:
         """Ranked products, content and offers for one customer, with a reason for each item,
         a recommendation_id to attribute clicks and purchases, and the model versions used.
 
         The request is the whole body, validated once by BentoML. In Python, call ``answer``
         for the dict.
-        """
-        return json_answer(lambda: self.answer(request))
 
-    def answer(self, request: RecommendRequest) -> dict:
-        """What ``recommend`` answers, as a dict: read the customer's live state, then rank."""
+        It runs on the worker's event loop rather than in BentoML's thread pool: handing a
+        request to a pool thread and back cost more than ranking it (0.44 ms a request on two
+        cores, measured with a no-op). Reading the live state from Redis is a network round
+        trip (up to its timeout while Redis is down), so that read alone goes to a thread and
+        the loop never waits on the network; the embedded store is a local file read.
+        """
+        if self.online.reads_over_network:
+            live = await anyio.to_thread.run_sync(self._live_state, request.customer_id)
+        else:
+            live = self._live_state(request.customer_id)
+        return json_answer(lambda: self.answer(request, live))
+
+    def answer(self, request: RecommendRequest,
+               live: tuple[CustomerState | None, str | None] | None = None) -> dict:
+        """What ``recommend`` answers, as a dict: rank from the customer's live state (read
+        here unless given, as ``_live_state`` returns it)."""
         state = self._ready_state()
-        live, degraded = self._live_state(request.customer_id)
+        live, degraded = live if live is not None else self._live_state(request.customer_id)
         try:
             answer = recommend(state, request, pd.Timestamp.now(tz="UTC"),
                                self.settings.max_category_share, live, self.policy)

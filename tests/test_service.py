@@ -4,6 +4,7 @@ concurrent requests."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import dataclasses
 import json
@@ -382,7 +383,7 @@ def test_with_no_registry_and_no_cache_it_is_not_ready_and_says_why(tmp_path, mo
     assert "unreachable" in service.detail and "no cached models" in service.detail
     with pytest.raises(ServiceUnavailable, match="no models loaded yet"):
         service.answer(RecommendRequest(customer_id="c1"))
-    response = service.recommend(RecommendRequest(customer_id="c1"))  # as over HTTP: why, not a 500
+    response = asyncio.run(service.recommend(RecommendRequest(customer_id="c1")))  # as over HTTP
     assert response.status_code == 503
     assert "no models loaded yet" in orjson.loads(response.body)["error"]
     get_settings.cache_clear()

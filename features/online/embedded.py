@@ -45,6 +45,7 @@ CHUNK = 500  # well under SQLite's limit on ? parameters per statement
 
 class EmbeddedStore(OnlineStore):
     name = "embedded"
+    reads_over_network = False
 
     def __init__(self, path: Path, dedup_window_days: float = 7.0,
                  sync: Literal["full", "normal"] = "full") -> None:

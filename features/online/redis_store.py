@@ -39,6 +39,7 @@ DAY = 86400
 
 class RedisStore(OnlineStore):
     name = "redis"
+    reads_over_network = True
 
     def __init__(self, url: str, prefix: str = "nextbest:", dedup_window_days: float = 7.0,
                  timeout_seconds: float = 2.0) -> None:

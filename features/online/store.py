@@ -45,6 +45,8 @@ class OnlineStore(ABC):
     """Customer state, the event log awaiting the warehouse, and the decision outbox."""
 
     name: str
+    reads_over_network: bool
+    """Whether a read waits on a network round trip (the serving loop hands those to a thread)."""
 
     # ------------------------------------------------------------------ events
     def ingest(self, events: Sequence[dict]) -> IngestResult:
