@@ -29,23 +29,33 @@ def compiled(function: Callable) -> Callable:
         return njit(nogil=True)(function)
 
 
-UNSET = -1.0
-"""The first column of ``Scratch.work`` for a product no blend has reached."""
-FIRST, TOTAL, STRONGEST, WINNER = 0, 1, 2, 3
-"""Columns of ``Scratch.work``: one row per product, so one cache line per candidate."""
+EMPTY = -1
+"""A free slot in ``blend``'s table of the candidates seen so far."""
 
 
 @compiled
 def blend(positions: np.ndarray, scores: np.ndarray, bounds: np.ndarray, weights: np.ndarray,
-          codes: np.ndarray, work: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+          codes: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Source ``s`` holds entries ``bounds[s]:bounds[s + 1]`` of ``positions`` and ``scores``;
     it is scaled so that its best finite score gets ``weights[s]``, and skipped when that is
     not positive. Returns each product once, in the order first reached, with its total and
     the code of the source that gave it most (the first such on a tie).
 
-    ``work`` is per-product scratch whose FIRST column must be UNSET on entry; it is on return.
+    Products are found again through a small open-addressing table sized to the candidates (a
+    few thousand slots, in the core's cache) rather than a catalog-sized array: a request's few
+    hundred candidates are scattered over the catalog, and in a server, where the framework
+    runs between two requests, every touch of a catalog-sized array was a cache miss.
     """
+    capacity = 16
+    while capacity < 2 * len(positions):
+        capacity *= 2
+    mask = capacity - 1
+    slot_product = np.full(capacity, EMPTY, np.int64)
+    slot_item = np.empty(capacity, np.int64)
     items = np.empty(len(positions), np.int64)
+    totals = np.empty(len(positions))
+    strongest = np.empty(len(positions))
+    reasons = np.empty(len(positions), np.int64)
     found = 0
     for s in range(len(weights)):
         top = 0.0
@@ -59,24 +69,20 @@ def blend(positions: np.ndarray, scores: np.ndarray, bounds: np.ndarray, weights
             p, value = positions[e], scores[e] * scale
             if p < 0 or not 0.0 < value < np.inf:
                 continue
-            if work[p, FIRST] == UNSET:
-                work[p, FIRST] = found
-                work[p, TOTAL] = work[p, STRONGEST] = value
-                work[p, WINNER] = codes[s]
-                items[found] = p
+            slot = ((p * 2654435761) >> 16) & mask  # Knuth's multiplicative hash
+            while slot_product[slot] != EMPTY and slot_product[slot] != p:
+                slot = (slot + 1) & mask
+            if slot_product[slot] == EMPTY:
+                slot_product[slot], slot_item[slot] = p, found
+                items[found], totals[found], strongest[found] = p, value, value
+                reasons[found] = codes[s]
                 found += 1
             else:
-                work[p, TOTAL] += value
-                if value > work[p, STRONGEST]:
-                    work[p, STRONGEST], work[p, WINNER] = value, codes[s]
-    items = items[:found]
-    totals = np.empty(found)
-    reasons = np.empty(found, np.int64)
-    for k in range(found):
-        p = items[k]
-        totals[k], reasons[k] = work[p, TOTAL], int(work[p, WINNER])
-        work[p, FIRST] = UNSET
-    return items, totals, reasons
+                k = slot_item[slot]
+                totals[k] += value
+                if value > strongest[k]:
+                    strongest[k], reasons[k] = value, codes[s]
+    return items[:found], totals[:found], reasons[:found]
 
 
 @compiled

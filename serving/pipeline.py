@@ -248,8 +248,7 @@ class Blend:
     the order they were first added.
 
     Sources are only collected as they are added; ``blended`` then blends them all in one
-    compiled pass (``serving.kernels.blend``) over per-product arrays that every request on a
-    thread reuses (``ProductIndex.scratch``).
+    compiled pass (``serving.kernels.blend``).
     """
 
     def __init__(self, index: ProductIndex) -> None:
@@ -283,8 +282,7 @@ class Blend:
         return kernels.blend(np.concatenate(self._positions, dtype=np.int64),
                              np.concatenate(self._scores, dtype=np.float64),
                              np.array(self._bounds, dtype=np.int64),
-                             np.array(self._weights), np.array(self._codes, dtype=np.int64),
-                             self.index.scratch().work)
+                             np.array(self._weights), np.array(self._codes, dtype=np.int64))
 
     def reason(self, code: int, position: int) -> str:
         if code == FOR_YOU:
@@ -422,9 +420,9 @@ def _new_in_liked_categories(index: ProductIndex, liked: Counter
     for top, value in liked.items():
         if top in index.top_code:
             share[index.top_code[top]] = value
-    tops = index.top[index.new]
-    keep = share[tops] > 0
-    return index.new[keep], 1.0 + share[tops[keep]]
+    shares = share[index.new_top]
+    keep = shares > 0
+    return index.new[keep], 1.0 + shares[keep]
 
 
 def _popular_for(index: ProductIndex, segment: str, channel: str

@@ -17,7 +17,6 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from features.contracts import ItemKind
-from serving.kernels import FIRST, UNSET
 from serving.shop import ShopView
 from training.interactions import Interactions
 
@@ -44,6 +43,8 @@ class ProductIndex:
     """The shop view's popularity lists as (positions, scores), best first."""
     new: np.ndarray
     """Positions of the shop view's new products, newest first."""
+    new_top: np.ndarray
+    """The top-level category code of each of ``new`` (a request reads no other product's)."""
     _scratch: threading.local = field(default_factory=threading.local, repr=False)
     _category_masks: dict[str, np.ndarray] = field(default_factory=dict, repr=False)
 
@@ -62,17 +63,18 @@ class ProductIndex:
             pairs = [(position[i], s) for i, s in ranked if i in position]
             popular[key] = (np.array([p for p, _ in pairs], dtype=np.int64),
                             np.array([s for _, s in pairs], dtype=np.float64))
+        top = np.array([top_code[i.top] for i in products], dtype=np.int32)
+        new = np.array([position[i] for i in shop.new_products if i in position], dtype=np.int64)
         return cls(
             ids=np.array([i.item_id for i in products], dtype=object), position=position,
-            top=np.array([top_code[i.top] for i in products], dtype=np.int32), tops=tops,
+            top=top, tops=tops,
             top_code=top_code,
             category=np.array([category_code[i.category] for i in products], dtype=np.int32),
             categories=categories,
             price=np.array([np.nan if i.price is None else i.price for i in products]),
             in_stock=np.array([i.in_stock for i in products], dtype=bool),
             repeatable=np.array([i.repeatable for i in products], dtype=bool),
-            of_column=of_column, popular=popular,
-            new=np.array([position[i] for i in shop.new_products if i in position], dtype=np.int64))
+            of_column=of_column, popular=popular, new=new, new_top=top[new])
 
     def scratch(self) -> Scratch:
         """This thread's per-product work arrays (one request at a time per thread uses them)."""
@@ -100,17 +102,13 @@ class ProductIndex:
 
 @dataclass
 class Scratch:
-    """Per-product work arrays for ``serving.kernels``: 33 bytes per product for each thread
-    that ranks (3.3 MB at 100k products), a worker's request thread and its trigger thread.
-    Each kernel leaves them as it found them."""
+    """Per-product work arrays for ``serving.kernels``: a byte per product for each thread that
+    ranks (100 kB at 100k products), a worker's request thread and its trigger thread. Each
+    kernel leaves them as it found them."""
 
-    work: np.ndarray
-    """Products x (first entry, total, strongest contribution, its source), for blending."""
     blocked: np.ndarray
     """All False between uses: set, read and unset by the rules."""
 
     @classmethod
     def sized(cls, n: int) -> Scratch:
-        work = np.zeros((n, 4))
-        work[:, FIRST] = UNSET
-        return cls(work, np.zeros(n, dtype=bool))
+        return cls(np.zeros(n, dtype=bool))

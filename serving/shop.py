@@ -66,7 +66,8 @@ class ShopView:
     """Customer -> the contact channels they agreed to (email, sms, push)."""
 
     def customer(self, customer_id: str) -> Behaviour:
-        return self.behaviour.get(customer_id, Behaviour())
+        found = self.behaviour.get(customer_id)  # no default built for the customers we know
+        return found if found is not None else Behaviour()
 
     @cached_property
     def offers(self) -> list[Item]:

@@ -37,7 +37,7 @@ def index() -> ProductIndex:
                         category=np.zeros(n, dtype=np.int32), categories=("all",),
                         price=np.ones(n), in_stock=np.ones(n, dtype=bool),
                         repeatable=np.zeros(n, dtype=bool), of_column=np.arange(n), popular={},
-                        new=np.zeros(0, dtype=np.int64))
+                        new=np.zeros(0, dtype=np.int64), new_top=np.zeros(0, dtype=np.int32))
 
 
 def plainly(sources: list[tuple[str, list[int], list[float]]]) -> list[tuple[int, float, int]]:
@@ -114,7 +114,7 @@ def shop_index(category: list[int], price: list[float], in_stock: list[bool],
         category=np.array(category, dtype=np.int32), categories=CATEGORIES,
         price=np.array(price), in_stock=np.array(in_stock, dtype=bool),
         repeatable=np.array(repeatable, dtype=bool), of_column=np.arange(n), popular={},
-        new=np.zeros(0, dtype=np.int64))
+        new=np.zeros(0, dtype=np.int64), new_top=np.zeros(0, dtype=np.int32))
 
 
 def chosen_plainly(index: ProductIndex, totals: list[float], request: RecommendRequest,
