@@ -6,9 +6,11 @@
 One `bentoml serve` process (one worker, access log off) serves both `recommend` (the real
 pipeline on a synthetic state: 64 random ALS factors, each customer's top 200 precomputed as the
 training job registers them, filters on) and `noop` (same input spec, configuration and output
-path, returns a constant). In the same run:
+path, returns a constant). Both are async endpoints, run on the worker's event loop as the
+service runs `recommend`; `noop_sync`, the same no-op as a sync endpoint (BentoML's thread pool),
+is measured alongside to show what that hand-off costs. In the same run:
 
-1. sequential keep-alive latency: requests alternate between the two endpoints, so both see the
+1. sequential keep-alive latency: requests alternate between the endpoints, so all see the
    same machine noise; p50 and p99 of each. A third series asks recommend for customers with
    views since the snapshot (the first FRESH_CUSTOMERS), whose candidates are scored over the
    whole catalog: every customer active in a session takes that path. The client is the
@@ -65,7 +67,7 @@ def body(rng: np.random.Generator, customers: int) -> dict:
 
 def sequential(url: str, requests: int, customers: int) -> dict[str, np.ndarray]:
     rng = np.random.default_rng(1)
-    timings: dict[str, list[float]] = {"recommend": [], "noop": [], "fresh": []}
+    timings: dict[str, list[float]] = {"recommend": [], "noop": [], "fresh": [], "noop_sync": []}
     host, port = url.removeprefix("http://").split(":")
     connection = http.client.HTTPConnection(host, int(port), timeout=30)
     headers = {"Content-Type": "application/json"}
@@ -145,7 +147,14 @@ def render(r: dict) -> str:
              f"{lat['fresh']['p50']:.2f} / {lat['fresh']['p99']:.2f} ms | "
              f"{lat['noop']['p50']:.2f} / {lat['noop']['p99']:.2f} ms | "
              f"{lat['fresh']['p50'] / lat['noop']['p50']:.2f}x / "
-             f"{lat['fresh']['p99'] / lat['noop']['p99']:.2f}x | (none set) |"]
+             f"{lat['fresh']['p99'] / lat['noop']['p99']:.2f}x | (none set) |",
+             f"| the no-op as a sync endpoint (BentoML's thread pool): p50 / p99, throughput | "
+             f"{lat['noop_sync']['p50']:.2f} / {lat['noop_sync']['p99']:.2f} ms, "
+             f"{thr['noop_sync']:.0f} req/s | {lat['noop']['p50']:.2f} / "
+             f"{lat['noop']['p99']:.2f} ms, {thr['noop']:.0f} req/s | "
+             f"{lat['noop_sync']['p50'] / lat['noop']['p50']:.2f}x / "
+             f"{lat['noop_sync']['p99'] / lat['noop']['p99']:.2f}x, "
+             f"{thr['noop_sync'] / thr['noop']:.2f}x | (for comparison) |"]
     for spread in r.get("multi_worker", []):
         lines.append(f"| throughput, recommend on {spread['workers']} workers (one per core), "
                      f"connections on {spread['busy']} of them | {spread['rate']:.0f} req/s | "
@@ -214,7 +223,7 @@ def main() -> None:
     try:
         timings = sequential(url, args.requests, args.customers)
         rates = {e: throughput(url, e, args.seconds, args.threads, args.customers)
-                 for e in ("recommend", "noop")}
+                 for e in ("recommend", "noop", "noop_sync")}
         rss = max((p.memory_info().rss for p in psutil.Process(server.pid).children(recursive=True)),
                   default=0) / 2**20
     finally:

@@ -162,5 +162,11 @@ class BenchService:
         a constant."""
         return json_response(CONSTANT)
 
+    @bentoml.api
+    def noop_sync(self, request: RecommendRequest, /) -> dict:
+        """The no-op as a sync endpoint, run in BentoML's thread pool: what the hand-off to a
+        thread and back costs, measured in the same run."""
+        return json_response(CONSTANT)
+
 
 BenchService.add_asgi_middleware(ReadableValidationErrors)  # as the service has it
