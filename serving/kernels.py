@@ -35,11 +35,15 @@ EMPTY = -1
 
 @compiled
 def blend(positions: np.ndarray, scores: np.ndarray, bounds: np.ndarray, weights: np.ndarray,
-          codes: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+          codes: np.ndarray, by_column: np.ndarray, of_column: np.ndarray
+          ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Source ``s`` holds entries ``bounds[s]:bounds[s + 1]`` of ``positions`` and ``scores``;
     it is scaled so that its best finite score gets ``weights[s]``, and skipped when that is
     not positive. Returns each product once, in the order first reached, with its total and
-    the code of the source that gave it most (the first such on a tie).
+    the code of the source that gave it most (the first such on a tie). A source with
+    ``by_column[s]`` names recommender columns instead, mapped to positions by ``of_column``
+    here (a negative or unknown column is not a product), so that the request does not map
+    each source with a numpy call of its own.
 
     Products are found again through a small open-addressing table sized to the candidates (a
     few thousand slots, in the core's cache) rather than a catalog-sized array: a request's few
@@ -67,6 +71,8 @@ def blend(positions: np.ndarray, scores: np.ndarray, bounds: np.ndarray, weights
         scale = weights[s] / top
         for e in range(bounds[s], bounds[s + 1]):
             p, value = positions[e], scores[e] * scale
+            if by_column[s]:
+                p = of_column[p] if 0 <= p < len(of_column) else -1
             if p < 0 or not 0.0 < value < np.inf:
                 continue
             slot = ((p * 2654435761) >> 16) & mask  # Knuth's multiplicative hash
@@ -101,17 +107,22 @@ def best_first(totals: np.ndarray, at_least: int) -> np.ndarray:
 def choose(items: np.ndarray, totals: np.ndarray, n: int, cap: int, top: np.ndarray,
            n_tops: int, in_stock_only: bool, in_stock: np.ndarray, price_filter: bool,
            price: np.ndarray, min_price: float, max_price: float, category: np.ndarray,
-           category_ok: np.ndarray, blocked: np.ndarray, blocked_mask: np.ndarray) -> np.ndarray:
+           category_ok: np.ndarray, bought: np.ndarray, repeatable: np.ndarray,
+           never: np.ndarray, blocked_mask: np.ndarray) -> np.ndarray:
     """Indices into ``items`` of the ``n`` to show, in order: best total first (ties in index
     order), only those that pass the rules, and no top-level category more than ``cap`` times
     unless nothing else passes (then the best of the rest fill the list).
 
     A product passes if it is in stock (when asked), priced within [min_price, max_price]
-    (when asked; no price fails), in a category ``category_ok`` allows and not ``blocked``.
-    Only the best few are sorted; the rest only when those do not fill the list.
-    ``blocked_mask`` is per-product scratch, all False on entry and on return.
+    (when asked; no price fails), in a category ``category_ok`` allows, not in ``never`` and
+    not ``bought`` unless ``repeatable``. Only the best few are sorted; the rest only when
+    those do not fill the list. ``blocked_mask`` is per-product scratch, all False on entry and
+    on return.
     """
-    for p in blocked:
+    for p in bought:
+        if not repeatable[p]:
+            blocked_mask[p] = True
+    for p in never:
         blocked_mask[p] = True
     head = best_first(totals, 4 * n + 16)
     picked, filled = _walk(items, head, n, cap, top, n_tops, in_stock_only, in_stock,
@@ -121,7 +132,9 @@ def choose(items: np.ndarray, totals: np.ndarray, n: int, cap: int, top: np.ndar
         picked, filled = _walk(items, best_first(totals, len(items)), n, cap, top, n_tops,
                                in_stock_only, in_stock, price_filter, price, min_price,
                                max_price, category, category_ok, blocked_mask)
-    for p in blocked:
+    for p in bought:
+        blocked_mask[p] = False
+    for p in never:
         blocked_mask[p] = False
     return picked
 

@@ -49,6 +49,8 @@ CANDIDATES = TOP_ITEMS
 """Collaborative candidates per request: as many as the training job keeps per customer."""
 SOURCE_WEIGHT = {"for_you": 1.0, "similar": 0.9, "new": 0.5, "popular": 0.35}
 MAX_N = 100
+SIMILAR_PER_ANCHOR = 30
+"""Candidates "similar to" each item the customer is looking at, holds or just viewed."""
 FRESH_WEIGHT = InteractionConfig().weights
 """How much a fresh event adds to the customer's history row: training's default weights."""
 
@@ -259,10 +261,22 @@ class Blend:
         self._bounds: list[int] = [0]
         self._weights: list[float] = []
         self._codes: list[int] = []
+        self._by_column: list[bool] = []
 
     def add(self, source: str, positions: np.ndarray, scores: np.ndarray,
             anchor: str | None = None) -> None:
         """One source's scores for catalog positions (-1: not a product, left out)."""
+        self._add(source, positions, scores, anchor, by_column=False)
+
+    def add_columns(self, source: str, columns: np.ndarray, scores: np.ndarray,
+                    anchor: str | None = None) -> None:
+        """One source's scores for recommender columns (-1: padding), as the model and its
+        tables give them; the compiled pass maps them to catalog positions (a column that is
+        not a product is left out)."""
+        self._add(source, columns, scores, anchor, by_column=True)
+
+    def _add(self, source: str, positions: np.ndarray, scores: np.ndarray, anchor: str | None,
+             by_column: bool) -> None:
         code = SOURCE_CODE.get(source)
         if code is None:
             code = SIMILAR + len(self.anchors)
@@ -272,6 +286,7 @@ class Blend:
         self._bounds.append(self._bounds[-1] + len(positions))
         self._weights.append(SOURCE_WEIGHT[source])
         self._codes.append(code)
+        self._by_column.append(by_column)
 
     def blended(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(positions, summed scores, reason codes), one entry per item, in the order first
@@ -282,7 +297,8 @@ class Blend:
         return kernels.blend(np.concatenate(self._positions, dtype=np.int64),
                              np.concatenate(self._scores, dtype=np.float64),
                              np.array(self._bounds, dtype=np.int64),
-                             np.array(self._weights), np.array(self._codes, dtype=np.int64))
+                             np.array(self._weights), np.array(self._codes, dtype=np.int64),
+                             np.array(self._by_column), self.index.of_column)
 
     def reason(self, code: int, position: int) -> str:
         if code == FOR_YOU:
@@ -310,11 +326,16 @@ def product_candidates(state: ServingState, request: RecommendRequest, behaviour
             found = bundle.model.recommend(row, _history_row(interactions.matrix, row, fresh),
                                            N=CANDIDATES, filter_already_liked_items=False,
                                            recalculate_user=bool(fresh))
-        blend.add("for_you", index.of_column[found[0]], found[1])
+        blend.add_columns("for_you", *found)
     for anchor, verb in _anchors(request, behaviour):
         title = shop.items[anchor].title if anchor in shop.items else anchor
-        positions, scores = _similar_positions(state, anchor)
-        blend.add("similar", positions, scores, anchor=f"{verb} {title}")
+        column = interactions.item_column(anchor)
+        if column >= 0:
+            blend.add_columns("similar", *_similar_columns(state, column, SIMILAR_PER_ANCHOR),
+                              anchor=f"{verb} {title}")
+        else:  # an item the model does not know yet: by text
+            blend.add("similar", *_similar_by_text(state, anchor, SIMILAR_PER_ANCHOR),
+                      anchor=f"{verb} {title}")
     blend.add("new", *_new_in_liked_categories(index, liked))
     segment = shop.segments.get(request.customer_id, "*")
     blend.add("popular", *_popular_for(index, segment, request.channel.value))
@@ -389,13 +410,9 @@ def _similar_columns(state: ServingState, column: int, n: int) -> tuple[np.ndarr
     return state.models.recommender.model.similar_items(column, N=n)
 
 
-def _similar_positions(state: ServingState, anchor: str, n: int = 30
-                       ) -> tuple[np.ndarray, np.ndarray]:
-    """``similar_products`` as catalog positions, for blending."""
-    column = state.models.recommender.interactions.item_column(anchor)
-    if column >= 0:
-        ids, scores = _similar_columns(state, column, n)
-        return state.products.of_column[ids], scores
+def _similar_by_text(state: ServingState, anchor: str, n: int) -> tuple[np.ndarray, np.ndarray]:
+    """Text similarity as catalog positions, for blending (``similar_products`` for an item
+    the model does not know)."""
     similar = state.content.similar(anchor, n)
     positions = np.array([state.products.position.get(i, -1) for i, _ in similar], dtype=np.int64)
     return positions, np.array([s for _, s in similar], dtype=np.float64)
@@ -414,15 +431,14 @@ def _liked_categories(shop: ShopView, behaviour: Behaviour) -> Counter:
 
 def _new_in_liked_categories(index: ProductIndex, liked: Counter
                              ) -> tuple[np.ndarray, np.ndarray]:
-    """New products (newest first) in the categories the customer likes, scored 1 + the share
-    of their activity in that category."""
-    share = np.zeros(len(index.tops))
-    for top, value in liked.items():
-        if top in index.top_code:
-            share[index.top_code[top]] = value
-    shares = share[index.new_top]
-    keep = shares > 0
-    return index.new[keep], 1.0 + shares[keep]
+    """New products (newest first), scored 1 + the share of the customer's activity in their
+    category when they like it, and 0 (which blending leaves out) when they do not."""
+    score = np.zeros(len(index.tops))
+    for top, share in liked.items():
+        code = index.top_code.get(top)
+        if code is not None and share > 0:
+            score[code] = 1.0 + share
+    return index.new, score[index.new_top]
 
 
 def _popular_for(index: ProductIndex, segment: str, channel: str
@@ -450,10 +466,8 @@ def choose_products(index: ProductIndex, positions: np.ndarray, scores: np.ndarr
     until the list is full.
     """
     filters, context = request.filters, request.context
-    bought = index.positions(behaviour.purchased)
     never = index.positions([*request.exclude, *context.cart_items,
                              *([context.current_item] if context.current_item else [])])
-    blocked = np.concatenate([bought[~index.repeatable[bought]], never])
     price_filter = filters.min_price is not None or filters.max_price is not None
     return kernels.choose(
         positions, scores, n, max(1, math.ceil(max_share * n)), index.top, len(index.tops),
@@ -461,7 +475,7 @@ def choose_products(index: ProductIndex, positions: np.ndarray, scores: np.ndarr
         -math.inf if filters.min_price is None else filters.min_price,
         math.inf if filters.max_price is None else filters.max_price,
         index.category, index.category_filter(filters.category or ""),
-        blocked, index.scratch().blocked)
+        index.positions(behaviour.purchased), index.repeatable, never, index.scratch().blocked)
 
 
 # ---------------------------------------------------------------------------- content

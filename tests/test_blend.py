@@ -28,6 +28,8 @@ from serving.products import ProductIndex
 from serving.shop import Behaviour
 
 N_PRODUCTS = 12
+OF_COLUMN = np.array([3, -1, 0, 11, 5, 7, -1, 1, 2, 10, 9, 4, 6, 8])
+"""The recommender's columns as catalog positions: shuffled, and two columns are not products."""
 
 
 def index() -> ProductIndex:
@@ -36,7 +38,7 @@ def index() -> ProductIndex:
                         top=np.zeros(n, dtype=np.int32), tops=("all",), top_code={"all": 0},
                         category=np.zeros(n, dtype=np.int32), categories=("all",),
                         price=np.ones(n), in_stock=np.ones(n, dtype=bool),
-                        repeatable=np.zeros(n, dtype=bool), of_column=np.arange(n), popular={},
+                        repeatable=np.zeros(n, dtype=bool), of_column=OF_COLUMN, popular={},
                         new=np.zeros(0, dtype=np.int64), new_top=np.zeros(0, dtype=np.int32))
 
 
@@ -67,29 +69,35 @@ def plainly(sources: list[tuple[str, list[int], list[float]]]) -> list[tuple[int
 
 source = st.tuples(
     st.sampled_from(["for_you", "similar", "new", "popular"]),
-    st.lists(st.tuples(st.integers(-1, N_PRODUCTS - 1),
+    st.lists(st.tuples(st.integers(-1, len(OF_COLUMN) + 1),
                        st.sampled_from([1.0, 2.0, 3.0, 0.5, 0.0, -1.0, math.inf, -math.inf,
-                                        math.nan])), max_size=8, unique_by=lambda e: e[0]))
+                                        math.nan])), max_size=8, unique_by=lambda e: e[0]),
+    st.booleans())
 
 
 @settings(max_examples=300, deadline=None)
-@given(sources=st.lists(source, max_size=6), reuse=st.booleans())
-def test_blend_sums_sources_and_gives_the_strongest_reason(sources, reuse):
+@given(sources=st.lists(source, max_size=6), earlier=st.booleans())
+def test_blend_sums_sources_and_gives_the_strongest_reason(sources, earlier):
     """Whatever the sources (ties, items named by several, non-products, scores that are
-    zero, negative, infinite or NaN), and whether or not the thread's arrays were used by an
-    earlier blend."""
+    zero, negative, infinite or NaN; named by catalog position or by recommender column,
+    unknown columns included), and whether or not a blend ran before."""
     idx = index()
-    if reuse:  # leave the thread's arrays as a previous request would
-        earlier = Blend(idx)
-        earlier.add("popular", np.arange(N_PRODUCTS), np.linspace(1, 2, N_PRODUCTS))
-        earlier.blended()
+    if earlier:
+        before = Blend(idx)
+        before.add("popular", np.arange(N_PRODUCTS), np.linspace(1, 2, N_PRODUCTS))
+        before.blended()
     blend = Blend(idx)
     plain = []
-    for name, entries in sources:
-        positions = np.array([p for p, _ in entries], dtype=np.int64)
+    for name, entries, by_column in sources:
+        values = np.array([v for v, _ in entries], dtype=np.int64)
         scores = np.array([s for _, s in entries], dtype=np.float64)
-        blend.add(name, positions, scores, anchor="anchor")
-        plain.append((name, positions.tolist(), scores.tolist()))
+        if by_column:
+            blend.add_columns(name, values, scores, anchor="anchor")
+            positions = [OF_COLUMN[c] if 0 <= c < len(OF_COLUMN) else -1 for c in values]
+        else:
+            positions = np.where(values < N_PRODUCTS, values, -1)
+            blend.add(name, positions, scores, anchor="anchor")
+        plain.append((name, [int(p) for p in positions], scores.tolist()))
     positions, totals, reasons = blend.blended()
     best_first = np.argsort(-totals, kind="stable")  # ties: the order first added
     positions, totals, reasons = positions[best_first], totals[best_first], reasons[best_first]
