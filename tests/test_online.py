@@ -81,6 +81,14 @@ def test_an_unknown_customer_has_an_empty_state(store):
     assert state == CustomerState("nobody")
 
 
+def test_one_customer_is_read_as_the_batch_read_gives_it(store):
+    """``customer`` is the serving path's own lookup; it must agree with ``customers``."""
+    store.ingest(valid(event("view", "p1"), event("add_to_cart", "p2", minutes=1)))
+    batch = store.customers(["c1", "nobody"])
+    assert store.customer("c1") == batch["c1"] != CustomerState("c1")
+    assert store.customer("nobody") == batch["nobody"] == CustomerState("nobody")
+
+
 def test_open_carts_are_found_by_how_long_they_sat(store):
     store.ingest(valid(event("add_to_cart", customer="old"),
                        event("add_to_cart", customer="new", minutes=50),

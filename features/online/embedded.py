@@ -139,6 +139,16 @@ class EmbeddedStore(OnlineStore):
         return states
 
     # ------------------------------------------------------------------ customers
+    def customer(self, customer_id: str) -> CustomerState:
+        """One customer's state in one indexed lookup: every ``recommend`` reads one, and the
+        general ``customers`` path (an IN list, a dict of results) costs twice as much."""
+        try:
+            found = self._db.execute("SELECT state FROM customers WHERE customer_id = ?",
+                                     (customer_id,)).fetchone()
+        except sqlite3.Error as error:
+            raise OnlineStateUnavailable(f"cannot read {self.path}: {error}") from error
+        return CustomerState.from_json(found[0]) if found else CustomerState(customer_id)
+
     def customers(self, customer_ids: list[str]) -> dict[str, CustomerState]:
         try:
             found = self._states(self._db, customer_ids)
