@@ -34,6 +34,7 @@ from serving.models import LoadedModels
 from serving.pipeline import ContentIndex, RecommendRequest, ServingState, recommend
 from serving.service import json_response, neighbour_table, share_blas_threads, smoke_check
 from serving.shop import Behaviour, Item, ShopView
+from serving.timeouts import cancel_timers_when_answered
 from serving.validation_errors import ReadableValidationErrors
 from training.interactions import Interactions
 from training.recommenders import make_recommender
@@ -130,6 +131,9 @@ def fresh_events(n_items: int, customers: int) -> list[dict]:
     parsed = parse_events(raw)
     assert not parsed.problems, parsed.problems[:3]
     return parsed.events
+
+
+cancel_timers_when_answered()  # as the service does
 
 
 @bentoml.service(name="nextbest-bench", logging={"access": {"enabled": False}},

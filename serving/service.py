@@ -69,6 +69,7 @@ from serving.pipeline import (
 )
 from serving.scores import propensity_answer
 from serving.shop import load_shop
+from serving.timeouts import cancel_timers_when_answered
 from serving.triggers import TriggerEngine
 from serving.validation_errors import ReadableValidationErrors
 from training.propensity.scoring import ScoredCustomers, customer_features
@@ -208,6 +209,9 @@ def smoke_check(state: ServingState) -> None:
                            live=live)
         if not answer["products"]:
             raise RuntimeError(f"smoke check failed: no products for customer {customer}")
+
+
+cancel_timers_when_answered()  # BentoML's timeout kept each request alive 30 s (serving/timeouts.py)
 
 
 @bentoml.service(name="nextbest", traffic={"timeout": 30}, workers=get_settings().workers)
