@@ -259,7 +259,7 @@ class NextBest:
         for the dict.
 
         It runs on the worker's event loop rather than in BentoML's thread pool: handing a
-        request to a pool thread and back cost about as much as ranking it (0.25-0.44 ms a request
+        request to a pool thread and back cost about as much as ranking it (0.23-0.44 ms a request
         on two cores, measured with a no-op). Reading the live state from Redis is a network round
         trip (up to its timeout while Redis is down), so that read alone goes to a thread and
         the loop never waits on the network; the embedded store is a local file read.

@@ -40,7 +40,7 @@ async def _timed(self: traffic.TimeoutMiddleware, scope, receive, send) -> None:
     answering = asyncio.ensure_future(self.app(scope, receive, _send), loop=loop)
     try:
         await waiter
-    except asyncio.TimeoutError:
+    except TimeoutError:  # what BentoML's timer sets (asyncio.TimeoutError is TimeoutError)
         if answering.cancel():
             await JSONResponse(
                 {"error": f"Not able to process the request in {self.timeout} seconds"},
