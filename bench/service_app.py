@@ -11,7 +11,8 @@ kept in ``NB_CACHE`` (default ``~/.cache/nextbest-bench``), from where every wor
 as the service reads a registered model's. Both endpoints answer through the service's output
 path (orjson bytes), take the request as the whole body and sit behind the service's
 middleware. Access logging is off (one log line per request would be measured too). Used only
-by ``bench/bench_service.py``.
+by ``bench/bench_service.py``. Importing ``serving.service`` applies its fix to BentoML's request
+timeout here too (``serving/timeouts.py``).
 """
 
 from __future__ import annotations
@@ -34,7 +35,6 @@ from serving.models import LoadedModels
 from serving.pipeline import ContentIndex, RecommendRequest, ServingState, recommend
 from serving.service import json_response, neighbour_table, share_blas_threads, smoke_check
 from serving.shop import Behaviour, Item, ShopView
-from serving.timeouts import cancel_timers_when_answered
 from serving.validation_errors import ReadableValidationErrors
 from training.interactions import Interactions
 from training.recommenders import make_recommender
@@ -131,9 +131,6 @@ def fresh_events(n_items: int, customers: int) -> list[dict]:
     parsed = parse_events(raw)
     assert not parsed.problems, parsed.problems[:3]
     return parsed.events
-
-
-cancel_timers_when_answered()  # as the service does
 
 
 @bentoml.service(name="nextbest-bench", logging={"access": {"enabled": False}},

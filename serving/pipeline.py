@@ -475,7 +475,7 @@ def choose_products(index: ProductIndex, positions: np.ndarray, scores: np.ndarr
         -math.inf if filters.min_price is None else filters.min_price,
         math.inf if filters.max_price is None else filters.max_price,
         index.category, index.category_filter(filters.category or ""),
-        index.positions(behaviour.purchased), index.repeatable, never, index.scratch().blocked)
+        index.positions(behaviour.purchased), index.repeatable, never, index.blocked_mask())
 
 
 # ---------------------------------------------------------------------------- content

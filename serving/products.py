@@ -76,12 +76,14 @@ class ProductIndex:
             repeatable=np.array([i.repeatable for i in products], dtype=bool),
             of_column=of_column, popular=popular, new=new, new_top=top[new])
 
-    def scratch(self) -> Scratch:
-        """This thread's per-product work arrays (one request at a time per thread uses them)."""
-        scratch = getattr(self._scratch, "arrays", None)
-        if scratch is None:
-            scratch = self._scratch.arrays = Scratch.sized(len(self.ids))
-        return scratch
+    def blocked_mask(self) -> np.ndarray:
+        """This thread's per-product scratch mask for the rules (``serving.kernels.choose``):
+        all False between uses, a byte per product (100 kB at 100k products) for each thread
+        that ranks, a worker's event loop and its trigger thread."""
+        mask = getattr(self._scratch, "blocked", None)
+        if mask is None:
+            mask = self._scratch.blocked = np.zeros(len(self.ids), dtype=bool)
+        return mask
 
     def positions(self, item_ids) -> np.ndarray:
         """Positions of those ids that are products (others are left out)."""
@@ -99,16 +101,3 @@ class ProductIndex:
             self._category_masks[prefix] = found
         return found
 
-
-@dataclass
-class Scratch:
-    """Per-product work arrays for ``serving.kernels``: a byte per product for each thread that
-    ranks (100 kB at 100k products), a worker's request thread and its trigger thread. Each
-    kernel leaves them as it found them."""
-
-    blocked: np.ndarray
-    """All False between uses: set, read and unset by the rules."""
-
-    @classmethod
-    def sized(cls, n: int) -> Scratch:
-        return cls(np.zeros(n, dtype=bool))

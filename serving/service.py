@@ -265,17 +265,17 @@ class NextBest:
         the loop never waits on the network; the embedded store is a local file read.
         """
         if self.online.reads_over_network:
-            live = await anyio.to_thread.run_sync(self._live_state, request.customer_id)
+            live_state = await anyio.to_thread.run_sync(self._live_state, request.customer_id)
         else:
-            live = self._live_state(request.customer_id)
-        return json_answer(lambda: self.answer(request, live))
+            live_state = self._live_state(request.customer_id)
+        return json_answer(lambda: self.answer(request, live_state))
 
     def answer(self, request: RecommendRequest,
-               live: tuple[CustomerState | None, str | None] | None = None) -> dict:
-        """What ``recommend`` answers, as a dict: rank from the customer's live state (read
-        here unless given, as ``_live_state`` returns it)."""
+               live_state: tuple[CustomerState | None, str | None] | None = None) -> dict:
+        """What ``recommend`` answers, as a dict: rank from the customer's live state, as
+        ``_live_state`` gives it (read here unless the caller already has)."""
         state = self._ready_state()
-        live, degraded = live if live is not None else self._live_state(request.customer_id)
+        live, degraded = live_state or self._live_state(request.customer_id)
         try:
             answer = recommend(state, request, pd.Timestamp.now(tz="UTC"),
                                self.settings.max_category_share, live, self.policy)
