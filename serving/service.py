@@ -52,6 +52,7 @@ from features.online import CustomerState, OnlineStateUnavailable, open_online_s
 from features.policy import load_policy, policy_path
 from features.settings import Settings, get_settings
 from features.warehouse import Warehouse
+from serving.accepting import accept_one_connection_per_turn
 from serving.models import (
     LoadedModels,
     RegistryUnavailable,
@@ -212,6 +213,7 @@ def smoke_check(state: ServingState) -> None:
 
 
 cancel_timers_when_answered()  # BentoML's timeout kept each request alive 30 s (serving/timeouts.py)
+accept_one_connection_per_turn()  # else one worker takes a client's every connection (accepting.py)
 
 
 @bentoml.service(name="nextbest", traffic={"timeout": 30}, workers=get_settings().workers)

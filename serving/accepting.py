@@ -1,0 +1,41 @@
+"""Workers that take turns at accepting connections, so a client's connections reach all of them.
+
+BentoML 1.4 runs every worker of a service on one shared listening socket, through uvicorn on
+asyncio's event loop. asyncio drains the socket's whole accept queue on each wake-up (up to the
+listen backlog, 2,048 here), so when a client opens its keep-alive connections at once (a load
+balancer, a storefront's connection pool, a load test) the first worker to wake takes all of
+them and the other workers idle: in 2 of 3 rounds of the service benchmark all 16 connections
+went to one of two workers (bentoml/BentoML#5426).
+
+``accept_one_connection_per_turn`` makes each worker accept at most one connection per turn of
+its event loop, as nginx does with ``multi_accept off``: the other workers, woken by the same
+readiness, take the next ones, and a busy worker, which comes back to the socket later, takes
+fewer. The listen backlog is unchanged (asyncio sets it separately), so a burst of connections
+still queues in the kernel rather than being refused.
+
+It applies to asyncio's selector event loop, the one BentoML's workers run on when uvloop is not
+installed (nextbest does not install it); uvloop accepts in libuv and is left as it is.
+"""
+
+from __future__ import annotations
+
+from asyncio import selector_events
+
+_ORIGINAL = selector_events.BaseSelectorEventLoop._accept_connection
+
+
+def accept_one_connection_per_turn() -> None:
+    """Apply to asyncio's selector event loops in this process (a worker's, once it starts)."""
+    selector_events.BaseSelectorEventLoop._accept_connection = _accept_one
+
+
+def accepting_one_per_turn() -> bool:
+    """Whether this process's selector event loops accept one connection per turn."""
+    return selector_events.BaseSelectorEventLoop._accept_connection is _accept_one
+
+
+def _accept_one(self, protocol_factory, sock, sslcontext=None, server=None, backlog=100,
+                *args, **kwargs):
+    """asyncio's ``_accept_connection`` with at most one ``accept()`` per readiness event; the
+    ``backlog`` it is given is the listen backlog, which it otherwise uses as that limit."""
+    return _ORIGINAL(self, protocol_factory, sock, sslcontext, server, 1, *args, **kwargs)

@@ -1,0 +1,81 @@
+"""Workers sharing one listening socket, as BentoML runs them: connections a client opens at once
+reach every worker, not only the first to wake. (Without ``accept_one_connection_per_turn`` the
+first worker took all 16 in 4 of 5 runs of ``connections_per_worker("asyncio-default")``.)"""
+
+from __future__ import annotations
+
+import collections
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+CONNECTIONS = 16
+
+WORKER = """
+import asyncio, os, socket, sys, time
+from serving.accepting import accept_one_connection_per_turn
+if sys.argv[2] == "one-per-turn":
+    accept_one_connection_per_turn()
+listening = socket.socket(fileno=int(sys.argv[1]))
+
+class Answer(asyncio.Protocol):
+    def connection_made(self, transport):
+        transport.write(str(os.getpid()).encode())
+        transport.close()
+        time.sleep(0.02)  # busy with the request it took, as a serving worker is
+
+async def main():
+    server = await asyncio.get_running_loop().create_server(
+        Answer, sock=listening, backlog=64, start_serving=False)
+    print("ready", flush=True)
+    sys.stdin.readline()  # every worker starts accepting at once
+    await server.start_serving()
+    await asyncio.sleep(30)
+
+asyncio.run(main())
+"""
+
+
+def connections_per_worker(mode: str, workers: int = 2) -> list[int]:
+    """Open CONNECTIONS connections to ``workers`` processes on one shared socket, all queued
+    before the workers start accepting; how many each worker took, most first."""
+    with socket.socket() as listening:
+        listening.bind(("127.0.0.1", 0))
+        listening.listen(64)
+        procs = [subprocess.Popen([sys.executable, "-c", WORKER, str(listening.fileno()), mode],
+                                  pass_fds=[listening.fileno()], cwd=ROOT, text=True,
+                                  stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+                 for _ in range(workers)]
+        try:
+            for proc in procs:
+                assert proc.stdout.readline().strip() == "ready"
+            clients = [socket.create_connection(listening.getsockname(), timeout=10)
+                       for _ in range(CONNECTIONS)]
+            for proc in procs:
+                proc.stdin.write("go\n")
+                proc.stdin.flush()
+            answered_by = collections.Counter()
+            for client in clients:
+                with client:
+                    answered_by[client.recv(32)] += 1
+        finally:
+            for proc in procs:
+                proc.kill()
+                proc.wait()
+    return sorted(answered_by.values(), reverse=True) + [0] * (workers - len(answered_by))
+
+
+def test_a_clients_connections_spread_over_the_workers() -> None:
+    taken = connections_per_worker("one-per-turn")
+
+    assert sum(taken) == CONNECTIONS
+    assert min(taken) >= CONNECTIONS // 4, f"connections per worker: {taken}"
+
+
+def test_the_service_applies_it_in_its_workers() -> None:
+    import serving.service  # noqa: F401  (applies it at import, in every worker)
+    from serving.accepting import accepting_one_per_turn
+
+    assert accepting_one_per_turn()
