@@ -165,8 +165,9 @@ def render(r: dict) -> str:
 
 def multi_worker_rounds(server: subprocess.Popen, url: str, args, rounds: int = 3) -> list[dict]:
     """Throughput on several workers, in rounds of fresh connections, with how many workers
-    the connections landed on: BentoML 1.4's workers share one listening socket, and the kernel
-    may hand all of a client's keep-alive connections to one of them (bentoml/BentoML#5426)."""
+    the connections landed on: BentoML 1.4's workers share one listening socket, and without
+    ``serving/accepting.py`` the first worker to wake took all of a client's keep-alive
+    connections (bentoml/BentoML#5426)."""
     workers = [p for p in psutil.Process(server.pid).children(recursive=True)
                if "worker" in " ".join(p.cmdline())]
 
@@ -252,8 +253,8 @@ def main() -> None:
         record_section("bench_service", "Service: recommend vs a no-op endpoint",
                        "python bench/bench_service.py", text + "\n\nOne worker (the last rows: "
                        "one per core, in rounds of fresh connections; BentoML 1.4's workers "
-                       "share one listening socket and the kernel may give all 16 connections "
-                       "to one worker, bentoml/BentoML#5426), access log off, each customer's "
+                       "share one listening socket, and each accepts one connection per turn of "
+                       "its event loop, serving/accepting.py), access log off, each customer's "
                        "top 200 and the neighbour table precomputed (read from disk at start, as "
                        "the service reads the registered ones), "
                        "one read of the live customer state per request, both endpoints answering "
