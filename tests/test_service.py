@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import gc
 import json
 import os
 import shutil
@@ -18,6 +19,7 @@ import time
 import urllib.error
 import urllib.request
 import uuid
+import weakref
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -413,6 +415,28 @@ def test_a_moved_alias_is_swapped_in_while_requests_keep_flowing(env, data_dir):
     assert service.answer(RecommendRequest(customer_id="c0000001"))["model_versions"]["recommender"] == \
         second.version
     registry.rollback(client, "recommender")
+
+
+def test_a_swapped_out_state_is_freed_without_a_garbage_collection(data_dir):
+    """The service freezes its loaded state out of the collector's sight (``gc.freeze``), so a
+    state dropped by a swap is freed only if reference counting alone frees it: a reference
+    cycle anywhere in it would keep it in memory on every promotion until the worker restarts."""
+    state = build_state(Settings(data_dir=data_dir))
+    now = pd.Timestamp.now(tz="UTC")
+    for request in (RecommendRequest(customer_id="c0000001"),  # caches and per-thread scratch
+                    RecommendRequest(customer_id="nobody", filters={"category": "beauty"},
+                                     context={"current_item": "p000031", "cart_items": ["p000017"]})):
+        recommend(state, request, now)
+    similar_products(state, "p000031")
+    parts = [weakref.ref(part) for part in (state, state.shop, state.products, state.content)]
+    gc.collect()
+    gc.disable()
+    try:
+        del state
+        assert [part() for part in parts] == [None] * len(parts)
+        assert gc.collect() == 0
+    finally:
+        gc.enable()
 
 
 # ---------------------------------------------------------------------------- real server
