@@ -14,12 +14,17 @@ fewer. The listen backlog is unchanged (asyncio sets it separately), so a burst 
 still queues in the kernel rather than being refused.
 
 It applies to asyncio's selector event loop, the one BentoML's workers run on when uvloop is not
-installed (nextbest does not install it); uvloop accepts in libuv and is left as it is.
+installed (nextbest does not install it); uvloop accepts in libuv and is left as it is, which
+``warn_unless_spread`` says in the worker's log.
 """
 
 from __future__ import annotations
 
+import asyncio
+import logging
 from asyncio import selector_events
+
+log = logging.getLogger("nextbest.serving")
 
 _ORIGINAL = selector_events.BaseSelectorEventLoop._accept_connection
 
@@ -32,6 +37,25 @@ def accept_one_connection_per_turn() -> None:
 def accepting_one_per_turn() -> bool:
     """Whether this process's selector event loops accept one connection per turn."""
     return selector_events.BaseSelectorEventLoop._accept_connection is _accept_one
+
+
+def spreads_connections(loop: asyncio.AbstractEventLoop) -> bool:
+    """Whether ``loop`` accepts one connection per turn (an asyncio selector loop, patched)."""
+    return accepting_one_per_turn() and isinstance(loop, selector_events.BaseSelectorEventLoop)
+
+
+def warn_unless_spread(workers: int | str) -> None:
+    """Log a warning when several workers serve from a loop that takes a client's connections
+    all at once (uvloop, or the fix not applied): called in a worker, on its event loop."""
+    try:
+        loop = asyncio.get_running_loop()
+    except RuntimeError:  # not on an event loop (constructed in a script or a test)
+        return
+    if workers != 1 and not spreads_connections(loop):
+        log.warning("NEXTBEST_WORKERS=%s on %s, which accepts every waiting connection at once: "
+                    "a client's keep-alive connections may all go to one worker (uninstall "
+                    "uvloop, or run one-worker replicas behind a load balancer)",
+                    workers, type(loop).__name__)
 
 
 def _accept_one(self, protocol_factory, sock, sslcontext=None, server=None, backlog=100,

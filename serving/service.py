@@ -52,7 +52,7 @@ from features.online import CustomerState, OnlineStateUnavailable, open_online_s
 from features.policy import load_policy, policy_path
 from features.settings import Settings, get_settings
 from features.warehouse import Warehouse
-from serving.accepting import accept_one_connection_per_turn
+from serving.accepting import accept_one_connection_per_turn, warn_unless_spread
 from serving.models import (
     LoadedModels,
     RegistryUnavailable,
@@ -221,6 +221,7 @@ class NextBest:
     def __init__(self) -> None:
         self.settings = get_settings()
         share_blas_threads(self.settings.workers)
+        warn_unless_spread(self.settings.workers)
         self.state: ServingState | None = None
         self.detail = "loading"
         self._swap = threading.Lock()

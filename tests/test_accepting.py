@@ -4,10 +4,12 @@ first worker took all 16 in 4 of 5 runs of ``connections_per_worker("asyncio-def
 
 from __future__ import annotations
 
+import asyncio
 import collections
 import socket
 import subprocess
 import sys
+from asyncio import selector_events
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -79,3 +81,20 @@ def test_the_service_applies_it_in_its_workers() -> None:
     from serving.accepting import accepting_one_per_turn
 
     assert accepting_one_per_turn()
+
+
+def test_a_worker_says_when_its_loop_takes_every_connection_at_once(monkeypatch, caplog) -> None:
+    from serving import accepting
+
+    async def start_worker(workers: int) -> None:
+        accepting.warn_unless_spread(workers)
+
+    accepting.accept_one_connection_per_turn()
+    asyncio.run(start_worker(2))
+    assert not caplog.records
+    monkeypatch.setattr(selector_events.BaseSelectorEventLoop, "_accept_connection",
+                        accepting._ORIGINAL)  # as on a loop that drains the queue (uvloop)
+    asyncio.run(start_worker(2))
+    asyncio.run(start_worker(1))  # one worker: nothing to spread
+    assert len(caplog.records) == 1
+    assert caplog.records[0].getMessage().startswith("NEXTBEST_WORKERS=2 on _UnixSelectorEventLoop")
