@@ -4,8 +4,8 @@ BentoML 1.4 runs every worker of a service on one shared listening socket, throu
 asyncio's event loop. asyncio drains the socket's whole accept queue on each wake-up (up to the
 listen backlog, 2,048 here), so when a client opens its keep-alive connections at once (a load
 balancer, a storefront's connection pool, a load test) the first worker to wake takes all of
-them and the other workers idle: in 2 of 3 rounds of the service benchmark all 16 connections
-went to one of two workers (bentoml/BentoML#5426).
+them and the other workers idle: in the service benchmark all 16 connections went to one of two
+workers in 2 of 3 rounds of one run and 4 of 4 of another (bentoml/BentoML#5426).
 
 ``accept_one_connection_per_turn`` makes each worker accept at most one connection per turn of
 its event loop, as nginx does with ``multi_accept off``: the other workers, woken by the same
