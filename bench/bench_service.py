@@ -20,11 +20,12 @@ is measured alongside to show what that hand-off costs. In the same run:
    wrk (C, one thread: ~5% of a core at these rates) when it is installed (`apt-get install
    wrk`), otherwise by 16 Python threads, which take most of a core themselves.
 
-The load generator runs on the same two cores as the server. Targets: p50 <= 1.2x and p99 <= 2x
-the no-op's, throughput >= 1.0x the no-op's single-worker figure (recommend is measured on one
-worker and on one worker per core, once every worker has loaded: each worker marks itself ready
-in NB_READY_DIR). The first run at a size builds the synthetic tables (minutes; see
-bench/service_app.py); later runs map them from the cache.
+Recording (the default) also draws the latency distributions and throughputs into
+docs/bench_service.png. The load generator runs on the same two cores as the server. Targets:
+p50 <= 1.2x and p99 <= 2x the no-op's, throughput >= 1.0x the no-op's single-worker figure
+(recommend is measured on one worker and on one worker per core, once every worker has loaded:
+each worker marks itself ready in NB_READY_DIR). The first run at a size builds the synthetic
+tables (minutes; see bench/service_app.py); later runs map them from the cache.
 """
 
 from __future__ import annotations
@@ -163,6 +164,51 @@ def render(r: dict) -> str:
     return "\n".join(lines)
 
 
+def plot(timings: dict[str, np.ndarray], result: dict, path: Path) -> Path:
+    """Each series' sequential latencies as a distribution (where p50 and p99 sit, and the tail
+    beyond), and the throughput bars with the target's baseline, side by side."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, (latency, rates) = plt.subplots(1, 2, figsize=(11, 4.2))
+    labels = {"recommend": "recommend", "noop": "no-op (async)", "noop_sync": "no-op (sync)",
+              "fresh": "recommend, fresh events"}
+    for series, label in labels.items():
+        values = np.sort(timings[series])
+        latency.plot(values, np.arange(1, len(values) + 1) / len(values), label=label)
+    for share in (0.5, 0.99):
+        latency.axhline(share, color="grey", lw=0.6, ls=":")
+    latency.axvline(1.2 * np.percentile(timings["noop"], 50), color="#c44e52", ls="--",
+                    label="p50 target: 1.2x the no-op's")
+    latency.set(xscale="log", xlabel="latency (ms, log scale)", ylabel="share of requests",
+                title=f"sequential, {result['requests']:,} requests each")
+    ticks = [t for t in (0.5, 1, 2, 3, 5, 10, 20, 50) if t <= max(map(np.max, timings.values()))]
+    latency.set_xticks(ticks, [f"{t:g}" for t in ticks])
+    latency.minorticks_off()
+    latency.legend(fontsize=8)
+    latency.grid(alpha=0.3, which="both")
+    thr = result["throughput_rps"]
+    bars = {"no-op, 1 worker": thr["noop"], "no-op sync": thr["noop_sync"],
+            "recommend, 1 worker": thr["recommend"]}
+    for k, spread in enumerate(result.get("multi_worker", []), start=1):
+        bars[f"recommend, {spread['workers']} workers\n(round {k})"] = spread["rate"]
+    rates.barh(list(bars), list(bars.values()), color="#4c72b0")
+    rates.axvline(thr["noop"], color="#c44e52", ls="--", label="target: the no-op on 1 worker")
+    rates.invert_yaxis()
+    rates.tick_params(axis="y", labelsize=8)
+    rates.set(xlabel="requests per second", title=f"{result['threads']} connections, "
+              f"{result['seconds']:.0f} s each")
+    rates.legend(fontsize=8)
+    figure.suptitle(f"recommend vs a no-op endpoint: {result['items']:,} items, "
+                    f"{result['customers']:,} customers")
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+    return path
+
+
 def multi_worker_rounds(server: subprocess.Popen, url: str, args, rounds: int = 3) -> list[dict]:
     """Throughput on several workers, in rounds of fresh connections, with how many workers
     the connections landed on: BentoML 1.4's workers share one listening socket, and without
@@ -250,6 +296,8 @@ def main() -> None:
     if not args.no_record:
         from bench.record import record_section
 
+        plot(timings, result, ROOT / "docs" / "bench_service.png")
+
         record_section("bench_service", "Service: recommend vs a no-op endpoint",
                        "python bench/bench_service.py", text + "\n\nOne worker (the last rows: "
                        "one per core, in rounds of fresh connections; BentoML 1.4's workers "
@@ -260,7 +308,8 @@ def main() -> None:
                        "one read of the live customer state per request, both endpoints answering "
                        "through the same output path; sequential latency from http.client on one "
                        "keep-alive connection; load generated from the same machine (it shares the "
-                       "two cores with the server, for both endpoints alike).")
+                       "two cores with the server, for both endpoints alike).\n\n"
+                       "![Latency distributions and throughput](bench_service.png)")
 
 
 if __name__ == "__main__":
