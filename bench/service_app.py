@@ -20,6 +20,7 @@ from __future__ import annotations
 import gc
 import os
 import tempfile
+from datetime import UTC, datetime
 from pathlib import Path
 
 import bentoml
@@ -154,8 +155,8 @@ class BenchService:
         """As the service does it: on the event loop, read the customer's live state from the
         embedded store, rank, answer JSON."""
         live = self.online.customer(request.customer_id)
-        return json_response(recommend(self.state, request, pd.Timestamp.now(tz="UTC"), 0.5,
-                                       live, self.policy))
+        return json_response(recommend(self.state, request, datetime.now(UTC), 0.5, live,
+                                       self.policy))
 
     @bentoml.api
     async def noop(self, request: RecommendRequest, /) -> dict:

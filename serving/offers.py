@@ -10,6 +10,8 @@ customer with no history.
 
 from __future__ import annotations
 
+from datetime import datetime
+
 import numpy as np
 import pandas as pd
 
@@ -35,7 +37,7 @@ class OfferScorer:
         self._offer_slots = [names.index(f) for f in OFFER_FEATURES]
 
     def redeem_probability(self, customer_id: str, offers: list[Item],
-                           now: pd.Timestamp) -> np.ndarray:
+                           now: datetime) -> np.ndarray:
         """P(customer redeems each offer if shown now), in the order of ``offers``."""
         rows = np.full((len(offers), len(self.model.feature_names_)), np.nan)
         row = self._row.get(customer_id)

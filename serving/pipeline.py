@@ -23,6 +23,7 @@ import math
 import uuid
 from collections import Counter
 from dataclasses import dataclass
+from datetime import datetime
 from functools import cached_property
 from itertools import chain
 
@@ -135,14 +136,15 @@ class ContentIndex:
 
 
 # ---------------------------------------------------------------------------- entry point
-def recommend(state: ServingState, request: RecommendRequest, now: pd.Timestamp,
+def recommend(state: ServingState, request: RecommendRequest, now: datetime,
               max_category_share: float = 0.5, live: CustomerState | None = None,
               policy: ContactPolicy | None = None) -> dict:
     """Answer one request: ranked products, content and offers, with reasons and ids.
 
-    ``live`` is the customer's online state (None when it could not be read: the answer then
-    comes from the serving snapshot alone); ``policy`` applies cross-channel memory and reports
-    whether a contact channel may be used now.
+    ``now`` is a timezone-aware datetime (a ``pd.Timestamp`` is one). ``live`` is the customer's
+    online state (None when it could not be read: the answer then comes from the serving
+    snapshot alone); ``policy`` applies cross-channel memory and reports whether a contact
+    channel may be used now.
     """
     for kind, count in request.n.items():
         if not 0 <= count <= MAX_N:
@@ -191,7 +193,7 @@ def with_live_state(behaviour: Behaviour, request: RecommendRequest,
 
 
 def _apply_contact_policy(state: ServingState, request: RecommendRequest, live: CustomerState,
-                          policy: ContactPolicy, now: pd.Timestamp, answer: dict) -> RecommendRequest:
+                          policy: ContactPolicy, now: datetime, answer: dict) -> RecommendRequest:
     """On a contact channel: say whether it may be used now, and leave out what was shown or sent
     on another channel within the cross-channel memory."""
     channel = request.channel.value
@@ -199,9 +201,9 @@ def _apply_contact_policy(state: ServingState, request: RecommendRequest, live: 
         return request
     verdict = contact_verdict(policy, live, state.shop.consents.get(request.customer_id,
                                                                     frozenset()),
-                              channel, now.to_pydatetime())
+                              channel, now)
     answer["contact"] = {"channel": channel, "allowed": verdict is None, "reason": verdict}
-    elsewhere = {item for item in recently_shown(policy, live, now.to_pydatetime())
+    elsewhere = {item for item in recently_shown(policy, live, now)
                  if live.shown[item][0] != channel}
     if not elsewhere:
         return request
@@ -518,7 +520,7 @@ def rank_content(state: ServingState, request: RecommendRequest, behaviour: Beha
 
 # ---------------------------------------------------------------------------- offers
 def offer_is_eligible(offer: Item, segment: str, channel: str, cart_value: float,
-                      redeemed: int, now: pd.Timestamp) -> bool:
+                      redeemed: int, now: datetime) -> bool:
     if offer.kind != OFFER:
         return False
     if offer.valid_from is not None and now < offer.valid_from:
@@ -535,7 +537,7 @@ def offer_is_eligible(offer: Item, segment: str, channel: str, cart_value: float
 
 
 def rank_offers(state: ServingState, request: RecommendRequest, behaviour: Behaviour,
-                now: pd.Timestamp, n: int) -> list[Candidate]:
+                now: datetime, n: int) -> list[Candidate]:
     """Eligible offers by expected value: P(redeem) x value. P(redeem) comes from the
     offer-response model for this customer when one is registered, otherwise from each offer's
     smoothed historical redemption rate."""

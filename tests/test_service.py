@@ -29,6 +29,8 @@ import pandas as pd
 import psutil
 import pytest
 from bentoml.exceptions import ServiceUnavailable
+from hypothesis import given
+from hypothesis import strategies as st
 from mlflow import MlflowClient
 from starlette.testclient import TestClient
 
@@ -183,6 +185,15 @@ NOW = pd.Timestamp("2024-01-15", tz="UTC")
 def test_offer_eligibility_rules(change, eligible):
     args = {"segment": "loyal", "channel": "web", "cart_value": 30.0, "redeemed": 0, "now": NOW}
     assert offer_is_eligible(OFFER, **{**args, **change}) is eligible
+
+
+@given(offset=st.integers(-40 * 86400 * 10**6, 40 * 86400 * 10**6))
+def test_the_services_datetime_clock_and_a_pandas_timestamp_agree_on_eligibility(offset):
+    """The service ranks at ``datetime.now(UTC)``; offers' windows are pandas timestamps."""
+    moment = NOW + pd.Timedelta(microseconds=offset)
+    args = {"segment": "loyal", "channel": "web", "cart_value": 30.0, "redeemed": 0}
+    assert offer_is_eligible(OFFER, now=moment.to_pydatetime(), **args) is \
+        offer_is_eligible(OFFER, now=moment, **args)
 
 
 def test_offers_are_ranked_by_expected_value(state):
