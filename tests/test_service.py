@@ -686,10 +686,13 @@ def offer_model(state: ServingState):
     return PropensityModel(n_estimators=30).fit(rows, (rows["offer_min_basket"] == 0).astype(int))
 
 
-def test_offers_are_ranked_by_the_offer_models_chance_times_value(state):
+@pytest.mark.parametrize("clock", ["pandas", "datetime"])  # the service ranks at a datetime
+def test_offers_are_ranked_by_the_offer_models_chance_times_value(state, clock):
     scorer = OfferScorer(offer_model(state), "7", state.propensity.features)
     with_model = dataclasses.replace(state, offers=scorer)
     when = state.shop.as_of - pd.Timedelta(days=20)
+    if clock == "datetime":
+        when = when.to_pydatetime()
     request = RecommendRequest(customer_id="c0000001", n={"offer": 10})
     answer = recommend(with_model, request, when)
     assert answer["offers"], "the test shop should have eligible offers then"
