@@ -26,12 +26,16 @@ from asyncio import selector_events
 
 log = logging.getLogger("nextbest.serving")
 
-_ORIGINAL = selector_events.BaseSelectorEventLoop._accept_connection
+_ORIGINAL = getattr(selector_events.BaseSelectorEventLoop, "_accept_connection", None)
+"""asyncio's own (a private method, as of Python 3.11-3.13: None if a later Python renames it)."""
 
 
 def accept_one_connection_per_turn() -> None:
-    """Apply to asyncio's selector event loops in this process (a worker's, once it starts)."""
-    selector_events.BaseSelectorEventLoop._accept_connection = _accept_one
+    """Apply to asyncio's selector event loops in this process (a worker's, once it starts).
+    Where asyncio no longer has the method it wraps, nothing is changed, and a worker of a
+    several-worker service says so (``warn_unless_spread``) rather than failing to start."""
+    if _ORIGINAL is not None:
+        selector_events.BaseSelectorEventLoop._accept_connection = _accept_one
 
 
 def accepting_one_per_turn() -> bool:
