@@ -138,16 +138,21 @@ class EmbeddedStore(OnlineStore):
                 states[customer] = CustomerState.from_json(text)
         return states
 
+    @staticmethod
+    def _state(db: sqlite3.Connection, customer_id: str) -> CustomerState:
+        """One customer's state in one indexed lookup (an empty one if none is stored): every
+        ``recommend`` reads one, and the general ``_states`` path (an IN list, a dict of
+        results) costs twice as much."""
+        found = db.execute("SELECT state FROM customers WHERE customer_id = ?",
+                           (customer_id,)).fetchone()
+        return CustomerState.from_json(found[0]) if found else CustomerState(customer_id)
+
     # ------------------------------------------------------------------ customers
     def customer(self, customer_id: str) -> CustomerState:
-        """One customer's state in one indexed lookup: every ``recommend`` reads one, and the
-        general ``customers`` path (an IN list, a dict of results) costs twice as much."""
         try:
-            found = self._db.execute("SELECT state FROM customers WHERE customer_id = ?",
-                                     (customer_id,)).fetchone()
+            return self._state(self._db, customer_id)
         except sqlite3.Error as error:
             raise OnlineStateUnavailable(f"cannot read {self.path}: {error}") from error
-        return CustomerState.from_json(found[0]) if found else CustomerState(customer_id)
 
     def customers(self, customer_ids: list[str]) -> dict[str, CustomerState]:
         try:
@@ -164,7 +169,7 @@ class EmbeddedStore(OnlineStore):
     # ------------------------------------------------------------------ decisions
     def _commit_state(self, customer_id: str, change) -> CustomerState:
         with self._write() as db:
-            state = self._states(db, [customer_id]).get(customer_id) or CustomerState(customer_id)
+            state = self._state(db, customer_id)
             if change(state):
                 db.execute("INSERT OR REPLACE INTO customers VALUES (?, ?, ?)",
                            (customer_id, state.to_json(), state.cart_updated))
@@ -173,7 +178,7 @@ class EmbeddedStore(OnlineStore):
     def _commit_decision(self, decision: dict, change) -> bool:
         customer = decision["customer_id"]
         with self._write() as db:
-            state = self._states(db, [customer]).get(customer) or CustomerState(customer)
+            state = self._state(db, customer)
             if not change(state):
                 return False
             db.execute("INSERT OR REPLACE INTO customers VALUES (?, ?, ?)",
