@@ -1,11 +1,12 @@
-"""The two per-request passes over product candidates, compiled: blending the sources, and
-choosing what to show (the rules, then no category over its share).
+"""The per-request pass over product candidates, compiled: blending the sources, then choosing
+what to show (the rules, then no category over its share), in one call (``rank``).
 
 Both are loops over a few hundred candidates. As numpy calls they were some twenty vectorized
 operations per request, each costing more in call overhead than in work (about 80 µs a
-request, a third of ranking); compiled, they cost a few microseconds. What they compute is
-stated in ``serving/pipeline.py`` (``Blend``, ``choose_products``) and held to a plain Python
-statement of it by property tests (``tests/test_blend.py``).
+request, a third of ranking); compiled, they cost a few microseconds, and as one call the
+blended candidates never go back to Python. What they compute is stated in
+``serving/pipeline.py`` (``Blend``, ``choose_products``) and held to a plain Python statement
+of it by property tests (``tests/test_blend.py``).
 
 Compiled on first use and cached on disk (numba's cache: next to this file, or in the user's
 cache directory): a worker compiles them while it loads its models (the smoke check ranks
@@ -34,16 +35,30 @@ EMPTY = -1
 
 
 @compiled
+def rank(positions: np.ndarray, scores: np.ndarray, bounds: np.ndarray, weights: np.ndarray,
+         codes: np.ndarray, product: np.ndarray, n: int, cap: int, top: np.ndarray,
+         n_tops: int, in_stock_only: bool, in_stock: np.ndarray, price_filter: bool,
+         price: np.ndarray, min_price: float, max_price: float, category: np.ndarray,
+         category_ok: np.ndarray, bought: np.ndarray, repeatable: np.ndarray,
+         never: np.ndarray, blocked_mask: np.ndarray
+         ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``blend`` the sources, then ``choose`` the ``n`` to show: their positions, totals and
+    reason codes, in the order shown."""
+    items, totals, reasons = blend(positions, scores, bounds, weights, codes, product)
+    picked = choose(items, totals, n, cap, top, n_tops, in_stock_only, in_stock, price_filter,
+                    price, min_price, max_price, category, category_ok, bought, repeatable,
+                    never, blocked_mask)
+    return items[picked], totals[picked], reasons[picked]
+
+
+@compiled
 def blend(positions: np.ndarray, scores: np.ndarray, bounds: np.ndarray, weights: np.ndarray,
-          codes: np.ndarray, by_column: np.ndarray, of_column: np.ndarray
-          ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+          codes: np.ndarray, product: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Source ``s`` holds entries ``bounds[s]:bounds[s + 1]`` of ``positions`` and ``scores``;
     it is scaled so that its best finite score gets ``weights[s]``, and skipped when that is
     not positive. Returns each product once, in the order first reached, with its total and
-    the code of the source that gave it most (the first such on a tie). A source with
-    ``by_column[s]`` names recommender columns instead, mapped to positions by ``of_column``
-    here (a negative or unknown column is not a product), so that the request does not map
-    each source with a numpy call of its own.
+    the code of the source that gave it most (the first such on a tie). A position that is
+    negative, past the index or not a ``product`` is left out.
 
     Products are found again through a small open-addressing table sized to the candidates (a
     few thousand slots, in the core's cache) rather than a catalog-sized array: a request's few
@@ -71,9 +86,7 @@ def blend(positions: np.ndarray, scores: np.ndarray, bounds: np.ndarray, weights
         scale = weights[s] / top
         for e in range(bounds[s], bounds[s + 1]):
             p, value = positions[e], scores[e] * scale
-            if by_column[s]:
-                p = of_column[p] if 0 <= p < len(of_column) else -1
-            if p < 0 or not 0.0 < value < np.inf:
+            if not 0.0 < value < np.inf or not 0 <= p < len(product) or not product[p]:
                 continue
             slot = ((p * 2654435761) >> 16) & mask  # Knuth's multiplicative hash
             while slot_product[slot] != EMPTY and slot_product[slot] != p:

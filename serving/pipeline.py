@@ -20,7 +20,7 @@ collaborative model re-derives the customer's vector from their fresh history.
 from __future__ import annotations
 
 import math
-import uuid
+import random
 from collections import Counter
 from dataclasses import dataclass
 from datetime import datetime
@@ -154,7 +154,7 @@ def recommend(state: ServingState, request: RecommendRequest, now: datetime,
         behaviour, request = with_live_state(behaviour, request, live)
     known = (request.customer_id in state.shop.segments
              or request.customer_id in state.shop.behaviour or bool(live and live.last_event))
-    answer = {"recommendation_id": uuid.uuid4().hex, "customer_id": request.customer_id,
+    answer = {"recommendation_id": recommendation_id(), "customer_id": request.customer_id,
               "known_customer": known, "model_versions": dict(state.models.versions),
               "served_from": state.models.source}
     if policy is not None and live is not None:
@@ -169,6 +169,14 @@ def recommend(state: ServingState, request: RecommendRequest, now: datetime,
     answer["content"] = [_entry(items[c.item_id], c) for c in content]
     answer["offers"] = [_entry(items[c.item_id], c) for c in offers]
     return answer
+
+
+def recommendation_id() -> str:
+    """128 random bits as 32 hex digits, like ``uuid4().hex``: an id to attribute clicks to,
+    which needs to be unique, not secret. ``uuid4`` reads the kernel's random source on every
+    call (a system call, 0.01-0.03 ms of a served request); Python's generator is seeded from
+    it once per process (and again in a forked child)."""
+    return f"{random.getrandbits(128):032x}"
 
 
 def with_live_state(behaviour: Behaviour, request: RecommendRequest,
@@ -235,12 +243,10 @@ def rank_products(state: ServingState, request: RecommendRequest, behaviour: Beh
     if liked is None:
         liked = _liked_categories(state.shop, behaviour)
     blend = product_candidates(state, request, behaviour, liked, live)
-    positions, scores, reasons = blend.blended()
-    chosen = choose_products(index, positions, scores, request, behaviour, n,
-                             max_category_share)
+    positions, scores, reasons = choose_products(index, blend, request, behaviour, n,
+                                                 max_category_share)
     return [Candidate(index.ids[p], s, blend.reason(r, p)) for p, s, r in
-            zip(positions[chosen].tolist(), scores[chosen].tolist(), reasons[chosen].tolist(),
-                strict=True)]
+            zip(positions.tolist(), scores.tolist(), reasons.tolist(), strict=True)]
 
 
 class Blend:
@@ -251,8 +257,9 @@ class Blend:
     one added, on a tie). ``choose_products`` ranks them, best first, items with equal scores in
     the order they were first added.
 
-    Sources are only collected as they are added; ``blended`` then blends them all in one
-    compiled pass (``serving.kernels.blend``).
+    Sources are only collected as they are added, by catalog position (``ProductIndex``: a
+    recommender column is its own position); ``choose_products`` blends and chooses in one
+    compiled pass (``serving.kernels.rank``).
     """
 
     def __init__(self, index: ProductIndex) -> None:
@@ -263,22 +270,10 @@ class Blend:
         self._bounds: list[int] = [0]
         self._weights: list[float] = []
         self._codes: list[int] = []
-        self._by_column: list[bool] = []
 
     def add(self, source: str, positions: np.ndarray, scores: np.ndarray,
             anchor: str | None = None) -> None:
-        """One source's scores for catalog positions (-1: not a product, left out)."""
-        self._add(source, positions, scores, anchor, by_column=False)
-
-    def add_columns(self, source: str, columns: np.ndarray, scores: np.ndarray,
-                    anchor: str | None = None) -> None:
-        """One source's scores for recommender columns (-1: padding), as the model and its
-        tables give them; the compiled pass maps them to catalog positions (a column that is
-        not a product is left out)."""
-        self._add(source, columns, scores, anchor, by_column=True)
-
-    def _add(self, source: str, positions: np.ndarray, scores: np.ndarray, anchor: str | None,
-             by_column: bool) -> None:
+        """One source's scores for catalog positions (-1, padding: left out)."""
         code = SOURCE_CODE.get(source)
         if code is None:
             code = SIMILAR + len(self.anchors)
@@ -288,19 +283,17 @@ class Blend:
         self._bounds.append(self._bounds[-1] + len(positions))
         self._weights.append(SOURCE_WEIGHT[source])
         self._codes.append(code)
-        self._by_column.append(by_column)
 
-    def blended(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """(positions, summed scores, reason codes), one entry per item, in the order first
-        added: ``choose_products`` ranks only as far as the answer needs."""
-        if self._bounds[-1] == 0:
+    def arrays(self) -> tuple[np.ndarray, ...]:
+        """The sources as ``serving.kernels.blend`` takes them: every entry's position and
+        score, where each source starts, and each source's weight and reason code."""
+        if not self._positions:
             empty = np.zeros(0, dtype=np.int64)
-            return empty, np.zeros(0), empty
-        return kernels.blend(np.concatenate(self._positions, dtype=np.int64),
-                             np.concatenate(self._scores, dtype=np.float64),
-                             np.array(self._bounds, dtype=np.int64),
-                             np.array(self._weights), np.array(self._codes, dtype=np.int64),
-                             np.array(self._by_column), self.index.of_column)
+            return empty, np.zeros(0), np.zeros(1, dtype=np.int64), np.zeros(0), empty
+        return (np.concatenate(self._positions, dtype=np.int64),
+                np.concatenate(self._scores, dtype=np.float64),
+                np.array(self._bounds, dtype=np.int64), np.array(self._weights),
+                np.array(self._codes, dtype=np.int64))
 
     def reason(self, code: int, position: int) -> str:
         if code == FOR_YOU:
@@ -328,13 +321,13 @@ def product_candidates(state: ServingState, request: RecommendRequest, behaviour
             found = bundle.model.recommend(row, _history_row(interactions.matrix, row, fresh),
                                            N=CANDIDATES, filter_already_liked_items=False,
                                            recalculate_user=bool(fresh))
-        blend.add_columns("for_you", *found)
+        blend.add("for_you", *found)
     for anchor, verb in _anchors(request, behaviour):
         title = shop.items[anchor].title if anchor in shop.items else anchor
         column = interactions.item_column(anchor)
         if column >= 0:
-            blend.add_columns("similar", *_similar_columns(state, column, SIMILAR_PER_ANCHOR),
-                              anchor=f"{verb} {title}")
+            blend.add("similar", *_similar_columns(state, column, SIMILAR_PER_ANCHOR),
+                      anchor=f"{verb} {title}")
         else:  # an item the model does not know yet: by text
             blend.add("similar", *_similar_by_text(state, anchor, SIMILAR_PER_ANCHOR),
                       anchor=f"{verb} {title}")
@@ -453,27 +446,27 @@ def _popular_for(index: ProductIndex, segment: str, channel: str
     return np.zeros(0, dtype=np.int64), np.zeros(0)
 
 
-def choose_products(index: ProductIndex, positions: np.ndarray, scores: np.ndarray,
-                    request: RecommendRequest, behaviour: Behaviour, n: int, max_share: float
-                    ) -> np.ndarray:
-    """Indices into candidate ``positions`` of the ``n`` to show, best ``scores`` first (ties
-    in the order given).
+def choose_products(index: ProductIndex, blend: Blend, request: RecommendRequest,
+                    behaviour: Behaviour, n: int, max_share: float
+                    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The ``n`` products to show, as (positions, blended scores, reason codes), best first
+    (ties in the order first added to the blend).
 
     Business rules first, whatever the models say: never a product out of stock (unless the
     request allows it), outside the price filter (a product with no price fails it), outside
     the category filter, bought already and not bought again, excluded by the request, in the
     cart or on the page. Then diversity: best first, but no top-level category takes more than
-    ``max_share`` of the list, unless there is nothing else to show. Compiled
-    (``serving.kernels.choose``): it sorts only the best few candidates, and walks them only
-    until the list is full.
+    ``max_share`` of the list, unless there is nothing else to show. Compiled, with the blend,
+    as one call (``serving.kernels.rank``): it sorts only the best few candidates, and walks
+    them only until the list is full.
     """
     filters, context = request.filters, request.context
     never = index.positions([*request.exclude, *context.cart_items,
                              *([context.current_item] if context.current_item else [])])
     price_filter = filters.min_price is not None or filters.max_price is not None
-    return kernels.choose(
-        positions, scores, n, max(1, math.ceil(max_share * n)), index.top, len(index.tops),
-        filters.in_stock_only, index.in_stock, price_filter, index.price,
+    return kernels.rank(
+        *blend.arrays(), index.product, n, max(1, math.ceil(max_share * n)), index.top,
+        len(index.tops), filters.in_stock_only, index.in_stock, price_filter, index.price,
         -math.inf if filters.min_price is None else filters.min_price,
         math.inf if filters.max_price is None else filters.max_price,
         index.category, index.category_filter(filters.category or ""),

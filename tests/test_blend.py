@@ -1,5 +1,5 @@
-"""Blending candidate sources and choosing what to show: the compiled passes (``Blend``,
-``choose_products``) against their rules written out plainly in Python."""
+"""Blending candidate sources and choosing what to show: the compiled pass (``Blend`` then
+``choose_products``) against its rules written out plainly in Python."""
 
 from __future__ import annotations
 
@@ -27,18 +27,19 @@ from serving.pipeline import (
 from serving.products import ProductIndex
 from serving.shop import Behaviour
 
-N_PRODUCTS = 12
-OF_COLUMN = np.array([3, -1, 0, 11, 5, 7, -1, 1, 2, 10, 9, 4, 6, 8])
-"""The recommender's columns as catalog positions: shuffled, and two columns are not products."""
+PRODUCT = np.array([1, 0, 1, 1, 1, 1, 0, 1, 1, 1, 1, 1, 1, 1], dtype=bool)
+"""Which positions are products: two are not (a recommender column for an article, say)."""
+EVERYTHING = RecommendRequest(customer_id="c1", filters={"in_stock_only": False})
+"""No rule leaves anything out of this index: what is chosen is the whole blend, ranked."""
 
 
 def index() -> ProductIndex:
-    n = N_PRODUCTS
+    n = len(PRODUCT)
     return ProductIndex(ids=np.array([f"p{i}" for i in range(n)], dtype=object), position={},
                         top=np.zeros(n, dtype=np.int32), tops=("all",), top_code={"all": 0},
                         category=np.zeros(n, dtype=np.int32), categories=("all",),
-                        price=np.ones(n), in_stock=np.ones(n, dtype=bool),
-                        repeatable=np.zeros(n, dtype=bool), of_column=OF_COLUMN, popular={},
+                        price=np.ones(n), in_stock=PRODUCT.copy(),
+                        repeatable=np.zeros(n, dtype=bool), product=PRODUCT, popular={},
                         new=np.zeros(0, dtype=np.int64), new_top=np.zeros(0, dtype=np.int32))
 
 
@@ -57,7 +58,9 @@ def plainly(sources: list[tuple[str, list[int], list[float]]]) -> list[tuple[int
         if top <= 0:
             continue
         for position, score in zip(positions, scores, strict=True):
-            if position < 0 or not (0 < score < math.inf):
+            if not 0 <= position < len(PRODUCT) or not (0 < score < math.inf):
+                continue
+            if not PRODUCT[position]:
                 continue
             value = float(score) * (SOURCE_WEIGHT[source] / top)
             totals[position] = totals.get(position, 0.0) + value
@@ -69,38 +72,31 @@ def plainly(sources: list[tuple[str, list[int], list[float]]]) -> list[tuple[int
 
 source = st.tuples(
     st.sampled_from(["for_you", "similar", "new", "popular"]),
-    st.lists(st.tuples(st.integers(-1, len(OF_COLUMN) + 1),
+    st.lists(st.tuples(st.integers(-1, len(PRODUCT) + 1),
                        st.sampled_from([1.0, 2.0, 3.0, 0.5, 0.0, -1.0, math.inf, -math.inf,
-                                        math.nan])), max_size=8, unique_by=lambda e: e[0]),
-    st.booleans())
+                                        math.nan])), max_size=8, unique_by=lambda e: e[0]))
 
 
 @settings(max_examples=300, deadline=None)
 @given(sources=st.lists(source, max_size=6), earlier=st.booleans())
 def test_blend_sums_sources_and_gives_the_strongest_reason(sources, earlier):
-    """Whatever the sources (ties, items named by several, non-products, scores that are
-    zero, negative, infinite or NaN; named by catalog position or by recommender column,
-    unknown columns included), and whether or not a blend ran before."""
+    """Whatever the sources (ties, items named by several, positions that are not products
+    or past the index, scores that are zero, negative, infinite or NaN), and whether or not a
+    blend ran before."""
     idx = index()
     if earlier:
         before = Blend(idx)
-        before.add("popular", np.arange(N_PRODUCTS), np.linspace(1, 2, N_PRODUCTS))
-        before.blended()
+        before.add("popular", np.arange(len(PRODUCT)), np.linspace(1, 2, len(PRODUCT)))
+        choose_products(idx, before, EVERYTHING, Behaviour(), len(PRODUCT), 1.0)
     blend = Blend(idx)
     plain = []
-    for name, entries, by_column in sources:
-        values = np.array([v for v, _ in entries], dtype=np.int64)
-        scores = np.array([s for _, s in entries], dtype=np.float64)
-        if by_column:
-            blend.add_columns(name, values, scores, anchor="anchor")
-            positions = [OF_COLUMN[c] if 0 <= c < len(OF_COLUMN) else -1 for c in values]
-        else:
-            positions = np.where(values < N_PRODUCTS, values, -1)
-            blend.add(name, positions, scores, anchor="anchor")
-        plain.append((name, [int(p) for p in positions], scores.tolist()))
-    positions, totals, reasons = blend.blended()
-    best_first = np.argsort(-totals, kind="stable")  # ties: the order first added
-    positions, totals, reasons = positions[best_first], totals[best_first], reasons[best_first]
+    for name, entries in sources:
+        positions = [p for p, _ in entries]
+        scores = [s for _, s in entries]
+        blend.add(name, np.array(positions, dtype=np.int64), np.array(scores), anchor="anchor")
+        plain.append((name, positions, scores))
+    positions, totals, reasons = choose_products(idx, blend, EVERYTHING, Behaviour(),
+                                                 len(PRODUCT), 1.0)
     expected = plainly(plain)
     assert positions.tolist() == [p for p, _, _ in expected]
     assert totals.tolist() == [t for _, t, _ in expected]
@@ -121,7 +117,7 @@ def shop_index(category: list[int], price: list[float], in_stock: list[bool],
         tops=tops, top_code={t: k for k, t in enumerate(tops)},
         category=np.array(category, dtype=np.int32), categories=CATEGORIES,
         price=np.array(price), in_stock=np.array(in_stock, dtype=bool),
-        repeatable=np.array(repeatable, dtype=bool), of_column=np.arange(n), popular={},
+        repeatable=np.array(repeatable, dtype=bool), product=np.ones(n, dtype=bool), popular={},
         new=np.zeros(0, dtype=np.int64), new_top=np.zeros(0, dtype=np.int32))
 
 
@@ -178,8 +174,9 @@ def test_choosing_applies_every_rule_then_caps_each_category(catalog, filters, n
     request = RecommendRequest(customer_id="c1", filters=filters, exclude=ids.draw(some),
                                context={"cart_items": ids.draw(some)})
     behaviour = Behaviour(purchased=set(ids.draw(some)))
-    positions = np.arange(len(totals))
-    chosen = choose_products(index, positions, np.array(totals), request, behaviour, n, max_share)
+    blend = Blend(index)
+    blend.add("for_you", np.arange(len(totals)), np.array(totals))  # candidate k: product k
+    chosen, _, _ = choose_products(index, blend, request, behaviour, n, max_share)
     assert chosen.tolist() == chosen_plainly(index, totals, request, behaviour, n, max_share)
 
 

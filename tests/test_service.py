@@ -121,7 +121,7 @@ def test_a_customer_with_events_newer_than_the_model_is_scored_not_looked_up(sta
     from features.online.state import CustomerState
 
     bundle = state.models.recommender
-    only = int(np.flatnonzero(state.products.of_column >= 0)[0])  # one product column
+    only = int(np.flatnonzero(state.products.product)[0])  # one product column (its position)
     shape = bundle.top_items[0].shape  # each row: that column, then padding
     table = (np.full(shape, -1, dtype=np.int32), np.full(shape, -np.inf, dtype=np.float32))
     table[0][:, 0], table[1][:, 0] = only, 1.0
