@@ -34,21 +34,100 @@ EMPTY = -1
 """A free slot in ``blend``'s table of the candidates seen so far."""
 
 
+FOR_YOU, NEW, POPULAR, SIMILAR = 0, 1, 2, 3
+"""Reason codes of the kinds of candidate source (SIMILAR + k: "similar to" the k-th anchor),
+and indices into ``rank``'s ``source_weights``, the weight of each kind."""
+
+
 @compiled
-def rank(positions: np.ndarray, scores: np.ndarray, bounds: np.ndarray, weights: np.ndarray,
-         codes: np.ndarray, product: np.ndarray, n: int, cap: int, top: np.ndarray,
-         n_tops: int, in_stock_only: bool, in_stock: np.ndarray, price_filter: bool,
-         price: np.ndarray, min_price: float, max_price: float, category: np.ndarray,
-         category_ok: np.ndarray, bought: np.ndarray, repeatable: np.ndarray,
-         never: np.ndarray, blocked_mask: np.ndarray
+def rank(for_you: np.ndarray, for_you_scores: np.ndarray, anchor_columns: np.ndarray,
+         neighbours: np.ndarray, neighbour_scores: np.ndarray, n_similar: int,
+         new: np.ndarray, new_top: np.ndarray, liked: np.ndarray, popular: np.ndarray,
+         popular_scores: np.ndarray, extra: np.ndarray, extra_scores: np.ndarray,
+         extra_bounds: np.ndarray, extra_weights: np.ndarray, extra_codes: np.ndarray,
+         source_weights: np.ndarray, product: np.ndarray, n: int, cap: int,
+         top: np.ndarray, n_tops: int, in_stock_only: bool, in_stock: np.ndarray,
+         price_filter: bool, price: np.ndarray, min_price: float, max_price: float,
+         category: np.ndarray, category_ok: np.ndarray, blocked: np.ndarray, n_bought: int,
+         repeatable: np.ndarray, blocked_mask: np.ndarray
          ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """``blend`` the sources, then ``choose`` the ``n`` to show: their positions, totals and
-    reason codes, in the order shown."""
+    """A request's products in one call: ``gather`` the sources, ``blend`` them, ``choose``
+    the ``n`` to show. Returns their positions, totals and reason codes, in the order shown.
+
+    Python hands over what it looked up (the customer's row of the top-items table, the
+    anchors' columns, the liked categories, positions to block) and arrays that already
+    exist; it creates no intermediate array of its own. In a server every numpy call a
+    request makes is code and data that the framework has pushed out of the cache since the
+    last request: the same work as a dozen numpy calls around the compiled passes cost four
+    times as much per request served as it did in a loop.
+    """
+    positions, scores, bounds, weights, codes = gather(
+        for_you, for_you_scores, anchor_columns, neighbours, neighbour_scores, n_similar, new,
+        new_top, liked, popular, popular_scores, extra, extra_scores, extra_bounds,
+        extra_weights, extra_codes, source_weights)
     items, totals, reasons = blend(positions, scores, bounds, weights, codes, product)
     picked = choose(items, totals, n, cap, top, n_tops, in_stock_only, in_stock, price_filter,
-                    price, min_price, max_price, category, category_ok, bought, repeatable,
-                    never, blocked_mask)
+                    price, min_price, max_price, category, category_ok, blocked, n_bought,
+                    repeatable, blocked_mask)
     return items[picked], totals[picked], reasons[picked]
+
+
+@compiled
+def gather(for_you, for_you_scores, anchor_columns, neighbours, neighbour_scores, n_similar,
+           new, new_top, liked, popular, popular_scores, extra, extra_scores, extra_bounds,
+           extra_weights, extra_codes, source_weights):
+    """The sources laid end to end as ``blend`` takes them, in this order: "for you"; items
+    similar to each anchor the neighbour table holds (anchor ``k``, with column
+    ``anchor_columns[k]``, gets reason code ``SIMILAR + k``; a negative column is not in
+    the table); the ``extra`` sources as given (bounds, weights and codes); new products,
+    scored ``liked[new_top]`` (their category's score); popular products."""
+    anchors = 0
+    for k in range(len(anchor_columns)):
+        if anchor_columns[k] >= 0:
+            anchors += 1
+    n_extra = len(extra_weights)
+    n_sources = 3 + anchors + n_extra
+    size = (len(for_you) + anchors * n_similar + len(extra) + len(new) + len(popular))
+    positions = np.empty(size, np.int64)
+    scores = np.empty(size)
+    bounds = np.zeros(n_sources + 1, np.int64)
+    weights = np.empty(n_sources)
+    codes = np.empty(n_sources, np.int64)
+    at = 0
+    for e in range(len(for_you)):
+        positions[at], scores[at] = for_you[e], for_you_scores[e]
+        at += 1
+    weights[0], codes[0], bounds[1] = source_weights[FOR_YOU], FOR_YOU, at
+    s = 1
+    for k in range(len(anchor_columns)):
+        column = anchor_columns[k]
+        if column < 0:
+            continue
+        for e in range(n_similar):
+            positions[at], scores[at] = neighbours[column, e], neighbour_scores[column, e]
+            at += 1
+        weights[s], codes[s] = source_weights[SIMILAR], SIMILAR + k
+        s += 1
+        bounds[s] = at
+    for x in range(n_extra):
+        for e in range(extra_bounds[x], extra_bounds[x + 1]):
+            positions[at], scores[at] = extra[e], extra_scores[e]
+            at += 1
+        weights[s], codes[s] = extra_weights[x], extra_codes[x]
+        s += 1
+        bounds[s] = at
+    for e in range(len(new)):
+        positions[at], scores[at] = new[e], liked[new_top[e]]
+        at += 1
+    weights[s], codes[s] = source_weights[NEW], NEW
+    s += 1
+    bounds[s] = at
+    for e in range(len(popular)):
+        positions[at], scores[at] = popular[e], popular_scores[e]
+        at += 1
+    weights[s], codes[s] = source_weights[POPULAR], POPULAR
+    bounds[s + 1] = at
+    return positions, scores, bounds, weights, codes
 
 
 @compiled
@@ -120,23 +199,22 @@ def best_first(totals: np.ndarray, at_least: int) -> np.ndarray:
 def choose(items: np.ndarray, totals: np.ndarray, n: int, cap: int, top: np.ndarray,
            n_tops: int, in_stock_only: bool, in_stock: np.ndarray, price_filter: bool,
            price: np.ndarray, min_price: float, max_price: float, category: np.ndarray,
-           category_ok: np.ndarray, bought: np.ndarray, repeatable: np.ndarray,
-           never: np.ndarray, blocked_mask: np.ndarray) -> np.ndarray:
+           category_ok: np.ndarray, blocked: np.ndarray, n_bought: int, repeatable: np.ndarray,
+           blocked_mask: np.ndarray) -> np.ndarray:
     """Indices into ``items`` of the ``n`` to show, in order: best total first (ties in index
     order), only those that pass the rules, and no top-level category more than ``cap`` times
     unless nothing else passes (then the best of the rest fill the list).
 
     A product passes if it is in stock (when asked), priced within [min_price, max_price]
-    (when asked; no price fails), in a category ``category_ok`` allows, not in ``never`` and
-    not ``bought`` unless ``repeatable``. Only the best few are sorted; the rest only when
-    those do not fill the list. ``blocked_mask`` is per-product scratch, all False on entry and
-    on return.
+    (when asked; no price fails), in a category ``category_ok`` allows, and not ``blocked``
+    (the first ``n_bought`` there were bought, and block only what is not ``repeatable``; the
+    rest, excluded, in the cart or on the page, always). Only the best few are sorted; the rest
+    only when those do not fill the list. ``blocked_mask`` is per-product scratch, all False
+    on entry and on return.
     """
-    for p in bought:
-        if not repeatable[p]:
-            blocked_mask[p] = True
-    for p in never:
-        blocked_mask[p] = True
+    for i in range(len(blocked)):
+        if i >= n_bought or not repeatable[blocked[i]]:
+            blocked_mask[blocked[i]] = True
     head = best_first(totals, 4 * n + 16)
     picked, filled = _walk(items, head, n, cap, top, n_tops, in_stock_only, in_stock,
                            price_filter, price, min_price, max_price, category, category_ok,
@@ -145,9 +223,7 @@ def choose(items: np.ndarray, totals: np.ndarray, n: int, cap: int, top: np.ndar
         picked, filled = _walk(items, best_first(totals, len(items)), n, cap, top, n_tops,
                                in_stock_only, in_stock, price_filter, price, min_price,
                                max_price, category, category_ok, blocked_mask)
-    for p in bought:
-        blocked_mask[p] = False
-    for p in never:
+    for p in blocked:
         blocked_mask[p] = False
     return picked
 

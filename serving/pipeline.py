@@ -227,9 +227,14 @@ def _entry(item: Item, candidate: Candidate) -> dict:
 
 
 # ---------------------------------------------------------------------------- products
-FOR_YOU, NEW, POPULAR, SIMILAR = 0, 1, 2, 3
+FOR_YOU, NEW, POPULAR, SIMILAR = kernels.FOR_YOU, kernels.NEW, kernels.POPULAR, kernels.SIMILAR
 """Reason codes of the candidate sources; SIMILAR + k is "similar to" the k-th anchor item."""
-SOURCE_CODE = {"for_you": FOR_YOU, "new": NEW, "popular": POPULAR}
+SOURCE_CODE = {"for_you": FOR_YOU, "new": NEW, "popular": POPULAR, "similar": SIMILAR}
+SOURCE_WEIGHTS = np.array([SOURCE_WEIGHT[s] for s in sorted(SOURCE_CODE, key=SOURCE_CODE.get)])
+"""``SOURCE_WEIGHT`` by reason code, as the compiled pass takes it."""
+NO_ITEMS, NO_SCORES = np.zeros(0, dtype=np.int64), np.zeros(0)
+NO_SOURCES = np.zeros(1, dtype=np.int64)
+NO_NEIGHBOURS = (np.zeros((0, 0), dtype=np.int64), np.zeros((0, 0)))
 
 
 def rank_products(state: ServingState, request: RecommendRequest, behaviour: Behaviour, n: int,
@@ -257,43 +262,74 @@ class Blend:
     one added, on a tie). ``choose_products`` ranks them, best first, items with equal scores in
     the order they were first added.
 
-    Sources are only collected as they are added, by catalog position (``ProductIndex``: a
-    recommender column is its own position); ``choose_products`` blends and chooses in one
-    compiled pass (``serving.kernels.rank``).
+    Sources are named by catalog position (``ProductIndex``: a recommender column is its own
+    position) and only noted as they are added: the request's own sources as what Python
+    looked up (the customer's "for you" row, the anchors' columns in the neighbour table, the
+    score of each liked category, the popularity list), any other (``add``) as arrays.
+    ``choose_products`` lays them end to end, blends and chooses in one compiled call
+    (``serving.kernels.rank``, which states the order sources are taken in).
     """
 
-    def __init__(self, index: ProductIndex) -> None:
+    def __init__(self, index: ProductIndex,
+                 neighbours: tuple[np.ndarray, np.ndarray] | None = None) -> None:
         self.index = index
+        self.neighbours = neighbours or NO_NEIGHBOURS
         self.anchors: list[str] = []
+        self._anchor_columns: list[int] = []
+        self._for_you: tuple[np.ndarray, np.ndarray] = (NO_ITEMS, NO_SCORES)
+        self._liked = np.zeros(len(index.tops))
+        self._popular: tuple[np.ndarray, np.ndarray] = (NO_ITEMS, NO_SCORES)
         self._positions: list[np.ndarray] = []
         self._scores: list[np.ndarray] = []
         self._bounds: list[int] = [0]
         self._weights: list[float] = []
         self._codes: list[int] = []
 
+    def add_for_you(self, columns: np.ndarray, scores: np.ndarray) -> None:
+        """The recommender's best columns for the customer (-1, padding: left out)."""
+        self._for_you = (columns, scores)
+
+    def add_neighbours(self, anchor: str, column: int) -> None:
+        """Items similar to the column's item, as the neighbour table holds them."""
+        self.anchors.append(anchor)
+        self._anchor_columns.append(column)
+
+    def add_new(self, liked: Counter) -> None:
+        """The index's new products, scored 1 + the share of the customer's activity in their
+        category when they like it, and 0 (which blending leaves out) when they do not."""
+        for top, share in liked.items():
+            code = self.index.top_code.get(top)
+            if code is not None and share > 0:
+                self._liked[code] = 1.0 + share
+
+    def add_popular(self, positions: np.ndarray, scores: np.ndarray) -> None:
+        self._popular = (positions, scores)
+
     def add(self, source: str, positions: np.ndarray, scores: np.ndarray,
             anchor: str | None = None) -> None:
-        """One source's scores for catalog positions (-1, padding: left out)."""
-        code = SOURCE_CODE.get(source)
-        if code is None:
-            code = SIMILAR + len(self.anchors)
+        """Any source's scores for catalog positions (-1, padding: left out)."""
+        code = SOURCE_CODE[source]
+        if code == SIMILAR:
+            code += len(self.anchors)
             self.anchors.append(anchor or "")
+            self._anchor_columns.append(-1)
         self._positions.append(positions)
         self._scores.append(scores)
         self._bounds.append(self._bounds[-1] + len(positions))
         self._weights.append(SOURCE_WEIGHT[source])
         self._codes.append(code)
 
-    def arrays(self) -> tuple[np.ndarray, ...]:
-        """The sources as ``serving.kernels.blend`` takes them: every entry's position and
-        score, where each source starts, and each source's weight and reason code."""
-        if not self._positions:
-            empty = np.zeros(0, dtype=np.int64)
-            return empty, np.zeros(0), np.zeros(1, dtype=np.int64), np.zeros(0), empty
-        return (np.concatenate(self._positions, dtype=np.int64),
-                np.concatenate(self._scores, dtype=np.float64),
-                np.array(self._bounds, dtype=np.int64), np.array(self._weights),
-                np.array(self._codes, dtype=np.int64))
+    def arrays(self) -> tuple:
+        """The sources as ``serving.kernels.rank`` takes them, up to its ``product`` argument."""
+        index = self.index
+        extra = ((np.concatenate(self._positions, dtype=np.int64),
+                  np.concatenate(self._scores, dtype=np.float64),
+                  np.array(self._bounds, dtype=np.int64), np.array(self._weights),
+                  np.array(self._codes, dtype=np.int64)) if self._positions else
+                 (NO_ITEMS, NO_SCORES, NO_SOURCES, NO_SCORES, NO_ITEMS))
+        return (*self._for_you, np.array(self._anchor_columns, dtype=np.int64),
+                *self.neighbours, min(SIMILAR_PER_ANCHOR, self.neighbours[0].shape[1]),
+                index.new, index.new_top, self._liked, *self._popular, *extra, SOURCE_WEIGHTS)
 
     def reason(self, code: int, position: int) -> str:
         if code == FOR_YOU:
@@ -311,7 +347,8 @@ def product_candidates(state: ServingState, request: RecommendRequest, behaviour
     """Collaborative filtering for the customer, items similar to what they look at, hold or
     just viewed, new products in categories they like, and what is popular for their segment."""
     shop, bundle, index = state.shop, state.models.recommender, state.products
-    blend = Blend(index)
+    tabled = state.neighbours is not None and state.neighbours[0].shape[1] >= SIMILAR_PER_ANCHOR
+    blend = Blend(index, state.neighbours if tabled else None)
     interactions = bundle.interactions
     row = interactions.user_row(request.customer_id)
     fresh = _fresh_weights(interactions, row, live)
@@ -321,19 +358,21 @@ def product_candidates(state: ServingState, request: RecommendRequest, behaviour
             found = bundle.model.recommend(row, _history_row(interactions.matrix, row, fresh),
                                            N=CANDIDATES, filter_already_liked_items=False,
                                            recalculate_user=bool(fresh))
-        blend.add("for_you", *found)
+        blend.add_for_you(*found)
     for anchor, verb in _anchors(request, behaviour):
         title = shop.items[anchor].title if anchor in shop.items else anchor
         column = interactions.item_column(anchor)
-        if column >= 0:
-            blend.add("similar", *_similar_columns(state, column, SIMILAR_PER_ANCHOR),
+        if column >= 0 and tabled:
+            blend.add_neighbours(f"{verb} {title}", column)
+        elif column >= 0:  # no neighbour table: ask the model
+            blend.add("similar", *bundle.model.similar_items(column, N=SIMILAR_PER_ANCHOR),
                       anchor=f"{verb} {title}")
         else:  # an item the model does not know yet: by text
             blend.add("similar", *_similar_by_text(state, anchor, SIMILAR_PER_ANCHOR),
                       anchor=f"{verb} {title}")
-    blend.add("new", *_new_in_liked_categories(index, liked))
+    blend.add_new(liked)
     segment = shop.segments.get(request.customer_id, "*")
-    blend.add("popular", *_popular_for(index, segment, request.channel.value))
+    blend.add_popular(*_popular_for(index, segment, request.channel.value))
     return blend
 
 
@@ -424,18 +463,6 @@ def _liked_categories(shop: ShopView, behaviour: Behaviour) -> Counter:
     return Counter({top: count / total for top, count in counts.items()})
 
 
-def _new_in_liked_categories(index: ProductIndex, liked: Counter
-                             ) -> tuple[np.ndarray, np.ndarray]:
-    """New products (newest first), scored 1 + the share of the customer's activity in their
-    category when they like it, and 0 (which blending leaves out) when they do not."""
-    score = np.zeros(len(index.tops))
-    for top, share in liked.items():
-        code = index.top_code.get(top)
-        if code is not None and share > 0:
-            score[code] = 1.0 + share
-    return index.new, score[index.new_top]
-
-
 def _popular_for(index: ProductIndex, segment: str, channel: str
                  ) -> tuple[np.ndarray, np.ndarray]:
     """The most specific non-empty popularity list: segment and channel, segment, channel, all."""
@@ -461,6 +488,7 @@ def choose_products(index: ProductIndex, blend: Blend, request: RecommendRequest
     them only until the list is full.
     """
     filters, context = request.filters, request.context
+    bought = index.positions(behaviour.purchased)
     never = index.positions([*request.exclude, *context.cart_items,
                              *([context.current_item] if context.current_item else [])])
     price_filter = filters.min_price is not None or filters.max_price is not None
@@ -470,7 +498,8 @@ def choose_products(index: ProductIndex, blend: Blend, request: RecommendRequest
         -math.inf if filters.min_price is None else filters.min_price,
         math.inf if filters.max_price is None else filters.max_price,
         index.category, index.category_filter(filters.category or ""),
-        index.positions(behaviour.purchased), index.repeatable, never, index.blocked_mask())
+        np.array(bought + never, dtype=np.int64), len(bought), index.repeatable,
+        index.blocked_mask())
 
 
 # ---------------------------------------------------------------------------- content

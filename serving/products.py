@@ -99,10 +99,10 @@ class ProductIndex:
             mask = self._scratch.blocked = np.zeros(len(self.ids), dtype=bool)
         return mask
 
-    def positions(self, item_ids) -> np.ndarray:
+    def positions(self, item_ids) -> list[int]:
         """Positions of those ids that have one (others are left out)."""
         found = (self.position.get(i, -1) for i in item_ids)
-        return np.array([p for p in found if p >= 0], dtype=np.int64)
+        return [p for p in found if p >= 0]
 
     def category_filter(self, prefix: str) -> np.ndarray:
         """Per category code: does the path start with ``prefix``? Kept per prefix (a shop

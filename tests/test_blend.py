@@ -7,6 +7,7 @@ import math
 import os
 import subprocess
 import sys
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -190,3 +191,68 @@ def test_the_compiled_passes_still_load_where_numba_can_cache_nowhere():
                           env={**os.environ, "NUMBA_CACHE_LOCATOR_CLASSES": "_IPythonCacheLocator"})
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.strip() == "[1, 2]"
+
+
+def catalog_index(tops: list[int], new: list[int]) -> ProductIndex:
+    n = len(tops)
+    names = ("a", "b", "c")
+    return ProductIndex(
+        ids=np.array([f"p{i}" for i in range(n)], dtype=object),
+        position={f"p{i}": i for i in range(n)},
+        top=np.array(tops, dtype=np.int32), tops=names, top_code={t: k for k, t in enumerate(names)},
+        category=np.zeros(n, dtype=np.int32), categories=("all",), price=np.ones(n),
+        in_stock=np.ones(n, dtype=bool), repeatable=np.zeros(n, dtype=bool),
+        product=PRODUCT[:n].copy(), popular={}, new=np.array(new, dtype=np.int64),
+        new_top=np.array([tops[p] for p in new], dtype=np.int32))
+
+
+scores = st.sampled_from([0.5, 1.0, 2.0, 3.0, 0.0, -1.0, math.inf, math.nan])
+
+
+@settings(max_examples=200, deadline=None)
+@given(tops=st.lists(st.integers(0, 2), min_size=len(PRODUCT), max_size=len(PRODUCT)),
+       data=st.data())
+def test_the_requests_own_sources_blend_as_the_same_candidates_added_as_arrays(tops, data):
+    """The customer's "for you" row, anchors looked up in the neighbour table, new products
+    scored by liked category and the popularity list, as ``product_candidates`` adds them,
+    rank exactly as those same candidates added one source at a time (``Blend.add``, held to
+    the plain rule above), in the order ``serving.kernels.gather`` states."""
+    n = len(PRODUCT)
+    positions = st.lists(st.integers(-1, n - 1), max_size=8)
+    new = data.draw(st.lists(st.integers(0, n - 1), max_size=5, unique=True))
+    idx = catalog_index(tops, new)
+    width = 3
+    neighbours = (np.array(data.draw(st.lists(st.integers(-1, n - 1), min_size=n * width,
+                                              max_size=n * width))).reshape(n, width),
+                  np.array(data.draw(st.lists(scores, min_size=n * width, max_size=n * width)),
+                           dtype=np.float32).reshape(n, width))
+    for_you = np.array(data.draw(positions), dtype=np.int32)
+    for_you_scores = np.array(data.draw(st.lists(scores, min_size=len(for_you),
+                                                 max_size=len(for_you))), dtype=np.float32)
+    anchors = data.draw(st.lists(st.integers(0, n - 1), max_size=3))
+    liked = Counter(data.draw(st.dictionaries(st.sampled_from(idx.tops),
+                                              st.sampled_from([0.0, 0.25, 0.5, 1.0]))))
+    popular = (np.array(data.draw(positions), dtype=np.int64),)
+    popular += (np.array(data.draw(st.lists(scores, min_size=len(popular[0]),
+                                            max_size=len(popular[0])))),)
+
+    own = Blend(idx, neighbours)
+    own.add_for_you(for_you, for_you_scores)
+    for k, column in enumerate(anchors):
+        own.add_neighbours(f"anchor {k}", column)
+    own.add_new(liked)
+    own.add_popular(*popular)
+
+    spelled = Blend(idx)
+    spelled.add("for_you", for_you.astype(np.int64), for_you_scores.astype(np.float64))
+    for k, column in enumerate(anchors):
+        spelled.add("similar", neighbours[0][column].astype(np.int64),
+                    neighbours[1][column].astype(np.float64), anchor=f"anchor {k}")
+    category_score = np.array([1.0 + liked[t] if liked[t] > 0 else 0.0 for t in idx.tops])
+    spelled.add("new", idx.new, category_score[idx.new_top])
+    spelled.add("popular", *popular)
+
+    ranked = [choose_products(idx, b, EVERYTHING, Behaviour(), n, 1.0) for b in (own, spelled)]
+    for got, expected in zip(*ranked, strict=True):
+        assert got.tolist() == expected.tolist()
+    assert own.anchors == spelled.anchors
