@@ -25,7 +25,7 @@ from collections import Counter
 from dataclasses import dataclass
 from datetime import datetime
 from functools import cached_property
-from itertools import chain
+from itertools import chain, islice
 
 import numpy as np
 import pandas as pd
@@ -37,7 +37,7 @@ from features.online.state import CustomerState
 from features.policy import ContactPolicy, contact_verdict, recently_shown
 from serving import kernels
 from serving.models import LoadedModels
-from serving.offers import OfferScorer
+from serving.offers import OfferScorer, OfferShelf, Shelved
 from serving.products import ProductIndex
 from serving.shop import Behaviour, Item, ShopView
 from training.interactions import InteractionConfig
@@ -108,6 +108,11 @@ class ServingState:
     factor models, so that "similar to" is a lookup rather than a pass over the catalog."""
     offers: OfferScorer | None = None
     """P(redeem) per customer and offer from the offer-response model, when one is registered."""
+
+    @cached_property
+    def offer_shelf(self) -> OfferShelf:
+        """The offers by audience; built on first use (the smoke check, at load)."""
+        return OfferShelf(self.shop)
 
     @cached_property
     def products(self) -> ProductIndex:
@@ -541,51 +546,34 @@ def rank_content(state: ServingState, request: RecommendRequest, behaviour: Beha
 
 
 # ---------------------------------------------------------------------------- offers
-def offer_is_eligible(offer: Item, segment: str, channel: str, cart_value: float,
-                      redeemed: int, now: datetime) -> bool:
-    if offer.kind != OFFER:
-        return False
-    if offer.valid_from is not None and now < offer.valid_from:
-        return False
-    if offer.valid_to is not None and now > offer.valid_to:
-        return False  # expired offers never show
-    if offer.segments and segment not in offer.segments:
-        return False
-    if offer.channels and channel not in offer.channels:
-        return False
-    if cart_value < offer.min_basket:
-        return False
-    return offer.redemption_limit is None or redeemed < offer.redemption_limit
-
-
 def rank_offers(state: ServingState, request: RecommendRequest, behaviour: Behaviour,
                 now: datetime, n: int) -> list[Candidate]:
-    """Eligible offers by expected value: P(redeem) x value. P(redeem) comes from the
-    offer-response model for this customer when one is registered, otherwise from each offer's
-    smoothed historical redemption rate."""
+    """Eligible offers (``serving.offers.offer_is_eligible``) by expected value: P(redeem) x
+    value. P(redeem) comes from the offer-response model for this customer when one is
+    registered, otherwise from each offer's smoothed historical redemption rate."""
     if n == 0:
         return []
     shop = state.shop
-    segment, channel = shop.segments.get(request.customer_id, ""), request.channel.value
+    in_catalog_order, best_first = state.offer_shelf.meant_for(
+        shop.segments.get(request.customer_id, ""), request.channel.value)
     cart_value = sum(shop.items[i].price or 0.0 for i in request.context.cart_items
                      if i in shop.items)
-    excluded, redeemed = set(request.exclude), behaviour.redemptions
-    eligible = [offer for offer in shop.offers
-                if offer.item_id not in excluded and offer_is_eligible(
-                    offer, segment, channel, cart_value, redeemed.get(offer.item_id, 0), now)]
-    if not eligible:
-        return []
-    if state.offers is not None:
-        chances = state.offers.redeem_probability(request.customer_id, eligible, now)
-        says = "likely for you: {rate:.0%} chance you redeem it"
-    else:
-        chances = [shop.offer_rate.get(offer.item_id, 0.1) for offer in eligible]
-        says = "redeemed by {rate:.0%} of customers shown it"
-    def value(offer: Item) -> float:
-        return offer.offer_value or 0.0
+    excluded, redeemed, moment = set(request.exclude), behaviour.redemptions, now.timestamp()
 
-    shown = sorted(zip(eligible, map(float, chances), strict=True),
-                   key=lambda e: -e[1] * value(e[0]))[:n]  # reasons only for those shown
-    return [Candidate(offer.item_id, rate * value(offer),
-                      f"worth {value(offer):g}, " + says.format(rate=rate))
+    def eligible(offer: Shelved) -> bool:
+        return (offer.item.item_id not in excluded
+                and offer.open(moment, cart_value, redeemed.get(offer.item.item_id, 0)))
+
+    if state.offers is None:
+        says = "redeemed by {rate:.0%} of customers shown it"
+        shown = [(o.item, o.rate) for o in islice(filter(eligible, best_first), n)]
+    else:
+        says = "likely for you: {rate:.0%} chance you redeem it"
+        offers = [o.item for o in in_catalog_order if eligible(o)]
+        chances = (state.offers.redeem_probability(request.customer_id, offers, now)
+                   if offers else [])
+        shown = sorted(zip(offers, map(float, chances), strict=True),
+                       key=lambda e: -e[1] * (e[0].offer_value or 0.0))[:n]
+    return [Candidate(offer.item_id, rate * (offer.offer_value or 0.0),
+                      f"worth {offer.offer_value or 0.0:g}, " + says.format(rate=rate))
             for offer, rate in shown]

@@ -20,6 +20,7 @@ import urllib.error
 import urllib.request
 import uuid
 import weakref
+from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -35,18 +36,18 @@ from mlflow import MlflowClient
 from starlette.testclient import TestClient
 
 from features.settings import Settings, get_settings
-from serving.offers import OfferScorer
+from serving.offers import OfferScorer, offer_is_eligible
 from serving.pipeline import (
     CANDIDATES,
     ContentIndex,
     RecommendRequest,
     ServingState,
-    offer_is_eligible,
+    rank_offers,
     recommend,
     similar_products,
 )
 from serving.service import NextBest, build_state
-from serving.shop import Item
+from serving.shop import Behaviour, Item, ShopView
 from tests.conftest import require_program
 from training import registry
 from training.propensity_job import train_propensity
@@ -181,6 +182,10 @@ NOW = pd.Timestamp("2024-01-15", tz="UTC")
     ({"redeemed": 1}, False),
     ({"now": pd.Timestamp("2024-03-01", tz="UTC")}, False),
     ({"now": pd.Timestamp("2023-12-01", tz="UTC")}, False),
+    ({"now": OFFER.valid_from}, True),  # the window includes both ends
+    ({"now": OFFER.valid_to}, True),
+    ({"now": OFFER.valid_to + pd.Timedelta(microseconds=1)}, False),
+    ({"cart_value": 25.0}, True),  # the minimum basket is enough
 ])
 def test_offer_eligibility_rules(change, eligible):
     args = {"segment": "loyal", "channel": "web", "cart_value": 30.0, "redeemed": 0, "now": NOW}
@@ -194,6 +199,47 @@ def test_the_services_datetime_clock_and_a_pandas_timestamp_agree_on_eligibility
     args = {"segment": "loyal", "channel": "web", "cart_value": 30.0, "redeemed": 0}
     assert offer_is_eligible(OFFER, now=moment.to_pydatetime(), **args) is \
         offer_is_eligible(OFFER, now=moment, **args)
+
+
+shelf_offers = st.lists(st.builds(
+    lambda k, value, segments, channels, window, basket, limit: Item(
+        f"o{k}", "offer", "an offer", "offers", "offers", None, True, False, None,
+        offer_value=value, valid_from=None if window[0] is None else NOW + pd.Timedelta(days=window[0]),
+        valid_to=None if window[1] is None else NOW + pd.Timedelta(days=window[1]),
+        segments=frozenset(segments), channels=frozenset(channels), min_basket=basket,
+        redemption_limit=limit),
+    st.integers(0, 5), st.sampled_from([None, 5.0, 10.0, 20.0]),
+    st.sets(st.sampled_from(["loyal", "casual"])), st.sets(st.sampled_from(["web", "app"])),
+    st.tuples(st.sampled_from([None, -3, 0, 2]), st.sampled_from([None, -1, 0, 4])),
+    st.sampled_from([0.0, 25.0]), st.sampled_from([None, 1, 2])),
+    max_size=8, unique_by=lambda o: o.item_id)
+
+
+@given(offers=shelf_offers, segment=st.sampled_from(["loyal", "casual", ""]),
+       channel=st.sampled_from(["web", "app"]), cart=st.sampled_from([[], ["p1"]]),
+       redeemed=st.dictionaries(st.sampled_from([f"o{k}" for k in range(6)]), st.integers(0, 2)),
+       exclude=st.lists(st.sampled_from([f"o{k}" for k in range(6)]), max_size=2),
+       rates=st.lists(st.sampled_from([0.05, 0.1, 0.2, 0.5]), min_size=6, max_size=6),
+       n=st.integers(1, 4))
+def test_offers_shown_are_the_eligible_ones_by_expected_value(offers, segment, channel, cart,
+                                                              redeemed, exclude, rates, n):
+    """Whatever the offers' audiences, windows, minimums and limits: the offers shown are
+    exactly those ``offer_is_eligible`` allows and the request does not exclude, best expected
+    value (prior rate x value) first, ties in catalog order."""
+    product = Item("p1", "product", "a product", "a/b", "a", 30.0, True, False, None)
+    rate = {f"o{k}": r for k, r in enumerate(rates)}
+    shop = ShopView({"p1": product, **{o.item_id: o for o in offers}}, {"c1": segment}, {},
+                    {}, [], rate, [], NOW)
+    state = ServingState(models=None, shop=shop, content=None)  # offers need neither
+    request = RecommendRequest(customer_id="c1", channel=channel, exclude=exclude,
+                               context={"cart_items": cart})
+    behaviour = Behaviour(redemptions=Counter(redeemed))
+    shown = rank_offers(state, request, behaviour, NOW.to_pydatetime(), n)
+    cart_value = 30.0 if cart else 0.0
+    plain = [o for o in offers if o.item_id not in exclude and offer_is_eligible(
+        o, segment, channel, cart_value, redeemed.get(o.item_id, 0), NOW)]
+    plain.sort(key=lambda o: -rate[o.item_id] * (o.offer_value or 0.0))
+    assert [c.item_id for c in shown] == [o.item_id for o in plain[:n]]
 
 
 def test_offers_are_ranked_by_expected_value(state):
