@@ -48,7 +48,7 @@ def rank(for_you: np.ndarray, for_you_scores: np.ndarray, anchor_columns: np.nda
          new: np.ndarray, new_top: np.ndarray, liked: np.ndarray, popular: np.ndarray,
          popular_scores: np.ndarray, extra: np.ndarray, extra_scores: np.ndarray,
          extra_bounds: np.ndarray, extra_weights: np.ndarray, extra_codes: np.ndarray,
-         source_weights: np.ndarray, product: np.ndarray, n: int, cap: int,
+         source_weights: np.ndarray, product: np.ndarray, check_columns: bool, n: int, cap: int,
          top: np.ndarray, n_tops: int, in_stock_only: bool, in_stock: np.ndarray,
          price_filter: bool, price: np.ndarray, min_price: float, max_price: float,
          category: np.ndarray, category_ok: np.ndarray, blocked: np.ndarray, n_bought: int,
@@ -64,11 +64,11 @@ def rank(for_you: np.ndarray, for_you_scores: np.ndarray, anchor_columns: np.nda
     last request: the same work as a dozen numpy calls around the compiled passes cost four
     times as much per request served as it did in a loop.
     """
-    positions, scores, bounds, weights, codes = gather(
+    positions, scores, bounds, weights, codes, verify = gather(
         for_you, for_you_scores, anchor_columns, neighbours, neighbour_scores, n_similar, new,
         new_top, liked, popular, popular_scores, extra, extra_scores, extra_bounds,
-        extra_weights, extra_codes, source_weights)
-    items, totals, reasons = blend(positions, scores, bounds, weights, codes, product)
+        extra_weights, extra_codes, source_weights, check_columns)
+    items, totals, reasons = blend(positions, scores, bounds, weights, codes, verify, product)
     picked = choose(items, totals, n, cap, top, n_tops, in_stock_only, in_stock, price_filter,
                     price, min_price, max_price, category, category_ok, blocked, n_bought,
                     repeatable, blocked_mask)
@@ -78,12 +78,14 @@ def rank(for_you: np.ndarray, for_you_scores: np.ndarray, anchor_columns: np.nda
 @compiled
 def gather(for_you, for_you_scores, anchor_columns, neighbours, neighbour_scores, n_similar,
            new, new_top, liked, popular, popular_scores, extra, extra_scores, extra_bounds,
-           extra_weights, extra_codes, source_weights):
+           extra_weights, extra_codes, source_weights, check_columns):
     """The sources laid end to end as ``blend`` takes them, in this order: "for you"; items
     similar to each anchor the neighbour table holds (anchor ``k``, with column
     ``anchor_columns[k]``, gets reason code ``SIMILAR + k``; a negative column is not in
     the table); the ``extra`` sources as given (bounds, weights and codes); new products,
-    scored ``liked[new_top]`` (their category's score); popular products."""
+    scored ``liked[new_top]`` (their category's score); popular products. The sources named
+    by recommender column are checked for products when ``check_columns``, the extra ones
+    always, new and popular products never (the index lists only products there)."""
     anchors = 0
     for k in range(len(anchor_columns)):
         if anchor_columns[k] >= 0:
@@ -96,6 +98,7 @@ def gather(for_you, for_you_scores, anchor_columns, neighbours, neighbour_scores
     bounds = np.zeros(n_sources + 1, np.int64)
     weights = np.empty(n_sources)
     codes = np.empty(n_sources, np.int64)
+    verify = np.full(n_sources, check_columns)
     at = 0
     for e in range(len(for_you)):
         positions[at], scores[at] = for_you[e], for_you_scores[e]
@@ -116,43 +119,46 @@ def gather(for_you, for_you_scores, anchor_columns, neighbours, neighbour_scores
         for e in range(extra_bounds[x], extra_bounds[x + 1]):
             positions[at], scores[at] = extra[e], extra_scores[e]
             at += 1
-        weights[s], codes[s] = extra_weights[x], extra_codes[x]
+        weights[s], codes[s], verify[s] = extra_weights[x], extra_codes[x], True
         s += 1
         bounds[s] = at
     for e in range(len(new)):
         positions[at], scores[at] = new[e], liked[new_top[e]]
         at += 1
-    weights[s], codes[s] = source_weights[NEW], NEW
+    weights[s], codes[s], verify[s] = source_weights[NEW], NEW, False
     s += 1
     bounds[s] = at
     for e in range(len(popular)):
         positions[at], scores[at] = popular[e], popular_scores[e]
         at += 1
-    weights[s], codes[s] = source_weights[POPULAR], POPULAR
+    weights[s], codes[s], verify[s] = source_weights[POPULAR], POPULAR, False
     bounds[s + 1] = at
-    return positions, scores, bounds, weights, codes
+    return positions, scores, bounds, weights, codes, verify
 
 
 @compiled
 def blend(positions: np.ndarray, scores: np.ndarray, bounds: np.ndarray, weights: np.ndarray,
-          codes: np.ndarray, product: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+          codes: np.ndarray, verify: np.ndarray, product: np.ndarray
+          ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Source ``s`` holds entries ``bounds[s]:bounds[s + 1]`` of ``positions`` and ``scores``;
     it is scaled so that its best finite score gets ``weights[s]``, and skipped when that is
     not positive. Returns each product once, in the order first reached, with its total and
     the code of the source that gave it most (the first such on a tie). A position that is
-    negative, past the index or not a ``product`` is left out.
+    negative or past the index is left out, and so is one that is not a ``product`` where
+    ``verify[s]`` (a source that names only products need not be checked: each check is a
+    read from a table the size of the catalog).
 
     Products are found again through a small open-addressing table sized to the candidates (a
     few thousand slots, in the core's cache) rather than a catalog-sized array: a request's few
     hundred candidates are scattered over the catalog, and in a server, where the framework
-    runs between two requests, every touch of a catalog-sized array was a cache miss.
+    runs between two requests, every touch of a catalog-sized array was a cache miss. A slot
+    holds the candidate's index (its position is in ``items``, written just before).
     """
     capacity = 16
     while capacity < 2 * len(positions):
         capacity *= 2
     mask = capacity - 1
-    slot_product = np.full(capacity, EMPTY, np.int64)
-    slot_item = np.empty(capacity, np.int64)
+    slots = np.full(capacity, EMPTY, np.int32)
     items = np.empty(len(positions), np.int64)
     totals = np.empty(len(positions))
     strongest = np.empty(len(positions))
@@ -168,18 +174,19 @@ def blend(positions: np.ndarray, scores: np.ndarray, bounds: np.ndarray, weights
         scale = weights[s] / top
         for e in range(bounds[s], bounds[s + 1]):
             p, value = positions[e], scores[e] * scale
-            if not 0.0 < value < np.inf or not 0 <= p < len(product) or not product[p]:
+            if (not 0.0 < value < np.inf or not 0 <= p < len(product)
+                    or (verify[s] and not product[p])):
                 continue
             slot = ((p * 2654435761) >> 16) & mask  # Knuth's multiplicative hash
-            while slot_product[slot] != EMPTY and slot_product[slot] != p:
+            while slots[slot] != EMPTY and items[slots[slot]] != p:
                 slot = (slot + 1) & mask
-            if slot_product[slot] == EMPTY:
-                slot_product[slot], slot_item[slot] = p, found
+            if slots[slot] == EMPTY:
+                slots[slot] = found
                 items[found], totals[found], strongest[found] = p, value, value
                 reasons[found] = codes[s]
                 found += 1
             else:
-                k = slot_item[slot]
+                k = slots[slot]
                 totals[k] += value
                 if value > strongest[k]:
                     strongest[k], reasons[k] = value, codes[s]

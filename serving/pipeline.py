@@ -498,7 +498,8 @@ def choose_products(index: ProductIndex, blend: Blend, request: RecommendRequest
                              *([context.current_item] if context.current_item else [])])
     price_filter = filters.min_price is not None or filters.max_price is not None
     return kernels.rank(
-        *blend.arrays(), index.product, n, max(1, math.ceil(max_share * n)), index.top,
+        *blend.arrays(), index.product, index.check_columns, n, max(1, math.ceil(max_share * n)),
+        index.top,
         len(index.tops), filters.in_stock_only, index.in_stock, price_filter, index.price,
         -math.inf if filters.min_price is None else filters.min_price,
         math.inf if filters.max_price is None else filters.max_price,

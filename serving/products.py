@@ -48,10 +48,13 @@ class ProductIndex:
     product: np.ndarray
     """Position -> is it a product in the catalog? (The other arrays hold placeholders where
     it is not: top and category 0, no price, not in stock.)"""
+    check_columns: bool
+    """Are some of the recommender's columns not products? Then candidates named by column are
+    checked one by one (``serving.kernels.blend``); otherwise none need be."""
     popular: dict[tuple[str, str], tuple[np.ndarray, np.ndarray]]
-    """The shop view's popularity lists as (positions, scores), best first."""
+    """The shop view's popularity lists as (positions, scores), best first: products only."""
     new: np.ndarray
-    """Positions of the shop view's new products, newest first."""
+    """Positions of the shop view's new products, newest first: products only."""
     new_top: np.ndarray
     """The top-level category code of each of ``new`` (a request reads no other product's)."""
     _scratch: threading.local = field(default_factory=threading.local, repr=False)
@@ -71,13 +74,16 @@ class ProductIndex:
         top_code = {t: k for k, t in enumerate(tops)}
         category_code = {c: k for k, c in enumerate(categories)}
         position = {item_id: p for p, item_id in enumerate(ids)}
+        is_product = [i is not None for i in items]
+        products_only = {i for i, p in position.items() if is_product[p]}
         popular = {}
         for key, ranked in shop.popular.items():
-            pairs = [(position[i], s) for i, s in ranked if i in position]
+            pairs = [(position[i], s) for i, s in ranked if i in products_only]
             popular[key] = (np.array([p for p, _ in pairs], dtype=np.int64),
                             np.array([s for _, s in pairs], dtype=np.float64))
         top = np.array([top_code[i.top] if i else 0 for i in items], dtype=np.int32)
-        new = np.array([position[i] for i in shop.new_products if i in position], dtype=np.int64)
+        new = np.array([position[i] for i in shop.new_products if i in products_only],
+                       dtype=np.int64)
         return cls(
             ids=np.array(ids, dtype=object), position=position, top=top, tops=tops,
             top_code=top_code,
@@ -87,8 +93,9 @@ class ProductIndex:
             price=np.array([np.nan if i is None or i.price is None else i.price for i in items]),
             in_stock=np.array([bool(i and i.in_stock) for i in items], dtype=bool),
             repeatable=np.array([bool(i and i.repeatable) for i in items], dtype=bool),
-            product=np.array([i is not None for i in items], dtype=bool),
-            popular=popular, new=new, new_top=top[new])
+            product=np.array(is_product, dtype=bool),
+            check_columns=not all(is_product[:len(columns)]), popular=popular, new=new,
+            new_top=top[new])
 
     def blocked_mask(self) -> np.ndarray:
         """This thread's per-product scratch mask for the rules (``serving.kernels.rank``):

@@ -11,6 +11,8 @@ from collections import Counter
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
+import scipy.sparse as sp
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -26,7 +28,8 @@ from serving.pipeline import (
     choose_products,
 )
 from serving.products import ProductIndex
-from serving.shop import Behaviour
+from serving.shop import Behaviour, Item, ShopView
+from training.interactions import Interactions
 
 PRODUCT = np.array([1, 0, 1, 1, 1, 1, 0, 1, 1, 1, 1, 1, 1, 1], dtype=bool)
 """Which positions are products: two are not (a recommender column for an article, say)."""
@@ -40,7 +43,8 @@ def index() -> ProductIndex:
                         top=np.zeros(n, dtype=np.int32), tops=("all",), top_code={"all": 0},
                         category=np.zeros(n, dtype=np.int32), categories=("all",),
                         price=np.ones(n), in_stock=PRODUCT.copy(),
-                        repeatable=np.zeros(n, dtype=bool), product=PRODUCT, popular={},
+                        repeatable=np.zeros(n, dtype=bool), product=PRODUCT, check_columns=True,
+                        popular={},
                         new=np.zeros(0, dtype=np.int64), new_top=np.zeros(0, dtype=np.int32))
 
 
@@ -118,7 +122,8 @@ def shop_index(category: list[int], price: list[float], in_stock: list[bool],
         tops=tops, top_code={t: k for k, t in enumerate(tops)},
         category=np.array(category, dtype=np.int32), categories=CATEGORIES,
         price=np.array(price), in_stock=np.array(in_stock, dtype=bool),
-        repeatable=np.array(repeatable, dtype=bool), product=np.ones(n, dtype=bool), popular={},
+        repeatable=np.array(repeatable, dtype=bool), product=np.ones(n, dtype=bool),
+        check_columns=False, popular={},
         new=np.zeros(0, dtype=np.int64), new_top=np.zeros(0, dtype=np.int32))
 
 
@@ -199,10 +204,12 @@ def catalog_index(tops: list[int], new: list[int]) -> ProductIndex:
     return ProductIndex(
         ids=np.array([f"p{i}" for i in range(n)], dtype=object),
         position={f"p{i}": i for i in range(n)},
-        top=np.array(tops, dtype=np.int32), tops=names, top_code={t: k for k, t in enumerate(names)},
+        top=np.array(tops, dtype=np.int32), tops=names,
+        top_code={t: k for k, t in enumerate(names)},
         category=np.zeros(n, dtype=np.int32), categories=("all",), price=np.ones(n),
         in_stock=np.ones(n, dtype=bool), repeatable=np.zeros(n, dtype=bool),
-        product=PRODUCT[:n].copy(), popular={}, new=np.array(new, dtype=np.int64),
+        product=PRODUCT[:n].copy(), check_columns=True, popular={},
+        new=np.array(new, dtype=np.int64),
         new_top=np.array([tops[p] for p in new], dtype=np.int32))
 
 
@@ -219,7 +226,8 @@ def test_the_requests_own_sources_blend_as_the_same_candidates_added_as_arrays(t
     the plain rule above), in the order ``serving.kernels.gather`` states."""
     n = len(PRODUCT)
     positions = st.lists(st.integers(-1, n - 1), max_size=8)
-    new = data.draw(st.lists(st.integers(0, n - 1), max_size=5, unique=True))
+    products = [p for p in range(n) if PRODUCT[p]]  # the index lists only these as new, popular
+    new = data.draw(st.lists(st.sampled_from(products), max_size=5, unique=True))
     idx = catalog_index(tops, new)
     width = 3
     neighbours = (np.array(data.draw(st.lists(st.integers(-1, n - 1), min_size=n * width,
@@ -232,7 +240,8 @@ def test_the_requests_own_sources_blend_as_the_same_candidates_added_as_arrays(t
     anchors = data.draw(st.lists(st.integers(0, n - 1), max_size=3))
     liked = Counter(data.draw(st.dictionaries(st.sampled_from(idx.tops),
                                               st.sampled_from([0.0, 0.25, 0.5, 1.0]))))
-    popular = (np.array(data.draw(positions), dtype=np.int64),)
+    popular = (np.array(data.draw(st.lists(st.sampled_from(products), max_size=8)),
+                        dtype=np.int64),)
     popular += (np.array(data.draw(st.lists(scores, min_size=len(popular[0]),
                                             max_size=len(popular[0])))),)
 
@@ -256,3 +265,29 @@ def test_the_requests_own_sources_blend_as_the_same_candidates_added_as_arrays(t
     for got, expected in zip(*ranked, strict=True):
         assert got.tolist() == expected.tolist()
     assert own.anchors == spelled.anchors
+
+
+def test_the_index_puts_the_recommenders_columns_first_and_knows_which_are_products():
+    """A column is its own position; products the model does not know come after; new and
+    popular lists hold only products, so only column sources are checked, and only when some
+    column is not a product."""
+    items = {i.item_id: i for i in [
+        Item("p1", "product", "one", "a/x", "a", 5.0, True, False, None),
+        Item("p2", "product", "two", "b/y", "b", 7.0, False, False, None),
+        Item("a1", "content", "guide", "a/x", "a", None, True, True, None),
+        Item("p3", "product", "three", "a/x", "a", None, True, True, None)]}
+    popular = {("*", "*"): [("a1", 9.0), ("p3", 5.0), ("gone", 4.0), ("p1", 1.0)]}
+    shop = ShopView(items, {}, {}, popular, [], {}, ["a1", "p3"], pd.Timestamp.now(tz="UTC"))
+
+    def columns(ids: list[str]) -> Interactions:
+        matrix = sp.csr_matrix((1, len(ids)), dtype=np.float32)
+        return Interactions(matrix, np.array(["c1"], dtype=object), np.array(ids, dtype=object))
+
+    index = ProductIndex.build(shop, columns(["p2", "a1", "p1"]))
+    assert index.ids.tolist() == ["p2", "a1", "p1", "p3"]
+    assert index.product.tolist() == [True, False, True, True]
+    assert index.check_columns
+    assert index.popular[("*", "*")][0].tolist() == [3, 2]  # p3, p1: the article and "gone" left out
+    assert index.new.tolist() == [3]
+    assert index.tops[index.top[0]] == "b" and not index.in_stock[0]
+    assert not ProductIndex.build(shop, columns(["p2", "p1"])).check_columns
