@@ -244,7 +244,7 @@ NO_NEIGHBOURS = (np.zeros((0, 0), dtype=np.int64), np.zeros((0, 0)))
 
 def rank_products(state: ServingState, request: RecommendRequest, behaviour: Behaviour, n: int,
                   max_category_share: float, live: CustomerState | None = None,
-                  liked: Counter | None = None) -> list[Candidate]:
+                  liked: dict[str, float] | None = None) -> list[Candidate]:
     """Best blended candidates that pass the rules, diversified. Blending, rules and diversity
     run over arrays; reasons are written only for the items that make the list."""
     if n == 0:
@@ -299,7 +299,7 @@ class Blend:
         self.anchors.append(anchor)
         self._anchor_columns.append(column)
 
-    def add_new(self, liked: Counter) -> None:
+    def add_new(self, liked: dict[str, float]) -> None:
         """The index's new products, scored 1 + the share of the customer's activity in their
         category when they like it, and 0 (which blending leaves out) when they do not."""
         for top, share in liked.items():
@@ -348,7 +348,8 @@ class Blend:
 
 
 def product_candidates(state: ServingState, request: RecommendRequest, behaviour: Behaviour,
-                       liked: Counter, live: CustomerState | None = None) -> Blend:
+                       liked: dict[str, float], live: CustomerState | None = None
+                       ) -> Blend:
     """Collaborative filtering for the customer, items similar to what they look at, hold or
     just viewed, new products in categories they like, and what is popular for their segment."""
     shop, bundle, index = state.shop, state.models.recommender, state.products
@@ -457,15 +458,17 @@ def _similar_by_text(state: ServingState, anchor: str, n: int) -> tuple[np.ndarr
     return positions, np.array([s for _, s in similar], dtype=np.float64)
 
 
-def _liked_categories(shop: ShopView, behaviour: Behaviour) -> Counter:
-    """Top-level categories of the products the customer bought or viewed, by share."""
+def _liked_categories(shop: ShopView, behaviour: Behaviour) -> dict[str, float]:
+    """Top-level categories of the products the customer bought or viewed, by share, the most
+    liked first (ties in the order first met). A plain dict: a Counter cost a tenth of this
+    stage's time to build, for the ordering only."""
     counts: dict[str, int] = {}
     for item_id in chain(behaviour.purchased, behaviour.recent_views):
         item = shop.items.get(item_id)
         if item is not None and item.kind == PRODUCT:
             counts[item.top] = counts.get(item.top, 0) + 1
     total = sum(counts.values()) or 1
-    return Counter({top: count / total for top, count in counts.items()})
+    return {top: count / total for top, count in sorted(counts.items(), key=lambda e: -e[1])}
 
 
 def _popular_for(index: ProductIndex, segment: str, channel: str
@@ -510,7 +513,7 @@ def choose_products(index: ProductIndex, blend: Blend, request: RecommendRequest
 
 # ---------------------------------------------------------------------------- content
 def rank_content(state: ServingState, request: RecommendRequest, behaviour: Behaviour,
-                 n: int, liked: Counter | None = None) -> list[Candidate]:
+                 n: int, liked: dict[str, float] | None = None) -> list[Candidate]:
     """Articles about the item on the page (scored 2 + text similarity), then about the
     categories the customer browses (1 + that category's share of their activity, so the most
     browsed category first), then popular reading (below 0.5) to fill the list. Each tier ranks
@@ -529,7 +532,7 @@ def rank_content(state: ServingState, request: RecommendRequest, behaviour: Beha
         taken.update(c.item_id for c in ranked)
     if liked is None:
         liked = _liked_categories(shop, behaviour)
-    for top, share in liked.most_common():
+    for top, share in liked.items():  # the most liked first
         reason = f"about {top}, which you have been browsing"
         for item in shop.content_by_top.get(top, []):
             if len(ranked) == n:
