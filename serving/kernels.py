@@ -1,7 +1,7 @@
 """The per-request pass over product candidates, compiled: blending the sources, then choosing
 what to show (the rules, then no category over its share), in one call (``rank``).
 
-Both are loops over a few hundred candidates. As numpy calls they were some twenty vectorized
+Both are loops over several hundred candidates. As numpy calls they were some twenty vectorized
 operations per request, each costing more in call overhead than in work (about 80 µs a
 request, a third of ranking); compiled, they cost a few microseconds, and as one call the
 blended candidates never go back to Python. What they compute is stated in
@@ -34,7 +34,7 @@ def compiled(function: Callable | None = None, **options) -> Callable:
 
 
 EMPTY = -1
-"""A free slot in ``blend``'s table of the candidates seen so far."""
+"""A free slot in ``_blend``'s table of the candidates seen so far."""
 
 
 FOR_YOU, NEW, POPULAR, SIMILAR = 0, 1, 2, 3
@@ -54,21 +54,57 @@ def rank(for_you: np.ndarray, for_you_scores: np.ndarray, anchor_columns: np.nda
          category: np.ndarray, category_ok: np.ndarray, blocked: np.ndarray, n_bought: int,
          repeatable: np.ndarray, blocked_mask: np.ndarray
          ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """A request's products in one call: ``gather`` the sources, ``blend`` them, ``choose``
-    the ``n`` to show. Returns their positions, totals and reason codes, in the order shown.
+    """A request's products in one call: blend the sources, then ``choose`` the ``n`` to
+    show. Returns their positions, totals and reason codes, in the order shown.
+
+    Sources are blended (``_blend``) in this order: "for you"; items similar to each anchor
+    the neighbour table holds (anchor ``k``, with column ``anchor_columns[k]``, gets reason
+    code ``SIMILAR + k``; a negative column is not in the table); the ``extra`` sources as
+    given (bounds, weights and codes); new products, scored ``liked[new_top]`` (their
+    category's score); popular products. Sources named by recommender column are checked
+    for products when ``check_columns``, the extra ones always, new and popular products
+    never (the index lists only products there).
 
     Python hands over what it looked up (the customer's row of the top-items table, the
     anchors' columns, the liked categories, positions to block) and arrays that already
-    exist; it creates no intermediate array of its own. In a server every numpy call a
-    request makes is code and data that the framework has pushed out of the cache since the
-    last request: the same work as a dozen numpy calls around the compiled passes cost four
-    times as much per request served as it did in a loop.
+    exist, and each source is blended where it lies: no array is built to hold them all. In
+    a server every numpy call a request makes is code and data that the framework has pushed
+    out of the cache since the last request: the same work as a dozen numpy calls around the
+    compiled passes cost four times as much per request served as it did in a loop.
     """
-    positions, scores, bounds, weights, codes, verify = gather(
-        for_you, for_you_scores, anchor_columns, neighbours, neighbour_scores, n_similar, new,
-        new_top, liked, popular, popular_scores, extra, extra_scores, extra_bounds,
-        extra_weights, extra_codes, source_weights, check_columns)
-    items, totals, reasons = blend(positions, scores, bounds, weights, codes, verify, product)
+    size = len(for_you) + len(extra) + len(new) + len(popular)
+    for k in range(len(anchor_columns)):
+        if anchor_columns[k] >= 0:
+            size += n_similar
+    capacity = 16
+    while capacity < 2 * size:
+        capacity *= 2
+    slots = np.full(capacity, EMPTY, np.int32)
+    items = np.empty(size, np.int64)
+    totals = np.empty(size)
+    strongest = np.empty(size)
+    reasons = np.empty(size, np.int64)
+    found = _blend(for_you, for_you_scores, source_weights[FOR_YOU], FOR_YOU, check_columns,
+                   product, slots, items, totals, strongest, reasons, 0)
+    for k in range(len(anchor_columns)):
+        column = anchor_columns[k]
+        if column >= 0:
+            found = _blend(neighbours[column, :n_similar], neighbour_scores[column, :n_similar],
+                           source_weights[SIMILAR], SIMILAR + k, check_columns, product, slots,
+                           items, totals, strongest, reasons, found)
+    for x in range(len(extra_weights)):
+        start, end = extra_bounds[x], extra_bounds[x + 1]
+        found = _blend(extra[start:end], extra_scores[start:end], extra_weights[x],
+                       extra_codes[x], True, product, slots, items, totals, strongest, reasons,
+                       found)
+    new_scores = np.empty(len(new))
+    for e in range(len(new)):
+        new_scores[e] = liked[new_top[e]]
+    found = _blend(new, new_scores, source_weights[NEW], NEW, False, product, slots, items,
+                   totals, strongest, reasons, found)
+    found = _blend(popular, popular_scores, source_weights[POPULAR], POPULAR, False, product,
+                   slots, items, totals, strongest, reasons, found)
+    items, totals, reasons = items[:found], totals[:found], reasons[:found]
     picked = choose(items, totals, n, cap, top, n_tops, in_stock_only, in_stock, price_filter,
                     price, min_price, max_price, category, category_ok, blocked, n_bought,
                     repeatable, blocked_mask)
@@ -76,121 +112,49 @@ def rank(for_you: np.ndarray, for_you_scores: np.ndarray, anchor_columns: np.nda
 
 
 @compiled
-def gather(for_you, for_you_scores, anchor_columns, neighbours, neighbour_scores, n_similar,
-           new, new_top, liked, popular, popular_scores, extra, extra_scores, extra_bounds,
-           extra_weights, extra_codes, source_weights, check_columns):
-    """The sources laid end to end as ``blend`` takes them, in this order: "for you"; items
-    similar to each anchor the neighbour table holds (anchor ``k``, with column
-    ``anchor_columns[k]``, gets reason code ``SIMILAR + k``; a negative column is not in
-    the table); the ``extra`` sources as given (bounds, weights and codes); new products,
-    scored ``liked[new_top]`` (their category's score); popular products. The sources named
-    by recommender column are checked for products when ``check_columns``, the extra ones
-    always, new and popular products never (the index lists only products there)."""
-    anchors = 0
-    for k in range(len(anchor_columns)):
-        if anchor_columns[k] >= 0:
-            anchors += 1
-    n_extra = len(extra_weights)
-    n_sources = 3 + anchors + n_extra
-    size = (len(for_you) + anchors * n_similar + len(extra) + len(new) + len(popular))
-    positions = np.empty(size, np.int64)
-    scores = np.empty(size)
-    bounds = np.zeros(n_sources + 1, np.int64)
-    weights = np.empty(n_sources)
-    codes = np.empty(n_sources, np.int64)
-    verify = np.full(n_sources, check_columns)
-    at = 0
-    for e in range(len(for_you)):
-        positions[at], scores[at] = for_you[e], for_you_scores[e]
-        at += 1
-    weights[0], codes[0], bounds[1] = source_weights[FOR_YOU], FOR_YOU, at
-    s = 1
-    for k in range(len(anchor_columns)):
-        column = anchor_columns[k]
-        if column < 0:
-            continue
-        for e in range(n_similar):
-            positions[at], scores[at] = neighbours[column, e], neighbour_scores[column, e]
-            at += 1
-        weights[s], codes[s] = source_weights[SIMILAR], SIMILAR + k
-        s += 1
-        bounds[s] = at
-    for x in range(n_extra):
-        for e in range(extra_bounds[x], extra_bounds[x + 1]):
-            positions[at], scores[at] = extra[e], extra_scores[e]
-            at += 1
-        weights[s], codes[s], verify[s] = extra_weights[x], extra_codes[x], True
-        s += 1
-        bounds[s] = at
-    for e in range(len(new)):
-        positions[at], scores[at] = new[e], liked[new_top[e]]
-        at += 1
-    weights[s], codes[s], verify[s] = source_weights[NEW], NEW, False
-    s += 1
-    bounds[s] = at
-    for e in range(len(popular)):
-        positions[at], scores[at] = popular[e], popular_scores[e]
-        at += 1
-    weights[s], codes[s], verify[s] = source_weights[POPULAR], POPULAR, False
-    bounds[s + 1] = at
-    return positions, scores, bounds, weights, codes, verify
+def _blend(positions: np.ndarray, scores: np.ndarray, weight: float, code: int, verify: bool,
+           product: np.ndarray, slots: np.ndarray, items: np.ndarray, totals: np.ndarray,
+           strongest: np.ndarray, reasons: np.ndarray, found: int) -> int:
+    """Add one source to the candidates found so far (``items[:found]``, with their totals,
+    strongest contribution and its reason code); returns how many there are now.
 
+    The source is scaled so that its best finite score gets ``weight``, and adds nothing when
+    that is not positive. A candidate's total sums its positive, finite contributions, and
+    its reason is the code of the source that gave it most (the first such on a tie). A
+    position that is negative or past the index is left out, and so is one that is not a
+    ``product`` where ``verify`` (a source that names only products need not be checked: each
+    check is a read from a table the size of the catalog).
 
-@compiled
-def blend(positions: np.ndarray, scores: np.ndarray, bounds: np.ndarray, weights: np.ndarray,
-          codes: np.ndarray, verify: np.ndarray, product: np.ndarray
-          ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Source ``s`` holds entries ``bounds[s]:bounds[s + 1]`` of ``positions`` and ``scores``;
-    it is scaled so that its best finite score gets ``weights[s]``, and skipped when that is
-    not positive. Returns each product once, in the order first reached, with its total and
-    the code of the source that gave it most (the first such on a tie). A position that is
-    negative or past the index is left out, and so is one that is not a ``product`` where
-    ``verify[s]`` (a source that names only products need not be checked: each check is a
-    read from a table the size of the catalog).
-
-    Products are found again through a small open-addressing table sized to the candidates (a
-    few thousand slots, in the core's cache) rather than a catalog-sized array: a request's few
-    hundred candidates are scattered over the catalog, and in a server, where the framework
-    runs between two requests, every touch of a catalog-sized array was a cache miss. A slot
-    holds the candidate's index (its position is in ``items``, written just before).
+    Candidates are found again through ``slots``, a small open-addressing table sized to the
+    request (a few thousand slots, in the core's cache), rather than a catalog-sized array: a
+    request's few hundred candidates are scattered over the catalog, and in a server, where
+    the framework runs between two requests, every touch of a catalog-sized array was a cache
+    miss. A slot holds the candidate's index (its position is in ``items``).
     """
-    capacity = 16
-    while capacity < 2 * len(positions):
-        capacity *= 2
-    mask = capacity - 1
-    slots = np.full(capacity, EMPTY, np.int32)
-    items = np.empty(len(positions), np.int64)
-    totals = np.empty(len(positions))
-    strongest = np.empty(len(positions))
-    reasons = np.empty(len(positions), np.int64)
-    found = 0
-    for s in range(len(weights)):
-        top = 0.0
-        for e in range(bounds[s], bounds[s + 1]):
-            if top < scores[e] < np.inf:  # NaN compares false
-                top = scores[e]
-        if top <= 0.0:
+    best = 0.0
+    for e in range(len(scores)):
+        if best < scores[e] < np.inf:  # NaN compares false
+            best = scores[e]
+    if best <= 0.0:
+        return found
+    scale, mask = weight / best, len(slots) - 1
+    for e in range(len(positions)):
+        p, value = np.int64(positions[e]), scores[e] * scale
+        if not 0.0 < value < np.inf or not 0 <= p < len(product) or (verify and not product[p]):
             continue
-        scale = weights[s] / top
-        for e in range(bounds[s], bounds[s + 1]):
-            p, value = positions[e], scores[e] * scale
-            if (not 0.0 < value < np.inf or not 0 <= p < len(product)
-                    or (verify[s] and not product[p])):
-                continue
-            slot = ((p * 2654435761) >> 16) & mask  # Knuth's multiplicative hash
-            while slots[slot] != EMPTY and items[slots[slot]] != p:
-                slot = (slot + 1) & mask
-            if slots[slot] == EMPTY:
-                slots[slot] = found
-                items[found], totals[found], strongest[found] = p, value, value
-                reasons[found] = codes[s]
-                found += 1
-            else:
-                k = slots[slot]
-                totals[k] += value
-                if value > strongest[k]:
-                    strongest[k], reasons[k] = value, codes[s]
-    return items[:found], totals[:found], reasons[:found]
+        slot = ((p * 2654435761) >> 16) & mask  # Knuth's multiplicative hash
+        while slots[slot] != EMPTY and items[slots[slot]] != p:
+            slot = (slot + 1) & mask
+        if slots[slot] == EMPTY:
+            slots[slot] = found
+            items[found], totals[found], strongest[found], reasons[found] = p, value, value, code
+            found += 1
+        else:
+            k = slots[slot]
+            totals[k] += value
+            if value > strongest[k]:
+                strongest[k], reasons[k] = value, code
+    return found
 
 
 @compiled

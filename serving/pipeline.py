@@ -271,7 +271,7 @@ class Blend:
     position) and only noted as they are added: the request's own sources as what Python
     looked up (the customer's "for you" row, the anchors' columns in the neighbour table, the
     score of each liked category, the popularity list), any other (``add``) as arrays.
-    ``choose_products`` lays them end to end, blends and chooses in one compiled call
+    ``choose_products`` blends them and chooses in one compiled call
     (``serving.kernels.rank``, which states the order sources are taken in).
     """
 

@@ -50,7 +50,7 @@ class ProductIndex:
     it is not: top and category 0, no price, not in stock.)"""
     check_columns: bool
     """Are some of the recommender's columns not products? Then candidates named by column are
-    checked one by one (``serving.kernels.blend``); otherwise none need be."""
+    checked one by one (``serving.kernels.rank``); otherwise none need be."""
     popular: dict[tuple[str, str], tuple[np.ndarray, np.ndarray]]
     """The shop view's popularity lists as (positions, scores), best first: products only."""
     new: np.ndarray

@@ -223,7 +223,7 @@ def test_the_requests_own_sources_blend_as_the_same_candidates_added_as_arrays(t
     """The customer's "for you" row, anchors looked up in the neighbour table, new products
     scored by liked category and the popularity list, as ``product_candidates`` adds them,
     rank exactly as those same candidates added one source at a time (``Blend.add``, held to
-    the plain rule above), in the order ``serving.kernels.gather`` states."""
+    the plain rule above), in the order ``serving.kernels.rank`` states."""
     n = len(PRODUCT)
     positions = st.lists(st.integers(-1, n - 1), max_size=8)
     products = [p for p in range(n) if PRODUCT[p]]  # the index lists only these as new, popular
