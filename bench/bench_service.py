@@ -10,8 +10,9 @@ path, returns a constant). Both are async endpoints, run on the worker's event l
 service runs `recommend`; `noop_sync`, the same no-op as a sync endpoint (BentoML's thread pool),
 is measured alongside to show what that hand-off costs. In the same run:
 
-1. sequential keep-alive latency: requests alternate between the endpoints, so all see the
-   same machine noise; p50 and p99 of each. A third series asks recommend for customers with
+1. sequential keep-alive latency: requests alternate between the endpoints, in a random order
+   each round, so all see the same machine noise and each follows each other equally often;
+   p50 and p99 of each. A third series asks recommend for customers with
    views since the snapshot (the first FRESH_CUSTOMERS), whose candidates are scored over the
    whole catalog: every customer active in a session takes that path. The client is the
    standard library's http.client on one connection: it adds ~0.1 ms per request, where httpx
@@ -313,8 +314,10 @@ def main() -> None:
                        "the service reads the registered ones), "
                        "one read of the live customer state per request, both endpoints answering "
                        "through the same output path; sequential latency from http.client on one "
-                       "keep-alive connection; load generated from the same machine (it shares the "
-                       "two cores with the server, for both endpoints alike).\n\n"
+                       "keep-alive connection, the series in a random order each round (each "
+                       "follows each other equally often); load generated from the same "
+                       "machine (it shares the two cores with the server, for both endpoints "
+                       "alike).\n\n"
                        "![Latency distributions and throughput](bench_service.png)")
 
 
