@@ -239,7 +239,11 @@ SOURCE_WEIGHTS = np.array([SOURCE_WEIGHT[s] for s in sorted(SOURCE_CODE, key=SOU
 """``SOURCE_WEIGHT`` by reason code, as the compiled pass takes it."""
 NO_ITEMS, NO_SCORES = np.zeros(0, dtype=np.int64), np.zeros(0)
 NO_SOURCES = np.zeros(1, dtype=np.int64)
-NO_NEIGHBOURS = (np.zeros((0, 0), dtype=np.int64), np.zeros((0, 0)))
+NO_COLUMNS = (np.zeros(0, dtype=np.int32), np.zeros(0, dtype=np.float32))
+NO_NEIGHBOURS = (np.zeros((0, 0), dtype=np.int32), np.zeros((0, 0), dtype=np.float32))
+"""Recommender columns and scores come as int32 and float32 (the top-items and neighbour tables'
+types), whatever produced them: numba compiles the compiled call once per combination of
+argument types, so a new combination would compile (seconds) on the first request to bring it."""
 
 
 def rank_products(state: ServingState, request: RecommendRequest, behaviour: Behaviour, n: int,
@@ -278,10 +282,10 @@ class Blend:
     def __init__(self, index: ProductIndex,
                  neighbours: tuple[np.ndarray, np.ndarray] | None = None) -> None:
         self.index = index
-        self.neighbours = neighbours or NO_NEIGHBOURS
+        self.neighbours = neighbours or NO_NEIGHBOURS  # int32, float32: item_neighbours' types
         self.anchors: list[str] = []
         self._anchor_columns: list[int] = []
-        self._for_you: tuple[np.ndarray, np.ndarray] = (NO_ITEMS, NO_SCORES)
+        self._for_you: tuple[np.ndarray, np.ndarray] = NO_COLUMNS
         self._liked = np.zeros(len(index.tops))
         self._popular: tuple[np.ndarray, np.ndarray] = (NO_ITEMS, NO_SCORES)
         self._positions: list[np.ndarray] = []
@@ -292,7 +296,8 @@ class Blend:
 
     def add_for_you(self, columns: np.ndarray, scores: np.ndarray) -> None:
         """The recommender's best columns for the customer (-1, padding: left out)."""
-        self._for_you = (columns, scores)
+        self._for_you = (columns.astype(np.int32, copy=False),
+                         scores.astype(np.float32, copy=False))
 
     def add_neighbours(self, anchor: str, column: int) -> None:
         """Items similar to the column's item, as the neighbour table holds them."""

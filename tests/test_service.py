@@ -141,6 +141,36 @@ def test_a_customer_with_events_newer_than_the_model_is_scored_not_looked_up(sta
     assert for_you(recommend(marked, request, state.shop.as_of, live=live)) - {product}
 
 
+def test_every_kind_of_request_hands_the_compiled_call_the_same_types(state):
+    """Known, unknown and fresh customers, an item on the page the model knows and one it
+    does not: numba compiles the compiled call once per combination of argument types, so a
+    new combination would compile, for seconds, on the first request to bring it."""
+    from features.online.state import CustomerState
+    from serving.pipeline import Blend, _liked_categories, product_candidates
+
+    bundle = state.models.recommender
+    customer = str(bundle.interactions.user_ids[0])
+    known_item = str(bundle.interactions.item_ids[0])
+    text_only = next(i for i in state.shop.items if bundle.interactions.item_column(i) < 0)
+    viewed = [str(i) for i in bundle.interactions.item_ids[-3:]]
+    fresh = CustomerState(customer, views=[(i, 1.0) for i in viewed], last_event=1.0)
+    asks = [(customer, {}, None), ("nobody-we-know", {}, None), (customer, {}, fresh),
+            (customer, {"current_item": known_item}, None),
+            ("nobody-we-know", {"current_item": text_only}, None)]
+
+    def types(blend: Blend) -> tuple:
+        return tuple((a.dtype, a.ndim) if isinstance(a, np.ndarray) else type(a)
+                     for a in blend.arrays())
+
+    seen = set()
+    for customer_id, context, live in asks:
+        request = RecommendRequest(customer_id=customer_id, context=context)
+        behaviour = state.shop.customer(customer_id)
+        seen.add(types(product_candidates(state, request, behaviour,
+                                          _liked_categories(state.shop, behaviour), live)))
+    assert len(seen) == 1, seen
+
+
 def test_a_purchased_durable_never_comes_back(state):
     customer = buyer_of_durables(state)
     durables = {i for i in state.shop.customer(customer).purchased
