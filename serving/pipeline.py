@@ -358,8 +358,8 @@ def product_candidates(state: ServingState, request: RecommendRequest, behaviour
     """Collaborative filtering for the customer, items similar to what they look at, hold or
     just viewed, new products in categories they like, and what is popular for their segment."""
     shop, bundle, index = state.shop, state.models.recommender, state.products
-    tabled = state.neighbours is not None and state.neighbours[0].shape[1] >= SIMILAR_PER_ANCHOR
-    blend = Blend(index, state.neighbours if tabled else None)
+    table = _neighbour_table(state, SIMILAR_PER_ANCHOR)
+    blend = Blend(index, table)
     interactions = bundle.interactions
     row = interactions.user_row(request.customer_id)
     fresh = _fresh_weights(interactions, row, live)
@@ -373,7 +373,7 @@ def product_candidates(state: ServingState, request: RecommendRequest, behaviour
     for anchor, verb in _anchors(request, behaviour):
         title = shop.items[anchor].title if anchor in shop.items else anchor
         column = interactions.item_column(anchor)
-        if column >= 0 and tabled:
+        if column >= 0 and table is not None:
             blend.add_neighbours(f"{verb} {title}", column)
         elif column >= 0:  # no neighbour table: ask the model
             blend.add("similar", *bundle.model.similar_items(column, N=SIMILAR_PER_ANCHOR),
@@ -449,9 +449,18 @@ def similar_products(state: ServingState, anchor: str, n: int = 30) -> list[tupl
             if state.shop.items[i].kind == PRODUCT]
 
 
-def _similar_columns(state: ServingState, column: int, n: int) -> tuple[np.ndarray, np.ndarray]:
+def _neighbour_table(state: ServingState, n: int) -> tuple[np.ndarray, np.ndarray] | None:
+    """The precomputed neighbour table when it holds ``n`` neighbours per item; otherwise the
+    model scores similarity per item asked for."""
     if state.neighbours is not None and n <= state.neighbours[0].shape[1]:
-        return state.neighbours[0][column, :n], state.neighbours[1][column, :n]
+        return state.neighbours
+    return None
+
+
+def _similar_columns(state: ServingState, column: int, n: int) -> tuple[np.ndarray, np.ndarray]:
+    table = _neighbour_table(state, n)
+    if table is not None:
+        return table[0][column, :n], table[1][column, :n]
     return state.models.recommender.model.similar_items(column, N=n)
 
 
@@ -575,14 +584,15 @@ def rank_offers(state: ServingState, request: RecommendRequest, behaviour: Behav
 
     if state.offers is None:
         says = "redeemed by {rate:.0%} of customers shown it"
-        shown = [(o.item, o.rate) for o in islice(filter(eligible, best_first), n)]
+        shown = [(o, o.rate) for o in islice(filter(eligible, best_first), n)]
     else:
         says = "likely for you: {rate:.0%} chance you redeem it"
-        offers = [o.item for o in in_catalog_order if eligible(o)]
-        chances = (state.offers.redeem_probability(request.customer_id, offers, now)
+        offers = [o for o in in_catalog_order if eligible(o)]
+        chances = (state.offers.redeem_probability(request.customer_id,
+                                                   [o.item for o in offers], now)
                    if offers else [])
         shown = sorted(zip(offers, map(float, chances), strict=True),
-                       key=lambda e: -e[1] * (e[0].offer_value or 0.0))[:n]
-    return [Candidate(offer.item_id, rate * (offer.offer_value or 0.0),
-                      f"worth {offer.offer_value or 0.0:g}, " + says.format(rate=rate))
+                       key=lambda e: -e[1] * e[0].value)[:n]
+    return [Candidate(offer.item.item_id, rate * offer.value,
+                      f"worth {offer.value:g}, " + says.format(rate=rate))
             for offer, rate in shown]

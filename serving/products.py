@@ -66,8 +66,8 @@ class ProductIndex:
         known = set(columns)
         ids = columns + [i.item_id for i in shop.items.values()
                          if i.kind == ItemKind.PRODUCT.value and i.item_id not in known]
-        found = [shop.items.get(i) for i in ids]
-        items = [i if i is not None and i.kind == ItemKind.PRODUCT.value else None for i in found]
+        items = [i if i is not None and i.kind == ItemKind.PRODUCT.value else None
+                 for i in map(shop.items.get, ids)]  # None: not a product in the catalog
         products = [i for i in items if i is not None]
         tops = tuple(sorted({i.top for i in products}))
         categories = tuple(sorted({i.category for i in products}))

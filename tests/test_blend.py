@@ -37,15 +37,22 @@ EVERYTHING = RecommendRequest(customer_id="c1", filters={"in_stock_only": False}
 """No rule leaves anything out of this index: what is chosen is the whole blend, ranked."""
 
 
+def small_index(n: int, **fields) -> ProductIndex:
+    """An index of products p0..p{n-1} in one category, each priced 1, in stock and not
+    repeatable, nothing new or popular; ``fields`` replace any of that."""
+    return ProductIndex(**{
+        "ids": np.array([f"p{i}" for i in range(n)], dtype=object),
+        "position": {f"p{i}": i for i in range(n)}, "top": np.zeros(n, dtype=np.int32),
+        "tops": ("all",), "top_code": {"all": 0}, "category": np.zeros(n, dtype=np.int32),
+        "categories": ("all",), "price": np.ones(n), "in_stock": np.ones(n, dtype=bool),
+        "repeatable": np.zeros(n, dtype=bool), "product": np.ones(n, dtype=bool),
+        "check_columns": False, "popular": {}, "new": np.zeros(0, dtype=np.int64),
+        "new_top": np.zeros(0, dtype=np.int32), **fields})
+
+
 def index() -> ProductIndex:
-    n = len(PRODUCT)
-    return ProductIndex(ids=np.array([f"p{i}" for i in range(n)], dtype=object), position={},
-                        top=np.zeros(n, dtype=np.int32), tops=("all",), top_code={"all": 0},
-                        category=np.zeros(n, dtype=np.int32), categories=("all",),
-                        price=np.ones(n), in_stock=PRODUCT.copy(),
-                        repeatable=np.zeros(n, dtype=bool), product=PRODUCT, check_columns=True,
-                        popular={},
-                        new=np.zeros(0, dtype=np.int64), new_top=np.zeros(0, dtype=np.int32))
+    return small_index(len(PRODUCT), in_stock=PRODUCT.copy(), product=PRODUCT,
+                       check_columns=True)
 
 
 def plainly(sources: list[tuple[str, list[int], list[float]]]) -> list[tuple[int, float, int]]:
@@ -113,18 +120,14 @@ CATEGORIES = ("a/x", "a/y", "b/x", "b/y/z", "c")
 
 def shop_index(category: list[int], price: list[float], in_stock: list[bool],
                repeatable: list[bool]) -> ProductIndex:
-    n = len(category)
     tops = ("a", "b", "c")
-    return ProductIndex(
-        ids=np.array([f"p{i}" for i in range(n)], dtype=object),
-        position={f"p{i}": i for i in range(n)},
+    return small_index(
+        len(category),
         top=np.array([tops.index(CATEGORIES[c].split("/")[0]) for c in category], dtype=np.int32),
         tops=tops, top_code={t: k for k, t in enumerate(tops)},
         category=np.array(category, dtype=np.int32), categories=CATEGORIES,
         price=np.array(price), in_stock=np.array(in_stock, dtype=bool),
-        repeatable=np.array(repeatable, dtype=bool), product=np.ones(n, dtype=bool),
-        check_columns=False, popular={},
-        new=np.zeros(0, dtype=np.int64), new_top=np.zeros(0, dtype=np.int32))
+        repeatable=np.array(repeatable, dtype=bool))
 
 
 def chosen_plainly(index: ProductIndex, totals: list[float], request: RecommendRequest,
@@ -199,17 +202,11 @@ def test_the_compiled_passes_still_load_where_numba_can_cache_nowhere():
 
 
 def catalog_index(tops: list[int], new: list[int]) -> ProductIndex:
-    n = len(tops)
     names = ("a", "b", "c")
-    return ProductIndex(
-        ids=np.array([f"p{i}" for i in range(n)], dtype=object),
-        position={f"p{i}": i for i in range(n)},
-        top=np.array(tops, dtype=np.int32), tops=names,
-        top_code={t: k for k, t in enumerate(names)},
-        category=np.zeros(n, dtype=np.int32), categories=("all",), price=np.ones(n),
-        in_stock=np.ones(n, dtype=bool), repeatable=np.zeros(n, dtype=bool),
-        product=PRODUCT[:n].copy(), check_columns=True, popular={},
-        new=np.array(new, dtype=np.int64),
+    return small_index(
+        len(tops), top=np.array(tops, dtype=np.int32), tops=names,
+        top_code={t: k for k, t in enumerate(names)}, product=PRODUCT[:len(tops)].copy(),
+        check_columns=True, new=np.array(new, dtype=np.int64),
         new_top=np.array([tops[p] for p in new], dtype=np.int32))
 
 
