@@ -10,7 +10,8 @@ since the snapshot. The two tables are built once (about 4 minutes at the defaul
 kept in ``NB_CACHE`` (default ``~/.cache/nextbest-bench``), from where every worker reads them,
 as the service reads a registered model's. Both endpoints answer through the service's output
 path (orjson bytes), take the request as the whole body and sit behind the service's
-middleware. Access logging is off (one log line per request would be measured too). Used only
+middleware; their workers' heap is on huge pages, as the service's (``serving/huge_pages.py``).
+Access logging is off (one log line per request would be measured too). Used only
 by ``bench/bench_service.py``. Importing ``serving.service`` applies its fix to BentoML's request
 timeout here too (``serving/timeouts.py``).
 """
@@ -32,6 +33,7 @@ from features.ingest import parse_events
 from features.online.embedded import EmbeddedStore
 from features.policy import DEFAULT_POLICY, load_policy
 from features.settings import Settings
+from serving.huge_pages import worker_envs
 from serving.models import LoadedModels
 from serving.pipeline import ContentIndex, RecommendRequest, ServingState, recommend
 from serving.service import json_response, neighbour_table, share_blas_threads, smoke_check
@@ -135,7 +137,8 @@ def fresh_events(n_items: int, customers: int) -> list[dict]:
 
 
 @bentoml.service(name="nextbest-bench", logging={"access": {"enabled": False}},
-                 workers=int(os.environ.get("NB_WORKERS", 1)))
+                 workers=int(os.environ.get("NB_WORKERS", 1)),
+                 envs=worker_envs(Settings().huge_pages))  # as the service's workers
 class BenchService:
     def __init__(self) -> None:
         share_blas_threads(int(os.environ.get("NB_WORKERS", 1)))

@@ -69,6 +69,10 @@ class Settings(BaseSettings):
     reload_interval_seconds: float = Field(
         30.0, ge=0, description="How often the service checks whether the alias moved; 0 = never."
     )
+    huge_pages: bool = Field(
+        True, description="Put each service worker's heap on transparent huge pages (sets "
+        "PYTHONMALLOC=malloc and glibc's malloc.hugetlb tunable for the workers): a recommend "
+        "request reads objects scattered over gigabytes. Read when the service module is imported.")
     admin_token: str | None = Field(
         None, description="Bearer token for the service's admin_reload endpoint; unset = disabled."
     )

@@ -52,6 +52,7 @@ from features.policy import load_policy, policy_path
 from features.settings import Settings, get_settings
 from features.warehouse import Warehouse
 from serving.accepting import accept_one_connection_per_turn, warn_unless_spread
+from serving.huge_pages import huge_page_share, worker_envs
 from serving.models import (
     LoadedModels,
     RegistryUnavailable,
@@ -195,6 +196,17 @@ def share_blas_threads(workers: int | str) -> int:
     return share
 
 
+def log_huge_pages() -> None:
+    """Say how much of the worker's memory is on huge pages (``serving/huge_pages.py``)."""
+    share = huge_page_share()
+    if share is not None:
+        on_huge, resident = share
+        log.info("%d of %d MiB resident on huge pages%s", on_huge >> 20, resident >> 20,
+                 "" if os.environ.get("PYTHONMALLOC") == "malloc" else
+                 " (Python's own objects are not: NEXTBEST_HUGE_PAGES is off or PYTHONMALLOC "
+                 "was set otherwise)")
+
+
 def smoke_check(state: ServingState) -> None:
     """A model that cannot answer a known customer, an unknown one and one with events newer
     than the model is never swapped in. It also builds what a request would otherwise build
@@ -215,7 +227,8 @@ cancel_timers_when_answered()  # BentoML's timeout kept each request alive 30 s 
 accept_one_connection_per_turn()  # else one worker takes a client's every connection (accepting.py)
 
 
-@bentoml.service(name="nextbest", traffic={"timeout": 30}, workers=get_settings().workers)
+@bentoml.service(name="nextbest", traffic={"timeout": 30}, workers=get_settings().workers,
+                 envs=worker_envs(get_settings().huge_pages))
 class NextBest:
     def __init__(self) -> None:
         self.settings = get_settings()
@@ -238,6 +251,7 @@ class NextBest:
             self.state = build_state(self.settings)
             gc.freeze()
             self.detail = self.state.models.detail or "models loaded from the registry"
+            log_huge_pages()
         except (RegistryUnavailable, RuntimeError, ValueError) as error:
             self.detail = f"not ready: {error}"
             log.error(self.detail)

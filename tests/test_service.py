@@ -36,6 +36,7 @@ from mlflow import MlflowClient
 from starlette.testclient import TestClient
 
 from features.settings import Settings, get_settings
+from serving.huge_pages import WORKER_ENVS
 from serving.offers import OfferScorer, offer_is_eligible
 from serving.pipeline import (
     CANDIDATES,
@@ -534,9 +535,11 @@ def _free_port() -> int:
 
 
 def start_server(data_dir: Path, tmp_path: Path, **env: str) -> tuple[subprocess.Popen, str]:
-    """``bentoml serve`` in a subprocess, returned once /readyz answers 200."""
+    """``bentoml serve`` in a subprocess, returned once /readyz answers 200; the workers' memory
+    settings are the service's own, whatever this process runs with."""
     port = _free_port()
-    env = {**os.environ, "NEXTBEST_DATA_DIR": str(data_dir),
+    inherited = {k: v for k, v in os.environ.items() if k not in WORKER_ENVS}
+    env = {**inherited, "NEXTBEST_DATA_DIR": str(data_dir),
            "NEXTBEST_RELOAD_INTERVAL_SECONDS": "0", "BENTOML_HOME": str(tmp_path / "bentoml"),
            **env}
     root = Path(__file__).resolve().parents[1]
@@ -836,3 +839,17 @@ def test_each_worker_takes_its_share_of_the_cores_for_blas():
     out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
                          check=True, cwd=Path(__file__).resolve().parents[1]).stdout
     assert out.split("\n")[0] == "[1, 1] [1] True"
+
+
+@pytest.mark.slow
+def test_the_workers_of_a_real_bentoml_serve_start_with_their_heap_on_huge_pages(data_dir, tmp_path):
+    """What serving/huge_pages.py sets reaches the worker processes BentoML starts."""
+    server, _ = start_server(data_dir, tmp_path)
+    try:
+        workers = [p for p in psutil.Process(server.pid).children(recursive=True)
+                   if "worker" in " ".join(p.cmdline())]
+        assert workers
+        for worker in workers:
+            assert {k: worker.environ().get(k) for k in WORKER_ENVS} == WORKER_ENVS
+    finally:
+        stop(server)
