@@ -43,7 +43,8 @@ and indices into ``rank``'s ``source_weights``, the weight of each kind."""
 
 
 @compiled
-def rank(for_you: np.ndarray, for_you_scores: np.ndarray, anchor_columns: np.ndarray,
+def rank(for_you: np.ndarray, for_you_scores: np.ndarray, for_you_row: int, n_for_you: int,
+         anchor_columns: np.ndarray,
          neighbours: np.ndarray, neighbour_scores: np.ndarray, n_similar: int,
          new: np.ndarray, new_top: np.ndarray, liked: np.ndarray, popular: np.ndarray,
          popular_scores: np.ndarray, extra: np.ndarray, extra_scores: np.ndarray,
@@ -53,11 +54,13 @@ def rank(for_you: np.ndarray, for_you_scores: np.ndarray, anchor_columns: np.nda
          price_filter: bool, price: np.ndarray, min_price: float, max_price: float,
          category: np.ndarray, category_ok: np.ndarray, blocked: np.ndarray, n_bought: int,
          repeatable: np.ndarray, blocked_mask: np.ndarray
-         ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+         ) -> tuple[np.ndarray, np.ndarray]:
     """A request's products in one call: blend the sources, then ``choose`` the ``n`` to
-    show. Returns their positions, totals and reason codes, in the order shown.
+    show. Returns their positions and reason codes (two rows) and their totals, in the order
+    shown: two arrays for Python to read, not three.
 
-    Sources are blended (``_blend``) in this order: "for you"; items similar to each anchor
+    Sources are blended (``_blend``) in this order: "for you" (the first ``n_for_you`` of
+    row ``for_you_row`` of its table, none when the row is negative); items similar to each anchor
     the neighbour table holds (anchor ``k``, with column ``anchor_columns[k]``, gets reason
     code ``SIMILAR + k``; a negative column is not in the table); the ``extra`` sources as
     given (bounds, weights and codes); new products, scored ``liked[new_top]`` (their
@@ -72,7 +75,9 @@ def rank(for_you: np.ndarray, for_you_scores: np.ndarray, anchor_columns: np.nda
     out of the cache since the last request: the same work as a dozen numpy calls around the
     compiled passes cost four times as much per request served as it did in a loop.
     """
-    size = len(for_you) + len(extra) + len(new) + len(popular)
+    size = len(extra) + len(new) + len(popular)
+    if for_you_row >= 0:
+        size += min(n_for_you, for_you.shape[1])
     for k in range(len(anchor_columns)):
         if anchor_columns[k] >= 0:
             size += n_similar
@@ -84,8 +89,11 @@ def rank(for_you: np.ndarray, for_you_scores: np.ndarray, anchor_columns: np.nda
     totals = np.empty(size)
     strongest = np.empty(size)
     reasons = np.empty(size, np.int64)
-    found = _blend(for_you, for_you_scores, source_weights[FOR_YOU], FOR_YOU, check_columns,
-                   product, slots, items, totals, strongest, reasons, 0)
+    found = 0
+    if for_you_row >= 0:
+        found = _blend(for_you[for_you_row, :n_for_you], for_you_scores[for_you_row, :n_for_you],
+                       source_weights[FOR_YOU], FOR_YOU, check_columns, product, slots, items,
+                       totals, strongest, reasons, found)
     for k in range(len(anchor_columns)):
         column = anchor_columns[k]
         if column >= 0:
@@ -108,7 +116,9 @@ def rank(for_you: np.ndarray, for_you_scores: np.ndarray, anchor_columns: np.nda
     picked = choose(items, totals, n, cap, top, n_tops, in_stock_only, in_stock, price_filter,
                     price, min_price, max_price, category, category_ok, blocked, n_bought,
                     repeatable, blocked_mask)
-    return items[picked], totals[picked], reasons[picked]
+    chosen = np.empty((2, len(picked)), np.int64)
+    chosen[0], chosen[1] = items[picked], reasons[picked]
+    return chosen, totals[picked]
 
 
 @compiled

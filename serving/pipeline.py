@@ -239,11 +239,11 @@ SOURCE_WEIGHTS = np.array([SOURCE_WEIGHT[s] for s in sorted(SOURCE_CODE, key=SOU
 """``SOURCE_WEIGHT`` by reason code, as the compiled pass takes it."""
 NO_ITEMS, NO_SCORES = np.zeros(0, dtype=np.int64), np.zeros(0)
 NO_SOURCES = np.zeros(1, dtype=np.int64)
-NO_COLUMNS = (np.zeros(0, dtype=np.int32), np.zeros(0, dtype=np.float32))
-NO_NEIGHBOURS = (np.zeros((0, 0), dtype=np.int32), np.zeros((0, 0), dtype=np.float32))
-"""Recommender columns and scores come as int32 and float32 (the top-items and neighbour tables'
-types), whatever produced them: numba compiles the compiled call once per combination of
-argument types, so a new combination would compile (seconds) on the first request to bring it."""
+NO_TABLE = (np.zeros((0, 0), dtype=np.int32), np.zeros((0, 0), dtype=np.float32))
+"""Recommender columns and scores come as tables (the top-items and neighbour tables: a row per
+customer or item), int32 and float32 (their types), whatever produced them: numba compiles the
+compiled call once per combination of argument types, so a new combination would compile
+(seconds) on the first request to bring it."""
 
 
 def rank_products(state: ServingState, request: RecommendRequest, behaviour: Behaviour, n: int,
@@ -260,7 +260,7 @@ def rank_products(state: ServingState, request: RecommendRequest, behaviour: Beh
     positions, scores, reasons = choose_products(index, blend, request, behaviour, n,
                                                  max_category_share)
     return [Candidate(index.ids[p], s, blend.reason(r, p)) for p, s, r in
-            zip(positions.tolist(), scores.tolist(), reasons.tolist(), strict=True)]
+            zip(positions, scores, reasons, strict=True)]
 
 
 class Blend:
@@ -282,10 +282,10 @@ class Blend:
     def __init__(self, index: ProductIndex,
                  neighbours: tuple[np.ndarray, np.ndarray] | None = None) -> None:
         self.index = index
-        self.neighbours = neighbours or NO_NEIGHBOURS  # int32, float32: item_neighbours' types
+        self.neighbours = neighbours or NO_TABLE
         self.anchors: list[str] = []
         self._anchor_columns: list[int] = []
-        self._for_you: tuple[np.ndarray, np.ndarray] = NO_COLUMNS
+        self._for_you: tuple[np.ndarray, np.ndarray, int, int] = (*NO_TABLE, -1, 0)
         self._liked = np.zeros(len(index.tops))
         self._popular: tuple[np.ndarray, np.ndarray] = (NO_ITEMS, NO_SCORES)
         self._positions: list[np.ndarray] = []
@@ -296,8 +296,14 @@ class Blend:
 
     def add_for_you(self, columns: np.ndarray, scores: np.ndarray) -> None:
         """The recommender's best columns for the customer (-1, padding: left out)."""
-        self._for_you = (columns.astype(np.int32, copy=False),
-                         scores.astype(np.float32, copy=False))
+        self._for_you = (np.ascontiguousarray(columns, dtype=np.int32).reshape(1, -1),
+                         np.ascontiguousarray(scores, dtype=np.float32).reshape(1, -1), 0,
+                         len(columns))
+
+    def add_for_you_row(self, table: tuple[np.ndarray, np.ndarray], row: int, n: int) -> None:
+        """The first ``n`` of ``row`` in the top-items table the training job kept. The
+        compiled call reads it there: slicing it here cost four numpy calls a request."""
+        self._for_you = (*table, row, n)
 
     def add_neighbours(self, anchor: str, column: int) -> None:
         """Items similar to the column's item, as the neighbour table holds them."""
@@ -364,12 +370,13 @@ def product_candidates(state: ServingState, request: RecommendRequest, behaviour
     row = interactions.user_row(request.customer_id)
     fresh = _fresh_weights(interactions, row, live)
     if row >= 0 or fresh:
-        found = None if fresh else bundle.precomputed(row, CANDIDATES)
-        if found is None:  # history fresher than the model, or no table: score the catalog
-            found = bundle.model.recommend(row, _history_row(interactions.matrix, row, fresh),
-                                           N=CANDIDATES, filter_already_liked_items=False,
-                                           recalculate_user=bool(fresh))
-        blend.add_for_you(*found)
+        top_items = None if fresh else bundle.top_items_for(row, CANDIDATES)
+        if top_items is not None:
+            blend.add_for_you_row(top_items, row, CANDIDATES)
+        else:  # history fresher than the model, or no table: score the catalog
+            blend.add_for_you(*bundle.model.recommend(
+                row, _history_row(interactions.matrix, row, fresh), N=CANDIDATES,
+                filter_already_liked_items=False, recalculate_user=bool(fresh)))
     for anchor, verb in _anchors(request, behaviour):
         title = shop.items[anchor].title if anchor in shop.items else anchor
         column = interactions.item_column(anchor)
@@ -497,7 +504,7 @@ def _popular_for(index: ProductIndex, segment: str, channel: str
 
 def choose_products(index: ProductIndex, blend: Blend, request: RecommendRequest,
                     behaviour: Behaviour, n: int, max_share: float
-                    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+                    ) -> tuple[list[int], list[float], list[int]]:
     """The ``n`` products to show, as (positions, blended scores, reason codes), best first
     (ties in the order first added to the blend).
 
@@ -514,7 +521,7 @@ def choose_products(index: ProductIndex, blend: Blend, request: RecommendRequest
     never = index.positions([*request.exclude, *context.cart_items,
                              *([context.current_item] if context.current_item else [])])
     price_filter = filters.min_price is not None or filters.max_price is not None
-    return kernels.rank(
+    chosen, scores = kernels.rank(
         *blend.arrays(), index.product, index.check_columns, n, max(1, math.ceil(max_share * n)),
         index.top,
         len(index.tops), filters.in_stock_only, index.in_stock, price_filter, index.price,
@@ -523,6 +530,8 @@ def choose_products(index: ProductIndex, blend: Blend, request: RecommendRequest
         index.category, index.category_filter(filters.category or ""),
         np.array(bought + never, dtype=np.int64), len(bought), index.repeatable,
         index.blocked_mask())
+    positions, reasons = chosen.tolist()
+    return positions, scores.tolist(), reasons
 
 
 # ---------------------------------------------------------------------------- content

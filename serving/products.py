@@ -31,7 +31,7 @@ from training.interactions import Interactions
 
 @dataclass(frozen=True, eq=False)
 class ProductIndex:
-    ids: np.ndarray
+    ids: tuple[str, ...]
     """Position -> item id: the recommender's columns, then the products it does not know."""
     position: dict[str, int]
     top: np.ndarray
@@ -85,7 +85,7 @@ class ProductIndex:
         new = np.array([position[i] for i in shop.new_products if i in products_only],
                        dtype=np.int64)
         return cls(
-            ids=np.array(ids, dtype=object), position=position, top=top, tops=tops,
+            ids=tuple(ids), position=position, top=top, tops=tops,
             top_code=top_code,
             category=np.array([category_code[i.category] if i else 0 for i in items],
                               dtype=np.int32),

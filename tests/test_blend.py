@@ -41,7 +41,7 @@ def small_index(n: int, **fields) -> ProductIndex:
     """An index of products p0..p{n-1} in one category, each priced 1, in stock and not
     repeatable, nothing new or popular; ``fields`` replace any of that."""
     return ProductIndex(**{
-        "ids": np.array([f"p{i}" for i in range(n)], dtype=object),
+        "ids": tuple(f"p{i}" for i in range(n)),
         "position": {f"p{i}": i for i in range(n)}, "top": np.zeros(n, dtype=np.int32),
         "tops": ("all",), "top_code": {"all": 0}, "category": np.zeros(n, dtype=np.int32),
         "categories": ("all",), "price": np.ones(n), "in_stock": np.ones(n, dtype=bool),
@@ -110,9 +110,9 @@ def test_blend_sums_sources_and_gives_the_strongest_reason(sources, earlier):
     positions, totals, reasons = choose_products(idx, blend, EVERYTHING, Behaviour(),
                                                  len(PRODUCT), 1.0)
     expected = plainly(plain)
-    assert positions.tolist() == [p for p, _, _ in expected]
-    assert totals.tolist() == [t for _, t, _ in expected]
-    assert reasons.tolist() == [r for _, _, r in expected]
+    assert positions == [p for p, _, _ in expected]
+    assert totals == [t for _, t, _ in expected]
+    assert reasons == [r for _, _, r in expected]
 
 
 CATEGORIES = ("a/x", "a/y", "b/x", "b/y/z", "c")
@@ -186,7 +186,7 @@ def test_choosing_applies_every_rule_then_caps_each_category(catalog, filters, n
     blend = Blend(index)
     blend.add("for_you", np.arange(len(totals)), np.array(totals))  # candidate k: product k
     chosen, _, _ = choose_products(index, blend, request, behaviour, n, max_share)
-    assert chosen.tolist() == chosen_plainly(index, totals, request, behaviour, n, max_share)
+    assert chosen == chosen_plainly(index, totals, request, behaviour, n, max_share)
 
 
 def test_the_compiled_passes_still_load_where_numba_can_cache_nowhere():
@@ -258,9 +258,9 @@ def test_the_requests_own_sources_blend_as_the_same_candidates_added_as_arrays(t
     spelled.add("new", idx.new, category_score[idx.new_top])
     spelled.add("popular", *popular)
 
-    ranked = [choose_products(idx, b, EVERYTHING, Behaviour(), n, 1.0) for b in (own, spelled)]
-    for got, expected in zip(*ranked, strict=True):
-        assert got.tolist() == expected.tolist()
+    own_ranked, spelled_ranked = (choose_products(idx, b, EVERYTHING, Behaviour(), n, 1.0)
+                                  for b in (own, spelled))
+    assert own_ranked == spelled_ranked
     assert own.anchors == spelled.anchors
 
 
@@ -281,7 +281,7 @@ def test_the_index_puts_the_recommenders_columns_first_and_knows_which_are_produ
         return Interactions(matrix, np.array(["c1"], dtype=object), np.array(ids, dtype=object))
 
     index = ProductIndex.build(shop, columns(["p2", "a1", "p1"]))
-    assert index.ids.tolist() == ["p2", "a1", "p1", "p3"]
+    assert index.ids == ("p2", "a1", "p1", "p3")
     assert index.product.tolist() == [True, False, True, True]
     assert index.check_columns
     assert index.popular[("*", "*")][0].tolist() == [3, 2]  # p3, p1: the article and "gone" left out

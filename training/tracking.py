@@ -79,12 +79,21 @@ class Bundle:
     kept), from the training job, so that a known customer's candidates are a lookup instead of
     a pass over the catalog."""
 
+    def top_items_for(self, row: int, n: int) -> tuple[np.ndarray, np.ndarray] | None:
+        """The top-items table when it holds ``n`` best items for ``row`` (a row it fitted;
+        all the catalog's when it has fewer), else None. Its rows are padded with -1 / -inf."""
+        table = self.top_items
+        if (table is None or not 0 <= row < len(table[0])
+                or table[0].shape[1] < min(n, self.model.n_items_)):
+            return None
+        return table
+
     def precomputed(self, row: int, n: int) -> tuple[np.ndarray, np.ndarray] | None:
         """The ``n`` best columns and scores the training job kept for a row it fitted (items
         the customer already has included), or None when there is no table, no such row, or
         the table keeps fewer than ``n`` (and fewer than the whole catalog)."""
-        table = self.top_items
-        if table is None or row < 0 or table[0].shape[1] < min(n, self.model.n_items_):
+        table = self.top_items_for(row, n)
+        if table is None:
             return None
         columns, scores = table[0][row, :n], table[1][row, :n]
         if not len(columns) or columns[-1] >= 0:  # a full row: no padding to drop
