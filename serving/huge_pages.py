@@ -16,7 +16,8 @@ allocations to the C library's allocator, and glibc's ``glibc.malloc.hugetlb=1``
 that allocator mark its memory for huge pages (glibc 2.35 and later; other C libraries ignore
 it). BentoML sets a service's ``envs`` in every worker it starts and in a Bento's container; a
 value already in the environment is kept. The worker then says in its log how much of its
-memory is on huge pages (``huge_page_share``; none where the kernel has them off, ``never``).
+memory is on huge pages (``huge_page_share``), as a warning when under a quarter of it is (none
+is where the kernel has them off, ``never``).
 """
 
 from __future__ import annotations
@@ -36,8 +37,8 @@ def worker_envs(enabled: bool) -> list[dict[str, str]]:
 
 
 def huge_page_share(smaps_rollup: Path = Path("/proc/self/smaps_rollup")) -> tuple[int, int] | None:
-    """(bytes on transparent huge pages, resident bytes) of this process, or None where the
-    kernel does not say (not Linux, or no ``smaps_rollup``)."""
+    """(bytes on transparent huge pages, bytes of anonymous memory: the heap, which could be)
+    of this process, or None where the kernel does not say (not Linux, or no ``smaps_rollup``)."""
     try:
         lines = smaps_rollup.read_text().splitlines()
     except OSError:
@@ -45,8 +46,8 @@ def huge_page_share(smaps_rollup: Path = Path("/proc/self/smaps_rollup")) -> tup
     sizes = {}
     for line in lines:
         name, _, rest = line.partition(":")
-        if name in ("Rss", "AnonHugePages"):
+        if name in ("Anonymous", "AnonHugePages"):
             sizes[name] = int(rest.split()[0]) * 1024
-    if "Rss" not in sizes:
+    if "Anonymous" not in sizes:
         return None
-    return sizes.get("AnonHugePages", 0), sizes["Rss"]
+    return sizes.get("AnonHugePages", 0), sizes["Anonymous"]

@@ -196,15 +196,24 @@ def share_blas_threads(workers: int | str) -> int:
     return share
 
 
-def log_huge_pages() -> None:
-    """Say how much of the worker's memory is on huge pages (``serving/huge_pages.py``)."""
+def log_huge_pages(wanted: bool) -> None:
+    """Say how much of the worker's memory is on huge pages (``serving/huge_pages.py``): a
+    warning when they were wanted and Python's objects are not there, an info line otherwise."""
     share = huge_page_share()
-    if share is not None:
-        on_huge, resident = share
-        log.info("%d of %d MiB resident on huge pages%s", on_huge >> 20, resident >> 20,
-                 "" if os.environ.get("PYTHONMALLOC") == "malloc" else
-                 " (Python's own objects are not: NEXTBEST_HUGE_PAGES is off or PYTHONMALLOC "
-                 "was set otherwise)")
+    if share is None:
+        return
+    on_huge, heap = share
+    said = f"{on_huge >> 20} of {heap >> 20} MiB of heap on huge pages"
+    if wanted and os.environ.get("PYTHONMALLOC") != "malloc":
+        setting = os.environ.get("PYTHONMALLOC")
+        log.warning("%s: Python's objects are not, as PYTHONMALLOC is %s in this worker (it is "
+                    "set to malloc unless the environment sets it otherwise)", said,
+                    "unset" if setting is None else repr(setting))
+    elif wanted and on_huge < heap // 4:
+        log.warning("%s: the kernel gives few or none (see "
+                    "/sys/kernel/mm/transparent_hugepage/enabled; 'never' turns them off)", said)
+    else:
+        log.info(said)
 
 
 def smoke_check(state: ServingState) -> None:
@@ -251,7 +260,7 @@ class NextBest:
             self.state = build_state(self.settings)
             gc.freeze()
             self.detail = self.state.models.detail or "models loaded from the registry"
-            log_huge_pages()
+            log_huge_pages(self.settings.huge_pages)
         except (RegistryUnavailable, RuntimeError, ValueError) as error:
             self.detail = f"not ready: {error}"
             log.error(self.detail)

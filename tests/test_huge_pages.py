@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
+import pytest
+
+from serving import service
 from serving.huge_pages import WORKER_ENVS, huge_page_share, worker_envs
 from serving.service import NextBest
 
@@ -26,10 +30,39 @@ def test_the_service_definition_hands_them_to_bentoml():
 def test_the_share_on_huge_pages_is_read_from_the_kernels_rollup(tmp_path: Path):
     rollup = tmp_path / "smaps_rollup"
     rollup.write_text("00400000-7ffd0000 ---p 00000000 00:00 0  [rollup]\n"
-                      "Rss:             3213312 kB\nPss:             3200000 kB\n"
-                      "AnonHugePages:   1939456 kB\n")
-    assert huge_page_share(rollup) == (1939456 * 1024, 3213312 * 1024)
+                      "Rss:              617940 kB\nAnonymous:        417796 kB\n"
+                      "AnonHugePages:    364544 kB\n")
+    assert huge_page_share(rollup) == (364544 * 1024, 417796 * 1024)
 
 
 def test_without_a_rollup_the_share_is_unknown(tmp_path: Path):
     assert huge_page_share(tmp_path / "missing") is None
+
+
+@pytest.mark.parametrize(("malloc", "on_huge", "says"), [
+    (None, 900, "PYTHONMALLOC is unset"),
+    ("malloc", 100, "/sys/kernel/mm/transparent_hugepage/enabled"),
+])
+def test_a_worker_that_wanted_huge_pages_and_got_few_says_why(monkeypatch, caplog, malloc,
+                                                               on_huge, says):
+    monkeypatch.setattr(service, "huge_page_share", lambda: (on_huge << 20, 1000 << 20))
+    if malloc is None:
+        monkeypatch.delenv("PYTHONMALLOC", raising=False)
+    else:
+        monkeypatch.setenv("PYTHONMALLOC", malloc)
+    with caplog.at_level(logging.INFO, logger="nextbest.serving"):
+        service.log_huge_pages(wanted=True)
+    [record] = caplog.records
+    assert record.levelno == logging.WARNING
+    assert f"{on_huge} of 1000 MiB of heap on huge pages" in record.getMessage()
+    assert says in record.getMessage()
+
+
+def test_a_worker_with_its_heap_on_huge_pages_just_says_how_much(monkeypatch, caplog):
+    monkeypatch.setattr(service, "huge_page_share", lambda: (900 << 20, 1000 << 20))
+    monkeypatch.setenv("PYTHONMALLOC", "malloc")
+    with caplog.at_level(logging.INFO, logger="nextbest.serving"):
+        service.log_huge_pages(wanted=True)
+    [record] = caplog.records
+    assert record.levelno == logging.INFO
+    assert record.getMessage() == "900 of 1000 MiB of heap on huge pages"
