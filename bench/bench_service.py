@@ -67,8 +67,7 @@ def body(rng: np.random.Generator, customers: int) -> dict:
             "filters": {"in_stock_only": True, "max_price": 200.0}}
 
 
-def sequential(url: str, requests: int, customers: int, shuffle: bool = True
-               ) -> dict[str, np.ndarray]:
+def sequential(url: str, requests: int, customers: int) -> dict[str, np.ndarray]:
     """Each series' latencies over ``requests`` rounds of one request each, in a random order
     per round: each series follows each other equally often. (In a fixed order, recommend
     always came two requests after the fresh series' scan of the whole catalog, 25 MB that
@@ -96,7 +95,7 @@ def sequential(url: str, requests: int, customers: int, shuffle: bool = True
         for _ in range(50):
             post(series)
     for _ in range(requests):
-        for series in (order.permutation(list(timings)) if shuffle else timings):
+        for series in order.permutation(list(timings)):
             timings[series].append(post(series))
     connection.close()
     return {k: np.array(v) * 1000 for k, v in timings.items()}

@@ -22,7 +22,11 @@ is where the kernel has them off, ``never``).
 
 from __future__ import annotations
 
+import logging
+import os
 from pathlib import Path
+
+log = logging.getLogger("nextbest.serving")
 
 WORKER_ENVS = {"PYTHONMALLOC": "malloc", "GLIBC_TUNABLES": "glibc.malloc.hugetlb=1"}
 
@@ -51,3 +55,23 @@ def huge_page_share(smaps_rollup: Path = Path("/proc/self/smaps_rollup")) -> tup
     if "Anonymous" not in sizes:
         return None
     return sizes.get("AnonHugePages", 0), sizes["Anonymous"]
+
+
+def log_huge_pages(wanted: bool) -> None:
+    """Say how much of the worker's heap is on huge pages: a warning when they were wanted and
+    under a quarter of it got them (so that BentoML's default log level shows it), with why."""
+    share = huge_page_share()
+    if share is None:
+        return
+    on_huge, heap = share
+    said = f"{on_huge >> 20} of {heap >> 20} MiB of heap on huge pages"
+    allocator = os.environ.get("PYTHONMALLOC")
+    if wanted and allocator != WORKER_ENVS["PYTHONMALLOC"]:
+        log.warning("%s: Python's objects are not, as PYTHONMALLOC is %s in this worker (it is "
+                    "set to malloc unless the environment sets it otherwise)", said,
+                    "unset" if allocator is None else repr(allocator))
+    elif wanted and on_huge < heap // 4:
+        log.warning("%s: the kernel gives few or none (see "
+                    "/sys/kernel/mm/transparent_hugepage/enabled; 'never' turns them off)", said)
+    else:
+        log.info(said)

@@ -60,9 +60,9 @@ def rank(for_you: np.ndarray, for_you_scores: np.ndarray, for_you_row: int, n_fo
     shown: two arrays for Python to read, not three.
 
     Sources are blended (``_blend``) in this order: "for you" (the first ``n_for_you`` of
-    row ``for_you_row`` of its table, none when the row is negative); items similar to each anchor
-    the neighbour table holds (anchor ``k``, with column ``anchor_columns[k]``, gets reason
-    code ``SIMILAR + k``; a negative column is not in the table); the ``extra`` sources as
+    row ``for_you_row`` of its table, none when the row is negative); items similar to each
+    anchor the neighbour table holds (anchor ``k``, with column ``anchor_columns[k]``, gets
+    reason code ``SIMILAR + k``; a negative column is not in the table); the ``extra`` sources as
     given (bounds, weights and codes); new products, scored ``liked[new_top]`` (their
     category's score); popular products. Sources named by recommender column are checked
     for products when ``check_columns``, the extra ones always, new and popular products

@@ -523,8 +523,7 @@ def choose_products(index: ProductIndex, blend: Blend, request: RecommendRequest
     price_filter = filters.min_price is not None or filters.max_price is not None
     chosen, scores = kernels.rank(
         *blend.arrays(), index.product, index.check_columns, n, max(1, math.ceil(max_share * n)),
-        index.top,
-        len(index.tops), filters.in_stock_only, index.in_stock, price_filter, index.price,
+        index.top, len(index.tops), filters.in_stock_only, index.in_stock, price_filter, index.price,
         -math.inf if filters.min_price is None else filters.min_price,
         math.inf if filters.max_price is None else filters.max_price,
         index.category, index.category_filter(filters.category or ""),

@@ -52,7 +52,7 @@ from features.policy import load_policy, policy_path
 from features.settings import Settings, get_settings
 from features.warehouse import Warehouse
 from serving.accepting import accept_one_connection_per_turn, warn_unless_spread
-from serving.huge_pages import huge_page_share, worker_envs
+from serving.huge_pages import log_huge_pages, worker_envs
 from serving.models import (
     LoadedModels,
     RegistryUnavailable,
@@ -194,26 +194,6 @@ def share_blas_threads(workers: int | str) -> int:
     share = max(1, cores // max(1, count))
     threadpool_limits(share, user_api="blas")
     return share
-
-
-def log_huge_pages(wanted: bool) -> None:
-    """Say how much of the worker's memory is on huge pages (``serving/huge_pages.py``): a
-    warning when they were wanted and Python's objects are not there, an info line otherwise."""
-    share = huge_page_share()
-    if share is None:
-        return
-    on_huge, heap = share
-    said = f"{on_huge >> 20} of {heap >> 20} MiB of heap on huge pages"
-    if wanted and os.environ.get("PYTHONMALLOC") != "malloc":
-        setting = os.environ.get("PYTHONMALLOC")
-        log.warning("%s: Python's objects are not, as PYTHONMALLOC is %s in this worker (it is "
-                    "set to malloc unless the environment sets it otherwise)", said,
-                    "unset" if setting is None else repr(setting))
-    elif wanted and on_huge < heap // 4:
-        log.warning("%s: the kernel gives few or none (see "
-                    "/sys/kernel/mm/transparent_hugepage/enabled; 'never' turns them off)", said)
-    else:
-        log.info(said)
 
 
 def smoke_check(state: ServingState) -> None:

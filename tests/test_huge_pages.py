@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from serving import service
+from serving import huge_pages
 from serving.huge_pages import WORKER_ENVS, huge_page_share, worker_envs
 from serving.service import NextBest
 
@@ -45,13 +45,13 @@ def test_without_a_rollup_the_share_is_unknown(tmp_path: Path):
 ])
 def test_a_worker_that_wanted_huge_pages_and_got_few_says_why(monkeypatch, caplog, malloc,
                                                                on_huge, says):
-    monkeypatch.setattr(service, "huge_page_share", lambda: (on_huge << 20, 1000 << 20))
+    monkeypatch.setattr(huge_pages, "huge_page_share", lambda: (on_huge << 20, 1000 << 20))
     if malloc is None:
         monkeypatch.delenv("PYTHONMALLOC", raising=False)
     else:
         monkeypatch.setenv("PYTHONMALLOC", malloc)
     with caplog.at_level(logging.INFO, logger="nextbest.serving"):
-        service.log_huge_pages(wanted=True)
+        huge_pages.log_huge_pages(wanted=True)
     [record] = caplog.records
     assert record.levelno == logging.WARNING
     assert f"{on_huge} of 1000 MiB of heap on huge pages" in record.getMessage()
@@ -59,10 +59,10 @@ def test_a_worker_that_wanted_huge_pages_and_got_few_says_why(monkeypatch, caplo
 
 
 def test_a_worker_with_its_heap_on_huge_pages_just_says_how_much(monkeypatch, caplog):
-    monkeypatch.setattr(service, "huge_page_share", lambda: (900 << 20, 1000 << 20))
+    monkeypatch.setattr(huge_pages, "huge_page_share", lambda: (900 << 20, 1000 << 20))
     monkeypatch.setenv("PYTHONMALLOC", "malloc")
     with caplog.at_level(logging.INFO, logger="nextbest.serving"):
-        service.log_huge_pages(wanted=True)
+        huge_pages.log_huge_pages(wanted=True)
     [record] = caplog.records
     assert record.levelno == logging.INFO
     assert record.getMessage() == "900 of 1000 MiB of heap on huge pages"
