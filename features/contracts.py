@@ -70,7 +70,8 @@ class Column:
 
     ``required`` columns must be present in every file; optional ones are filled with
     ``default`` when absent. ``allowed`` restricts a string (or, with ``is_list``, every element
-    of a ``|``-separated list) to a vocabulary.
+    of a ``|``-separated list) to a vocabulary. A timestamp ``in_event_window`` must lie in the
+    times events may carry (``features.event_time``): not in the future, not before any shop.
     """
 
     name: str
@@ -82,6 +83,7 @@ class Column:
     is_list: bool = False
     min_value: float | None = None
     default: object = None
+    in_event_window: bool = False
 
 
 @dataclass(frozen=True)
@@ -122,7 +124,9 @@ EVENTS = TableContract(
         Column(
             "timestamp",
             "timestamp",
-            "When it happened: timezone-aware, stored in UTC (e.g. 2024-05-01T12:00:00Z).",
+            "When it happened: timezone-aware, stored in UTC (e.g. 2024-05-01T12:00:00Z); "
+            "not in the future.",
+            in_event_window=True,
         ),
         Column("channel", "string", "Where it happened.", allowed=_values(Channel)),
         Column(
@@ -211,7 +215,8 @@ CUSTOMERS = TableContract(
     extras_column="attributes",
     columns=(
         Column("customer_id", "string", "Unique id of the customer."),
-        Column("first_seen", "timestamp", "When the customer first appeared (UTC)."),
+        Column("first_seen", "timestamp", "When the customer first appeared (UTC); not in the "
+               "future.", in_event_window=True),
         Column("segment", "string", "Marketing segment, as the shop names them.",
                required=False, default="default"),
         Column("loyalty_tier", "string", "Loyalty programme tier.", required=False,

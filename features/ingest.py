@@ -17,6 +17,7 @@ from datetime import UTC, datetime
 import pandas as pd
 
 from features.contracts import EVENTS, Column
+from features.event_time import TimeWindow
 from features.validation import INT64_LIMIT, TIMEZONE_SUFFIX, is_json_object
 
 
@@ -48,8 +49,11 @@ class ParsedEvents:
     """Events whose event_id appeared earlier in the same batch: a retry, counted once."""
 
 
-def parse_events(raw: Sequence[object], max_problems: int = 100) -> ParsedEvents:
-    """Split ``raw`` (decoded JSON) into valid events and problems naming index and field."""
+def parse_events(raw: Sequence[object], max_problems: int = 100,
+                 window: TimeWindow | None = None) -> ParsedEvents:
+    """Split ``raw`` (decoded JSON) into valid events and problems naming index and field.
+    Timestamps must lie in ``window`` (default: the settings' window, now)."""
+    window = window or TimeWindow.current()
     problems: list[EventProblem] = []
     events: list[dict] = []
     rejected: list[int] = []
@@ -59,7 +63,7 @@ def parse_events(raw: Sequence[object], max_problems: int = 100) -> ParsedEvents
         if not isinstance(entry, dict):
             found = [EventProblem(index, None, _shown(entry), "a JSON object (an event)")]
         else:
-            record, found = check_event(entry, index)
+            record, found = check_event(entry, index, window)
             if not found:
                 if record["event_id"] in ids:
                     repeated += 1  # a retry inside the batch: counted once
@@ -72,10 +76,12 @@ def parse_events(raw: Sequence[object], max_problems: int = 100) -> ParsedEvents
     return ParsedEvents(events, problems, rejected, repeated)
 
 
-def check_event(entry: dict, index: int = 0) -> tuple[dict, list[EventProblem]]:
+def check_event(entry: dict, index: int = 0,
+                window: TimeWindow | None = None) -> tuple[dict, list[EventProblem]]:
     """One event checked against the event contract, with the same rules as file validation
     (``features.validation``) but per record: a single event costs microseconds, not the fixed
     cost of a DataFrame. A test holds the two to the same verdicts."""
+    window = window or TimeWindow.current()
     record: dict = {}
     problems: list[EventProblem] = []
     for column in EVENTS.columns:
@@ -92,6 +98,10 @@ def check_event(entry: dict, index: int = 0) -> tuple[dict, list[EventProblem]]:
             record[column.name] = _CONVERT[column.type](value, column)
         except ValueError as error:
             problems.append(EventProblem(index, column.name, _text(value), str(error)))
+            continue
+        outside = column.in_event_window and window.problem(record[column.name])
+        if outside:
+            problems.append(EventProblem(index, column.name, _text(value), outside))
     unknown = entry.keys() - _KNOWN  # usually empty
     extras = {k: entry[k] for k in unknown if entry[k] is not None and entry[k] != ""}
     context = record.get(EVENTS.extras_column)
@@ -141,7 +151,10 @@ def _timestamp(value: object, column: Column) -> datetime:
             raise ValueError(_TIMESTAMP) from None
     if moment is pd.NaT or moment.tzinfo is None:
         raise ValueError(_TIMESTAMP)
-    return moment.astimezone(UTC)
+    try:
+        return moment.astimezone(UTC)
+    except OverflowError:  # a time zone that moves it past year 1 or 9999
+        raise ValueError(_TIMESTAMP) from None
 
 
 def _number(value: object, column: Column, integer: bool) -> float:

@@ -7,11 +7,12 @@ what the defaults are. Each field can be set with an environment variable ``NEXT
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -37,6 +38,15 @@ class Settings(BaseSettings):
     recent_items: int = Field(
         10, ge=1, le=200, description="How many recently viewed items the features keep per customer."
     )
+    future_tolerance_minutes: float = Field(
+        10.0, ge=0, description="Events, imported rows and consents dated more than this after the "
+        "current time are refused (clock skew between senders is allowed for, a typo is not).")
+    earliest_event_time: datetime = Field(
+        datetime(1990, 1, 1, tzinfo=UTC), description="Events and imported rows dated before this "
+        "(ISO 8601, UTC) are refused: no shop's history starts earlier.")
+    max_skipped_share: float = Field(
+        0.3, ge=0, le=1, description="A transaction import that skips more than this share of its "
+        "rows says so prominently, with examples of what failed.")
 
     # --- tracking and registry (training) ---
     tracking_uri: str | None = Field(
@@ -44,7 +54,9 @@ class Settings(BaseSettings):
         description="MLflow tracking URI: a server (http://host:5000) or a database URI. "
         "Default: a local SQLite store, <data_dir>/mlflow.db.",
     )
-    experiment: str = Field("nextbest", description="MLflow experiment that training runs log to.")
+    experiment: str = Field(
+        "nextbest", description="Prefix of the MLflow experiments training runs log to: "
+        "<experiment>-recommender and <experiment>-propensity.")
     recommender_name: str = Field("recommender", description="Registered model of the recommender.")
     promotion_metric: str = Field(
         "ndcg@10", description="Holdout metric a challenger must beat the champion on."
@@ -73,6 +85,9 @@ class Settings(BaseSettings):
         True, description="Put each service worker's heap on transparent huge pages (sets "
         "PYTHONMALLOC=malloc and glibc's malloc.hugetlb tunable for the workers): a recommend "
         "request reads objects scattered over gigabytes. Read when the service module is imported.")
+    cors_allow_origins: list[str] = Field(
+        default_factory=list, description="Origins whose web pages may call the service from a "
+        "browser (CORS), as a JSON list, e.g. [\"https://shop.example\"]; none by default.")
     admin_token: str | None = Field(
         None, description="Bearer token for the service's admin_reload endpoint; unset = disabled."
     )
@@ -105,6 +120,12 @@ class Settings(BaseSettings):
     policy_file: Path | None = Field(
         None, description="Contact policy and trigger rules (YAML). Default: <data_dir>/policy.yaml if it "
         "exists, else the built-in policy (features/policy.default.yaml).")
+
+    @field_validator("earliest_event_time")
+    @classmethod
+    def _in_utc(cls, value: datetime) -> datetime:
+        """A time written without a zone is UTC, as everywhere else in nextbest."""
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
 
     def resolved_tracking_uri(self) -> str:
         """The configured tracking URI, or the embedded SQLite store under the data directory."""

@@ -17,6 +17,7 @@ import numpy as np
 import pandas as pd
 
 from features.contracts import LIST_SEPARATOR, Column, TableContract
+from features.event_time import TimeWindow
 
 TIMEZONE_SUFFIX = re.compile(r"(?:[zZ]|[+-]\d{2}(?::?\d{2})?)$")
 INT64_LIMIT = 2.0**63  # whole numbers are stored as int64
@@ -126,15 +127,18 @@ def _missing_mask(raw: pd.Series) -> np.ndarray:
 
 
 def validate_table(
-    frame: pd.DataFrame, contract: TableContract, source: str, max_problems: int = 100
+    frame: pd.DataFrame, contract: TableContract, source: str, max_problems: int = 100,
+    window: TimeWindow | None = None,
 ) -> tuple[pd.DataFrame, ValidationReport]:
     """Validate ``frame`` against ``contract`` and return it with contract types.
 
     The returned frame has exactly the contract's columns, in order, typed; columns the contract
     does not know are folded into its extras column as JSON so nothing is dropped silently. Rows
     with problems are still in it: the caller decides (reject or quarantine) using the report.
+    Event times are checked against ``window`` (default: the settings' window, now).
     """
     frame = frame.reset_index(drop=True)
+    window = window or TimeWindow.current()
     collector = _Collector(source, len(frame), max_problems)
     known = set(contract.column_names)
     unknown = [c for c in frame.columns if c not in known]
@@ -150,6 +154,8 @@ def validate_table(
             typed[column.name] = _default_series(column, len(frame))
             continue
         typed[column.name] = _check_column(frame[column.name], column, collector)
+        if column.in_event_window:
+            _check_window(typed[column.name], frame[column.name], column, window, collector)
 
     if unknown:
         typed[contract.extras_column] = _fold_extras(
@@ -239,6 +245,14 @@ def _as_timestamp(raw: pd.Series, missing: np.ndarray, column: Column, collector
     unparsed = parsed.isna().to_numpy() & ~missing
     collector.rows(unparsed | (~has_zone & ~missing & ~unparsed), raw, column.name, expected)
     return parsed.astype("datetime64[us, UTC]")
+
+
+def _check_window(times: pd.Series, raw: pd.Series, column: Column, window: TimeWindow,
+                  collector: _Collector) -> None:
+    late, early = window.outside(times)
+    raw = raw.reset_index(drop=True)
+    collector.rows(late, raw, column.name, window.too_late)
+    collector.rows(early, raw, column.name, window.too_early)
 
 
 def _as_number(raw: pd.Series, missing: np.ndarray, column: Column, collector: _Collector,

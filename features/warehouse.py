@@ -23,6 +23,11 @@ while the journal is there leaves out the old ones; one that lists a part delete
 was read lists again. A crash at any step leaves every event readable exactly once, and the
 next write finishes or discards the merge.
 
+Deleting events (:meth:`Warehouse.delete_events`, for a batch that should never have been
+accepted) is a merge that keeps only the other rows: the parts holding matching events are
+replaced by one new part through the same journal, after the removed rows are written aside
+(``deleted/``) and before the deletion is logged (``deletions.jsonl``).
+
 DuckDB queries the files in place (:meth:`Warehouse.query`); pandas reads them for training.
 """
 
@@ -69,6 +74,51 @@ JOURNAL = ".compaction.json"
 READ_ATTEMPTS = 5
 
 
+DELETIONS_LOG = "deletions.jsonl"
+
+
+@dataclass(frozen=True)
+class EventCriteria:
+    """Which stored events to remove: those matching every condition given (at least one)."""
+
+    event_ids: tuple[str, ...] = ()
+    customer_ids: tuple[str, ...] = ()
+    start: datetime | None = None
+    """Events at or after this time (UTC)."""
+    end: datetime | None = None
+    """Events before this time (UTC)."""
+
+    def __post_init__(self) -> None:
+        if not (self.event_ids or self.customer_ids or self.start or self.end):
+            raise ValueError("say which events to delete: event ids, customers, or a time range "
+                             "(deleting every event is not an option)")
+        if self.start is not None and self.end is not None and self.start >= self.end:
+            raise ValueError(f"the time range is empty: from {self.start.isoformat()} is not "
+                             f"before to {self.end.isoformat()}")
+
+    def expression(self) -> ds.Expression:
+        parts = _event_filters(self.start, self.end, self.customer_ids or None)
+        if self.event_ids:
+            parts.append(ds.field("event_id").isin(list(self.event_ids)))
+        condition = parts[0]
+        for part in parts[1:]:
+            condition = condition & part
+        return condition
+
+    def describe(self) -> dict[str, object]:
+        return {"event_ids": list(self.event_ids), "customer_ids": list(self.customer_ids),
+                "start": self.start.isoformat() if self.start else None,
+                "end": self.end.isoformat() if self.end else None}
+
+
+@dataclass(frozen=True)
+class DeleteResult:
+    removed: int
+    kept_in: Path | None
+    """Where the removed events were written (None when nothing was removed)."""
+    dry_run: bool = False
+
+
 @dataclass(frozen=True)
 class WriteResult:
     """What one write did: rows that were new, rows already there (skipped or replaced)."""
@@ -104,6 +154,37 @@ class Warehouse:
                 )
                 self._compact()
         return WriteResult("events", fresh.num_rows, batch.num_rows - fresh.num_rows)
+
+    def delete_events(self, criteria: EventCriteria, dry_run: bool = False) -> DeleteResult:
+        """Remove the events that match ``criteria`` (all of its conditions), atomically.
+
+        The parts holding them are rewritten as one new part without them, through the same
+        journal as a merge, so a reader or a crash sees every event before or every event after,
+        never half. The removed events are first written to ``deleted/events-<time>.parquet``
+        (import that file to undo), and each deletion is logged to ``deletions.jsonl``."""
+        condition = criteria.expression()
+        with self._locked():
+            self._finish_merge()
+            affected, removed = [], []
+            for part in self._parts():
+                matching = pq.read_table(part, schema=arrow_schema(EVENTS)).filter(condition)
+                if matching.num_rows:
+                    affected.append(part)
+                    removed.append(matching)
+            count = sum(t.num_rows for t in removed)
+            if dry_run or not count:
+                return DeleteResult(count, None, dry_run)
+            stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S%f")
+            kept = self.root / "deleted" / f"events-{stamp}.parquet"
+            self._write_atomically(pa.concat_tables(removed), kept)
+            self._merge(affected, keep=~condition)
+            entry = {"at": datetime.now(UTC).isoformat(timespec="seconds"), "removed": count,
+                     "criteria": criteria.describe(), "kept_in": str(kept)}
+            with open(self.root / DELETIONS_LOG, "a") as log:
+                log.write(json.dumps(entry) + "\n")
+                log.flush()
+                os.fsync(log.fileno())
+        return DeleteResult(count, kept, False)
 
     def compact(self) -> int:
         """Merge event parts of about the same size (appends do this themselves); return how
@@ -254,8 +335,11 @@ class Warehouse:
                 return tiers[tier][:FAN_IN]
         return []
 
-    def _merge(self, sources: list[Path]) -> None:
+    def _merge(self, sources: list[Path], keep: ds.Expression | None = None) -> None:
+        """Replace ``sources`` by one part holding their rows (those ``keep`` selects)."""
         table = pa.concat_tables([pq.read_table(p, schema=arrow_schema(EVENTS)) for p in sources])
+        if keep is not None:
+            table = table.filter(keep)
         stamp = sources[0].name.split("-")[1]  # the new part sorts where the oldest one did
         target = self.events_dir / f"part-{stamp}-{uuid.uuid4().hex[:8]}.parquet"
         temporary = self._write_unseen(table.sort_by([("timestamp", "ascending")]))

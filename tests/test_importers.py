@@ -100,19 +100,111 @@ def test_cdnow_lines_become_purchases_of_the_generic_cd(tmp_path):
     assert events["timestamp"].iloc[1] == pd.Timestamp("1997-01-12", tz="UTC")
 
 
-def test_transactions_skip_cancellations_returns_and_anonymous_rows_by_rule(tmp_path):
+def test_transactions_skip_anonymous_and_unreadable_rows_by_rule_with_examples(tmp_path):
     path = tmp_path / "invoices.csv"
     path.write_text(INVOICES)
     batch = import_transactions(path, TransactionMapping(**MAPPING))
     assert dict(batch.skipped) == {
-        "cancelled invoice (number starts with 'C')": 1,
-        "return (negative quantity)": 1,
+        "cancellation or return with no earlier purchase of the item by the customer": 2,
         "no customer ('CustomerID' empty)": 1,
         "'InvoiceDate' is not a date in format %m/%d/%Y %H:%M": 1,
     }
     assert batch.rows_read == 8
     assert len(batch.events) == 4
-    assert "skipped 1 row(s): return (negative quantity)" in batch.describe()
+    assert ("skipped 1 row(s): 'InvoiceDate' is not a date in format %m/%d/%Y %H:%M "
+            "(e.g. '31/12/2010 10:00')") in batch.describe()
+
+
+def with_lines(*lines: str) -> str:
+    return INVOICES.splitlines()[0] + "\n" + "\n".join(lines) + "\n"
+
+
+def test_a_cancellation_removes_the_purchase_it_reverses(tmp_path):
+    path = tmp_path / "invoices.csv"
+    path.write_text(with_lines("536365,85123A,HEART,6,12/01/2010 08:26,2.55,17850,UK",
+                               "536366,22086,CHAIN,2,12/01/2010 08:30,2.10,17850,UK",
+                               "C536370,85123A,HEART,-6,12/01/2010 09:00,2.55,17850,UK"))
+    batch = import_transactions(path, TransactionMapping(**MAPPING))
+    assert batch.events["item_id"].tolist() == ["22086"]
+    assert "netted 1 cancellation or return line(s) against earlier purchases: 1 purchase " \
+           "line(s) removed, 0 reduced" in batch.describe()
+
+
+def test_a_partial_return_reduces_the_latest_earlier_purchase(tmp_path):
+    path = tmp_path / "invoices.csv"
+    path.write_text(with_lines("536365,85123A,HEART,6,12/01/2010 08:26,2.55,17850,UK",
+                               "536380,85123A,HEART,4,12/02/2010 08:26,2.55,17850,UK",
+                               "536390,85123A,HEART,-5,12/03/2010 08:26,2.55,17850,UK"))
+    batch = import_transactions(path, TransactionMapping(**MAPPING))
+    assert batch.events[["event_id", "quantity"]].values.tolist() == [["tx-536365-85123A-0", 5]]
+
+
+def test_a_return_before_any_purchase_is_counted_not_netted(tmp_path):
+    path = tmp_path / "invoices.csv"
+    path.write_text(with_lines("536390,85123A,HEART,-1,12/01/2010 08:00,2.55,17850,UK",
+                               "536391,85123A,HEART,2,12/01/2010 09:00,2.55,17850,UK"))
+    batch = import_transactions(path, TransactionMapping(**MAPPING))
+    assert batch.events["quantity"].tolist() == [2]
+    assert batch.skipped["cancellation or return with no earlier purchase of the item by the "
+                         "customer"] == 1
+
+
+def test_returns_can_be_skipped_instead_of_netted(tmp_path):
+    path = tmp_path / "invoices.csv"
+    path.write_text(with_lines("536365,85123A,HEART,6,12/01/2010 08:26,2.55,17850,UK",
+                               "C536370,85123A,HEART,-6,12/01/2010 09:00,2.55,17850,UK"))
+    batch = import_transactions(path, TransactionMapping(**MAPPING, returns="skip"))
+    assert batch.events["quantity"].tolist() == [6]
+    assert batch.skipped == {"cancelled invoice (number starts with 'C')": 1}
+
+
+def test_codes_that_are_not_products_are_excluded_by_pattern(tmp_path):
+    path = tmp_path / "invoices.csv"
+    path.write_text(with_lines("536365,85123A,HEART,6,12/01/2010 08:26,2.55,17850,UK",
+                               "536365,POST,POSTAGE,1,12/01/2010 08:26,18.0,17850,UK",
+                               "536365,BANK CHARGES,Bank Charges,1,12/01/2010 08:26,15,17850,UK"))
+    mapping = TransactionMapping(**MAPPING, exclude_items=["POST", "BANK CHARGES", "D"])
+    batch = import_transactions(path, mapping)
+    assert batch.events["item_id"].tolist() == ["85123A"]
+    assert batch.skipped == {"not a product (item code matches exclude_items)": 2}
+    assert batch.samples["not a product (item code matches exclude_items)"] == [
+        "POST", "BANK CHARGES"]
+
+
+def test_an_exclusion_that_is_not_a_regular_expression_is_named():
+    with pytest.raises(DataFileError, match="exclude_items.*'\\[POST' is not a regular expression"):
+        TransactionMapping.parse({**MAPPING, "exclude_items": ["[POST"]})
+
+
+@pytest.mark.parametrize("description", ["nan", "", "NaN"])
+def test_an_item_without_a_description_is_titled_by_its_code(tmp_path, description):
+    path = tmp_path / "invoices.csv"
+    path.write_text(with_lines(f"536365,85123A,{description},6,12/01/2010 08:26,2.55,17850,UK"))
+    items = import_transactions(path, TransactionMapping(**MAPPING)).items
+    assert items.set_index("item_id").loc["85123A", "title"] == "85123A"
+
+
+def test_a_file_where_no_row_is_a_sale_is_an_error_that_shows_what_failed(tmp_path):
+    path = tmp_path / "invoices.csv"
+    path.write_text(INVOICES)
+    mapping = TransactionMapping(**{**MAPPING, "timestamp_format": "%Y-%m-%d %H:%M"})
+    with pytest.raises(DataFileError) as error:
+        import_transactions(path, mapping)
+    message = str(error.value)
+    assert "none of its 8 rows is a sale that can be imported" in message
+    assert "'InvoiceDate' is not a date in format %Y-%m-%d %H:%M (e.g. '12/01/2010 08:26', " \
+           "'12/01/2010 09:41', '12/01/2010 10:00')" in message
+
+
+def test_rows_dated_in_the_future_are_skipped_and_say_why(tmp_path):
+    path = tmp_path / "invoices.csv"
+    path.write_text(with_lines("536365,85123A,HEART,6,12/01/2010 08:26,2.55,17850,UK",
+                               "536366,22086,CHAIN,2,12/01/2031 08:30,2.10,17850,UK"))
+    batch = import_transactions(path, TransactionMapping(**MAPPING))
+    assert batch.events["item_id"].tolist() == ["85123A"]
+    [reason] = batch.skipped
+    assert reason.startswith("'InvoiceDate' is a time no later than ")
+    assert batch.samples[reason] == ["12/01/2031 08:30"]
 
 
 def test_two_lines_of_the_same_product_on_one_invoice_are_two_events(tmp_path):

@@ -254,3 +254,57 @@ def test_a_reader_never_sees_an_event_twice_or_fails_while_parts_are_merged(ware
         reader.join()
     assert problems == []
     assert stored_ids(warehouse) == sorted(events["event_id"])
+
+
+# ---------------------------------------------------------------------------- deleting events
+def test_deleting_events_spread_over_parts_removes_exactly_them(warehouse, tiny_shop):
+    from features.warehouse import EventCriteria
+
+    events = tiny_shop.events
+    for start in range(0, len(events), len(events) // 5):  # several parts
+        warehouse.append_events(events.iloc[start:start + len(events) // 5])
+    customer = events["customer_id"].value_counts().index[0]
+    others_before = warehouse.events()
+    result = warehouse.delete_events(EventCriteria(customer_ids=(customer,)))
+    expected = others_before[others_before["customer_id"] != customer]
+    after = warehouse.events()
+    assert result.removed == int((events["customer_id"] == customer).sum())
+    assert sorted(after["event_id"]) == sorted(expected["event_id"])
+    assert sorted(pd.read_parquet(result.kept_in)["event_id"]) == sorted(
+        events.loc[events["customer_id"] == customer, "event_id"])
+    assert not (warehouse.events_dir / JOURNAL).exists()
+
+
+def test_a_crash_while_deleting_leaves_every_event_readable_once(warehouse, tiny_shop,
+                                                                 monkeypatch):
+    from features.warehouse import EventCriteria
+
+    warehouse.append_events(tiny_shop.events)
+    before = sorted(warehouse.events()["event_id"])
+
+    calls, real_replace = [], os.replace
+
+    def crash_on_the_third(*args, **kwargs):  # the removed rows, the journal, then the new part
+        calls.append(args)
+        if len(calls) == 3:
+            raise OSError("disk gone")
+        return real_replace(*args, **kwargs)
+
+    monkeypatch.setattr(os, "replace", crash_on_the_third)  # the new part never comes into view
+    with pytest.raises(OSError):
+        warehouse.delete_events(EventCriteria(start=tiny_shop.events["timestamp"].min()))
+    monkeypatch.undo()
+    assert (warehouse.events_dir / JOURNAL).exists()
+    assert sorted(warehouse.events()["event_id"]) == before
+    warehouse.compact()  # the next write discards the unfinished deletion
+    assert sorted(warehouse.events()["event_id"]) == before
+
+
+def test_a_deletion_that_matches_nothing_changes_nothing(warehouse, tiny_shop):
+    from features.warehouse import EventCriteria
+
+    warehouse.append_events(tiny_shop.events)
+    parts = sorted(warehouse.events_dir.glob("part-*"))
+    result = warehouse.delete_events(EventCriteria(event_ids=("no-such-event",)))
+    assert result.removed == 0 and result.kept_in is None
+    assert sorted(warehouse.events_dir.glob("part-*")) == parts
