@@ -12,7 +12,7 @@ a ten-million-event build within seconds per cutoff.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 
 import numpy as np
 import pandas as pd
@@ -20,6 +20,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from features.contracts import Channel, EventType, ItemKind
+from features.settings import Settings
 
 DAY = pd.Timedelta(days=1)
 COUNT_WINDOWS = (7, 30, 90, 365)
@@ -30,8 +31,31 @@ INTERACTION_WEIGHTS = {
     EventType.ADD_TO_CART.value: 3.0,
     EventType.PURCHASE.value: 5.0,
 }
-ABANDONED_AFTER = pd.Timedelta(minutes=30)
-"""Default idle time after which a cart with no purchase counts as abandoned."""
+"""How much each kind of event says about a customer's interest in an item: the affinity
+features, item popularity, the recommenders' default matrix weights and the service's popularity
+lists all weigh events by this one table."""
+
+
+@dataclass(frozen=True)
+class FeatureOptions:
+    """The settings that change what a feature means. A model records the ones it was trained
+    with, and whoever scores it computes features with those, never with defaults of their own."""
+
+    abandoned_cart_after_minutes: int = 30
+    """A cart with no purchase this long after its session's last event counts as abandoned."""
+    recent_items: int = 10
+    """How many recently viewed items ``recent_items`` keeps."""
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> FeatureOptions:
+        return cls(settings.abandoned_cart_after_minutes, settings.recent_items)
+
+    @property
+    def abandoned_after(self) -> pd.Timedelta:
+        return pd.Timedelta(minutes=self.abandoned_cart_after_minutes)
+
+    def as_dict(self) -> dict[str, int]:
+        return asdict(self)
 
 
 @dataclass(frozen=True)
@@ -108,14 +132,14 @@ def compute_customer_features(
     events: pd.DataFrame,
     cutoff: pd.Timestamp,
     items: pd.DataFrame,
-    abandoned_after: pd.Timedelta = ABANDONED_AFTER,
-    recent_items: int = 10,
+    options: FeatureOptions | None = None,
 ) -> pd.DataFrame:
     """Features as of ``cutoff`` for every customer with an event before it.
 
     Returns one row per customer, indexed by ``customer_id``, with the columns of
     :func:`customer_feature_names`. Events at or after the cutoff are ignored.
     """
+    options = options or FeatureOptions()
     cutoff = _as_utc(cutoff)
     categories = feature_categories(items)
     seen = events[events["timestamp"] < cutoff]
@@ -150,8 +174,8 @@ def compute_customer_features(
         out[f"carts_{w}d"] = count(kind.of(EventType.ADD_TO_CART) & (age <= w)).astype(np.int64)
     recent = (age <= 30) & (sessions >= 0)
     out["sessions_30d"] = _distinct_per_group(codes[recent], sessions[recent], n)
-    out.update(_abandoned_carts(seen, codes, sessions, kind, n, age, abandoned_after))
-    out["recent_items"] = _recent_items(seen, codes, kind, n, age, recent_items)
+    out.update(_abandoned_carts(seen, codes, sessions, kind, n, age, options.abandoned_after))
+    out["recent_items"] = _recent_items(seen, codes, kind, n, age, options.recent_items)
     out["offers_shown_90d"] = count(kind.of(EventType.OFFER_SHOWN) & (age <= 90)).astype(np.int64)
     out["offers_redeemed_365d"] = count(
         kind.of(EventType.OFFER_REDEEMED) & (age <= 365)).astype(np.int64)
@@ -193,14 +217,15 @@ def compute_item_features(events: pd.DataFrame, cutoff: pd.Timestamp) -> pd.Data
 
 
 def online_customer_features(customer_events: pd.DataFrame, customer_id: str,
-                             at: pd.Timestamp, items: pd.DataFrame, **options) -> pd.Series:
+                             at: pd.Timestamp, items: pd.DataFrame,
+                             options: FeatureOptions | None = None) -> pd.Series:
     """One customer's features at ``at`` from their own events: the serving-time row.
 
     An unknown customer (no events before ``at``) gets the row of someone with no history:
     zero counts and empty recencies, so callers need no special case.
     """
     mine = customer_events[customer_events["customer_id"] == customer_id]
-    table = compute_customer_features(mine, at, items, **options)
+    table = compute_customer_features(mine, at, items, options)
     if customer_id in table.index:
         return table.loc[customer_id]
     return empty_customer_row(feature_categories(items), customer_id)
@@ -222,8 +247,8 @@ def build_feature_table(
     events_for_cutoff: Callable[[pd.Timestamp], pd.DataFrame],
     cutoffs: Iterable[pd.Timestamp],
     items: pd.DataFrame,
+    options: FeatureOptions | None = None,
     on_cutoff: Callable[[pd.Timestamp], None] | None = None,
-    **options,
 ) -> pd.DataFrame:
     """The offline table: one row per (customer, cutoff), with a ``cutoff`` column.
 
@@ -232,7 +257,7 @@ def build_feature_table(
     """
     frames = []
     for cutoff in cutoffs:
-        table = compute_customer_features(events_for_cutoff(cutoff), cutoff, items, **options)
+        table = compute_customer_features(events_for_cutoff(cutoff), cutoff, items, options)
         table.insert(0, "cutoff", _as_utc(cutoff))
         frames.append(table.reset_index())
         if on_cutoff is not None:

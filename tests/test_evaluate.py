@@ -85,6 +85,20 @@ def test_an_item_the_model_never_saw_still_counts_against_recall():
     assert evaluate(model, train, test, k=2).metrics["recall@2"] == 0.5
 
 
+def test_every_item_the_model_never_saw_counts_on_its_own():
+    model, train, test = setup([1, 3], [("a", "x3", 10), ("a", "new-1", 10), ("a", "new-2", 10),
+                                        ("a", "new-2", 11)])
+    metrics = evaluate(model, train, test, k=2).metrics
+    assert metrics["recall@2"] == pytest.approx(1 / 3)
+    assert metrics["map@2"] == pytest.approx(0.5 / 3)  # a hit at rank 2, over 3 relevant
+
+
+def test_a_customer_whose_only_relevant_items_are_new_is_evaluated_with_zero_hits():
+    model, train, test = setup([1, 3], [("a", "x3", 10), ("b", "new-1", 10), ("b", "new-2", 10)])
+    per_user = evaluate(model, train, test, k=2).per_user.set_index("customer_id")
+    assert per_user.loc["b", "n_relevant"] == 2 and per_user.loc["b", "hits"] == 0
+
+
 def test_customers_unknown_to_the_model_are_not_evaluated():
     model, train, test = setup([1, 3], [("a", "x3", 10), ("zed", "x3", 10)])
     assert evaluate(model, train, test, k=2).metrics["customers_evaluated"] == 1

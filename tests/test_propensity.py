@@ -17,6 +17,7 @@ from features.settings import Settings
 from features.synthetic import ShopConfig, generate_shop, store_shop
 from features.warehouse import Warehouse
 from serving.cli import app
+from tests.conftest import promote_by_hand
 from training.propensity.bgnbd import BGNBD, BGNBDParams
 from training.propensity.datasets import (
     model_inputs,
@@ -44,6 +45,16 @@ def fitted(shop):
     X, y = model_inputs(pd.concat(snaps[:2]))
     X_cal, y_cal = model_inputs(snaps[2])
     return PropensityModel(n_estimators=200).fit(X, y, X_cal, y_cal), X_cal
+
+
+@pytest.fixture(scope="module")
+def isotonic(shop):
+    """The same, calibrated by (centered) isotonic regression on its few hundred rows."""
+    cutoffs = [pd.Timestamp(shop.config.start) + pd.Timedelta(days=d) for d in (40, 55, 70)]
+    snaps = [purchase_snapshot(shop.events, shop.items, c, HORIZON) for c in cutoffs]
+    X, y = model_inputs(pd.concat(snaps[:2]))
+    X_cal, y_cal = model_inputs(snaps[2])
+    return PropensityModel(n_estimators=200, calibration="isotonic").fit(X, y, X_cal, y_cal)
 
 
 @hypothesis_settings(max_examples=25, deadline=None,
@@ -147,6 +158,33 @@ def test_a_single_class_label_is_refused_with_advice():
         PropensityModel().fit(X, np.zeros(100))
 
 
+def test_calibrated_scores_stay_strictly_inside_zero_and_one_and_keep_the_ranking(isotonic, shop):
+    model = isotonic
+    assert model.calibration_method_ == "centered_isotonic"
+    cutoff = pd.Timestamp(shop.config.start) + pd.Timedelta(days=100)
+    X, _ = model_inputs(purchase_snapshot(shop.events, shop.items, cutoff, HORIZON))
+    scores, raw = model.predict_proba(X)[:, 1], model.raw_score(X)
+    assert ((scores > 0) & (scores < 1)).all()
+    order = np.argsort(raw, kind="stable")
+    assert (np.diff(scores[order]) >= 0).all()  # never reorders the model's ranking
+    assert len(np.unique(scores)) == len(np.unique(raw))  # and keeps every distinct score apart
+
+
+@hypothesis_settings(suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(z=st.lists(st.floats(-60, 60), min_size=1, max_size=50))
+def test_the_calibration_map_rises_and_never_reaches_zero_or_one(isotonic, fitted, z):
+    for model in (isotonic, fitted[0]):
+        raw = np.sort(np.unique(np.asarray(z)))
+        p = 1 / (1 + np.exp(-model._calibrated_logit(raw)))
+        assert ((p > 0) & (p < 1)).all() and (np.diff(p) >= 0).all()
+
+
+def test_tied_scores_share_a_decile_whatever_their_order():
+    scores = np.array([0.9, 0.5, 0.5, 0.5, 0.5, 0.1, 0.1, 0.1, 0.1, 0.1])
+    assert deciles(scores).tolist() == [1, 2, 2, 2, 2, 6, 6, 6, 6, 6]
+    assert deciles(scores[::-1]).tolist() == [6, 6, 6, 6, 6, 2, 2, 2, 2, 1]
+
+
 def test_deciles_and_lift_rank_the_best_scores_first():
     scores = np.linspace(1, 0, 100)
     y = (scores > 0.8).astype(int)
@@ -181,19 +219,23 @@ def propensity_settings(tmp_path: Path, shop) -> Settings:
     return Settings(data_dir=tmp_path)
 
 
-def test_the_job_beats_recency_logs_and_registers(propensity_settings):
+def test_the_job_logs_registers_and_promotes_only_past_every_baseline(propensity_settings):
     outcome = train_propensity(propensity_settings, "purchase", {"n_estimators": 200},
                                horizon_days=14, n_snapshots=3)
-    assert outcome.decision.promoted and outcome.version == "1"
-    assert outcome.metrics["roc_auc"] > 0.65
+    assert outcome.version == "1" and outcome.metrics["roc_auc"] > 0.65
     for key in ("brier", "ece", "log_loss", "pr_auc", "lift_top_decile", "recency/roc_auc",
                 "rfm_logistic/roc_auc", "uncalibrated/brier"):
         assert key in outcome.metrics
+    baselines = {b: outcome.metrics[f"{b}/roc_auc"] for b in ("recency", "rfm_logistic")}
+    assert outcome.decision.baselines == baselines
+    assert outcome.decision.promoted == all(outcome.metrics["roc_auc"] > b
+                                            for b in baselines.values())
 
 
 def test_the_export_has_its_columns_and_honours_filters(propensity_settings, tmp_path):
-    train_propensity(propensity_settings, "purchase", {"n_estimators": 100}, horizon_days=14,
-                     n_snapshots=3)
+    outcome = train_propensity(propensity_settings, "purchase", {"n_estimators": 100},
+                               horizon_days=14, n_snapshots=3)
+    promote_by_hand(propensity_settings, "propensity", outcome.version)
     runner = CliRunner()
     base = ["--data-dir", str(propensity_settings.data_dir)]
     everyone = tmp_path / "all.csv"
@@ -210,6 +252,41 @@ def test_the_export_has_its_columns_and_honours_filters(propensity_settings, tmp
     filtered = pd.read_parquet(some)
     assert len(filtered) <= 7 and (filtered["segment"] == "loyal").all()
     assert (filtered["score"] >= 0.2).all()
+
+
+def test_scores_are_as_of_the_time_asked_and_say_so(propensity_settings, shop, tmp_path):
+    outcome = train_propensity(propensity_settings, "purchase", {"n_estimators": 50},
+                               horizon_days=14, n_snapshots=3)
+    as_of = pd.Timestamp(shop.config.start) + pd.Timedelta(days=60)
+    out = tmp_path / "then.csv"
+    result = CliRunner().invoke(app, ["scores", "export", "--out", str(out), "--version",
+                                      outcome.version, "--as-of", as_of.isoformat(),
+                                      "--data-dir", str(propensity_settings.data_dir)])
+    assert result.exit_code == 0, result.output
+    table = pd.read_csv(out)
+    assert (pd.to_datetime(table["scored_at"]) == as_of).all()
+    before = shop.events[shop.events["timestamp"] < as_of]
+    assert set(table["customer_id"]) == set(before["customer_id"])
+
+
+def test_a_future_as_of_is_refused(propensity_settings, tmp_path):
+    result = CliRunner().invoke(app, ["scores", "export", "--out", str(tmp_path / "x.csv"),
+                                      "--as-of", "2999-01-01", "--data-dir",
+                                      str(propensity_settings.data_dir)])
+    assert result.exit_code == 2
+    assert "as-of time 2999-01-01T00:00:00+00:00 is in the future" in " ".join(
+        result.output.split())
+
+
+def test_a_future_dated_event_never_moves_the_scoring_time_past_now(shop):
+    from training.propensity.scoring import scoring_time
+
+    events = shop.events.copy()
+    events.loc[events.index[-1], "timestamp"] = pd.Timestamp("2030-01-01", tz="UTC")
+    now = pd.Timestamp("2026-01-01", tz="UTC")
+    assert scoring_time(events, now=now) == now
+    assert scoring_time(shop.events, now=now) == shop.events["timestamp"].max() + pd.Timedelta(
+        microseconds=1)
 
 
 def test_export_errors_are_clear(propensity_settings, tmp_path):
@@ -230,3 +307,28 @@ def test_training_errors_are_clear(propensity_settings):
     assert negative.exit_code == 2 and "--horizon must be a positive number of days" in negative.output
     kind = runner.invoke(app, ["train", "propensity", "--kind", "churn", *base])
     assert kind.exit_code == 2 and "unknown propensity kind 'churn'" in kind.output
+
+
+def test_the_feature_settings_reach_training_and_serving_alike(tmp_path, shop):
+    """NEXTBEST_ABANDONED_CART_AFTER_MINUTES and NEXTBEST_RECENT_ITEMS: the training job
+    computes features with them, the model records them, and scoring it (as the service and
+    the export do) computes features the same way, whatever the scorer's own settings."""
+    from features.point_in_time import FeatureOptions, compute_customer_features
+    from training.propensity.datasets import numeric_features
+    from training.propensity.export import load_version
+    from training.propensity.scoring import ScoredCustomers
+
+    store_shop(Warehouse(tmp_path / "warehouse"), shop)
+    options = FeatureOptions(abandoned_cart_after_minutes=4320, recent_items=3)
+    settings = Settings(data_dir=tmp_path, abandoned_cart_after_minutes=4320, recent_items=3)
+    outcome = train_propensity(settings, "purchase", {"n_estimators": 30}, horizon_days=14,
+                               n_snapshots=3)
+    model, _ = load_version(settings, "propensity", outcome.version)
+    assert model.feature_options_ == options
+    served = ScoredCustomers.score(model, outcome.version, shop.events, shop.items)
+    trained_way = numeric_features(
+        compute_customer_features(shop.events, served.as_of, shop.items, options)).astype(float)
+    pd.testing.assert_frame_equal(served.features, trained_way)
+    default_way = numeric_features(
+        compute_customer_features(shop.events, served.as_of, shop.items)).astype(float)
+    assert not served.features.equals(default_way)  # the setting changes the features

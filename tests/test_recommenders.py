@@ -17,8 +17,8 @@ from features.synthetic import ShopConfig, generate_shop
 from training.evaluate import evaluate, time_split
 from training.interactions import InteractionConfig, build_interactions
 from training.recommender_job import fit_model
-from training.recommenders import RECOMMENDERS, NotFittedError, Recommender, make_recommender
-from training.recommenders.base import _top_n
+from training.recommenders import NAMES, make_recommender, recommender_class
+from training.recommenders.base import NotFittedError, Recommender, _top_n
 
 # Six customers, six items, two obvious groups: {0,1,2} like items 0-2, {3,4,5} like items 3-5.
 TINY = sp.csr_matrix(np.array([
@@ -185,7 +185,11 @@ class TestContent(RecommenderContract):
 
 def test_every_shipped_model_has_a_contract_test():
     tested = {cls().make().name for cls in RecommenderContract.__subclasses__()}
-    assert tested == set(RECOMMENDERS)
+    assert tested == set(NAMES)
+
+
+def test_each_name_leads_to_the_class_of_that_name():
+    assert [recommender_class(name).name for name in NAMES] == list(NAMES)
 
 
 def test_an_unknown_model_name_lists_the_real_ones():

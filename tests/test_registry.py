@@ -52,17 +52,70 @@ def aliases(settings: Settings) -> dict[str, str]:
     return found
 
 
-@given(challenger=st.floats(0, 1), champion=st.floats(0, 1), margin=st.floats(0, 0.5))
-def test_the_gate_promotes_exactly_when_the_challenger_clears_the_margin(challenger, champion,
-                                                                         margin):
-    decision = registry.decide("2", challenger, "1", champion, "ndcg@10", margin)
-    assert decision.promoted == (challenger >= champion * (1 + margin))
+scores = st.floats(0, 1)
+
+
+@given(challenger=scores, champion=scores, baselines=st.dictionaries(
+    st.sampled_from(["recency", "rfm_logistic"]), scores), margin=st.floats(0, 0.5))
+def test_the_gate_promotes_exactly_when_the_challenger_beats_champion_and_every_baseline(
+        challenger, champion, baselines, margin):
+    decision = registry.decide("2", "roc_auc", challenger, "1", champion, baselines, margin)
+    references = [champion, *baselines.values()]
+    assert decision.promoted == all(challenger > r and challenger >= r * (1 + margin)
+                                    for r in references)
+
+
+@given(challenger=scores, champion=scores, baseline=scores)
+def test_for_a_loss_metric_lower_is_better(challenger, champion, baseline):
+    decision = registry.decide("2", "brier", challenger, "1", champion, {"rfm_logistic": baseline})
+    assert decision.promoted == (challenger < champion and challenger < baseline)
+
+
+def test_a_tie_is_not_a_win():
+    decision = registry.decide("2", "ndcg@10", 0.082, "1", 0.082)
+    assert not decision.promoted
+    assert decision.reason == ("version 2 is not promoted: on ndcg@10 it does not beat "
+                               "champion 1 (0.0820 vs 0.0820)")
+
+
+def test_a_first_version_that_loses_to_a_baseline_is_not_champion_and_the_reason_says_why():
+    decision = registry.decide("1", "roc_auc", 0.801, None, None,
+                               {"recency": 0.791, "rfm_logistic": 0.806})
+    assert not decision.promoted
+    assert decision.reason == ("version 1 is not promoted: on roc_auc it does not beat baseline "
+                               "rfm_logistic (0.8060 vs 0.8010)")
+
+
+def test_a_promotion_names_every_comparison_it_won():
+    decision = registry.decide("3", "ndcg@10", 0.07, "2", 0.05, {"popularity": 0.03})
+    assert decision.promoted
+    assert decision.reason == ("version 3 beats champion 2 (0.0500) and baseline popularity "
+                               "(0.0300) on ndcg@10 with 0.0700")
 
 
 def test_the_first_version_becomes_champion(settings):
     outcome = train_recommender(settings, "popularity")
     assert outcome.version == "1" and outcome.decision.promoted
     assert aliases(settings) == {"champion": "1", "challenger": "1"}
+
+
+def test_a_model_that_loses_to_the_popularity_baseline_is_never_champion(settings):
+    outcome = train_recommender(settings, "content")
+    assert outcome.metrics["ndcg@10"] <= outcome.metrics["popularity/ndcg@10"]
+    assert not outcome.decision.promoted
+    assert aliases(settings) == {"challenger": "1"}
+    assert "does not beat baseline popularity" in outcome.decision.reason
+
+
+def test_an_event_stored_with_a_future_date_does_not_move_the_holdout(settings, shop):
+    """Stored before such events were refused: training leaves it out instead of failing."""
+    future = shop.events.iloc[[0]].assign(event_id="from-2030",
+                                          timestamp=pd.Timestamp("2030-01-01", tz="UTC"))
+    Warehouse(settings.data_dir / "warehouse").append_events(future)
+    outcome = train_recommender(settings, "popularity", register=False)
+    cutoff = MlflowClient(settings.resolved_tracking_uri()).get_run(outcome.run_id).data.params[
+        "split.cutoff"]
+    assert pd.Timestamp(cutoff) == shop.events["timestamp"].max() - pd.Timedelta(days=14)
 
 
 def test_a_run_logs_params_metrics_plots_data_and_code(settings):
@@ -87,7 +140,30 @@ def test_a_worse_challenger_is_refused(settings):
     assert aliases(settings) == {"champion": "1", "challenger": "2"}
     gate = MlflowClient(settings.resolved_tracking_uri()).get_model_version("recommender", "2").tags[
         "nextbest.gate"]
-    assert gate.startswith("version 2 does not beat champion 1 on ndcg@10")
+    assert gate.startswith("version 2 is not promoted: on ndcg@10 it does not beat champion 1")
+
+
+def test_the_baseline_is_logged_in_the_same_run(settings):
+    outcome = train_recommender(settings, "itemknn", register=False)
+    run = MlflowClient(settings.resolved_tracking_uri()).get_run(outcome.run_id)
+    assert run.data.metrics["popularity/ndcg_at_10"] == pytest.approx(
+        outcome.metrics["popularity/ndcg@10"])
+
+
+def test_recommender_and_propensity_runs_go_to_experiments_of_their_own(settings):
+    outcome = train_recommender(settings, "popularity", register=False)
+    client = MlflowClient(settings.resolved_tracking_uri())
+    experiment = client.get_experiment(client.get_run(outcome.run_id).info.experiment_id)
+    assert experiment.name == "nextbest-recommender"
+
+
+def test_models_list_shows_the_aliases(settings):
+    train_recommender(settings, "itemknn")
+    train_recommender(settings, "popularity")
+    client = MlflowClient(settings.resolved_tracking_uri())
+    listed = {row["version"]: row["aliases"] for row in registry.list_versions(client,
+                                                                                "recommender")}
+    assert listed == {"2": "challenger", "1": "champion"}
 
 
 def test_a_better_challenger_is_promoted_and_rollback_restores_the_old_champion(settings):
@@ -95,6 +171,7 @@ def test_a_better_challenger_is_promoted_and_rollback_restores_the_old_champion(
     outcome = train_recommender(settings, "itemknn")
     assert outcome.decision.promoted
     assert outcome.decision.champion_score < outcome.decision.challenger_score
+    assert outcome.decision.baselines == {"popularity": outcome.decision.champion_score}
     assert aliases(settings)["champion"] == "2"
     client = MlflowClient(settings.resolved_tracking_uri())
     assert registry.rollback(client, "recommender") == ("2", "1")
@@ -154,7 +231,29 @@ def test_the_cli_trains_with_params_and_reports_the_gate(settings):
     result = CliRunner().invoke(app, ["train", "recommender", "--model", "ease", "--param", "l2=50",
                                       "--data-dir", str(settings.data_dir)])
     assert result.exit_code == 0, result.output
-    assert "registered recommender version 1: no champion yet" in " ".join(result.output.split())
+    output = " ".join(result.output.split())
+    assert "registered recommender version 1: no champion yet" in output
+    assert "beats baseline popularity" in output
+    assert "✓ evaluating on the holdout" in output  # the stages, as they finish
+
+
+def test_the_cli_evaluates_at_k_on_a_holdout_of_the_days_asked_and_says_on_how_many(settings):
+    result = CliRunner().invoke(app, ["train", "recommender", "--model", "popularity",
+                                      "--test-days", "3", "--k", "5", "--no-register",
+                                      "--data-dir", str(settings.data_dir)])
+    assert result.exit_code == 0, result.output
+    output = " ".join(result.output.split())
+    assert "ndcg@5" in output and "holdout metrics @5" in output
+    evaluated = int(output.split("evaluated on ")[1].split(" customers")[0])
+    assert 0 < evaluated < 100 and "in the 3-day holdout" in output
+    assert f"warning: only {evaluated} customers were evaluated" in output
+
+
+def test_the_models_list_command_shows_the_aliases(settings):
+    train_recommender(settings, "itemknn")
+    result = CliRunner().invoke(app, ["models", "list", "--data-dir", str(settings.data_dir)])
+    assert result.exit_code == 0
+    assert "challenger" in result.output  # only the aliases column names it
 
 
 def _free_port() -> int:

@@ -1,38 +1,40 @@
-"""``nextbest train ...`` and ``nextbest models ...``: training jobs and the model registry."""
+"""``nextbest train ...``, ``nextbest models ...`` and ``nextbest scores ...``: training jobs,
+the model registry and campaign exports. MLflow and the models load inside the commands."""
 
 from __future__ import annotations
 
 import json
+import time
 from enum import StrEnum
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
-import pandas as pd
 import typer
-from mlflow import MlflowClient
-from rich.table import Table
+from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
-from features.cli import console, friendly_errors
-from features.settings import Settings, get_settings
-from training import registry
-from training.recommenders import RECOMMENDERS
-from training.tracking import configure
+from features.cli import (
+    DataDir,
+    command_group,
+    console,
+    errors,
+    friendly_errors,
+    parse_time,
+    settings_with,
+)
+from training.progress import JobProgress
+from training.recommenders import NAMES
 
-train_app = typer.Typer(help="Train, evaluate and register models.", no_args_is_help=True)
-models_app = typer.Typer(help="List, promote and roll back registered models.",
-                         no_args_is_help=True)
-scores_app = typer.Typer(help="Export propensity scores for campaigns.", no_args_is_help=True)
+if TYPE_CHECKING:
+    from mlflow import MlflowClient
 
-DataDir = Annotated[Path | None, typer.Option(help="Warehouse directory [default: .nextbest].")]
+train_app = command_group("Train, evaluate and register models.")
+models_app = command_group("List, promote and roll back registered models.")
+scores_app = command_group("Export propensity scores for campaigns.")
+
 TrackingUri = Annotated[str | None, typer.Option(
     help="MLflow tracking URI [default: $NEXTBEST_TRACKING_URI or sqlite under the data dir].")]
 ModelName = Annotated[str | None, typer.Option(
     "--name", help="Registered model [default: $NEXTBEST_RECOMMENDER_NAME or recommender].")]
-
-
-def settings_for(data_dir: Path | None, tracking_uri: str | None) -> Settings:
-    updates = {k: v for k, v in (("data_dir", data_dir), ("tracking_uri", tracking_uri)) if v}
-    return get_settings().model_copy(update=updates)
 
 
 def parse_pairs(pairs: list[str] | None, option: str) -> dict[str, object]:
@@ -49,15 +51,52 @@ def parse_pairs(pairs: list[str] | None, option: str) -> dict[str, object]:
     return values
 
 
+class RichJobProgress(JobProgress):
+    """A job's stages as lines with their durations, and search trials on a bar of the budget."""
+
+    def __init__(self, bar: Progress) -> None:
+        self.bar = bar
+        self.current: tuple[str, float] | None = None
+        self.task = bar.add_task("starting", total=None)
+        self.search = None
+
+    def stage(self, description: str) -> None:
+        self.finish()
+        self.current = (description, time.monotonic())
+        self.bar.update(self.task, description=description)
+
+    def trial(self, number: int, elapsed: float, budget: float, score: float, best: float) -> None:
+        if self.search is None:
+            self.search = self.bar.add_task("search", total=budget)
+        self.bar.update(self.search, completed=min(elapsed, budget),
+                        description=f"trial {number}: {score:.4f} (best {best:.4f})")
+
+    def finish(self) -> None:
+        if self.current is not None:
+            description, started = self.current
+            self.bar.console.print(f"[green]✓[/] {description} ({time.monotonic() - started:.1f} s)",
+                                   highlight=False)
+            self.current = None
+
+
+def job_progress() -> Progress:
+    return Progress(SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn(),
+                    console=console, transient=True)
+
+
 @train_app.command("recommender")
 @friendly_errors
 def train_recommender_command(
-    model: Annotated[str, typer.Option(
-        help=f"Which recommender: {', '.join(RECOMMENDERS)}.")] = "als",
+    model: Annotated[str, typer.Option(help=f"Which recommender: {', '.join(NAMES)}.")] = "als",
     param: Annotated[list[str] | None, typer.Option(
         help="Hyperparameter name=value, repeatable, e.g. --param factors=128.")] = None,
     cutoff: Annotated[str | None, typer.Option(
-        help="Holdout starts here (UTC, ISO 8601) [default: the last test_days of data].")] = None,
+        help="Holdout starts here (UTC, ISO 8601) [default: the last --test-days of data].")] = None,
+    test_days: Annotated[float | None, typer.Option(
+        min=0.01, help="Days of holdout after the cutoff [default: $NEXTBEST_TEST_DAYS or 14].")
+    ] = None,
+    k: Annotated[int, typer.Option(
+        "--k", min=1, max=1000, help="Length of the evaluated lists (metrics @k).")] = 10,
     search_budget: Annotated[float | None, typer.Option(
         min=1, help="Seconds of random hyperparameter search before the final fit.")] = None,
     weight: Annotated[list[str] | None, typer.Option(
@@ -69,39 +108,61 @@ def train_recommender_command(
     data_dir: DataDir = None,
     tracking_uri: TrackingUri = None,
 ) -> None:
-    """Train a recommender on the warehouse, evaluate it on a time holdout, log it to MLflow,
-    register it as challenger and promote it to champion if it beats the current one."""
-    from training.recommender_job import train_recommender
+    """Train a recommender on the warehouse, evaluate it on a time holdout against the
+    popularity baseline, log it to MLflow, register it as challenger and promote it to champion
+    if it beats the current one and the baseline."""
+    from training.recommender_job import BASELINE, MIN_EVALUATED, train_recommender
 
-    settings = settings_for(data_dir, tracking_uri)
-    moment = None
-    if cutoff:
-        moment = pd.Timestamp(cutoff)
-        moment = moment.tz_localize("UTC") if moment.tzinfo is None else moment.tz_convert("UTC")
+    settings = settings_with(data_dir, tracking_uri)
+    if test_days is not None:
+        settings = settings.model_copy(update={"test_days": test_days})
+    moment = parse_time(cutoff, "--cutoff") if cutoff else None
     weights = {k: float(v) for k, v in parse_pairs(weight, "--weight").items()} or None
-    with console.status(f"training {model}..."):
+    with job_progress() as bar:
+        progress = RichJobProgress(bar)
         outcome = train_recommender(settings, model, parse_pairs(param, "--param"), moment,
-                                    search_budget, register, weights, half_life)
-    table = Table(title=f"{model}: holdout metrics (run {outcome.run_id[:8]})")
-    table.add_column("metric")
-    table.add_column("new items", justify="right")
-    table.add_column("all items", justify="right")
-    for name in ("precision@10", "recall@10", "ndcg@10", "map@10", "hit_rate@10", "coverage@10",
-                 "popularity_bias@10"):
-        table.add_row(name, f"{outcome.metrics[name]:.4f}",
-                      f"{outcome.metrics['all_items/' + name]:.4f}")
-    console.print(table)
+                                    search_budget, register, weights, half_life, k=k,
+                                    progress=progress)
+        progress.finish()
+    _recommender_table(outcome, BASELINE)
+    evaluated = outcome.customers_evaluated
+    console.print(f"evaluated on {evaluated:,} customers (those known to the model with a "
+                  f"purchase in the {settings.test_days:g}-day holdout)")
+    if evaluated < MIN_EVALUATED:
+        errors.print(f"[bold yellow]warning:[/] only {evaluated} customers were evaluated: these "
+                     "metrics are mostly noise; use a longer --test-days or more data",
+                     markup=True, highlight=False)
     if outcome.search_trials:
         console.print(f"search: {outcome.search_trials} trials, chose {outcome.params}")
     if outcome.decision is not None:
         console.print(f"registered {settings.recommender_name} version {outcome.version}: "
-                      f"{outcome.decision.reason}")
+                      f"{outcome.decision.reason}", highlight=False)
+
+
+def _recommender_table(outcome, baseline: str) -> None:
+    from rich.table import Table
+
+    k, m = outcome.k, outcome.metrics
+    table = Table(title=f"{outcome.model}: holdout metrics @{k} (run {outcome.run_id[:8]})")
+    columns = [("new items", ""), ("all items", "all_items/")]
+    if f"{baseline}/ndcg@{k}" in m:
+        columns.append((f"{baseline}, new items", f"{baseline}/"))
+    table.add_column("metric")
+    for heading, _ in columns:
+        table.add_column(heading, justify="right")
+    for name in ("precision", "recall", "ndcg", "map", "hit_rate", "coverage", "popularity_bias"):
+        table.add_row(f"{name}@{k}", *(f"{m[f'{prefix}{name}@{k}']:.4f}" for _, prefix in columns))
+    console.print(table)
 
 
 def _registry(name: str | None, data_dir: Path | None,
               tracking_uri: str | None) -> tuple[MlflowClient, str]:
     """A client on the configured store, and the registered model name to act on."""
-    settings = settings_for(data_dir, tracking_uri)
+    from mlflow import MlflowClient
+
+    from training.tracking import configure
+
+    settings = settings_with(data_dir, tracking_uri)
     configure(settings)
     return MlflowClient(), name or settings.recommender_name
 
@@ -114,13 +175,17 @@ def list_models(
     tracking_uri: TrackingUri = None,
 ) -> None:
     """Every version of a registered model with its aliases, holdout score and gate decision."""
+    from rich.table import Table
+
+    from training import registry
+
     client, name = _registry(name, data_dir, tracking_uri)
     table = Table(title=f"registered model '{name}'")
-    for column in ("version", "aliases", "model", "metric", "score", "created", "gate"):
+    columns = ("version", "aliases", "model", "metric", "score", "created", "gate")
+    for column in columns:
         table.add_column(column, overflow="fold")
     for row in registry.list_versions(client, name):
-        table.add_row(*(row[c] for c in ("version", "aliases", "model", "metric", "score",
-                                         "created", "gate")))
+        table.add_row(*(row[c] for c in columns))
     console.print(table)
 
 
@@ -134,6 +199,8 @@ def promote_model(
     tracking_uri: TrackingUri = None,
 ) -> None:
     """Make a version champion by hand (bypassing the gate), remembering the one it replaces."""
+    from training import registry
+
     client, name = _registry(name, data_dir, tracking_uri)
     registry.promote(client, name, version, reason)
     console.print(f"{name}: champion is now version {version}")
@@ -147,6 +214,8 @@ def rollback_model(
     tracking_uri: TrackingUri = None,
 ) -> None:
     """Point champion back at the version the current champion replaced."""
+    from training import registry
+
     client, name = _registry(name, data_dir, tracking_uri)
     current, previous = registry.rollback(client, name)
     console.print(f"{name}: champion rolled back from version {current} to version {previous}")
@@ -166,15 +235,20 @@ def train_propensity_command(
     tracking_uri: TrackingUri = None,
 ) -> None:
     """Train a calibrated propensity model on rolling snapshots, compare it with the recency
-    and RFM baselines on a later snapshot, log it, register it and run the gate."""
+    and RFM baselines on a later snapshot, log it, register it and run the gate (it must beat
+    the champion and both baselines)."""
+    from rich.table import Table
+
     from training.propensity_job import train_propensity
 
     if horizon is not None and horizon <= 0:
         raise ValueError(f"--horizon must be a positive number of days, got {horizon}")
-    settings = settings_for(data_dir, tracking_uri)
-    with console.status(f"training {kind} propensity..."):
+    settings = settings_with(data_dir, tracking_uri)
+    with job_progress() as bar:
+        progress = RichJobProgress(bar)
         outcome = train_propensity(settings, kind, parse_pairs(param, "--param"), horizon,
-                                   snapshots, register=register)
+                                   snapshots, register=register, progress=progress)
+        progress.finish()
     table = Table(title=f"{kind} propensity on the test snapshot (run {outcome.run_id[:8]})")
     for column in ("metric", "nextbest", "uncalibrated", "recency", "rfm_logistic"):
         table.add_column(column, justify="right")
@@ -184,7 +258,8 @@ def train_propensity_command(
             name, f"uncalibrated/{name}", f"recency/{name}", f"rfm_logistic/{name}")))
     console.print(table)
     if outcome.decision is not None:
-        console.print(f"registered version {outcome.version}: {outcome.decision.reason}")
+        console.print(f"registered version {outcome.version}: {outcome.decision.reason}",
+                      highlight=False)
 
 
 class ScoreFormat(StrEnum):
@@ -201,22 +276,26 @@ def export_scores_command(
     segment: Annotated[str | None, typer.Option(help="Only customers of this segment.")] = None,
     min_score: Annotated[float | None, typer.Option(help="Only scores at or above this.")] = None,
     top: Annotated[int | None, typer.Option(help="Only the N highest scores.")] = None,
+    version: Annotated[str | None, typer.Option(
+        help="Score with this registered version [default: the champion].")] = None,
+    as_of: Annotated[str | None, typer.Option(
+        help="Score as of this time (UTC, ISO 8601), from the events before it [default: just "
+             "after the newest event, and never after now].")] = None,
     file_format: Annotated[ScoreFormat, typer.Option("--format", help="csv or parquet.")
                            ] = ScoreFormat.csv,
     data_dir: DataDir = None,
     tracking_uri: TrackingUri = None,
 ) -> None:
-    """Export champion propensity scores: customer, score, decile, segment, top 3 reasons,
-    model version, scored-at."""
-    from rich.progress import Progress
-
+    """Export propensity scores of the champion (or --version): customer, score, decile,
+    segment, top 3 reasons, model version, and scored_at (the time the features are as of)."""
     from training.propensity.export import export_scores
 
-    settings = settings_for(data_dir, tracking_uri)
+    settings = settings_with(data_dir, tracking_uri)
     if model != settings.propensity_name:
         raise ValueError(f"cannot export model {model!r}: exports are per customer, from "
                          f"'{settings.propensity_name}' (purchase propensity); category and offer "
                          "propensities score (customer, category) and (customer, offer) pairs")
+    moment = parse_time(as_of, "--as-of") if as_of else None
     with Progress(console=console) as progress:
         task = progress.add_task("scoring customers", total=None)
 
@@ -224,5 +303,8 @@ def export_scores_command(
             progress.update(task, completed=done, total=total)
 
         table = export_scores(settings, model, out, file_format.value, segment, min_score, top,
-                              on_progress=advance)
-    console.print(f"wrote {len(table):,} customers to {out}")
+                              at=moment, on_progress=advance, version=version)
+    scored_at = table["scored_at"].iloc[0] if len(table) else None
+    console.print(f"wrote {len(table):,} customers to {out}"
+                  + (f", scored as of {scored_at:%Y-%m-%d %H:%M:%S} UTC" if scored_at is not None
+                     else ""))

@@ -110,8 +110,9 @@ def evaluate(
     """Rank metrics of ``model`` (fitted on ``train.matrix``) against ``test`` events."""
     if k < 1:
         raise ValueError(f"k must be at least 1, got {k}")
-    relevant = _relevance(train, test, relevant_types, exclude_seen)
-    users = np.flatnonzero(np.diff(relevant.indptr) > 0)
+    relevant, unknown = _relevance(train, test, relevant_types, exclude_seen)
+    per_customer = np.diff(relevant.indptr) + unknown
+    users = np.flatnonzero(per_customer > 0)
     if users.size == 0:
         raise ValueError("no customer in the test period is known to the model and has a relevant "
                          f"({', '.join(relevant_types)}) event; widen the test window")
@@ -130,7 +131,7 @@ def evaluate(
             hit_block[r, c] = np.asarray(relevant[rows[r], ids[r, c]]).ravel() > 0
         hits[lo:lo + rows.size, :width] = hit_block
         recommended.append(ids[valid])
-    n_relevant = np.diff(relevant.indptr)[users]
+    n_relevant = per_customer[users]
     per_user = _per_user_metrics(hits, n_relevant, k)
     n_train = np.diff(train.matrix.indptr)[users]
     per_user.insert(0, "customer_id", train.user_ids[users])
@@ -151,26 +152,30 @@ def evaluate(
 
 
 def _relevance(train: Interactions, test: pd.DataFrame, relevant_types: tuple[str, ...],
-               exclude_seen: bool) -> sp.csr_matrix:
-    """Customers × items 0/1 matrix of what each known customer found relevant in the test."""
+               exclude_seen: bool) -> tuple[sp.csr_matrix, np.ndarray]:
+    """What each known customer found relevant in the test: a customers × items 0/1 matrix over
+    the items the model knows, and per customer the number of distinct relevant items it does
+    not know. Those count against recall like any other (dropping them would flatter every
+    model), but no model can recommend them, so they need no column."""
     wanted = test[test["event_type"].isin(relevant_types)]
     rows = train.user_rows(wanted["customer_id"].to_numpy())
     cols = train.item_columns(wanted["item_id"].to_numpy())
     known_user = rows >= 0
-    # Items the model has never seen stay relevant (they count against recall): dropping them
-    # would flatter every model. They get a column past the catalog, which no model can return.
-    cols = np.where(cols >= 0, cols, train.shape[1])
-    matrix = sp.csr_matrix((np.ones(known_user.sum(), dtype=np.float32),
-                            (rows[known_user], cols[known_user])),
-                           shape=(train.shape[0], train.shape[1] + 1))
+    known_item = known_user & (cols >= 0)
+    matrix = sp.csr_matrix((np.ones(known_item.sum(), dtype=np.float32),
+                            (rows[known_item], cols[known_item])), shape=train.shape)
     matrix.sum_duplicates()
     matrix.data[:] = 1.0
     if exclude_seen:
-        seen = sp.hstack([train.matrix, sp.csr_matrix((train.shape[0], 1))]).tocsr()
+        seen = train.matrix.copy()
         seen.data[:] = 1.0
         matrix = matrix - matrix.multiply(seen)
         matrix.eliminate_zeros()
-    return sp.csr_matrix(matrix)
+    new_items = known_user & (cols < 0)
+    pairs = pd.DataFrame({"row": rows[new_items],
+                          "item": wanted["item_id"].to_numpy()[new_items]}).drop_duplicates()
+    unknown = np.bincount(pairs["row"].to_numpy(dtype=np.int64), minlength=train.shape[0])
+    return sp.csr_matrix(matrix), unknown
 
 
 def _per_user_metrics(hits: np.ndarray, n_relevant: np.ndarray, k: int) -> pd.DataFrame:

@@ -16,19 +16,14 @@ import pandas as pd
 import scipy.sparse as sp
 from pydantic import BaseModel, Field
 
-from features.contracts import EventType
+from features.point_in_time import INTERACTION_WEIGHTS
 
 
 class InteractionConfig(BaseModel):
     """How events become matrix weights."""
 
     weights: dict[str, float] = Field(
-        default_factory=lambda: {
-            EventType.PURCHASE.value: 5.0,
-            EventType.ADD_TO_CART.value: 3.0,
-            EventType.VIEW.value: 1.0,
-            EventType.CLICK.value: 1.0,
-        },
+        default_factory=lambda: dict(INTERACTION_WEIGHTS),
         description="Weight per event type; types not listed are ignored.",
     )
     half_life_days: float | None = Field(

@@ -1,20 +1,23 @@
-"""Evaluation plots logged with every run (PNG), for people comparing runs in MLflow."""
+"""Evaluation plots logged with every run (PNG), for people comparing runs in MLflow.
+
+Drawn on a ``matplotlib.figure.Figure`` of their own, not through pyplot: saving one needs no
+backend, so library code never chooses one (a notebook keeps its inline charts) and never leaves
+a figure open.
+"""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-import matplotlib
+from matplotlib.figure import Figure
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-
-from training.evaluate import Evaluation  # noqa: E402
+from training.evaluate import Evaluation
 
 
 def plot_evaluation(evaluation: Evaluation, title: str, path: Path) -> Path:
     """Recall at 1..k, and nDCG@k by customer activity, side by side."""
-    figure, (curve, buckets) = plt.subplots(1, 2, figsize=(10, 4))
+    figure = Figure(figsize=(10, 4))
+    curve, buckets = figure.subplots(1, 2)
     ks = range(1, len(evaluation.recall_curve) + 1)
     curve.plot(list(ks), evaluation.recall_curve, marker="o")
     curve.set(xlabel="k", ylabel="recall@k", title="recall by list length")
@@ -29,5 +32,4 @@ def plot_evaluation(evaluation: Evaluation, title: str, path: Path) -> Path:
     figure.suptitle(title)
     figure.tight_layout()
     figure.savefig(path, dpi=110)
-    plt.close(figure)
     return path

@@ -6,14 +6,16 @@ earlier ones, calibrates on the next, and evaluates on the latest complete one â
 than every training label. It compares against the recency and logistic-RFM baselines, logs
 everything with calibration and gain plots to MLflow, registers the model (``propensity``,
 ``propensity-category``, ``propensity-offer``) and runs the same challenger/champion gate as
-the recommender, refitting the champion's configuration on the same snapshots.
+the recommender: the champion's configuration is refitted on the same snapshots, and the
+model must beat it and both baselines. Features are computed with the settings' options
+(``FeatureOptions``), which the saved model carries for whoever scores it.
 """
 
 from __future__ import annotations
 
 import json
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -23,9 +25,13 @@ import pandas as pd
 from mlflow import MlflowClient
 from mlflow.models import infer_signature
 
+from features.event_time import TimeWindow
+from features.point_in_time import FeatureOptions
 from features.settings import Settings
 from features.warehouse import Warehouse
 from training import registry
+from training.artifacts import PROPENSITY_FILE, requirements
+from training.progress import JobProgress
 from training.propensity.baselines import BASELINES, FeatureLogistic
 from training.propensity.datasets import SNAPSHOTS, CutoffPlan, model_inputs, plan_cutoffs
 from training.propensity.evaluate import classification_metrics, lift_table, plot_propensity
@@ -35,7 +41,6 @@ from training.tracking import code_version, configure
 KINDS = tuple(SNAPSHOTS)
 OFFER_WINDOW_DAYS = 7.0
 """Offer response: a showing counts as answered if the offer is redeemed within a week."""
-MODEL_FILE = "propensity.npz"
 
 
 def registered_name(settings: Settings, kind: str) -> str:
@@ -50,6 +55,8 @@ class Snapshots:
     train: pd.DataFrame
     calibration: pd.DataFrame
     test: pd.DataFrame
+    options: FeatureOptions = field(default_factory=FeatureOptions)
+    """How the features were computed (the settings'); saved with the model."""
 
 
 @dataclass
@@ -69,20 +76,22 @@ def max_snapshots(events: pd.DataFrame, horizon_days: float, step_days: float) -
 
 
 def build_snapshots(events: pd.DataFrame, items: pd.DataFrame, kind: str, horizon_days: float,
-                    n_snapshots: int, step_days: float = 14.0) -> Snapshots:
+                    n_snapshots: int, step_days: float = 14.0,
+                    options: FeatureOptions | None = None) -> Snapshots:
+    options = options or FeatureOptions()
     plan = plan_cutoffs(events["timestamp"].min(), events["timestamp"].max(), horizon_days,
                         n_snapshots, step_days)
     build = SNAPSHOTS[kind]
-    train = pd.concat([build(events, items, c, plan.horizon) for c in plan.train])
-    calibration = build(events, items, plan.calibration, plan.horizon)
-    test = build(events, items, plan.test, plan.horizon)
+    train = pd.concat([build(events, items, c, plan.horizon, options) for c in plan.train])
+    calibration = build(events, items, plan.calibration, plan.horizon, options)
+    test = build(events, items, plan.test, plan.horizon, options)
     for name, frame in (("training", train), ("calibration", calibration), ("test", test)):
         if frame.empty or frame["label"].nunique() < 2:
             raise ValueError(f"the {name} snapshot(s) for '{kind}' propensity have "
                              f"{len(frame)} rows and {int(frame['label'].sum()) if len(frame) else 0} "
                              "positives; a model needs both outcomes â€” use more data, a longer "
                              "horizon or fewer snapshots")
-    return Snapshots(plan, train, calibration, test)
+    return Snapshots(plan, train, calibration, test, options)
 
 
 def fit_and_score(params: dict[str, Any], snapshots: Snapshots
@@ -90,7 +99,7 @@ def fit_and_score(params: dict[str, Any], snapshots: Snapshots
     X, y = model_inputs(snapshots.train)
     X_cal, y_cal = model_inputs(snapshots.calibration)
     X_test, y_test = model_inputs(snapshots.test)
-    model = PropensityModel(**params).fit(X, y, X_cal, y_cal)
+    model = PropensityModel(**params).fit(X, y, X_cal, y_cal, snapshots.options)
     scores = model.predict_proba(X_test)[:, 1]
     return model, classification_metrics(y_test, scores), scores
 
@@ -98,12 +107,16 @@ def fit_and_score(params: dict[str, Any], snapshots: Snapshots
 def train_propensity(settings: Settings, kind: str = "purchase", params: dict[str, Any] | None = None,
                      horizon_days: float | None = None, n_snapshots: int = 4,
                      step_days: float = 14.0, register: bool = True,
-                     warehouse: Warehouse | None = None) -> PropensityOutcome:
+                     warehouse: Warehouse | None = None,
+                     progress: JobProgress | None = None) -> PropensityOutcome:
+    progress = progress or JobProgress()
     params = dict(params or {})
     PropensityModel(**params)  # fail fast on a bad parameter
     name = registered_name(settings, kind)
     warehouse = warehouse or Warehouse(settings.data_dir / "warehouse")
-    events, items = warehouse.events(), warehouse.items()
+    progress.stage("reading the warehouse")
+    events = warehouse.events(end=TimeWindow.current(settings).latest)
+    items = warehouse.items()
     if events.empty:
         raise ValueError(f"the warehouse at {warehouse.root} has no events; generate or import "
                          "data first")
@@ -113,24 +126,30 @@ def train_propensity(settings: Settings, kind: str = "purchase", params: dict[st
         horizon = horizon_days if horizon_days is not None else OFFER_WINDOW_DAYS
         step_days = horizon
         n_snapshots = max_snapshots(events, horizon, step_days)
-    snapshots = build_snapshots(events, items, kind, horizon, n_snapshots, step_days)
+    progress.stage(f"building {n_snapshots + 2} labelled snapshots")
+    snapshots = build_snapshots(events, items, kind, horizon, n_snapshots, step_days,
+                                FeatureOptions.from_settings(settings))
+    progress.stage("fitting LightGBM and calibrating it")
     model, metrics, scores = fit_and_score(params, snapshots)
     X_test, y_test = model_inputs(snapshots.test)
     X, y = model_inputs(pd.concat([snapshots.train, snapshots.calibration]))
     uncalibrated = 1 / (1 + np.exp(-model.raw_score(X_test)))
     metrics |= {f"uncalibrated/{k}": v for k, v in classification_metrics(y_test, uncalibrated).items()}
     curves = {"nextbest (calibrated)": scores}
+    progress.stage(f"fitting the baselines ({', '.join(BASELINES)}) on the same snapshots")
     for baseline, features in BASELINES.items():
         p = FeatureLogistic(features).fit(X, y).predict_proba(X_test)[:, 1]
         metrics |= {f"{baseline}/{k}": v for k, v in classification_metrics(y_test, p).items()}
         curves[baseline] = p
-    configure(settings)
+    configure(settings, "propensity")
+    progress.stage("logging the run and the model to MLflow")
     with mlflow.start_run(run_name=f"propensity {kind}") as run:
         mlflow.log_params({f"model.{k}": v for k, v in params.items()} | {
             "kind": kind, "data.fingerprint": warehouse.fingerprint(),
             "data.train_rows": len(snapshots.train), "data.test_rows": len(snapshots.test),
             "model.best_iteration": model.best_iteration_,
-            "model.calibration": model.calibration_method_, **snapshots.plan.describe()})
+            "model.calibration": model.calibration_method_, **snapshots.plan.describe(),
+            **{f"features.{k}": v for k, v in snapshots.options.as_dict().items()}})
         mlflow.set_tags({"nextbest.code_version": code_version(), "nextbest.model": f"propensity-{kind}"})
         mlflow.log_metrics({k.replace("@", "_at_"): v for k, v in metrics.items()})
         with tempfile.TemporaryDirectory() as tmp:
@@ -139,15 +158,17 @@ def train_propensity(settings: Settings, kind: str = "purchase", params: dict[st
             mlflow.log_artifact(str(plot), artifact_path="plots")
             lift_table(y_test, scores).to_csv(Path(tmp) / "lift.csv")
             mlflow.log_artifact(str(Path(tmp) / "lift.csv"), artifact_path="evaluation")
-            path = model.save(Path(tmp) / MODEL_FILE)
+            path = model.save(Path(tmp) / PROPENSITY_FILE)
             info = mlflow.pyfunc.log_model(
                 name="model", python_model=PropensityPyfunc(), artifacts={"model": str(path)},
                 signature=infer_signature(X_test.head(5), pd.DataFrame({"score": scores[:5]})),
                 input_example=X_test.head(2),
-                pip_requirements=["mlflow==3.17.2", "lightgbm>=4,<5", "numpy>=2.0", "pandas>=2.2"],
+                pip_requirements=requirements("mlflow", "lightgbm", "scikit-learn", "numpy",
+                                              "pandas", "pydantic"),
                 code_paths=[str(Path(__file__).resolve().parent)])
         outcome = PropensityOutcome(run.info.run_id, kind, params, metrics)
         if register:
+            progress.stage("registering and running the gate")
             outcome.version, outcome.decision = _register_and_gate(
                 settings, name, info.model_uri, kind, params, metrics, snapshots)
     return outcome
@@ -170,8 +191,9 @@ def _register_and_gate(settings: Settings, name: str, model_uri: str, kind: str,
     if before is not None:
         champion_params = json.loads(client.get_model_version(name, before).tags["nextbest.params"])
         champion_score = fit_and_score(champion_params, snapshots)[1][metric]
-    decision = registry.decide(version, metrics[metric], before, champion_score, metric,
-                               settings.promotion_margin)
+    baselines = {baseline: metrics[f"{baseline}/{metric}"] for baseline in BASELINES}
+    decision = registry.decide(version, metric, metrics[metric], before, champion_score,
+                               baselines, settings.promotion_margin)
     registry.apply_decision(client, name, decision)
     return version, decision
 

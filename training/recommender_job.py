@@ -12,8 +12,9 @@ hand, the same way every time:
 5. register it (alias ``challenger``) and let the gate decide whether it becomes ``champion``.
 
 The gate compares like with like: the champion's configuration is refitted on the same
-training period and scored on the same holdout as the challenger. Comparing the champion's old
-artifact instead would be unfair whenever it was trained on days that are now in the holdout.
+training period and scored on the same holdout as the challenger, and so is the popularity
+baseline, which every other model must beat too. Comparing the champion's old artifact instead
+would be unfair whenever it was trained on days that are now in the holdout.
 """
 
 from __future__ import annotations
@@ -28,17 +29,25 @@ import mlflow
 import pandas as pd
 from mlflow import MlflowClient
 
+from features.event_time import TimeWindow
 from features.settings import Settings
 from features.warehouse import Warehouse
 from training import registry
 from training.evaluate import Evaluation, Split, evaluate, time_split
 from training.interactions import InteractionConfig, Interactions, build_interactions
 from training.plots import plot_evaluation
-from training.recommenders import Recommender, make_recommender
+from training.progress import JobProgress
+from training.recommenders import make_recommender
+from training.recommenders.base import Recommender
 from training.search import random_search
 from training.tracking import code_version, configure, log_recommender, params_json
 
 K = 10
+"""Default length of the evaluated lists."""
+BASELINE = "popularity"
+"""The model every recommender must beat on the same holdout before it is promoted."""
+MIN_EVALUATED = 100
+"""Below this many evaluated customers a holdout metric is mostly noise; the CLI says so."""
 
 
 @dataclass
@@ -49,10 +58,15 @@ class TrainingOutcome:
     model: str
     params: dict[str, Any]
     metrics: dict[str, float]
+    k: int = K
     version: str | None = None
     decision: registry.GateDecision | None = None
     search_trials: int = 0
     notes: list[str] = field(default_factory=list)
+
+    @property
+    def customers_evaluated(self) -> int:
+        return int(self.metrics[f"customers_evaluated@{self.k}"])
 
 
 def metric_key(name: str) -> str:
@@ -85,13 +99,28 @@ def fit_on(model: Recommender, events: pd.DataFrame, items: pd.DataFrame,
     return fit_model(model, interactions, items), interactions
 
 
-def holdout_metrics(model: Recommender, train: Interactions,
-                    test: pd.DataFrame) -> tuple[dict[str, float], Evaluation]:
-    """Both views of the holdout: new items (``ndcg@10``...) and all items (``all_items/...``)."""
-    new_items = evaluate(model, train, test, k=K, exclude_seen=True)
-    all_items = evaluate(model, train, test, k=K, exclude_seen=False)
-    metrics = {**new_items.metrics, **{f"all_items/{k}": v for k, v in all_items.metrics.items()}}
-    return metrics, new_items
+def evaluated_ks(k: int, metric: str) -> tuple[int, ...]:
+    """The list lengths to evaluate: the one asked for, and the one the gate's metric names."""
+    _, at, gate_k = metric.partition("@")
+    extra = {int(gate_k.split("/")[0])} if at and gate_k.split("/")[0].isdigit() else set()
+    return tuple(sorted({k} | extra))
+
+
+def holdout_metrics(model: Recommender, train: Interactions, test: pd.DataFrame,
+                    ks: tuple[int, ...] = (K,)) -> tuple[dict[str, float], Evaluation]:
+    """Both views of the holdout at each list length: new items (``ndcg@10``...) and all items
+    (``all_items/...``); the evaluation at the first length, for the plots."""
+    metrics: dict[str, float] = {}
+    first = None
+    for k in ks:
+        new_items = evaluate(model, train, test, k=k, exclude_seen=True)
+        all_items = evaluate(model, train, test, k=k, exclude_seen=False)
+        metrics |= {name.replace("customers_evaluated", f"customers_evaluated@{k}"): value
+                    for name, value in new_items.metrics.items()}
+        metrics |= {f"all_items/{name}": value for name, value in all_items.metrics.items()
+                    if name != "customers_evaluated"}
+        first = first or new_items
+    return metrics, first
 
 
 def train_recommender(
@@ -104,22 +133,32 @@ def train_recommender(
     weights: dict[str, float] | None = None,
     half_life_days: float | None = None,
     warehouse: Warehouse | None = None,
+    k: int = K,
+    progress: JobProgress | None = None,
 ) -> TrainingOutcome:
-    """Run the whole job (see the module docstring) and return what it produced."""
+    """Run the whole job (see the module docstring) and return what it produced. The holdout
+    is ``settings.test_days`` long; metrics are at ``k`` (and at the gate metric's length)."""
+    progress = progress or JobProgress()
     params = dict(params or {})
     make_recommender(model, **params)  # fail fast on a bad name or parameter
+    if k < 1:
+        raise ValueError(f"k must be at least 1, got {k}")
+    ks = evaluated_ks(k, settings.promotion_metric)
     warehouse = warehouse or Warehouse(settings.data_dir / "warehouse")
-    events, items = warehouse.events(), warehouse.items()
+    progress.stage("reading the warehouse")
+    events = warehouse.events(end=TimeWindow.current(settings).latest)
+    items = warehouse.items()
     if events.empty:
         raise ValueError(f"the warehouse at {warehouse.root} has no events; run 'nextbest data "
                          "generate' or import data first")
     split = time_split(events, cutoff, settings.test_days)
     config = interaction_config(model, params, weights, half_life_days)
-    configure(settings)
+    configure(settings, "recommender")
     client = MlflowClient()
     with mlflow.start_run(run_name=f"{model}") as run:
         trials = 0
         if search_budget_seconds:
+            progress.stage(f"searching {model} hyperparameters ({search_budget_seconds:g} s)")
             inner = time_split(split.train, None, settings.test_days)
 
             def validation_score(candidate: Recommender) -> float:
@@ -127,17 +166,31 @@ def train_recommender(
                 return evaluate(fitted, inner_train, inner.test, k=K).metrics[f"ndcg@{K}"]
 
             params, best, trials = random_search(model, params, validation_score,
-                                                 search_budget_seconds)
+                                                 search_budget_seconds, progress=progress)
             mlflow.log_metric("search_best_validation_ndcg_at_10", best)
+        progress.stage(f"fitting {model} on the training period")
         recommender, train = fit_on(make_recommender(model, **params), split.train, items, config)
-        metrics, evaluation = holdout_metrics(recommender, train, split.test)
+        progress.stage("evaluating on the holdout")
+        metrics, evaluation = holdout_metrics(recommender, train, split.test, ks)
+        if model != BASELINE:
+            progress.stage(f"evaluating the {BASELINE} baseline on the same holdout")
+            baseline, baseline_train = fit_on(make_recommender(BASELINE), split.train, items,
+                                              interaction_config(BASELINE, {}, weights,
+                                                                 half_life_days))
+            metrics |= {f"{BASELINE}/{name}": value for name, value in
+                        holdout_metrics(baseline, baseline_train, split.test, ks)[0].items()}
         _log_run(model, params, config, split, warehouse, metrics, evaluation, trials)
+        progress.stage(f"refitting {model} on all the data")
         final, full = fit_on(make_recommender(model, **params), events, items, config)
+        progress.stage("logging the model to MLflow")
         info = log_recommender(final, full)
-        outcome = TrainingOutcome(run.info.run_id, model, params, metrics, search_trials=trials)
+        outcome = TrainingOutcome(run.info.run_id, model, params, metrics, k,
+                                  search_trials=trials)
         if register:
+            progress.stage("registering and running the gate")
             outcome.version, outcome.decision = _register_and_gate(
-                client, settings, info.model_uri, model, params, metrics, split, items, config)
+                client, settings, info.model_uri, model, params, metrics, split, items, config,
+                ks)
     return outcome
 
 
@@ -164,12 +217,12 @@ def _log_run(model: str, params: dict[str, Any], config: InteractionConfig, spli
 
 def _register_and_gate(client: MlflowClient, settings: Settings, model_uri: str, model: str,
                        params: dict[str, Any], metrics: dict[str, float], split: Split,
-                       items: pd.DataFrame, config: InteractionConfig
+                       items: pd.DataFrame, config: InteractionConfig, ks: tuple[int, ...]
                        ) -> tuple[str, registry.GateDecision]:
     name, metric = settings.recommender_name, settings.promotion_metric
     if metric not in metrics:
         raise ValueError(f"promotion_metric '{metric}' is not a metric this job computes; "
-                         f"choose one of: {', '.join(sorted(metrics))}")
+                         f"choose one of: {', '.join(sorted(m for m in metrics if '/' not in m))}")
     score = metrics[metric]
     version = mlflow.register_model(model_uri, name, tags={
         "nextbest.model": model, "nextbest.params": params_json(make_recommender(model, **params)),
@@ -184,8 +237,9 @@ def _register_and_gate(client: MlflowClient, settings: Settings, model_uri: str,
         champion_config = interaction_config(champion["model"], champion["params"],
                                              config.weights, config.half_life_days)
         fitted, train = fit_on(refit, split.train, items, champion_config)
-        champion_score = holdout_metrics(fitted, train, split.test)[0][metric]
-    decision = registry.decide(version, score, before, champion_score, metric,
+        champion_score = holdout_metrics(fitted, train, split.test, ks)[0][metric]
+    baselines = {BASELINE: metrics[f"{BASELINE}/{metric}"]} if model != BASELINE else {}
+    decision = registry.decide(version, metric, score, before, champion_score, baselines,
                                settings.promotion_margin)
     registry.apply_decision(client, name, decision)
     return str(version), decision

@@ -13,6 +13,7 @@ from typing import Any
 import mlflow
 import numpy as np
 
+from training.progress import JobProgress
 from training.recommenders import make_recommender
 
 Sampler = Callable[[np.random.Generator], Any]
@@ -54,6 +55,7 @@ def random_search(
     max_trials: int = 50,
     seed: int = 42,
     metric: str = "validation_score",
+    progress: JobProgress | None = None,
 ) -> tuple[dict[str, Any], float, int]:
     """Try configurations until the budget or ``max_trials`` runs out; return the best.
 
@@ -62,8 +64,10 @@ def random_search(
     """
     if budget_seconds <= 0:
         raise ValueError(f"the search budget must be positive seconds, got {budget_seconds}")
+    progress = progress or JobProgress()
     rng = np.random.default_rng(seed)
-    deadline = time.monotonic() + budget_seconds
+    started = time.monotonic()
+    deadline = started + budget_seconds
     best_params, best_score, trials = dict(base_params), float("-inf"), 0
     while trials < max_trials and (trials == 0 or time.monotonic() < deadline):
         params = dict(base_params) if trials == 0 else {**base_params, **sample(model, rng)}
@@ -74,4 +78,5 @@ def random_search(
         trials += 1
         if value > best_score:
             best_params, best_score = params, value
+        progress.trial(trials, time.monotonic() - started, budget_seconds, value, best_score)
     return best_params, best_score, trials

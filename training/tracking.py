@@ -23,9 +23,15 @@ from mlflow.models import ModelSignature
 from mlflow.types import ColSpec, Schema
 
 from features.settings import Settings
+from training.artifacts import (
+    IDS_FILE,
+    RECOMMENDER_FILE,
+    TOP_ITEMS_FILE,
+    TOP_SCORES_FILE,
+    requirements,
+)
 from training.interactions import Interactions
-from training.recommenders import Recommender
-from training.recommenders.base import sparse_arrays, sparse_from
+from training.recommenders.base import Recommender, sparse_arrays, sparse_from
 
 SIGNATURE = ModelSignature(
     inputs=Schema([ColSpec("string", "customer_id"), ColSpec("long", "n", required=False)]),
@@ -34,27 +40,38 @@ SIGNATURE = ModelSignature(
                     ColSpec("string", "source")]),
 )
 """Input: customers (and how many items each); output: one row per recommended item."""
-MODEL_FILE = "recommender.npz"
-IDS_FILE = "ids.npz"
-TOP_ITEMS_FILE, TOP_SCORES_FILE = "top_items.npy", "top_scores.npy"
 TOP_ITEMS = 200
 """Best items kept per customer: the service blends this many as "recommended for you"."""
 
 
-def configure(settings: Settings) -> str:
-    """Point MLflow at the configured store and experiment; return the tracking URI."""
+JOBS = ("recommender", "propensity")
+"""Each job logs to an experiment of its own, so that runs side by side share their metrics."""
+
+
+def experiment_name(settings: Settings, job: str) -> str:
+    if job not in JOBS:
+        raise ValueError(f"unknown job {job!r}; expected one of: {', '.join(JOBS)}")
+    return f"{settings.experiment}-{job}"
+
+
+def configure(settings: Settings, job: str | None = None) -> str:
+    """Point MLflow at the configured store (and, for a job, at its experiment); return the
+    tracking URI."""
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     uri = settings.resolved_tracking_uri()
     if uri.startswith("sqlite:///"):
         Path(uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
     mlflow.set_tracking_uri(uri)
     mlflow.set_registry_uri(uri)
-    if mlflow.get_experiment_by_name(settings.experiment) is None:
+    if job is None:
+        return uri
+    name = experiment_name(settings, job)
+    if mlflow.get_experiment_by_name(name) is None:
         location = None
         if not uri.startswith(("http://", "https://")):
-            location = (settings.data_dir / "mlartifacts").resolve().as_uri()
-        mlflow.create_experiment(settings.experiment, artifact_location=location)
-    mlflow.set_experiment(settings.experiment)
+            location = (settings.data_dir / "mlartifacts" / name).resolve().as_uri()
+        mlflow.create_experiment(name, artifact_location=location)
+    mlflow.set_experiment(name)
     return uri
 
 
@@ -121,7 +138,7 @@ def save_bundle(model: Recommender, interactions: Interactions, directory: Path)
     """Write the arrays of a bundle, each customer's top items included (about 0.2 ms per
     customer at 100k items); returns the pyfunc artifacts mapping."""
     directory.mkdir(parents=True, exist_ok=True)
-    model_path = model.save(directory / MODEL_FILE)
+    model_path = model.save(directory / RECOMMENDER_FILE)
     np.savez(directory / IDS_FILE,
              user_ids=np.asarray(interactions.user_ids, dtype=str),
              item_ids=np.asarray(interactions.item_ids, dtype=str),
@@ -183,8 +200,8 @@ def log_recommender(model: Recommender, interactions: Interactions, name: str = 
             artifacts=artifacts,
             signature=SIGNATURE,
             input_example=pd.DataFrame({"customer_id": [str(interactions.user_ids[0])], "n": [3]}),
-            pip_requirements=["mlflow==3.17.2", "implicit>=0.7,<0.8", "scikit-learn>=1.9,<1.10",
-                              "numpy>=2.0", "pandas>=2.2", "scipy>=1.11", "threadpoolctl>=3.1"],
+            pip_requirements=requirements("mlflow", "implicit", "scikit-learn", "numpy", "pandas",
+                                          "scipy", "threadpoolctl", "pydantic"),
             code_paths=[str(Path(__file__).resolve().parents[1] / "training"),
                         str(Path(__file__).resolve().parents[1] / "features")],
         )

@@ -15,7 +15,7 @@ import numpy as np
 import pandas as pd
 
 from features.contracts import EventType
-from features.point_in_time import compute_customer_features
+from features.point_in_time import FeatureOptions, compute_customer_features
 
 STRING_FEATURES = ("recent_items", "last_abandoned_cart_items")
 DAY = pd.Timedelta(days=1)
@@ -74,9 +74,10 @@ def _window(events: pd.DataFrame, cutoff: pd.Timestamp, horizon: pd.Timedelta) -
 
 
 def purchase_snapshot(events: pd.DataFrame, items: pd.DataFrame, cutoff: pd.Timestamp,
-                      horizon: pd.Timedelta) -> pd.DataFrame:
+                      horizon: pd.Timedelta,
+                      options: FeatureOptions | None = None) -> pd.DataFrame:
     """Features as of ``cutoff`` and ``label`` = any purchase in ``[cutoff, cutoff + horizon)``."""
-    features = compute_customer_features(events, cutoff, items)
+    features = compute_customer_features(events, cutoff, items, options)
     window = _window(events, cutoff, horizon)
     buyers = set(window.loc[window["event_type"] == EventType.PURCHASE.value, "customer_id"])
     snapshot = features.assign(label=features.index.isin(buyers).astype(int), cutoff=cutoff)
@@ -84,9 +85,10 @@ def purchase_snapshot(events: pd.DataFrame, items: pd.DataFrame, cutoff: pd.Time
 
 
 def category_snapshot(events: pd.DataFrame, items: pd.DataFrame, cutoff: pd.Timestamp,
-                      horizon: pd.Timedelta) -> pd.DataFrame:
+                      horizon: pd.Timedelta,
+                      options: FeatureOptions | None = None) -> pd.DataFrame:
     """One row per (customer, top-level category): will they buy in that category?"""
-    features = compute_customer_features(events, cutoff, items)
+    features = compute_customer_features(events, cutoff, items, options)
     categories = [c.removeprefix("affinity_") for c in features.columns
                   if c.startswith("affinity_")]
     top = items.set_index("item_id")["category"].str.split("/").str[0]
@@ -105,7 +107,8 @@ def category_snapshot(events: pd.DataFrame, items: pd.DataFrame, cutoff: pd.Time
 
 
 def offer_snapshot(events: pd.DataFrame, items: pd.DataFrame, cutoff: pd.Timestamp,
-                   horizon: pd.Timedelta) -> pd.DataFrame:
+                   horizon: pd.Timedelta,
+                   options: FeatureOptions | None = None) -> pd.DataFrame:
     """One row per offer shown in ``[cutoff, cutoff + horizon)``: redeemed within the window?
 
     Customer features are as of ``cutoff`` (before any of these showings), offer features
@@ -117,7 +120,7 @@ def offer_snapshot(events: pd.DataFrame, items: pd.DataFrame, cutoff: pd.Timesta
     shown = shown.drop_duplicates(["customer_id", "item_id"])
     if shown.empty:
         return pd.DataFrame()
-    features = compute_customer_features(events, cutoff, items)
+    features = compute_customer_features(events, cutoff, items, options)
     redeemed = window[window["event_type"] == EventType.OFFER_REDEEMED.value]
     pairs = set(zip(redeemed["customer_id"], redeemed["item_id"], strict=True))
     offers = items.set_index("item_id")

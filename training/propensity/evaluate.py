@@ -11,13 +11,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
-from sklearn.metrics import (  # noqa: E402
+import numpy as np
+import pandas as pd
+from matplotlib.figure import Figure
+from sklearn.metrics import (
     average_precision_score,
     brier_score_loss,
     log_loss,
@@ -37,11 +34,11 @@ def expected_calibration_error(y: np.ndarray, p: np.ndarray, bins: int = 10) -> 
 
 
 def deciles(scores: np.ndarray) -> np.ndarray:
-    """1 for the top 10% of scores ... 10 for the bottom 10% (ties broken by position)."""
-    order = np.argsort(-scores, kind="stable")
-    ranks = np.empty(len(scores), dtype=np.int64)
-    ranks[order] = np.arange(len(scores))
-    return (ranks * 10 // max(len(scores), 1)) + 1
+    """1 for the top 10% of scores ... 10 for the bottom 10%. Equal scores share a decile (the
+    best one among them): a customer's decile never depends on the order of the rows."""
+    scores = np.asarray(scores, dtype=float)
+    higher = len(scores) - np.searchsorted(np.sort(scores), scores, side="right")
+    return (higher * 10 // max(len(scores), 1)) + 1
 
 
 def lift_table(y: np.ndarray, p: np.ndarray) -> pd.DataFrame:
@@ -77,7 +74,8 @@ def classification_metrics(y: np.ndarray, p: np.ndarray) -> dict[str, float]:
 
 def plot_propensity(y: np.ndarray, scores: dict[str, np.ndarray], title: str, path: Path) -> Path:
     """Calibration curves and cumulative gain, one line per model."""
-    figure, (calibration, gain) = plt.subplots(1, 2, figsize=(11, 4.5))
+    figure = Figure(figsize=(11, 4.5))
+    calibration, gain = figure.subplots(1, 2)
     calibration.plot([0, 1], [0, 1], color="grey", linestyle=":", label="perfect")
     edges = np.linspace(0, 1, 11)
     for name, p in scores.items():
@@ -98,5 +96,4 @@ def plot_propensity(y: np.ndarray, scores: dict[str, np.ndarray], title: str, pa
     figure.suptitle(title)
     figure.tight_layout()
     figure.savefig(path, dpi=110)
-    plt.close(figure)
     return path

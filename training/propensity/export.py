@@ -1,7 +1,8 @@
 """Score every customer with the champion propensity model, for marketers' campaigns.
 
-Features are computed as of the scoring time (default: the newest event) with the same
-point-in-time code the model was trained on; customers are scored in chunks (with progress),
+Features are computed as of the scoring time (``--as-of``; default: just after the newest
+event, but never after now) with the same point-in-time code and options the model was trained
+on, and ``scored_at`` in the file is that time; customers are scored in chunks (with progress),
 ranked into deciles over everyone, and then filtered by segment, minimum score and top N.
 """
 
@@ -19,25 +20,29 @@ from mlflow.exceptions import MlflowException
 from features.settings import Settings
 from features.warehouse import Warehouse
 from training import registry
+from training.artifacts import PROPENSITY_FILE
 from training.propensity.model import PropensityModel
-from training.propensity.scoring import ScoredCustomers
+from training.propensity.scoring import ScoredCustomers, checked_as_of
 from training.tracking import configure
 
 CHUNK = 50_000
 
 
-def load_champion(settings: Settings, name: str) -> tuple[PropensityModel, str]:
-    """The champion version's model arrays, read without going through pyfunc."""
+def load_version(settings: Settings, name: str, version: str | None = None
+                 ) -> tuple[PropensityModel, str]:
+    """A version's model arrays (default: the champion's), read without going through pyfunc."""
     configure(settings)
-    version = registry.champion_version(MlflowClient(), name)
     if version is None:
-        raise ValueError(f"registered model '{name}' has no champion; train one with "
-                         f"'nextbest train propensity'")
+        version = registry.champion_version(MlflowClient(), name)
+        if version is None:
+            raise ValueError(f"registered model '{name}' has no champion; train one with "
+                             "'nextbest train propensity' (a version the gate refused can be "
+                             "exported with --version)")
     try:
-        local = Path(mlflow.artifacts.download_artifacts(f"models:/{name}@champion"))
+        local = Path(mlflow.artifacts.download_artifacts(f"models:/{name}/{version}"))
     except MlflowException as error:
         raise ValueError(f"cannot load '{name}' version {version}: {error.message}") from None
-    return PropensityModel.load(local / "artifacts" / "propensity.npz"), version
+    return PropensityModel.load(local / "artifacts" / PROPENSITY_FILE), str(version)
 
 
 def export_scores(
@@ -50,20 +55,24 @@ def export_scores(
     top: int | None = None,
     at: pd.Timestamp | None = None,
     on_progress: Callable[[int, int], None] | None = None,
+    version: str | None = None,
 ) -> pd.DataFrame:
-    """Write the scores file and return what was written."""
+    """Write the scores file of ``version`` (default: the champion) and return what was
+    written."""
     if min_score is not None and not 0 <= min_score <= 1:
         raise ValueError(f"--min-score must be between 0 and 1, got {min_score}")
     if top is not None and top < 1:
         raise ValueError(f"--top must be a positive number of customers, got {top}")
     if file_format not in ("csv", "parquet"):
         raise ValueError(f"--format must be csv or parquet, got {file_format!r}")
+    if at is not None:
+        checked_as_of(at)
     warehouse = Warehouse(settings.data_dir / "warehouse")
     customers = warehouse.customers()
     if segment is not None and segment not in set(customers["segment"]):
         known = ", ".join(sorted(customers["segment"].dropna().unique())) or "none"
         raise ValueError(f"no customer is in segment {segment!r}; segments are: {known}")
-    model, version = load_champion(settings, name)
+    model, version = load_version(settings, name, version)
     scored = ScoredCustomers.score(model, version, warehouse.events(), warehouse.items(), at)
     segments = customers.set_index("customer_id")["segment"]
     table = pd.DataFrame({"customer_id": scored.scores.index.astype(str),
@@ -86,7 +95,7 @@ def export_scores(
             on_progress(min(start + CHUNK, len(ids)), len(ids))
     reasons = pd.concat(parts)
     table = pd.concat([table.reset_index(drop=True), reasons.reset_index(drop=True)], axis=1)
-    table["model_version"], table["scored_at"] = version, pd.Timestamp.now(tz="UTC")
+    table["model_version"], table["scored_at"] = version, scored.as_of
     out.parent.mkdir(parents=True, exist_ok=True)
     if file_format == "csv":
         table.to_csv(out, index=False)

@@ -2,8 +2,14 @@
 
 * LightGBM learns with early stopping on a stratified slice of the training rows.
 * Its probabilities are calibrated on rows it never trained on (the caller passes them — a later
-  snapshot, in the jobs — or a held-out slice is used): scikit-learn's
-  ``CalibratedClassifierCV`` around a ``FrozenEstimator`` (``cv="prefit"`` is gone in 1.9).
+  snapshot, in the jobs — or a held-out slice is used). With enough rows, by centered isotonic
+  regression (Oron & Flournoy 2017): isotonic regression's blocks, each placed at the mean raw
+  score of its rows, joined by straight lines in log-odds and continued past the ends with the
+  slope of a logistic (Platt) fit. Plain isotonic regression is a step function: it gave
+  thousands of customers the same score, some exactly 0 or 1, and deciles split ties by row
+  order. This map rises strictly, so scores keep the model's ranking, and each block's rate is
+  shrunk toward the base rate by one row, so no score is ever 0 or 1. With few rows, Platt
+  scaling alone.
 * Each score's reasons come from LightGBM's per-row contributions (SHAP values in log-odds):
   they sum, with the bias, to the raw score, so the reasons are the model's own arithmetic.
 
@@ -13,7 +19,6 @@ Saved as plain arrays: the booster's text model and the calibration map (no pick
 from __future__ import annotations
 
 import json
-import warnings
 from pathlib import Path
 from typing import Any, Literal, Self
 
@@ -21,11 +26,15 @@ import lightgbm as lgb
 import numpy as np
 import pandas as pd
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
-from sklearn.calibration import CalibratedClassifierCV
-from sklearn.frozen import FrozenEstimator
+from sklearn.isotonic import IsotonicRegression
+from sklearn.linear_model import LogisticRegression
 from sklearn.model_selection import train_test_split
 
+from features.point_in_time import FeatureOptions
 from training.recommenders.base import NotFittedError, _explain
+
+LOGIT_LIMIT = 30.0
+"""Calibrated log-odds are kept within ±30: probabilities strictly inside (0, 1) in float64."""
 
 
 class PropensityConfig(BaseModel):
@@ -43,7 +52,7 @@ class PropensityConfig(BaseModel):
     validation_fraction: float = Field(0.2, gt=0, lt=0.9, description="Share of training rows "
                                                                       "used for early stopping.")
     calibration: Literal["auto", "isotonic", "sigmoid", "none"] = Field(
-        "auto", description="auto: isotonic with 1,000+ calibration rows, else sigmoid.")
+        "auto", description="auto: (centered) isotonic with 1,000+ calibration rows, else sigmoid.")
     calibration_fraction: float = Field(0.25, gt=0, lt=0.9, description="Share held out for "
                                         "calibration when no calibration rows are given.")
     random_state: int = Field(42, description="Seed for sampling and splits.")
@@ -63,8 +72,10 @@ class PropensityModel:
 
     # ------------------------------------------------------------------ fit
     def fit(self, X: pd.DataFrame, y, X_calibration: pd.DataFrame | None = None,
-            y_calibration=None) -> Self:
-        """Learn from ``X, y``; calibrate on ``X_calibration, y_calibration`` (disjoint rows)."""
+            y_calibration=None, feature_options: FeatureOptions | None = None) -> Self:
+        """Learn from ``X, y``; calibrate on ``X_calibration, y_calibration`` (disjoint rows).
+        ``feature_options`` are those the features were computed with: saved with the model, so
+        that whoever scores it computes them the same way."""
         y = _labels(y, "y")
         if len(np.unique(y)) < 2:
             raise ValueError("y has a single class; a propensity model needs buyers and "
@@ -85,33 +96,46 @@ class PropensityModel:
         self.classifier_.fit(fit_X, fit_y, eval_X=stop_X, eval_y=stop_y,
                              callbacks=[lgb.early_stopping(c.early_stopping_rounds, verbose=False)])
         self.best_iteration_ = int(self.classifier_.best_iteration_ or c.n_estimators)
-        self._calibrate(X_calibration[self.feature_names_], y_calibration)
+        self.feature_options_ = feature_options or FeatureOptions()
+        self._calibrate(self.raw_score(X_calibration), y_calibration)
         return self
 
-    def _calibrate(self, X: pd.DataFrame, y: np.ndarray) -> None:
+    def _calibrate(self, raw: np.ndarray, y: np.ndarray) -> None:
+        """Fit the map from raw log-odds to probabilities (see the module docstring)."""
         method = self.config.calibration
         if method == "auto":
             method = "isotonic" if len(y) >= 1000 else "sigmoid"
-        self.calibration_method_ = method
-        self.calibration_input_ = "probability"
         if method == "none" or len(np.unique(y)) < 2:
-            self.calibration_method_ = "none"
-            self.calibration_map_ = np.empty((0, 2))
+            self.calibration_method_, self.calibration_map_ = "none", np.empty((0, 2))
+            self.tail_slope_ = 1.0
             return
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", UserWarning)  # feature-name notices from LightGBM
-            calibrated = CalibratedClassifierCV(FrozenEstimator(self.classifier_), method=method)
-            calibrated.fit(X, y)
-        calibrator = calibrated.calibrated_classifiers_[0].calibrators[0]
-        # scikit-learn calibrates decision_function (log-odds) when the classifier has one,
-        # as LightGBM's does; otherwise predict_proba. Apply the map to the same input.
-        self.calibration_input_ = ("raw" if hasattr(self.classifier_, "decision_function")
-                                   else "probability")
-        if method == "isotonic":
-            self.calibration_map_ = np.column_stack([calibrator.X_thresholds_,
-                                                     calibrator.y_thresholds_])
+        platt = LogisticRegression(C=1e6).fit(raw.reshape(-1, 1), y)
+        slope, intercept = float(platt.coef_[0, 0]), float(platt.intercept_[0])
+        self.tail_slope_ = max(slope, 1e-3)  # rising, whatever a degenerate fit says
+        if method == "sigmoid":
+            self.calibration_method_ = "sigmoid"
+            self.calibration_map_ = np.array([[-slope, -intercept]])
+            return
+        self.calibration_method_ = "centered_isotonic"
+        self.calibration_map_ = _centered_isotonic(raw, y)
+
+    def _calibrated_logit(self, raw: np.ndarray) -> np.ndarray:
+        if self.calibration_method_ == "isotonic":  # a step map, saved by nextbest before 0.2
+            p = np.interp(raw, self.calibration_map_[:, 0], self.calibration_map_[:, 1])
+            p = np.clip(p, 1e-6, 1 - 1e-6)
+            return np.log(p / (1 - p))
+        if self.calibration_method_ == "centered_isotonic":
+            centers, logits = self.calibration_map_[:, 0], self.calibration_map_[:, 1]
+            inner = np.interp(raw, centers, logits)
+            below = logits[0] + self.tail_slope_ * (raw - centers[0])
+            above = logits[-1] + self.tail_slope_ * (raw - centers[-1])
+            logit = np.where(raw < centers[0], below, np.where(raw > centers[-1], above, inner))
+        elif self.calibration_method_ == "sigmoid":
+            a, b = self.calibration_map_[0]
+            logit = -(a * raw + b)
         else:
-            self.calibration_map_ = np.array([[calibrator.a_, calibrator.b_]])
+            logit = raw
+        return np.clip(logit, -LOGIT_LIMIT, LOGIT_LIMIT)
 
     # ------------------------------------------------------------------ predict
     def raw_score(self, X: pd.DataFrame) -> np.ndarray:
@@ -126,15 +150,7 @@ class PropensityModel:
         for the serving path, where building a DataFrame per request would cost more than
         the prediction."""
         raw = self._booster().predict(rows, raw_score=True)
-        uncalibrated = 1 / (1 + np.exp(-raw))
-        response = raw if self.calibration_input_ == "raw" else uncalibrated
-        if self.calibration_method_ == "isotonic":
-            p = np.interp(response, self.calibration_map_[:, 0], self.calibration_map_[:, 1])
-        elif self.calibration_method_ == "sigmoid":
-            a, b = self.calibration_map_[0]
-            p = 1 / (1 + np.exp(a * response + b))
-        else:
-            p = uncalibrated
+        p = 1 / (1 + np.exp(-self._calibrated_logit(raw)))
         return np.column_stack([1 - p, p])
 
     def contributions(self, X: pd.DataFrame) -> pd.DataFrame:
@@ -158,9 +174,9 @@ class PropensityModel:
         booster = self._booster()
         path = Path(path).with_suffix(".npz")
         header = {"params": self.get_params(), "features": self.feature_names_,
-                  "calibration": self.calibration_method_,
-                  "calibration_input": self.calibration_input_,
-                  "best_iteration": self.best_iteration_}
+                  "calibration": self.calibration_method_, "tail_slope": self.tail_slope_,
+                  "best_iteration": self.best_iteration_,
+                  "feature_options": self.feature_options_.as_dict()}
         np.savez(path, header=np.array(json.dumps(header)),
                  booster=np.array(booster.model_to_string(num_iteration=self.best_iteration_)),
                  calibration_map=self.calibration_map_)
@@ -175,8 +191,10 @@ class PropensityModel:
             model.calibration_map_ = data["calibration_map"]
         model.feature_names_ = header["features"]
         model.calibration_method_ = header["calibration"]
-        model.calibration_input_ = header["calibration_input"]
+        model.tail_slope_ = header.get("tail_slope", 1.0)
         model.best_iteration_ = header["best_iteration"]
+        # models saved before feature options were recorded used the defaults
+        model.feature_options_ = FeatureOptions(**header.get("feature_options", {}))
         return model
 
 
@@ -186,3 +204,26 @@ def _labels(y, name: str) -> np.ndarray:
         examples = values[~np.isin(values, [0, 1])][:3]
         raise ValueError(f"{name} must hold 0/1 labels, got values such as {examples}")
     return values.astype(int)
+
+
+def _centered_isotonic(raw: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """Knots (raw score, log-odds) of centered isotonic regression, strictly rising.
+
+    Isotonic regression pools the calibration rows into blocks of equal fitted rate; each block
+    becomes one knot at the mean raw score of its rows, its rate shrunk toward the base rate by
+    one row (``(buyers + base) / (rows + 1)``), so no knot is 0 or 1. Knots of equal rate are
+    merged, so the line through them rises strictly."""
+    order = np.argsort(raw, kind="stable")
+    raw, y = raw[order], np.asarray(y, dtype=float)[order]
+    fitted = IsotonicRegression(out_of_bounds="clip").fit(raw, y).predict(raw)
+    block = np.concatenate([[0], np.cumsum(np.diff(fitted) != 0)])
+    rows = np.bincount(block)
+    rates = (np.bincount(block, weights=y) + y.mean()) / (rows + 1)
+    centers = np.bincount(block, weights=raw) / rows
+    rates = np.maximum.accumulate(rates)  # the shrinkage may bend a step of a few rows
+    logits = np.log(rates / (1 - rates))
+    keep = np.concatenate([np.diff(logits) > 0, [True]])  # equal rates: one knot, at their mean
+    group = np.concatenate([[0], np.cumsum(keep[:-1])])
+    weights = np.bincount(group, weights=rows)
+    merged = np.bincount(group, weights=centers * rows) / weights
+    return np.column_stack([merged, logits[keep]])

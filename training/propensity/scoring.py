@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from features.point_in_time import compute_customer_features
+from features.point_in_time import FeatureOptions, compute_customer_features
 from training.propensity.datasets import numeric_features
 from training.propensity.evaluate import deciles
 from training.propensity.model import PropensityModel
@@ -68,12 +68,41 @@ def reason_columns(model: PropensityModel, X: pd.DataFrame) -> pd.DataFrame:
                          for i in range(3)}, index=X.index)
 
 
-def customer_features(events: pd.DataFrame, items: pd.DataFrame,
-                      at: pd.Timestamp | None = None) -> tuple[pd.Timestamp, pd.DataFrame]:
-    """Every customer's numeric model inputs as of ``at`` (default: just after the newest event),
-    with the moment used: what the propensity and offer-response models score from."""
-    as_of = at if at is not None else events["timestamp"].max() + pd.Timedelta(microseconds=1)
-    return as_of, numeric_features(compute_customer_features(events, as_of, items)).astype(float)
+def scoring_time(events: pd.DataFrame, at: pd.Timestamp | None = None,
+                 now: pd.Timestamp | None = None) -> pd.Timestamp:
+    """The moment features are computed as of: ``at`` if given, else just after the newest
+    event — but never after ``now`` (default: the clock). A time still to come would count
+    every customer as inactive until then."""
+    now = now if now is not None else pd.Timestamp.now(tz="UTC")
+    if at is not None:
+        return checked_as_of(at, now)
+    if events.empty:
+        return now
+    return min(events["timestamp"].max() + pd.Timedelta(microseconds=1), now)
+
+
+def checked_as_of(at: pd.Timestamp, now: pd.Timestamp | None = None) -> pd.Timestamp:
+    """``at``, if it is a timezone-aware time that has come (else an error that says so)."""
+    now = now if now is not None else pd.Timestamp.now(tz="UTC")
+    at = pd.Timestamp(at)
+    if at.tzinfo is None:
+        raise ValueError(f"as-of time {at} has no timezone; use UTC, e.g. 2024-06-01T00:00:00Z")
+    if at > now:
+        raise ValueError(f"as-of time {at.isoformat()} is in the future (now "
+                         f"{now.isoformat(timespec='seconds')}); scores are computed from what "
+                         "customers have done")
+    return at
+
+
+def customer_features(events: pd.DataFrame, items: pd.DataFrame, at: pd.Timestamp | None = None,
+                      options: FeatureOptions | None = None
+                      ) -> tuple[pd.Timestamp, pd.DataFrame]:
+    """Every customer's numeric model inputs as of ``scoring_time(events, at)``, with that
+    moment: what the propensity and offer-response models score from. ``options`` are the
+    model's (``PropensityModel.feature_options_``)."""
+    as_of = scoring_time(events, at)
+    table = compute_customer_features(events, as_of, items, options)
+    return as_of, numeric_features(table).astype(float)
 
 
 @dataclass(frozen=True)
@@ -90,8 +119,9 @@ class ScoredCustomers:
     @classmethod
     def score(cls, model: PropensityModel, version: str, events: pd.DataFrame,
               items: pd.DataFrame, at: pd.Timestamp | None = None) -> ScoredCustomers:
-        """Features as of ``at`` (default: just after the newest event), then one scoring pass."""
-        as_of, features = customer_features(events, items, at)
+        """Features as of ``scoring_time(events, at)``, computed as the model's were when it
+        was trained, then one scoring pass."""
+        as_of, features = customer_features(events, items, at, model.feature_options_)
         scores = pd.Series(model.predict_proba(features)[:, 1], index=features.index)
         return cls(model, version, features, scores,
                    pd.Series(deciles(scores.to_numpy()), index=features.index), as_of)

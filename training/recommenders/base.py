@@ -235,12 +235,12 @@ class Recommender(ABC):
     @classmethod
     def load(cls, path: str | Path) -> Recommender:
         """Read a model written by ``save``; the file says which class it is."""
-        from training.recommenders import RECOMMENDERS
+        from training.recommenders import recommender_class
 
         with np.load(Path(path), allow_pickle=False) as data:
             header = json.loads(str(data["__header__"]))
             arrays = {k: data[k] for k in data.files if k != "__header__"}
-        model_class = RECOMMENDERS[header["model"]]
+        model_class = recommender_class(header["model"])
         if cls is not Recommender and not issubclass(model_class, cls):
             raise TypeError(f"{path} holds a {model_class.__name__}, not a {cls.__name__}")
         model = model_class(**header["params"])
