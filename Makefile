@@ -3,6 +3,7 @@ PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
+PORT   ?= 3000
 
 .PHONY: demo test lint bench clean
 
@@ -12,9 +13,9 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
 	touch $(STAMP)
 
-## demo: install, then run the main job on the built-in synthetic shop
+## demo: install, then run the main job on the built-in synthetic shop (make demo PORT=3100)
 demo: $(STAMP)
-	$(BIN)/nextbest demo
+	$(BIN)/nextbest demo --port $(PORT)
 
 ## test: install, then run the whole test suite
 test: $(STAMP)
@@ -23,8 +24,9 @@ test: $(STAMP)
 lint: $(STAMP)
 	$(BIN)/ruff check features training serving tests bench
 
-## bench: data and recommender benchmarks; see docs/benchmarks.md
+## bench: data, recommender, propensity and command-line benchmarks; see docs/benchmarks.md
 bench: $(STAMP)
+	$(BIN)/python bench/bench_cli.py
 	$(BIN)/python bench/bench_data.py
 	$(BIN)/python bench/bench_recommenders.py
 	$(BIN)/python bench/bench_propensity.py

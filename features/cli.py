@@ -2,6 +2,10 @@
 
 Every command takes ``--data-dir`` (default from ``NEXTBEST_DATA_DIR`` or ``./.nextbest``),
 shows progress on long work, and turns a bad input into one clear message and exit code 2.
+
+The command line loads only what the command it runs needs: this module, and every module that
+defines commands, imports pandas, pyarrow, MLflow and the models inside the commands, so that
+``nextbest --help`` answers at once (tests/test_cli.py holds it to that).
 """
 
 from __future__ import annotations
@@ -10,34 +14,33 @@ import functools
 from collections.abc import Callable
 from enum import StrEnum
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
-import pandas as pd
 import typer
 from rich.console import Console
 from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
-from rich.table import Table
 
-from features.contracts import CONTRACTS, contract_for
-from features.importers import (
-    ImportBatch,
-    TransactionMapping,
-    import_cdnow,
-    import_movielens,
-    import_transactions,
-)
-from features.loading import DataFileError, load_table
-from features.point_in_time import build_feature_table, compute_item_features
-from features.settings import get_settings
-from features.synthetic import ShopConfig, generate_shop, store_shop
-from features.warehouse import Warehouse
+from features.settings import Settings, get_settings
+
+if TYPE_CHECKING:
+    import pandas as pd
+    from rich.table import Table
+
+    from features.importers import ImportBatch
+    from features.warehouse import Warehouse
 
 console = Console()
 errors = Console(stderr=True, soft_wrap=True)
 
-data_app = typer.Typer(help="Generate, import, validate and summarize shop data.",
-                       no_args_is_help=True)
-features_app = typer.Typer(help="Build point-in-time feature tables.", no_args_is_help=True)
+
+def command_group(help: str) -> typer.Typer:
+    """A group of commands. Help texts are shown as written: with rich markup on, typer would
+    swallow every ``[...]`` in them (``[default: ...]``, a TOML ``[mapping]`` table)."""
+    return typer.Typer(help=help, no_args_is_help=True, rich_markup_mode=None)
+
+
+data_app = command_group("Generate, import, validate and summarize shop data.")
+features_app = command_group("Build point-in-time feature tables.")
 
 DataDir = Annotated[
     Path | None,
@@ -63,22 +66,43 @@ def friendly_errors(command: Callable) -> Callable:
     def wrapper(*args, **kwargs):
         try:
             return command(*args, **kwargs)
-        except (DataFileError, ValueError, FileNotFoundError) as error:
+        except (ValueError, FileNotFoundError) as error:  # a DataFileError is a ValueError
             errors.print(f"[bold red]error:[/] {error}", markup=True, highlight=False)
             raise typer.Exit(code=2) from None
 
     return wrapper
 
 
+def settings_with(data_dir: Path | None = None, tracking_uri: str | None = None) -> Settings:
+    """The settings, with what the command line gave taking precedence."""
+    updates = {k: v for k, v in (("data_dir", data_dir), ("tracking_uri", tracking_uri)) if v}
+    return get_settings().model_copy(update=updates)
+
+
 def warehouse_at(data_dir: Path | None) -> Warehouse:
-    root = data_dir or get_settings().data_dir
-    return Warehouse(root / "warehouse")
+    from features.warehouse import Warehouse
+
+    return Warehouse(settings_with(data_dir).data_dir / "warehouse")
 
 
 def progress() -> Progress:
     return Progress(SpinnerColumn(), TextColumn("{task.description}"), BarColumn(),
                     TextColumn("{task.completed}/{task.total}"), TimeElapsedColumn(),
                     console=console, transient=False)
+
+
+def parse_time(text: str, option: str) -> pd.Timestamp:
+    """An ISO 8601 time from the command line, in UTC (a time without a zone is UTC)."""
+    import pandas as pd
+
+    try:
+        moment = pd.Timestamp(text)
+    except ValueError:
+        moment = pd.NaT
+    if moment is pd.NaT:
+        raise ValueError(f"{option} {text!r} is not a time; use ISO 8601 such as "
+                         "2024-06-01T00:00:00Z")
+    return moment.tz_localize("UTC") if moment.tzinfo is None else moment.tz_convert("UTC")
 
 
 # ---------------------------------------------------------------------------- data generate
@@ -94,6 +118,8 @@ def generate(
     data_dir: DataDir = None,
 ) -> None:
     """Generate a synthetic shop (customers, catalog, events) into the warehouse."""
+    from features.synthetic import ShopConfig, generate_shop, store_shop
+
     if events is not None and customers is not None:
         raise ValueError("give --events or --customers, not both")
     if customers is not None:
@@ -112,8 +138,7 @@ def generate(
 
 
 # ---------------------------------------------------------------------------- data import
-import_app = typer.Typer(help="Import contract files, public data sets or transaction exports.",
-                         no_args_is_help=True)
+import_app = command_group("Import contract files, public data sets or transaction exports.")
 data_app.add_typer(import_app, name="import")
 
 
@@ -121,23 +146,30 @@ def _store(warehouse: Warehouse, batch: ImportBatch) -> None:
     items = warehouse.upsert("items", batch.items)
     people = warehouse.upsert("customers", batch.customers)
     events = warehouse.append_events(batch.events)
-    console.print(batch.describe())
+    console.print(batch.describe(), highlight=False)
+    limit = get_settings().max_skipped_share
+    if batch.skipped_share > limit:
+        errors.print(f"[bold yellow]warning:[/] {batch.skipped_share:.0%} of the rows were "
+                     f"skipped (more than NEXTBEST_MAX_SKIPPED_SHARE, {limit:.0%}); the reasons "
+                     "and examples are above — check the mapping before training on this",
+                     markup=True, highlight=False)
     console.print(f"stored: {events.added:,} new events ({events.existing:,} already there), "
                   f"{items.added:,} new items, {people.added:,} new customers")
 
 
-for _table in CONTRACTS:
-    def _import_contract_file(
+def _contract_import(table: TableName) -> Callable[..., None]:
+    """The ``data import <table>`` command for one contract table."""
+
+    def command(
         file: Annotated[Path, typer.Argument(help="CSV, TSV or Parquet file with contract columns.")],
         on_error: Annotated[OnErrorChoice, typer.Option(
             help="reject: load nothing if any row is bad; quarantine: load the good rows and "
                  "write the bad ones, with reasons, to <data-dir>/warehouse/quarantine/.")
         ] = OnErrorChoice.reject,
         data_dir: DataDir = None,
-        _table: str = _table,
     ) -> None:
         warehouse = warehouse_at(data_dir)
-        result = warehouse.import_file(file, _table, on_error.value,
+        result = warehouse.import_file(file, table.value, on_error.value,
                                        get_settings().max_reported_errors)
         if result.report is not None and not result.report.ok:
             errors.print(result.report.describe(), highlight=False)
@@ -145,10 +177,14 @@ for _table in CONTRACTS:
                          f"{result.quarantine_path}", highlight=False)
         elif result.report is not None and result.report.unknown_columns:
             console.print(result.report.describe(), highlight=False)
-        console.print(f"{_table}: {result.added:,} new, {result.existing:,} already stored")
+        console.print(f"{table.value}: {result.added:,} new, {result.existing:,} already stored")
 
-    _import_contract_file.__doc__ = f"Import {_table} in the contract format (see docs/data.md)."
-    import_app.command(_table)(friendly_errors(_import_contract_file))
+    command.__doc__ = f"Import {table.value} in the contract format (see docs/data.md)."
+    return command
+
+
+for _table in TableName:
+    import_app.command(_table.value)(friendly_errors(_contract_import(_table)))
 
 
 @import_app.command("movielens")
@@ -158,6 +194,8 @@ def import_movielens_command(
     data_dir: DataDir = None,
 ) -> None:
     """Import MovieLens ratings as purchases (titles and genres from u.item when beside it)."""
+    from features.importers import import_movielens
+
     _store(warehouse_at(data_dir), import_movielens(file))
 
 
@@ -168,6 +206,8 @@ def import_cdnow_command(
     data_dir: DataDir = None,
 ) -> None:
     """Import the CDNOW purchase history (one generic CD item; quantity = CDs bought)."""
+    from features.importers import import_cdnow
+
     _store(warehouse_at(data_dir), import_cdnow(file))
 
 
@@ -178,15 +218,22 @@ def import_transactions_command(
     mapping: Annotated[Path | None, typer.Option(
         help="TOML file with a [mapping] table: invoice, item, quantity, timestamp, price, "
              "customer, and optionally description, country, timestamp_format, timezone, "
-             "cancelled_prefix, channel.")] = None,
+             "cancelled_prefix, returns, exclude_items, channel.")] = None,
     map_: Annotated[list[str] | None, typer.Option(
         "--map", help="field=Column, repeatable; overrides the mapping file. "
                       "E.g. --map invoice=InvoiceNo --map item=StockCode")] = None,
+    exclude_item: Annotated[list[str] | None, typer.Option(
+        help="Item codes that are not products (a regular expression matched against the whole "
+             "code), repeatable, added to the mapping's exclude_items. E.g. --exclude-item POST")
+    ] = None,
     data_dir: DataDir = None,
 ) -> None:
-    """Import a shop's transaction export. Cancellations, returns and rows without a customer
-    are skipped by explicit rules, and counted in the report."""
-    values: dict[str, str] = {}
+    """Import a shop's transaction export. Cancellations and returns are netted against the
+    purchases they reverse; rows without a customer, non-product codes and unreadable rows are
+    skipped by explicit rules, and counted in the report with examples."""
+    from features.importers import TransactionMapping, import_transactions
+
+    values: dict[str, object] = {}
     if mapping is not None:
         values.update(TransactionMapping.from_file(mapping).model_dump(exclude_none=True))
     for pair in map_ or []:
@@ -194,6 +241,8 @@ def import_transactions_command(
         if not sep or not field or not column:
             raise ValueError(f"--map {pair!r}: expected field=Column, e.g. --map item=StockCode")
         values[field.strip()] = column.strip()
+    if exclude_item:
+        values["exclude_items"] = [*values.get("exclude_items", []), *exclude_item]
     _store(warehouse_at(data_dir), import_transactions(file, TransactionMapping.parse(values)))
 
 
@@ -206,6 +255,9 @@ def validate(
     max_errors: Annotated[int, typer.Option(min=1, help="List at most this many problems.")] = 100,
 ) -> None:
     """Check a file against a table contract without storing anything; exit 1 if it has problems."""
+    from features.contracts import contract_for
+    from features.loading import DataFileError, load_table
+
     try:
         loaded = load_table(file, contract_for(table.value), "reject", max_problems=max_errors)
     except DataFileError as error:
@@ -230,6 +282,8 @@ def summary(data_dir: DataDir = None) -> None:
 
 
 def summary_tables(warehouse: Warehouse, counts: dict[str, int]) -> list[Table]:
+    from rich.table import Table
+
     period = warehouse.query(
         "select min(timestamp) as first, max(timestamp) as last, "
         "count(distinct customer_id) as active from events").iloc[0]
@@ -260,6 +314,8 @@ def summary_tables(warehouse: Warehouse, counts: dict[str, int]) -> list[Table]:
 
 def _query_table(warehouse: Warehouse, title: str, sql: str, columns: dict[str, str]) -> Table:
     """A rich table of a DuckDB query: one column per entry, heading -> format of its value."""
+    from rich.table import Table
+
     result = warehouse.query(sql)
     table = Table(title=title)
     for heading in columns:
@@ -284,14 +340,13 @@ def build_features(
 ) -> None:
     """Build the offline customer feature table (one row per customer and cutoff) and the item
     popularity/trend table as of the last cutoff."""
+    from features.point_in_time import FeatureOptions, build_feature_table, compute_item_features
+
+    settings = settings_with(data_dir)
     warehouse = warehouse_at(data_dir)
     cutoffs = resolve_cutoffs(warehouse, cutoff, every, count)
-    settings = get_settings()
-    options = dict(abandoned_after=pd.Timedelta(minutes=settings.abandoned_cart_after_minutes),
-                   recent_items=settings.recent_items)
     items = warehouse.items()
-    features_dir = (data_dir or settings.data_dir) / "features"
-    out = out or features_dir / "customer_features.parquet"
+    out = out or settings.data_dir / "features" / "customer_features.parquet"
     with progress() as bar:
         task = bar.add_task("building features", total=len(cutoffs) + 1)
 
@@ -299,7 +354,7 @@ def build_features(
             bar.update(task, advance=1, description=f"features as of {moment:%Y-%m-%d %H:%M}")
 
         table = build_feature_table(lambda moment: warehouse.events(end=moment), cutoffs, items,
-                                    on_cutoff=done, **options)
+                                    FeatureOptions.from_settings(settings), on_cutoff=done)
         bar.update(task, completed=len(cutoffs), description="item features")
         item_table = compute_item_features(warehouse.events(end=cutoffs[-1]), cutoffs[-1])
         bar.advance(task)
@@ -314,22 +369,23 @@ def build_features(
 
 def resolve_cutoffs(warehouse: Warehouse, cutoffs: list[str] | None, every: int | None,
                     count: int) -> list[pd.Timestamp]:
+    """The cutoffs asked for, or ``count`` of them ``every`` days apart ending at the last event
+    (or now, if that is earlier): features are never computed as of a time still to come."""
+    import pandas as pd
+
     if cutoffs and every:
         raise ValueError("give --cutoff or --every, not both")
+    now = pd.Timestamp.now(tz="UTC")
     if cutoffs:
-        parsed = []
-        for text in cutoffs:
-            try:
-                moment = pd.Timestamp(text)
-            except ValueError:
-                raise ValueError(f"--cutoff {text!r} is not a time; use ISO 8601 such as "
-                                 "2024-06-01T00:00:00Z") from None
-            parsed.append(moment.tz_localize("UTC") if moment.tzinfo is None
-                          else moment.tz_convert("UTC"))
-        return sorted(parsed)
+        parsed = sorted(parse_time(text, "--cutoff") for text in cutoffs)
+        if parsed[-1] > now:
+            raise ValueError(f"--cutoff {parsed[-1].isoformat()} is in the future (now "
+                             f"{now:%Y-%m-%dT%H:%M:%SZ}); features are computed from what has "
+                             "happened")
+        return parsed
     last = warehouse.query("select max(timestamp) as t from events").iloc[0]["t"]
     if pd.isna(last):
         raise ValueError(f"the warehouse at {warehouse.root} has no events to build features from")
-    end = pd.Timestamp(last).tz_convert("UTC").ceil("D")
+    end = min(pd.Timestamp(last).tz_convert("UTC").ceil("D"), now)
     step = pd.Timedelta(days=every or 30)
     return [end - step * i for i in reversed(range(count))]

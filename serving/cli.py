@@ -1,10 +1,16 @@
-"""The ``nextbest`` command: every sub-command of every layer, assembled in one place."""
+"""The ``nextbest`` command: every sub-command of every layer, assembled in one place.
+
+It is also the command line's entry point, and the one place that chooses how charts are drawn
+(``MPLBACKEND=Agg``, to files): library code never does, so a notebook keeps its inline charts.
+"""
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -12,33 +18,25 @@ import urllib.request
 from pathlib import Path
 from typing import Annotated
 
-import mlflow
-import pandas as pd
 import typer
-from mlflow import MlflowClient
 
 from features.cli import (
+    DataDir,
     console,
     data_app,
+    errors,
     features_app,
     friendly_errors,
-    summary_tables,
+    settings_with,
     warehouse_at,
 )
-from features.contracts import CONTRACTS
-from features.point_in_time import build_feature_table
-from features.settings import get_settings
-from features.synthetic import ShopConfig, generate_shop, store_shop
-from features.validation import validate_table
+from serving.launch import version
 from serving.realtime_cli import events_app, policy_app, triggers_app
 from training.cli import models_app, scores_app, train_app
-from training.propensity.export import export_scores
-from training.propensity_job import train_propensity
-from training.recommender_job import train_recommender
 
 app = typer.Typer(
     help="nextbest: next best products, content and offers for every retail customer.",
-    no_args_is_help=True,
+    no_args_is_help=True, rich_markup_mode=None,
 )
 app.add_typer(data_app, name="data")
 app.add_typer(features_app, name="features")
@@ -49,20 +47,56 @@ app.add_typer(policy_app, name="policy")
 app.add_typer(events_app, name="events")
 app.add_typer(triggers_app, name="triggers")
 
+Port = Annotated[int, typer.Option(min=1, max=65535, help="Port of the service.")]
+HOST = "0.0.0.0"
+"""Where ``bentoml serve`` listens by default: every interface."""
+
+
+def _show_version(value: bool) -> None:
+    if value:
+        console.print(f"nextbest {version()}")
+        raise typer.Exit()
+
+
+@app.callback()
+def main_options(
+    show_version: Annotated[bool, typer.Option(
+        "--version", callback=_show_version, is_eager=True, help="Print the version and exit.")
+    ] = False,
+) -> None:
+    """nextbest: next best products, content and offers for every retail customer."""
+
 
 @app.command()
 @friendly_errors
 def demo(
     events: Annotated[int, typer.Option(min=100, help="Size of the built-in synthetic shop.")] = 200_000,
     seed: Annotated[int, typer.Option(help="Random seed of the synthetic shop.")] = 42,
-    data_dir: Annotated[Path | None, typer.Option(help="Warehouse directory.")] = None,
+    data_dir: DataDir = None,
     serve: Annotated[bool, typer.Option(help="End by serving on --port until Ctrl+C.")] = True,
-    port: Annotated[int, typer.Option(min=1, max=65535, help="Port of the service.")] = 3000,
+    port: Port = 3000,
 ) -> None:
     """The main job on built-in data: generate a shop, validate it, build features, then train,
     evaluate and register recommenders and answer for one customer with the champion, and
     train a purchase-propensity model and export the top customers with their reasons, then
     serve it all on port 3000 after printing one example request and its answer."""
+    import mlflow
+    import pandas as pd
+    from mlflow import MlflowClient
+
+    from features.cli import summary_tables
+    from features.contracts import CONTRACTS
+    from features.point_in_time import FeatureOptions, build_feature_table
+    from features.synthetic import ShopConfig, generate_shop, store_shop
+    from features.validation import validate_table
+    from training import registry
+    from training.propensity.export import export_scores
+    from training.propensity_job import train_propensity
+    from training.recommender_job import train_recommender
+
+    if serve:
+        require_free_port(port)  # before minutes of training, not after
+    settings = settings_with(data_dir)
     warehouse = warehouse_at(data_dir)
     console.rule("1. synthetic shop")
     # Dated to end today, so that offers valid now exist when the service answers.
@@ -81,20 +115,20 @@ def demo(
     console.rule("3. point-in-time features")
     last = shop.events["timestamp"].max().ceil("D")
     cutoffs = [last - pd.Timedelta(days=30 * i) for i in (2, 1, 0)]
-    table = build_feature_table(lambda m: warehouse.events(end=m), cutoffs, warehouse.items())
+    table = build_feature_table(lambda m: warehouse.events(end=m), cutoffs, warehouse.items(),
+                                FeatureOptions.from_settings(settings))
     console.print(f"{len(table):,} rows (customer x cutoff) x {table.shape[1] - 2} features; "
                   f"cutoffs {', '.join(f'{c:%Y-%m-%d}' for c in cutoffs)}")
     console.print(table.groupby("cutoff")[["purchases_30d", "revenue_30d", "abandoned_carts_90d"]]
                   .mean().round(2).to_string())
 
     console.rule("4. recommender: train, evaluate, register, gate")
-    settings = get_settings().model_copy(update={"data_dir": data_dir} if data_dir else {})
     for model in ("popularity", "ease"):
         with console.status(f"training {model}"):
             outcome = train_recommender(settings, model, warehouse=warehouse)
         console.print(f"{model:<10} nDCG@10 {outcome.metrics['ndcg@10']:.4f}  "
                       f"recall@10 {outcome.metrics['recall@10']:.4f}  -> version {outcome.version}: "
-                      f"{outcome.decision.reason}")
+                      f"{outcome.decision.reason}", highlight=False)
     client = MlflowClient()
     champion = client.get_model_version_by_alias(settings.recommender_name, "champion")
     model = mlflow.pyfunc.load_model(f"models:/{settings.recommender_name}@champion")
@@ -112,23 +146,42 @@ def demo(
     m = propensity.metrics
     console.print(f"ROC-AUC {m['roc_auc']:.3f} (recency {m['recency/roc_auc']:.3f}, RFM "
                   f"{m['rfm_logistic/roc_auc']:.3f}), Brier {m['brier']:.4f}, ECE {m['ece']:.4f} "
-                  f"-> version {propensity.version}: {propensity.decision.reason}")
-    out = (data_dir or settings.data_dir) / "exports" / "top_customers.csv"
-    top = export_scores(settings, settings.propensity_name, out, top=3)
-    for row in top.itertuples():
-        console.print(f"  {row.customer_id} ({row.segment}) score {row.score:.2f}: {row.reason_1}")
-    console.print(f"top customers exported to {out}")
+                  f"-> version {propensity.version}: {propensity.decision.reason}", highlight=False)
+    if registry.champion_version(client, settings.propensity_name) is None:
+        console.print("no propensity model is champion, so no scores are exported and the "
+                      "service's propensity endpoint answers 503 until one beats the baselines")
+    else:
+        out = settings.data_dir / "exports" / "top_customers.csv"
+        top = export_scores(settings, settings.propensity_name, out, top=3)
+        for row in top.itertuples():
+            console.print(f"  {row.customer_id} ({row.segment}) score {row.score:.2f}: "
+                          f"{row.reason_1}")
+        console.print(f"top customers exported to {out}")
     console.print(f"MLflow store: {settings.resolved_tracking_uri()}")
     if serve:
         console.rule("6. the service, on built-in data")
         example = {"customer_id": str(shop.events["customer_id"].iloc[-1]), "channel": "web",
                    "n": {"product": 3, "content": 1, "offer": 1}}
-        run_service(data_dir or settings.data_dir, port, example)
+        run_service(settings.data_dir, port, example)
+
+
+def require_free_port(port: int, host: str = HOST) -> None:
+    """Refuse to start when something already listens on the port: a readiness check would
+    then reach that program, and report its answers as ours."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        try:
+            probe.bind((host, port))
+        except OSError as error:
+            why = "is in use by another program" if error.errno == errno.EADDRINUSE else \
+                f"cannot be listened on ({error.strerror})"
+            raise ValueError(f"port {port} {why}; stop it, or choose another port with --port "
+                             f"(make demo PORT=...)") from None
 
 
 def run_service(data_dir: Path, port: int, example: dict | None = None) -> None:
     """Start `bentoml serve` on the models of ``data_dir``, print one example request and
-    its answer, then keep serving until interrupted."""
+    its answer, then keep serving until interrupted. Exits non-zero if the service stops."""
+    require_free_port(port)
     env = {**os.environ, "NEXTBEST_DATA_DIR": str(Path(data_dir).resolve())}
     process = subprocess.Popen([sys.executable, "-m", "bentoml", "serve",
                                 "serving.service:NextBest", "--port", str(port)],
@@ -139,8 +192,11 @@ def run_service(data_dir: Path, port: int, example: dict | None = None) -> None:
     try:
         deadline = time.monotonic() + 180
         while not _ready(url):
-            if process.poll() is not None or time.monotonic() > deadline:
-                raise ValueError(f"the service did not become ready on {url}")
+            if process.poll() is not None:
+                raise ValueError(f"the service stopped (exit code {process.returncode}) before "
+                                 f"it was ready on {url}; its log is above")
+            if time.monotonic() > deadline:
+                raise ValueError(f"the service did not become ready on {url} within 3 minutes")
             time.sleep(0.5)
         if example is not None:
             console.print(f"POST {url}/recommend {json.dumps(example)}")
@@ -149,7 +205,10 @@ def run_service(data_dir: Path, port: int, example: dict | None = None) -> None:
             with urllib.request.urlopen(request, timeout=30) as response:
                 console.print_json(response.read().decode())
         console.print(f"nextbest is serving on {url} (OpenAPI docs at {url}/docs); Ctrl+C stops it")
-        process.wait()
+        code = process.wait()
+        if code != 0:
+            errors.print(f"the service stopped with exit code {code}")
+            raise typer.Exit(code=1)
     except KeyboardInterrupt:
         pass
     finally:
@@ -167,15 +226,13 @@ def _ready(url: str) -> bool:
 
 @app.command()
 @friendly_errors
-def serve(
-    port: Annotated[int, typer.Option(min=1, max=65535, help="Port to listen on.")] = 3000,
-    data_dir: Annotated[Path | None, typer.Option(help="Warehouse and model cache directory.")] = None,
-) -> None:
+def serve(port: Port = 3000, data_dir: DataDir = None) -> None:
     """Serve recommendations with the registered champion models (bentoml serve)."""
-    run_service(data_dir or get_settings().data_dir, port)
+    run_service(settings_with(data_dir).data_dir, port)
 
 
 def main() -> None:
+    os.environ.setdefault("MPLBACKEND", "Agg")  # charts go to files from the command line
     app()
 
 

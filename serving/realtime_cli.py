@@ -1,34 +1,43 @@
 """``nextbest policy|events|triggers``: the real-time parts, from the command line.
 
 ``policy show`` prints the contact policy and trigger rules the service applies; ``events flush``
-moves ingested events to the warehouse (the service also does it on a timer); ``triggers run``
-evaluates the timed triggers once, as the service's timer does, and ``triggers outbox`` lists the
-decisions written for other systems to send.
+moves ingested events to the warehouse (the service also does it on a timer); ``events delete``
+removes stored events that should never have been accepted; ``triggers run`` evaluates the timed
+triggers once, as the service's timer does, and ``triggers outbox`` lists the decisions written
+for other systems to send.
 """
 
 from __future__ import annotations
 
 import json
-from datetime import UTC, datetime
-from typing import Annotated
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated
 
 import typer
-from rich.table import Table
 
-from features.cli import console, friendly_errors, warehouse_at
-from features.online import open_online_store
-from features.policy import ContactPolicy, load_policy, policy_path
-from features.settings import get_settings
-from serving.service import build_state
-from serving.triggers import TriggerEngine
+from features.cli import (
+    DataDir,
+    command_group,
+    console,
+    errors,
+    friendly_errors,
+    parse_time,
+    settings_with,
+    warehouse_at,
+)
 
-policy_app = typer.Typer(help="The contact policy and trigger rules.", no_args_is_help=True)
-events_app = typer.Typer(help="Events ingested in real time.", no_args_is_help=True)
-triggers_app = typer.Typer(help="Behavioural triggers and their outbox.", no_args_is_help=True)
+if TYPE_CHECKING:
+    from features.policy import ContactPolicy
+
+policy_app = command_group("The contact policy and trigger rules.")
+events_app = command_group("Events ingested in real time, and removing stored ones.")
+triggers_app = command_group("Behavioural triggers and their outbox.")
 
 
-def _policy() -> tuple[ContactPolicy, str]:
-    path = policy_path(get_settings())
+def _policy(data_dir: Path | None) -> tuple[ContactPolicy, str]:
+    from features.policy import load_policy, policy_path
+
+    path = policy_path(settings_with(data_dir))
     return load_policy(path), str(path)  # a PolicyError is a ValueError: reported, exit 2
 
 
@@ -36,9 +45,12 @@ def _policy() -> tuple[ContactPolicy, str]:
 @friendly_errors
 def show_policy(
     as_json: Annotated[bool, typer.Option("--json", help="Print the policy as JSON.")] = False,
+    data_dir: DataDir = None,
 ) -> None:
     """Print the policy in force: quiet hours, caps, cross-channel memory, trigger rules."""
-    policy, path = _policy()
+    from rich.table import Table
+
+    policy, path = _policy(data_dir)
     if as_json:
         console.print_json(policy.model_dump_json())
         return
@@ -63,20 +75,71 @@ def show_policy(
 
 @events_app.command("flush")
 @friendly_errors
-def flush_events() -> None:
+def flush_events(data_dir: DataDir = None) -> None:
     """Move events ingested by the service into the warehouse (exactly once)."""
-    settings = get_settings()
-    store = open_online_store(settings)
-    moved = store.flush_to(warehouse_at(None))
+    from features.online import open_online_store
+
+    store = open_online_store(settings_with(data_dir))
+    moved = store.flush_to(warehouse_at(data_dir))
     console.print(f"moved {moved:,} event(s) from the {store.name} online store to the warehouse")
+
+
+@events_app.command("delete")
+@friendly_errors
+def delete_events(
+    event_id: Annotated[list[str] | None, typer.Option(
+        help="Only events with this event_id, repeatable.")] = None,
+    customer: Annotated[list[str] | None, typer.Option(
+        help="Only events of this customer, repeatable.")] = None,
+    start: Annotated[str | None, typer.Option(
+        "--from", help="Only events at or after this time (UTC, ISO 8601).")] = None,
+    end: Annotated[str | None, typer.Option(
+        "--to", help="Only events before this time (UTC, ISO 8601).")] = None,
+    dry_run: Annotated[bool, typer.Option(
+        help="Count the matching events and change nothing.")] = False,
+    yes: Annotated[bool, typer.Option("--yes", help="Do not ask for confirmation.")] = False,
+    data_dir: DataDir = None,
+) -> None:
+    """Remove stored events matching every option given (at least one), e.g. a batch sent with
+    wrong timestamps. Events still waiting in the online store are moved to the warehouse first,
+    so they are covered too. The removal is atomic; the removed events are kept in
+    <data-dir>/warehouse/deleted/ (import that file to undo) and it is logged in
+    <data-dir>/warehouse/deletions.jsonl."""
+    from features.online import open_online_store
+    from features.warehouse import EventCriteria
+
+    criteria = EventCriteria(tuple(event_id or ()), tuple(customer or ()),
+                             parse_time(start, "--from") if start else None,
+                             parse_time(end, "--to") if end else None)
+    warehouse = warehouse_at(data_dir)
+    if not dry_run:
+        open_online_store(settings_with(data_dir)).flush_to(warehouse)
+    matching = warehouse.delete_events(criteria, dry_run=True).removed
+    if dry_run or matching == 0:
+        console.print(f"{matching:,} stored event(s) match; nothing was changed")
+        return
+    if not yes and not typer.confirm(f"delete {matching:,} stored event(s)?"):
+        errors.print("nothing was deleted")
+        raise typer.Exit(code=1)
+    result = warehouse.delete_events(criteria)
+    console.print(f"deleted {result.removed:,} event(s); they are kept in {result.kept_in} "
+                  "(import it with 'nextbest data import events' to undo)")
 
 
 @triggers_app.command("run")
 @friendly_errors
-def run_triggers() -> None:
+def run_triggers(data_dir: DataDir = None) -> None:
     """Evaluate the timed triggers once now, and show what each one did."""
-    settings = get_settings()
-    policy, _ = _policy()
+    from datetime import UTC, datetime
+
+    from rich.table import Table
+
+    from features.online import open_online_store
+    from serving.service import build_state
+    from serving.triggers import TriggerEngine
+
+    settings = settings_with(data_dir)
+    policy, _ = _policy(data_dir)
     state = build_state(settings)
     engine = TriggerEngine(policy, open_online_store(settings), lambda: state,
                            settings.max_category_share)
@@ -95,9 +158,14 @@ def show_outbox(
     after: Annotated[str | None, typer.Option(help="Only decisions after this position.")] = None,
     limit: Annotated[int, typer.Option(min=1, max=10_000, help="How many to show.")] = 20,
     as_json: Annotated[bool, typer.Option("--json", help="One JSON object per line.")] = False,
+    data_dir: DataDir = None,
 ) -> None:
     """Decisions the triggers wrote, oldest first, with their positions."""
-    entries = open_online_store(get_settings()).outbox(after, limit)
+    from rich.table import Table
+
+    from features.online import open_online_store
+
+    entries = open_online_store(settings_with(data_dir)).outbox(after, limit)
     if as_json:
         for position, decision in entries:
             print(json.dumps({"position": position, **decision}))

@@ -76,6 +76,23 @@ def test_importing_a_missing_file_is_one_clear_line(tmp_path):
     assert "Traceback" not in result.output
 
 
+def test_an_event_file_with_a_future_date_is_refused_and_says_why(tmp_path):
+    path = tmp_path / "events.csv"
+    path.write_text("event_id,customer_id,item_id,event_type,timestamp,channel\n"
+                    "e1,c1,p1,view,2030-01-01T00:00:00Z,web\n")
+    result = run("data", "import", "events", str(path), "--data-dir", str(tmp_path))
+    assert result.exit_code == 2
+    output = " ".join(result.output.split())
+    assert "row 1, column 'timestamp': got '2030-01-01T00:00:00Z', expected a time no later " \
+           "than" in output and "NEXTBEST_FUTURE_TOLERANCE_MINUTES" in output
+
+
+def test_features_are_never_built_as_of_a_time_to_come(generated):
+    result = run("features", "build", "--cutoff", "2999-01-01", "--data-dir", str(generated))
+    assert result.exit_code == 2
+    assert "--cutoff 2999-01-01T00:00:00+00:00 is in the future" in " ".join(result.output.split())
+
+
 def test_importing_with_quarantine_reports_where_bad_rows_went(tmp_path):
     path = tmp_path / "events.csv"
     path.write_text("event_id,customer_id,item_id,event_type,timestamp,channel\n"
@@ -88,16 +105,52 @@ def test_importing_with_quarantine_reports_where_bad_rows_went(tmp_path):
     assert "quarantined 1 row(s)" in result.output
 
 
-def test_importing_transactions_with_map_options(tmp_path):
+def test_importing_transactions_with_map_options_nets_returns(tmp_path):
     path = tmp_path / "tx.csv"
     path.write_text("inv,sku,qty,when,unit,cust\n1,A,2,2024-01-01T10:00:00Z,3.5,k1\n"
-                    "2,B,-1,2024-01-02T10:00:00Z,3.5,k1\n")
-    args = ["--map", "invoice=inv", "--map", "item=sku", "--map", "quantity=qty",
-            "--map", "timestamp=when", "--map", "price=unit", "--map", "customer=cust"]
-    result = run("data", "import", "transactions", str(path), *args, "--data-dir", str(tmp_path))
+                    "1,B,3,2024-01-01T10:00:00Z,3.5,k1\n2,B,-1,2024-01-02T10:00:00Z,3.5,k1\n")
+    result = run("data", "import", "transactions", str(path), *MAP_ARGS, "--data-dir", str(tmp_path))
     assert result.exit_code == 0, result.output
-    assert "skipped 1 row(s): return (negative quantity)" in result.output
-    assert "stored: 1 new events" in result.output
+    assert "netted 1 cancellation or return line(s) against earlier purchases: 0 purchase " \
+           "line(s) removed, 1 reduced" in " ".join(result.output.split())
+    assert "stored: 2 new events" in result.output
+    assert "warning" not in result.output
+
+
+MAP_ARGS = ["--map", "invoice=inv", "--map", "item=sku", "--map", "quantity=qty",
+            "--map", "timestamp=when", "--map", "price=unit", "--map", "customer=cust"]
+
+
+def test_a_transaction_import_that_skips_most_rows_warns_with_examples(tmp_path):
+    path = tmp_path / "tx.csv"
+    path.write_text("inv,sku,qty,when,unit,cust\n1,A,2,2024-01-01T10:00:00Z,3.5,k1\n"
+                    "2,B,1,01/02/2024,3.5,k1\n3,C,1,01/03/2024,3.5,k1\n")
+    result = run("data", "import", "transactions", str(path), *MAP_ARGS, "--data-dir", str(tmp_path))
+    assert result.exit_code == 0, result.output
+    output = " ".join(result.output.split())
+    assert "skipped 2 row(s): 'when' is not a date (e.g. '01/02/2024', '01/03/2024')" in output
+    assert "warning: 67% of the rows were skipped (more than NEXTBEST_MAX_SKIPPED_SHARE, 30%)" \
+        in output
+
+
+def test_a_transaction_import_that_imports_nothing_fails(tmp_path):
+    path = tmp_path / "tx.csv"
+    path.write_text("inv,sku,qty,when,unit,cust\n1,A,2,01/01/2024 10:00,3.5,k1\n")
+    result = run("data", "import", "transactions", str(path), *MAP_ARGS, "--data-dir", str(tmp_path))
+    assert result.exit_code == 2
+    assert "none of its 1 rows is a sale that can be imported" in " ".join(result.output.split())
+    assert not (tmp_path / "warehouse" / "events").exists()
+
+
+def test_non_product_codes_are_excluded_from_the_command_line(tmp_path):
+    path = tmp_path / "tx.csv"
+    path.write_text("inv,sku,qty,when,unit,cust\n1,A,2,2024-01-01T10:00:00Z,3.5,k1\n"
+                    "1,POST,1,2024-01-01T10:00:00Z,18,k1\n")
+    result = run("data", "import", "transactions", str(path), *MAP_ARGS, "--exclude-item", "POST",
+                 "--data-dir", str(tmp_path))
+    assert result.exit_code == 0, result.output
+    assert "skipped 1 row(s): not a product (item code matches exclude_items) (e.g. 'POST')" \
+        in " ".join(result.output.split())
 
 
 def test_a_malformed_map_option_is_explained(tmp_path):
@@ -139,6 +192,54 @@ def test_generate_refuses_an_absurd_size(tmp_path):
     assert "greater than or equal to 100" in " ".join(result.output.split())
 
 
+# ---------------------------------------------------------------------------- the command itself
+def test_the_version_is_printed():
+    from importlib import metadata
+
+    result = run("--version")
+    assert result.exit_code == 0
+    assert result.output.strip() == f"nextbest {metadata.version('nextbest')}"
+
+
+def test_help_texts_keep_their_bracketed_parts():
+    assert "[default: $NEXTBEST_DATA_DIR or .nextbest]" in " ".join(
+        run("data", "summary", "--help").output.split())
+    assert "TOML file with a [mapping] table" in " ".join(
+        run("data", "import", "transactions", "--help").output.split())
+
+
+def test_contract_imports_show_only_their_own_options():
+    output = run("data", "import", "events", "--help").output
+    assert "--on-error" in output and "--data-dir" in output
+    assert "table" not in output.replace("(see docs/data.md)", "").split("Options:")[1]
+
+
+def test_loading_the_command_line_loads_no_data_model_or_serving_library():
+    """What makes `nextbest --help` answer at once: commands import what they use when run."""
+    import subprocess
+    import sys
+
+    probe = ("import sys, serving.cli; heavy = {'pandas', 'pyarrow', 'duckdb', 'mlflow', "
+             "'bentoml', 'sklearn', 'lightgbm', 'implicit', 'numba', 'matplotlib'}; "
+             "print(sorted(heavy & {m.split('.')[0] for m in sys.modules}))")
+    loaded = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
+                            check=True).stdout.strip()
+    assert loaded == "[]"
+
+
+def test_serving_on_a_busy_port_says_so_and_fails(tmp_path):
+    import socket
+
+    with socket.socket() as busy:
+        busy.bind(("0.0.0.0", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        result = run("serve", "--port", str(port), "--data-dir", str(tmp_path))
+    assert result.exit_code == 2
+    assert f"port {port} is in use by another program" in " ".join(result.output.split())
+    assert "serving on" not in result.output
+
+
 # ---------------------------------------------------------------------------- real time
 @pytest.fixture
 def realtime_env(tmp_path, monkeypatch):
@@ -162,6 +263,17 @@ def test_a_policy_file_in_the_data_dir_takes_over_and_its_mistakes_are_named(rea
     result = runner.invoke(app, ["policy", "show"])
     assert result.exit_code == 2
     assert "caps.email.max" in result.output and "policy.yaml" in result.output
+
+
+def test_the_real_time_commands_take_a_data_dir(tmp_path):
+    (tmp_path / "policy.yaml").write_text("caps:\n  sms: {max: 9, per_days: 2}\n")
+    shown = run("policy", "show", "--data-dir", str(tmp_path))
+    assert shown.exit_code == 0 and f"from {tmp_path / 'policy.yaml'}" in " ".join(
+        shown.output.split())
+    assert "│ sms     │ 9       │ 2 days │" in shown.output
+    assert run("events", "flush", "--data-dir", str(tmp_path)).exit_code == 0
+    assert (tmp_path / "online.db").exists()
+    assert run("triggers", "outbox", "--data-dir", str(tmp_path)).exit_code == 0
 
 
 def test_events_flush_moves_ingested_events_to_the_warehouse(realtime_env):
@@ -189,3 +301,59 @@ def test_the_outbox_lists_decisions_as_json_lines(realtime_env):
     result = run("triggers", "outbox", "--json")
     assert result.exit_code == 0
     assert '"position": "1"' in result.output and '"customer_id": "c1"' in result.output
+
+
+# ---------------------------------------------------------------------------- events delete
+def stored_events(data_dir: Path) -> pd.DataFrame:
+    from features.warehouse import Warehouse
+
+    return Warehouse(data_dir / "warehouse").events()
+
+
+def test_delete_removes_the_matching_events_and_keeps_them_aside(generated):
+    before = stored_events(generated)
+    customer = before["customer_id"].iloc[0]
+    result = run("events", "delete", "--customer", customer, "--yes", "--data-dir", str(generated))
+    assert result.exit_code == 0, result.output
+    after = stored_events(generated)
+    removed = int((before["customer_id"] == customer).sum())
+    assert len(after) == len(before) - removed and customer not in set(after["customer_id"])
+    [kept] = (generated / "warehouse" / "deleted").glob("events-*.parquet")
+    assert len(pd.read_parquet(kept)) == removed
+    log = (generated / "warehouse" / "deletions.jsonl").read_text().splitlines()
+    assert f'"removed": {removed}' in log[0] and customer in log[0]
+
+
+def test_delete_by_time_range_and_event_id_needs_both_to_match(generated):
+    before = stored_events(generated).sort_values("timestamp")
+    first = before.iloc[0]
+    result = run("events", "delete", "--event-id", first["event_id"], "--from",
+                 (first["timestamp"] + pd.Timedelta(days=1)).isoformat(), "--yes",
+                 "--data-dir", str(generated))
+    assert "0 stored event(s) match" in result.output
+    assert len(stored_events(generated)) == len(before)
+
+
+def test_a_dry_run_counts_and_changes_nothing(generated):
+    before = stored_events(generated)
+    last = before["timestamp"].max()
+    result = run("events", "delete", "--from", last.isoformat(), "--dry-run",
+                 "--data-dir", str(generated))
+    assert result.exit_code == 0
+    assert f"{int((before['timestamp'] >= last).sum())} stored event(s) match; nothing was " \
+           "changed" in result.output
+    assert len(stored_events(generated)) == len(before)
+
+
+def test_delete_without_a_condition_is_refused(generated):
+    result = run("events", "delete", "--yes", "--data-dir", str(generated))
+    assert result.exit_code == 2
+    assert "say which events to delete" in " ".join(result.output.split())
+
+
+def test_delete_asks_before_it_deletes(generated):
+    before = stored_events(generated)
+    result = runner.invoke(app, ["events", "delete", "--customer", before["customer_id"].iloc[0],
+                                 "--data-dir", str(generated)], input="n\n")
+    assert result.exit_code == 1 and "nothing was deleted" in result.output
+    assert len(stored_events(generated)) == len(before)
