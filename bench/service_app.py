@@ -35,7 +35,8 @@ from features.policy import DEFAULT_POLICY, load_policy
 from features.settings import Settings
 from serving.huge_pages import worker_envs
 from serving.models import LoadedModels
-from serving.pipeline import ContentIndex, RecommendRequest, ServingState, recommend
+from serving.pipeline import ContentIndex, ServingState, recommend
+from serving.schemas import RecommendRequest
 from serving.service import json_response, neighbour_table, share_blas_threads, smoke_check
 from serving.shop import Behaviour, Item, ShopView
 from serving.validation_errors import ReadableValidationErrors

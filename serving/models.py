@@ -22,11 +22,11 @@ from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 
 from features.settings import Settings
+from training.artifacts import IDS_FILE, PROPENSITY_FILE, RECOMMENDER_FILE
 from training.propensity.model import PropensityModel
-from training.tracking import IDS_FILE, MODEL_FILE, Bundle, configure, load_bundle
+from training.tracking import Bundle, configure, load_bundle
 
 log = logging.getLogger("nextbest.serving")
-PROPENSITY_FILE = "propensity.npz"
 
 
 class RegistryUnavailable(RuntimeError):
@@ -115,7 +115,7 @@ def _write_manifest(cache: Path, versions: dict[str, str]) -> None:
 def _read(settings: Settings, cache: Path, versions: dict[str, str], source: str,
           detail: str) -> LoadedModels:
     recommender_dir = cache / settings.recommender_name / versions[settings.recommender_name]
-    bundle = load_bundle(recommender_dir / MODEL_FILE, recommender_dir / IDS_FILE,
+    bundle = load_bundle(recommender_dir / RECOMMENDER_FILE, recommender_dir / IDS_FILE,
                          recommender_dir)
     propensity, offer = None, None
     if settings.propensity_name in versions:

@@ -30,15 +30,15 @@ from itertools import chain, islice
 import numpy as np
 import pandas as pd
 import scipy.sparse as sp
-from pydantic import BaseModel, ConfigDict, Field
 
-from features.contracts import CONTACT_CHANNELS, Channel, EventType, ItemKind
+from features.contracts import CONTACT_CHANNELS, EventType, ItemKind
 from features.online.state import CustomerState
 from features.policy import ContactPolicy, contact_verdict, recently_shown
 from serving import kernels
 from serving.models import LoadedModels
 from serving.offers import OfferScorer, OfferShelf, Shelved
 from serving.products import ProductIndex
+from serving.schemas import MAX_N, RecommendRequest
 from serving.shop import Behaviour, Item, ShopView
 from training.interactions import InteractionConfig
 from training.propensity.scoring import ScoredCustomers
@@ -49,43 +49,10 @@ PRODUCT, CONTENT, OFFER = ItemKind.PRODUCT.value, ItemKind.CONTENT.value, ItemKi
 CANDIDATES = TOP_ITEMS
 """Collaborative candidates per request: as many as the training job keeps per customer."""
 SOURCE_WEIGHT = {"for_you": 1.0, "similar": 0.9, "new": 0.5, "popular": 0.35}
-MAX_N = 100
 SIMILAR_PER_ANCHOR = 30
 """Candidates "similar to" each item the customer is looking at, holds or just viewed."""
 FRESH_WEIGHT = InteractionConfig().weights
 """How much a fresh event adds to the customer's history row: training's default weights."""
-
-
-class Context(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    current_item: str | None = Field(None, max_length=128, description="Item on the page, if any.")
-    cart_items: list[str] = Field(default_factory=list, max_length=200,
-                                  description="Items in the customer's cart now.")
-    page_type: str | None = Field(None, max_length=64, description="home, product, cart, ...")
-
-
-class Filters(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    category: str | None = Field(None, max_length=256,
-                                 description="Only items whose category path starts with this.")
-    min_price: float | None = Field(None, ge=0, description="Lowest product price.")
-    max_price: float | None = Field(None, ge=0, description="Highest product price.")
-    in_stock_only: bool = Field(True, description="Leave out products that are out of stock.")
-
-
-class RecommendRequest(BaseModel):
-    """What the storefront asks; see docs/service.md for every field and limit."""
-
-    model_config = ConfigDict(extra="forbid")
-    customer_id: str = Field(min_length=1, max_length=128)
-    channel: Channel = Channel.WEB
-    n: dict[ItemKind, int] = Field(
-        default_factory=lambda: {ItemKind.PRODUCT: 10, ItemKind.CONTENT: 3, ItemKind.OFFER: 2},
-        description=f"How many items of each kind (0..{MAX_N}).")
-    context: Context = Field(default_factory=Context)
-    filters: Filters = Field(default_factory=Filters)
-    exclude: list[str] = Field(default_factory=list, max_length=1000,
-                               description="Item ids never to return.")
 
 
 @dataclass(slots=True)

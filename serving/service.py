@@ -32,27 +32,30 @@ import os
 import threading
 import time
 from collections.abc import Callable
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from http import HTTPStatus
-from typing import Any, Literal
 
 import anyio.to_thread
 import bentoml
 import numpy as np
 import orjson
 from bentoml.exceptions import BentoMLException, InvalidArgument, ServiceUnavailable
-from pydantic import BaseModel, ConfigDict, Field, field_validator
 from starlette.responses import Response
 from threadpoolctl import threadpool_limits
 
 from features.contracts import CONTACT_CHANNELS
+from features.event_time import TimeWindow
 from features.ingest import parse_events
 from features.online import CustomerState, OnlineStateUnavailable, open_online_store
 from features.policy import load_policy, policy_path
 from features.settings import Settings, get_settings
 from features.warehouse import Warehouse
 from serving.accepting import accept_one_connection_per_turn, warn_unless_spread
+from serving.cors import Cors
+from serving.http_errors import JsonErrors
 from serving.huge_pages import log_huge_pages, worker_envs
+from serving.launch import version as nextbest_version
+from serving.launch import with_data_dir_resolved
 from serving.models import (
     LoadedModels,
     RegistryUnavailable,
@@ -61,14 +64,31 @@ from serving.models import (
     resolve_versions,
 )
 from serving.offers import OfferScorer
+from serving.openapi import ENDPOINTS, ApiDocs
 from serving.pipeline import (
     ContentIndex,
-    RecommendRequest,
     ServingState,
     recommend,
     similar_products,
 )
+from serving.schemas import (
+    ConsentAnswer,
+    ConsentRequest,
+    ConsentStatusAnswer,
+    ConsentStatusRequest,
+    EventsAnswer,
+    EventsBody,
+    PropensityAnswer,
+    PropensityRequest,
+    RecommendAnswer,
+    RecommendRequest,
+    ReloadAnswer,
+    ReloadRequest,
+    SimilarItemsAnswer,
+    SimilarItemsRequest,
+)
 from serving.scores import propensity_answer
+from serving.service_logs import show_service_logs
 from serving.shop import load_shop
 from serving.timeouts import cancel_timers_when_answered
 from serving.triggers import TriggerEngine
@@ -84,62 +104,14 @@ class Forbidden(BentoMLException):
     error_code = HTTPStatus.FORBIDDEN
 
 
-class SimilarItemsRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    item_id: str = Field(min_length=1, max_length=128)
-    n: int = Field(10, ge=1, le=100)
-
-
-class PropensityRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    customer_ids: list[str] = Field(min_length=1, max_length=1000,
-                                    description="Customers to score (1 to 1000).")
-
-
-class EventsBody(BaseModel):
-    """One event as a flat object (the event contract's fields), or ``{"events": [...]}``."""
-
-    model_config = ConfigDict(extra="allow")
-    events: list[Any] | None = Field(
-        None, description="A batch of events; leave out to send one event as the whole body.")
-    atomic: bool = Field(
-        False, description="Batch only: reject the whole batch if any event is bad (default: "
-        "accept the good ones and list the bad ones with their index).")
-
-
-class ConsentRequest(BaseModel):
-    """A customer gave or withdrew consent to be contacted on a channel."""
-
-    model_config = ConfigDict(extra="forbid")
-    customer_id: str = Field(min_length=1, max_length=128)
-    channel: Literal[tuple(c.value for c in CONTACT_CHANNELS)]  # email, sms, push
-    granted: bool
-    timestamp: datetime | None = Field(
-        None, description="When the customer decided (ISO 8601; no zone means UTC; default: "
-        "now). A change older than the one recorded last is ignored.")
-
-    @field_validator("timestamp")
-    @classmethod
-    def _not_in_the_future(cls, value: datetime | None) -> datetime | None:
-        if value is None:
-            return None
-        value = value if value.tzinfo else value.replace(tzinfo=UTC)
-        if value > datetime.now(UTC) + timedelta(minutes=5):
-            raise ValueError(f"timestamp {value.isoformat()} is in the future; send when the "
-                             "customer decided")
-        return value
-
-
-class ReloadRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    token: str = Field(min_length=1, max_length=512)
-
-
 def build_state(settings: Settings, models: LoadedModels | None = None) -> ServingState:
     """Load models (unless given) and the shop view, and check they can answer."""
     models = models or load_models(settings, settings.serving_alias)
     warehouse = Warehouse(settings.data_dir / "warehouse")
-    events, items = warehouse.events(), warehouse.items()  # read once for everything below
+    # read once for everything below; an event dated after now (stored before such events were
+    # refused) must not move the shop's clock, nor anyone's features, into the future
+    events = warehouse.events(end=TimeWindow.current(settings).latest)
+    items = warehouse.items()
     shop = load_shop(warehouse, events, items)
     scores = None
     if models.propensity is not None:
@@ -147,7 +119,10 @@ def build_state(settings: Settings, models: LoadedModels | None = None) -> Servi
                                        models.versions[settings.propensity_name], events, items)
     offers = None
     if models.offer is not None:
-        features = scores.features if scores is not None else customer_features(events, items)[1]
+        options = models.offer.feature_options_
+        features = (scores.features if scores is not None
+                    and scores.model.feature_options_ == options
+                    else customer_features(events, items, options=options)[1])
         offers = OfferScorer(models.offer, models.versions[offer_model_name(settings)], features)
     state = ServingState(models, shop, ContentIndex(shop), scores,
                          neighbour_table(models.recommender.model, settings), offers)
@@ -212,15 +187,20 @@ def smoke_check(state: ServingState) -> None:
             raise RuntimeError(f"smoke check failed: no products for customer {customer}")
 
 
-cancel_timers_when_answered()  # BentoML's timeout kept each request alive 30 s (serving/timeouts.py)
-accept_one_connection_per_turn()  # else one worker takes a client's every connection (accepting.py)
+def apply_framework_workarounds() -> None:
+    """BentoML 1.4's behaviours the service changes, in the worker, before it serves: each
+    module says why, and each change is idempotent."""
+    cancel_timers_when_answered()  # its timeout kept each request alive 30 s (timeouts.py)
+    accept_one_connection_per_turn()  # else one worker takes every connection (accepting.py)
+    show_service_logs()  # client errors as one-line warnings; swaps visible (service_logs.py)
 
 
 @bentoml.service(name="nextbest", traffic={"timeout": 30}, workers=get_settings().workers,
                  envs=worker_envs(get_settings().huge_pages))
 class NextBest:
     def __init__(self) -> None:
-        self.settings = get_settings()
+        apply_framework_workarounds()
+        self.settings = with_data_dir_resolved(get_settings())
         share_blas_threads(self.settings.workers)
         warn_unless_spread(self.settings.workers)
         self.state: ServingState | None = None
@@ -256,7 +236,7 @@ class NextBest:
 
     # ------------------------------------------------------------------ endpoints
     @bentoml.api
-    async def recommend(self, request: RecommendRequest, /) -> dict:
+    async def recommend(self, request: RecommendRequest, /) -> RecommendAnswer:
         """Ranked products, content and offers for one customer, with a reason for each item,
         a recommendation_id to attribute clicks and purchases, and the model versions used.
 
@@ -294,7 +274,7 @@ class NextBest:
         return answer
 
     @bentoml.api
-    def events(self, body: EventsBody, /) -> dict:
+    def events(self, body: EventsBody, /) -> EventsAnswer:
         """Record customers' events: one event as the body, or a batch as ``{"events": [...]}``.
 
         Each event is checked against the event contract; a bad one is listed with its index,
@@ -340,7 +320,7 @@ class NextBest:
             "rejected": parsed.rejected, "problems": problems}
 
     @bentoml.api
-    def consent(self, request: ConsentRequest, /) -> dict:
+    def consent(self, request: ConsentRequest, /) -> ConsentAnswer:
         """Record a consent given or withdrawn on a contact channel (email, sms, push). It
         applies at once to the triggers and to ``recommend``'s ``contact`` verdict, ahead of the
         customers table (which applies to customers who never sent one). 503 means the online
@@ -359,8 +339,37 @@ class NextBest:
                 "granted": granted, "as_of": datetime.fromtimestamp(when, UTC).isoformat(),
                 "recorded": (granted, when) == (request.granted, at)}
 
+    @bentoml.api
+    def consent_status(self, request: ConsentStatusRequest, /) -> ConsentStatusAnswer:
+        """A customer's consent on each contact channel as the service applies it now: the last
+        one sent to ``consent``, else the customers table's. 503 when the online store is
+        unreachable."""
+        return json_answer(lambda: self._consent_status(request.customer_id))
+
+    def _consent_status(self, customer_id: str) -> dict:
+        try:
+            live = self.online.customer(customer_id).consent
+        except OnlineStateUnavailable as error:
+            raise ServiceUnavailable(f"{error}; retry later") from None
+        state = self.state
+        shop = state.shop if state is not None else None
+        table = shop.consents.get(customer_id, frozenset()) if shop is not None else frozenset()
+        channels = {}
+        for channel in CONTACT_CHANNELS:
+            if channel.value in live:
+                granted, when = live[channel.value]
+                channels[channel.value] = {
+                    "granted": granted, "source": "consent",
+                    "as_of": datetime.fromtimestamp(when, UTC).isoformat()}
+            else:
+                channels[channel.value] = {"granted": channel.value in table, "as_of": None,
+                                           "source": "customers table"}
+        known = shop is not None and customer_id in shop.segments
+        return {"customer_id": customer_id, "known_customer": known or bool(live),
+                "channels": channels}
+
     @bentoml.api(input_spec=SimilarItemsRequest)
-    def similar_items(self, item_id: str, n: int = 10) -> dict:
+    def similar_items(self, item_id: str, n: int = 10) -> SimilarItemsAnswer:
         """Items similar to ``item_id``: collaborative when it has history, by text otherwise."""
         return json_answer(lambda: self._similar_items(item_id, n))
 
@@ -374,7 +383,7 @@ class NextBest:
                            "score": round(s, 6)} for i, s in similar[:n]]}
 
     @bentoml.api(input_spec=PropensityRequest)
-    def propensity(self, customer_ids: list[str]) -> dict:
+    def propensity(self, customer_ids: list[str]) -> PropensityAnswer:
         """Calibrated purchase-propensity scores with decile (over all customers), the three
         reasons that moved each score most, and the model version; unknown ids are listed."""
         return json_answer(lambda: self._propensity(customer_ids))
@@ -388,11 +397,27 @@ class NextBest:
         return propensity_answer(state.propensity, customer_ids)
 
     @bentoml.api(input_spec=ReloadRequest)
-    def admin_reload(self, token: str) -> dict:
-        """Check the alias now and swap models if it moved (needs NEXTBEST_ADMIN_TOKEN)."""
+    def admin_reload(self, token: str | None = None, ctx: bentoml.Context = None
+                     ) -> ReloadAnswer:
+        """Check the alias now and swap models if it moved. Needs the token set in
+        NEXTBEST_ADMIN_TOKEN, as ``{"token": ...}`` or ``Authorization: Bearer ...``."""
+        bearer = ctx.request.headers.get("authorization", "") if ctx is not None else ""
+        response = json_answer(lambda: self._admin_reload(
+            token or bearer.removeprefix("Bearer ").strip() or None))
+        if ctx is not None:  # BentoML answers with the context's status when an API takes one
+            ctx.response.status_code = response.status_code
+        return response
+
+    def _admin_reload(self, token: str | None) -> dict:
         expected = self.settings.admin_token
-        if not expected or not hmac.compare_digest(token, expected):
-            raise Forbidden("admin_reload needs the token set in NEXTBEST_ADMIN_TOKEN")
+        if not expected:
+            raise Forbidden("admin_reload is disabled: set NEXTBEST_ADMIN_TOKEN on the service "
+                            "to enable it")
+        if token is None:
+            raise Forbidden("admin_reload needs the token set in NEXTBEST_ADMIN_TOKEN, sent as "
+                            "{\"token\": ...} or the header Authorization: Bearer <token>")
+        if not hmac.compare_digest(token, expected):
+            raise Forbidden("the token does not match NEXTBEST_ADMIN_TOKEN")
         return {"swapped": self.reload(), "versions": self._versions(), "detail": self.detail}
 
     # ------------------------------------------------------------------ swapping
@@ -477,4 +502,9 @@ class NextBest:
         return dict(self.state.models.versions) if self.state is not None else {}
 
 
-NextBest.add_asgi_middleware(ReadableValidationErrors)  # a 400 names each field and its value
+# Outermost first: CORS answers preflights before anything else; every error is JSON; a 400 names
+# each field and its value; the OpenAPI spec and its page at /docs.
+NextBest.add_asgi_middleware(Cors)
+NextBest.add_asgi_middleware(JsonErrors, endpoints=[e.path for e in ENDPOINTS])
+NextBest.add_asgi_middleware(ReadableValidationErrors)
+NextBest.add_asgi_middleware(ApiDocs, title="nextbest", version=nextbest_version())

@@ -17,6 +17,7 @@ import numpy as np
 import pandas as pd
 
 from features.contracts import CONTACT_CHANNELS, LIST_SEPARATOR, EventType, ItemKind
+from features.point_in_time import INTERACTION_WEIGHTS
 from features.warehouse import Warehouse
 
 POPULAR_KEEP = 300
@@ -150,8 +151,7 @@ def _behaviour(events: pd.DataFrame, since: pd.Timestamp) -> dict[str, Behaviour
 
 def _popular(recent: pd.DataFrame, items: dict[str, Item],
              segments: dict[str, str]) -> dict[tuple[str, str], list[tuple[str, float]]]:
-    weights = {EventType.PURCHASE.value: 5.0, EventType.ADD_TO_CART.value: 3.0,
-               EventType.VIEW.value: 1.0}
+    weights = INTERACTION_WEIGHTS
     frame = recent[recent["event_type"].isin(list(weights))].copy()
     frame = frame[frame["item_id"].map(lambda i: i in items and items[i].kind == "product")]
     frame["weight"] = frame["event_type"].map(weights)

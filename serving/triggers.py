@@ -33,12 +33,12 @@ from features.policy import (
 )
 from serving.pipeline import (
     Candidate,
-    RecommendRequest,
     ServingState,
     rank_offers,
     rank_products,
     with_live_state,
 )
+from serving.schemas import RecommendRequest
 
 
 @dataclass(frozen=True)

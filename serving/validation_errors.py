@@ -92,7 +92,7 @@ def readable(answer: bytes, request_body: bytes) -> bytes | None:
 def _sentence(problem: dict, sent: Any) -> str:
     location = [str(part) for part in problem.get("loc", [])]
     field = ".".join(location) or "body"
-    message = str(problem.get("msg", "is not valid"))
+    message = str(problem.get("msg", "is not valid")).removeprefix("Value error, ")
     value = _value_at(sent, problem.get("loc", []))
     if value is MISSING or problem.get("type") == "missing":
         return f"{field}: {message}"

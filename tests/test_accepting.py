@@ -76,11 +76,27 @@ def test_a_clients_connections_spread_over_the_workers() -> None:
     assert min(taken) >= CONNECTIONS // 4, f"connections per worker: {taken}"
 
 
-def test_the_service_applies_it_in_its_workers() -> None:
-    import serving.service  # noqa: F401  (applies it at import, in every worker)
-    from serving.accepting import accepting_one_per_turn
+def test_the_service_applies_it_when_a_worker_starts_it_not_when_it_is_imported() -> None:
+    probe = ("import serving.service as s; from serving.accepting import accepting_one_per_turn "
+             "as on; from bentoml._internal.server.http import traffic; import serving.timeouts "
+             "as t; before = (on(), traffic.TimeoutMiddleware.__call__ is t._timed); "
+             "s.apply_framework_workarounds(); "
+             "print(before, (on(), traffic.TimeoutMiddleware.__call__ is t._timed))")
+    result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
+                            check=True, cwd=Path(__file__).resolve().parents[1])
+    assert result.stdout.split("\n")[-2] == "(False, False) (True, True)"
 
-    assert accepting_one_per_turn()
+
+def test_a_worker_applies_them_as_it_starts_the_service(serving_dir) -> None:
+    import os
+
+    probe = ("import serving.service as s; from serving.accepting import accepting_one_per_turn "
+             "as on; before = on(); s.NextBest(); print(before, on())")
+    environment = {**os.environ, "NEXTBEST_DATA_DIR": str(serving_dir),
+                   "NEXTBEST_RELOAD_INTERVAL_SECONDS": "0", "NEXTBEST_FLUSH_INTERVAL_SECONDS": "0"}
+    result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
+                            check=True, cwd=Path(__file__).resolve().parents[1], env=environment)
+    assert result.stdout.split("\n")[-2] == "False True"
 
 
 def test_a_worker_says_when_its_loop_takes_every_connection_at_once(monkeypatch, caplog) -> None:

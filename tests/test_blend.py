@@ -23,11 +23,10 @@ from serving.pipeline import (
     SIMILAR,
     SOURCE_WEIGHT,
     Blend,
-    Filters,
-    RecommendRequest,
     choose_products,
 )
 from serving.products import ProductIndex
+from serving.schemas import Filters, RecommendRequest
 from serving.shop import Behaviour, Item, ShopView
 from training.interactions import Interactions
 

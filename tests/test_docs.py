@@ -33,3 +33,27 @@ def test_the_readme_names_every_setting_and_no_other():
     section = readme.split("## Configuration", 1)[1].split("\n## ", 1)[0]
     documented = set(re.findall(r"`NEXTBEST_([A-Z_]+)`", section))
     assert documented == {name.upper() for name in Settings.model_fields}
+
+
+def test_the_bento_installs_the_project_dependencies_as_pyproject_pins_them():
+    """A version pin is written in pyproject.toml; bentofile.yaml must list the same ones (the
+    Bento brings bentoml itself)."""
+    import tomllib
+
+    import yaml
+
+    root = Path(__file__).resolve().parents[1]
+    declared = tomllib.loads((root / "pyproject.toml").read_text())["project"]["dependencies"]
+    bento = yaml.safe_load((root / "bentofile.yaml").read_text())["python"]["packages"]
+    assert sorted(bento) == sorted(d for d in declared if not d.startswith("bentoml"))
+
+
+def test_logged_models_require_the_pins_of_pyproject():
+    import tomllib
+
+    from training.artifacts import requirements
+
+    root = Path(__file__).resolve().parents[1]
+    declared = tomllib.loads((root / "pyproject.toml").read_text())["project"]["dependencies"]
+    assert requirements("mlflow", "redis") == [next(d for d in declared if d.startswith(name))
+                                              for name in ("mlflow", "redis[")]

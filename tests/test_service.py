@@ -9,6 +9,7 @@ import contextlib
 import dataclasses
 import gc
 import json
+import logging
 import os
 import shutil
 import signal
@@ -41,12 +42,12 @@ from serving.offers import OfferScorer, offer_is_eligible
 from serving.pipeline import (
     CANDIDATES,
     ContentIndex,
-    RecommendRequest,
     ServingState,
     rank_offers,
     recommend,
     similar_products,
 )
+from serving.schemas import RecommendRequest
 from serving.service import NextBest, build_state
 from serving.shop import Behaviour, Item, ShopView
 from tests.conftest import require_program
@@ -329,6 +330,7 @@ def client(data_dir):
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("NEXTBEST_DATA_DIR", str(data_dir))
         patch.setenv("NEXTBEST_RELOAD_INTERVAL_SECONDS", "0")
+        patch.setenv("NEXTBEST_FLUSH_INTERVAL_SECONDS", "0")  # see the env fixture
         patch.setenv("NEXTBEST_ADMIN_TOKEN", TOKEN)
         get_settings.cache_clear()
         with TestClient(NextBest.to_asgi()) as client:
@@ -452,6 +454,194 @@ def test_admin_reload_needs_the_token(client):
     assert answer.status_code == 200 and answer.json()["swapped"] is False
 
 
+# ---------------------------------------------------------------------------- HTTP contract
+@pytest.fixture(scope="module")
+def spec(client) -> dict:
+    response = client.get("/openapi.json")
+    assert response.status_code == 200
+    return response.json()
+
+
+def conforms(spec: dict, path: str, response) -> None:
+    """``response`` is what the spec says ``path`` answers with its status."""
+    import jsonschema
+
+    documented = spec["paths"][path]["post"]["responses"]
+    assert str(response.status_code) in documented, (path, response.status_code, response.text)
+    schema = documented[str(response.status_code)]["content"]["application/json"]["schema"]
+    jsonschema.validate(response.json(), {**schema, "components": spec["components"]})
+
+
+def test_the_api_page_is_at_docs_titled_nextbest_with_its_version(client):
+    from importlib import metadata
+
+    page = client.get("/docs")
+    assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
+    assert f"<title>nextbest {metadata.version('nextbest')}: HTTP API</title>" in page.text
+    assert "googletagmanager" not in page.text  # it opens without internet
+    for asset in ("/static_content/swagger-ui-bundle.js", "/static_content/swagger-ui.css"):
+        assert asset in page.text and client.get(asset).status_code == 200
+    assert client.get("/", follow_redirects=False).headers["location"] == "/docs"
+
+
+def test_the_spec_is_titled_nextbest_and_documents_every_status(spec):
+    from importlib import metadata
+
+    assert spec["info"]["title"] == "nextbest"
+    assert spec["info"]["version"] == metadata.version("nextbest")
+    events = spec["paths"]["/events"]["post"]["responses"]
+    assert {"200", "207", "400", "413", "503"} <= set(events)
+    assert "Retry-After" in events["503"]["headers"]
+    error = spec["components"]["schemas"]["ErrorAnswer"]["properties"]
+    assert error["detail"]["anyOf"][0]["type"] == "array"
+    for path, item in spec["paths"].items():
+        if "post" in item:
+            ok = item["post"]["responses"]["200"]["content"]["application/json"]["schema"]
+            assert ok["$ref"].startswith("#/components/schemas/"), path  # a typed answer
+
+
+def test_real_answers_match_the_spec(client, spec, state):
+    customer = buyer_of_durables(state)
+    for body in ({"customer_id": customer}, {"customer_id": "ghost", "channel": "email"}):
+        conforms(spec, "/recommend", client.post("/recommend", json=body))
+    conforms(spec, "/recommend", client.post("/recommend", json={"customer_id": 5}))
+    conforms(spec, "/recommend", client.post("/recommend", content="customer_id=c1",
+                                             headers={"content-type": "text/plain"}))
+    conforms(spec, "/events", client.post("/events", json=an_event("spec", "p000001")))
+    conforms(spec, "/events", client.post("/events", json={"events": [an_event("spec", "p1"),
+                                                                      "junk"]}))
+    conforms(spec, "/events", client.post("/events", json={"channel": "fax"}))
+    conforms(spec, "/events", client.post("/events", json={"events": [{}] * 10_001}))
+    conforms(spec, "/events", client.post("/events", json={"events": [], "atomic": "yes"}))
+    consent = {"customer_id": customer, "channel": "sms"}
+    conforms(spec, "/consent", client.post("/consent", json={**consent, "granted": True}))
+    conforms(spec, "/consent", client.post("/consent", json={**consent, "granted": "yes"}))
+    conforms(spec, "/consent_status", client.post("/consent_status", json={"customer_id": customer}))
+    conforms(spec, "/similar_items", client.post("/similar_items", json={"item_id": "p000005"}))
+    conforms(spec, "/similar_items", client.post("/similar_items", json={"item_id": "nope"}))
+    conforms(spec, "/propensity", client.post("/propensity", json={"customer_ids": [customer, "x"]}))
+    conforms(spec, "/propensity", client.post("/propensity", json={"customer_ids": []}))
+    conforms(spec, "/admin_reload", client.post("/admin_reload", json={"token": TOKEN}))
+    conforms(spec, "/admin_reload", client.post("/admin_reload", json={"token": "wrong"}))
+    conforms(spec, "/admin_reload", client.get("/admin_reload"))
+
+
+def test_unknown_paths_and_wrong_methods_answer_json(client):
+    missing = client.get("/recomend")
+    assert missing.status_code == 404
+    assert missing.json()["error"].startswith("there is no endpoint /recomend; the endpoints are "
+                                              "POST /recommend")
+    wrong = client.get("/recommend")
+    assert wrong.status_code == 405 and wrong.headers["allow"] == "POST"
+    assert wrong.json() == {"error": "/recommend takes POST with a JSON body, not GET"}
+
+
+def test_a_body_not_sent_as_json_is_told_how_to_send_it(client):
+    response = client.post("/recommend", content='{"customer_id": "c0000042"}',
+                           headers={"content-type": "application/x-www-form-urlencoded"})
+    assert response.status_code == 415
+    assert response.json()["error"].startswith(
+        "the body must be JSON, sent with the header Content-Type: application/json (it came as "
+        "application/x-www-form-urlencoded")
+
+
+def test_a_browser_preflight_from_an_origin_not_allowed_is_refused_with_the_setting(client):
+    response = client.options("/recommend", headers={
+        "origin": "https://shop.example", "access-control-request-method": "POST"})
+    assert response.status_code == 403
+    assert "NEXTBEST_CORS_ALLOW_ORIGINS" in response.json()["error"]
+
+
+def test_a_browser_preflight_from_an_allowed_origin_is_answered(monkeypatch):
+    from starlette.applications import Starlette
+    from starlette.responses import JSONResponse
+    from starlette.routing import Route
+
+    from serving.cors import Cors
+
+    monkeypatch.setenv("NEXTBEST_CORS_ALLOW_ORIGINS", '["https://shop.example"]')
+    get_settings.cache_clear()
+    try:
+        async def ok(_):
+            return JSONResponse({"ok": True})
+
+        app = Cors(Starlette(routes=[Route("/recommend", ok, methods=["POST"])]))
+        with TestClient(app) as browser:
+            preflight = browser.options("/recommend", headers={
+                "origin": "https://shop.example", "access-control-request-method": "POST",
+                "access-control-request-headers": "content-type"})
+            call = browser.post("/recommend", json={}, headers={"origin": "https://shop.example"})
+    finally:
+        get_settings.cache_clear()
+    assert preflight.status_code == 200
+    assert preflight.headers["access-control-allow-origin"] == "https://shop.example"
+    assert "POST" in preflight.headers["access-control-allow-methods"]
+    assert call.headers["access-control-allow-origin"] == "https://shop.example"
+
+
+def test_kinds_not_named_in_n_keep_their_defaults(client):
+    assert RecommendRequest(customer_id="c1", n={"product": 5}).n == {
+        "product": 5, "content": 3, "offer": 2}
+    answer = client.post("/recommend", json={"customer_id": "c0000001", "n": {"product": 2}})
+    assert len(answer.json()["products"]) == 2 and len(answer.json()["content"]) == 3
+
+
+@pytest.mark.parametrize("endpoint, body, expected", [
+    ("/recommend", {"customer_id": "c1", "filters": {"min_price": 50, "max_price": 10}},
+     "filters: min_price 50 is above max_price 10: no product could match; swap them"),
+    ("/recommend", {"customer_id": "c1", "filters": {"in_stock_only": "no"}},
+     "filters.in_stock_only: Input should be a valid boolean"),
+    ("/consent", {"customer_id": "c1", "channel": "email", "granted": "yes"},
+     'granted: Input should be a valid boolean (got "yes")'),
+    ("/consent", {"customer_id": "c1", "channel": "email", "granted": 1},
+     "granted: Input should be a valid boolean (got 1)"),
+    ("/consent", {"customer_id": "c1", "channel": "email", "granted": True,
+                  "timestamp": "2030-01-01T00:00:00Z"},
+     "timestamp: expected a time no later than"),
+])
+def test_nonsense_that_used_to_be_accepted_is_a_400(client, endpoint, body, expected):
+    response = client.post(endpoint, json=body)
+    assert response.status_code == 400 and expected in response.json()["error"]
+
+
+def test_a_consent_can_be_read_back(client):
+    ask = {"customer_id": "c0000007"}
+    before = client.post("/consent_status", json=ask).json()
+    assert before["channels"]["push"]["source"] == "customers table"
+    client.post("/consent", json={**ask, "channel": "push", "granted": True,
+                                  "timestamp": "2026-01-02T03:04:05Z"})
+    after = client.post("/consent_status", json=ask).json()["channels"]["push"]
+    assert after == {"granted": True, "as_of": "2026-01-02T03:04:05+00:00", "source": "consent"}
+
+
+def test_admin_reload_says_what_token_it_needs(client, env):
+    missing = client.post("/admin_reload", json={})
+    assert missing.status_code == 403 and "NEXTBEST_ADMIN_TOKEN" in missing.json()["error"]
+    wrong = client.post("/admin_reload", json={"token": "wrong"})
+    assert wrong.json() == {"error": "the token does not match NEXTBEST_ADMIN_TOKEN"}
+    bearer = client.post("/admin_reload", json={}, headers={"authorization": f"Bearer {TOKEN}"})
+    assert bearer.status_code == 200 and bearer.json()["swapped"] is False
+
+
+def test_a_client_error_is_one_warning_line_without_a_traceback(client, caplog):
+    with caplog.at_level(logging.INFO):
+        client.post("/recommend", json={"customer_id": "c1", "channel": "fax"})
+    records = [r for r in caplog.records if r.name == "bentoml._internal.server.http_app"]
+    assert [(r.levelname, r.exc_info) for r in records] == [("WARNING", None)]
+    assert records[0].getMessage() == ("rejected a request to /recommend [POST]: channel: Input "
+                                       "should be 'web', 'app', 'email', 'sms', 'push' or 'store'")
+
+
+def test_a_model_swap_is_logged_where_the_default_level_shows_it(env, data_dir, caplog):
+    service = NextBest()  # what each worker runs first
+    assert logging.getLogger("nextbest.serving").isEnabledFor(logging.INFO)
+    service.state = None  # as after a failed start: the next check loads and swaps
+    with caplog.at_level(logging.INFO, logger="nextbest"):
+        assert service.reload()
+    assert any(r.levelno == logging.INFO and r.getMessage().startswith("serving {")
+               for r in caplog.records)
+
+
 # ---------------------------------------------------------------------------- lifecycle
 def test_with_the_registry_down_it_starts_from_the_last_loaded_models(env, monkeypatch):
     NextBest()  # a normal start fills the cache
@@ -547,13 +737,16 @@ def start_server(data_dir: Path, tmp_path: Path, **env: str) -> tuple[subprocess
         [sys.executable, "-m", "bentoml", "serve", "serving.service:NextBest", "--port", str(port),
          "--host", "127.0.0.1"], cwd=root, env=env, stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE, text=True, start_new_session=True)
-    url = f"http://127.0.0.1:{port}"
+    return server, wait_until_ready(server, f"http://127.0.0.1:{port}")
+
+
+def wait_until_ready(server: subprocess.Popen, url: str) -> str:
     deadline = time.monotonic() + 120
     while True:
         try:
             with urllib.request.urlopen(f"{url}/readyz", timeout=2) as ready:
                 if ready.status == 200:
-                    return server, url
+                    return url
         except OSError:
             if server.poll() is not None or time.monotonic() > deadline:
                 server.kill()
@@ -651,13 +844,53 @@ def test_with_redis_stopped_recommend_degrades_and_ingestion_asks_for_a_retry(da
 
 
 @pytest.mark.slow
-def test_the_bento_builds_from_bentofile(tmp_path):
+def test_the_built_bento_serves_the_models_of_the_directory_it_is_started_from(data_dir, tmp_path):
+    """`bentoml build`, then `bentoml serve nextbest:<tag>` from the directory holding the
+    demo's .nextbest (as the README says): BentoML runs the service inside the stored Bento,
+    and the data directory must still be the one the user started from."""
     root = Path(__file__).resolve().parents[1]
-    result = subprocess.run([sys.executable, "-m", "bentoml", "build", "--output", "tag"],
-                            cwd=root, env={**os.environ, "BENTOML_HOME": str(tmp_path)},
-                            capture_output=True, text=True, timeout=300)
-    assert result.returncode == 0, result.stderr[-2000:]
-    assert list((tmp_path / "bentos" / "nextbest").glob("*/bento.yaml"))
+    home = tmp_path / "bentoml"
+    built = subprocess.run([sys.executable, "-m", "bentoml", "build", "--output", "tag"],
+                           cwd=root, env={**os.environ, "BENTOML_HOME": str(home)},
+                           capture_output=True, text=True, timeout=300)
+    assert built.returncode == 0, built.stderr[-2000:]
+    tag = built.stdout.strip().splitlines()[-1].removeprefix("__tag__:")
+    [bento] = (home / "bentos" / "nextbest").glob("*/bento.yaml")
+    shop = tmp_path / "shop"
+    shutil.copytree(data_dir, shop / ".nextbest")
+    port = _free_port()
+    inherited = {k: v for k, v in os.environ.items()
+                 if k not in WORKER_ENVS and not k.startswith("NEXTBEST_")}
+    server = subprocess.Popen(
+        [sys.executable, "-m", "bentoml", "serve", tag, "--port", str(port), "--host",
+         "127.0.0.1"], cwd=shop, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+        env={**inherited, "BENTOML_HOME": str(home), "PWD": str(shop),  # as a shell sets it
+             "NEXTBEST_RELOAD_INTERVAL_SECONDS": "0", "NEXTBEST_FLUSH_INTERVAL_SECONDS": "0"},
+        start_new_session=True)
+    try:
+        url = wait_until_ready(server, f"http://127.0.0.1:{port}")
+        status, body = post(f"{url}/recommend", {"customer_id": "c0000001", "n": {"product": 3}})
+        assert status == 200 and body["model_versions"]["recommender"] == "1"
+        assert not list(bento.parent.rglob("mlflow.db"))  # nothing written inside the Bento
+    finally:
+        stop(server)
+
+
+@pytest.mark.parametrize("inside, pwd, expected", [
+    (False, "/elsewhere", "cwd"), (True, "/srv/shop", "/srv/shop"), (True, None, "refused")])
+def test_a_relative_data_dir_is_resolved_where_the_service_was_launched(tmp_path, inside, pwd,
+                                                                       expected):
+    from serving.launch import launch_directory
+
+    cwd = tmp_path / "bento" / "src"
+    cwd.mkdir(parents=True)
+    if inside:
+        (tmp_path / "bento" / "bento.yaml").write_text("service: x\n")
+    if expected == "refused":
+        with pytest.raises(ValueError, match="set NEXTBEST_DATA_DIR to the absolute path"):
+            launch_directory(cwd, pwd or "")
+        return
+    assert launch_directory(cwd, pwd) == (cwd if expected == "cwd" else Path(expected))
 
 
 # ---------------------------------------------------------------------------- real time
@@ -699,6 +932,15 @@ def test_an_atomic_batch_with_a_bad_event_records_nothing(client):
 def test_a_single_bad_event_is_a_400_that_names_the_field(client):
     response = client.post("/events", json={**an_event("rt-bad", "p1"), "channel": "fax"})
     assert response.status_code == 400 and "events[0].channel: got 'fax'" in response.text
+
+
+def test_an_event_from_the_future_is_refused_and_drives_nothing(client, state):
+    future = an_event("rt-future", "p000010", timestamp="2030-01-01T00:00:00Z")
+    response = client.post("/events", json=future)
+    assert response.status_code == 400
+    assert "NEXTBEST_FUTURE_TOLERANCE_MINUTES" in response.json()["problems"][0]["expected"]
+    answer = client.post("/recommend", json={"customer_id": "rt-future"}).json()
+    assert not any(e["reason"].startswith("because you viewed") for e in answer["products"])
 
 
 def test_an_oversized_batch_is_refused_whole(client):

@@ -1,0 +1,239 @@
+"""The service's HTTP contract: every request and every answer, as typed models.
+
+Requests are validated against these models by BentoML before any code of ours runs. Answers
+are written by the endpoints themselves (orjson, for speed) in exactly these shapes: the OpenAPI
+spec (``serving.openapi``) is generated from these models, and a test validates real answers of
+every endpoint against that spec. Every error, whatever its status, is an :class:`ErrorAnswer`.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from features.contracts import CONTACT_CHANNELS, Channel, ItemKind
+from features.event_time import TimeWindow
+
+MAX_N = 100
+DEFAULT_N: dict[ItemKind, int] = {ItemKind.PRODUCT: 10, ItemKind.CONTENT: 3, ItemKind.OFFER: 2}
+"""How many items of each kind a request gets when it does not say."""
+ContactChannel = Literal[tuple(c.value for c in CONTACT_CHANNELS)]  # email, sms, push
+
+
+class _Request(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class _Answer(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+# ---------------------------------------------------------------------------- recommend
+class Context(_Request):
+    current_item: str | None = Field(None, max_length=128, description="Item on the page, if any.")
+    cart_items: list[str] = Field(default_factory=list, max_length=200,
+                                  description="Items in the customer's cart now.")
+    page_type: str | None = Field(None, max_length=64, description="home, product, cart, ...")
+
+
+class Filters(_Request):
+    category: str | None = Field(None, max_length=256,
+                                 description="Only items whose category path starts with this.")
+    min_price: float | None = Field(None, ge=0, description="Lowest product price.")
+    max_price: float | None = Field(None, ge=0, description="Highest product price.")
+    in_stock_only: bool = Field(True, strict=True,
+                                description="Leave out products that are out of stock.")
+
+    @model_validator(mode="after")
+    def _a_range_that_can_match(self) -> Filters:
+        if (self.min_price is not None and self.max_price is not None
+                and self.min_price > self.max_price):
+            raise ValueError(f"min_price {self.min_price:g} is above max_price "
+                             f"{self.max_price:g}: no product could match; swap them")
+        return self
+
+
+class RecommendRequest(_Request):
+    """What the storefront asks; see docs/service.md for every field and limit."""
+
+    customer_id: str = Field(min_length=1, max_length=128)
+    channel: Channel = Channel.WEB
+    n: dict[ItemKind, int] = Field(
+        default_factory=lambda: dict(DEFAULT_N),
+        description=f"How many items of each kind (0..{MAX_N}); kinds not named keep their "
+                    "defaults (product 10, content 3, offer 2).")
+    context: Context = Field(default_factory=Context)
+    filters: Filters = Field(default_factory=Filters)
+    exclude: list[str] = Field(default_factory=list, max_length=1000,
+                               description="Item ids never to return.")
+
+    @field_validator("n")
+    @classmethod
+    def _defaults_for_the_kinds_not_named(cls, value: dict[ItemKind, int]) -> dict[ItemKind, int]:
+        return {**DEFAULT_N, **value}
+
+
+class RecommendedItem(_Answer):
+    item_id: str
+    title: str
+    category: str
+    score: float
+    reason: str = Field(description="Why it is shown, in words a customer could read.")
+
+
+class ContactVerdict(_Answer):
+    channel: ContactChannel
+    allowed: bool = Field(description="Whether the contact policy allows this channel now.")
+    reason: str | None = Field(description="Why not, when it does not.")
+
+
+class RecommendAnswer(_Answer):
+    recommendation_id: str = Field(description="Send it back with clicks and purchases.")
+    customer_id: str
+    known_customer: bool
+    model_versions: dict[str, str] = Field(description="Registered model -> version used.")
+    served_from: Literal["registry", "cache"]
+    contact: ContactVerdict | None = Field(
+        None, description="On a contact channel (email, sms, push) only.")
+    products: list[RecommendedItem]
+    content: list[RecommendedItem]
+    offers: list[RecommendedItem]
+    degraded: bool = Field(description="True when the customer's live state could not be read.")
+    degraded_reason: str | None = Field(None, description="Why, when degraded.")
+
+
+# ---------------------------------------------------------------------------- events
+class EventsBody(BaseModel):
+    """One event as a flat object (the event contract's fields), or ``{"events": [...]}``."""
+
+    model_config = ConfigDict(extra="allow")
+    events: list[Any] | None = Field(
+        None, description="A batch of events; leave out to send one event as the whole body.")
+    atomic: bool = Field(
+        False, strict=True, description="Batch only: reject the whole batch if any event is bad "
+        "(default: accept the good ones and list the bad ones with their index).")
+
+
+class EventProblem(_Answer):
+    index: int
+    field: str | None
+    value: str | None
+    expected: str
+    message: str
+
+
+class EventsAnswer(_Answer):
+    accepted: int
+    duplicates: int
+    rejected: list[int] = Field(description="Indexes of the events that were not recorded.")
+    problems: list[EventProblem]
+    error: str | None = Field(None, description="With a 400: why nothing was recorded.")
+
+
+# ---------------------------------------------------------------------------- consent
+class ConsentRequest(_Request):
+    """A customer gave or withdrew consent to be contacted on a channel."""
+
+    customer_id: str = Field(min_length=1, max_length=128)
+    channel: ContactChannel
+    granted: bool = Field(strict=True, description="true or false (JSON booleans only).")
+    timestamp: datetime | None = Field(
+        None, description="When the customer decided (ISO 8601; no zone means UTC; default: "
+        "now). Not in the future. A change older than the one recorded last is ignored.")
+
+    @field_validator("timestamp")
+    @classmethod
+    def _in_the_event_window(cls, value: datetime | None) -> datetime | None:
+        """The same window as events' timestamps (``features.event_time``)."""
+        if value is None:
+            return None
+        value = value if value.tzinfo else value.replace(tzinfo=UTC)
+        problem = TimeWindow.current().problem(value)
+        if problem:
+            raise ValueError(f"expected {problem}")
+        return value
+
+
+class ConsentAnswer(_Answer):
+    customer_id: str
+    channel: ContactChannel
+    granted: bool
+    as_of: str = Field(description="When the consent in force was given or withdrawn.")
+    recorded: bool = Field(description="False when a later decision was already recorded.")
+
+
+class ConsentStatusRequest(_Request):
+    customer_id: str = Field(min_length=1, max_length=128)
+
+
+class ChannelConsent(_Answer):
+    granted: bool
+    as_of: str | None = Field(description="When it was given or withdrawn (null: the customers "
+                                          "table's value, which has no time).")
+    source: Literal["consent", "customers table"] = Field(
+        description="consent: sent to /consent; customers table: the shop's customer record.")
+
+
+class ConsentStatusAnswer(_Answer):
+    customer_id: str
+    known_customer: bool
+    channels: dict[ContactChannel, ChannelConsent]
+
+
+# ---------------------------------------------------------------------------- the rest
+class SimilarItemsRequest(_Request):
+    item_id: str = Field(min_length=1, max_length=128)
+    n: int = Field(10, ge=1, le=100)
+
+
+class SimilarItem(_Answer):
+    item_id: str
+    title: str
+    score: float
+
+
+class SimilarItemsAnswer(_Answer):
+    item_id: str
+    model_versions: dict[str, str]
+    items: list[SimilarItem]
+
+
+class PropensityRequest(_Request):
+    customer_ids: list[str] = Field(min_length=1, max_length=1000,
+                                    description="Customers to score (1 to 1000).")
+
+
+class CustomerScore(_Answer):
+    customer_id: str
+    score: float = Field(gt=0, lt=1, description="Calibrated P(purchase within the horizon).")
+    decile: int = Field(ge=1, le=10, description="1 = the top 10% of all customers.")
+    reasons: list[str] = Field(max_length=3)
+
+
+class PropensityAnswer(_Answer):
+    model_version: str
+    scored_as_of: str
+    scores: list[CustomerScore]
+    unknown: list[str] = Field(description="Ids the model has no features for.")
+
+
+class ReloadRequest(_Request):
+    token: str | None = Field(None, min_length=1, max_length=512, description=(
+        "The admin token (NEXTBEST_ADMIN_TOKEN); or send it as 'Authorization: Bearer ...'."))
+
+
+class ReloadAnswer(_Answer):
+    swapped: bool
+    versions: dict[str, str]
+    detail: str
+
+
+class ErrorAnswer(_Answer):
+    """Every error the service answers, whatever the status."""
+
+    error: str = Field(description="What was wrong and what would be right, in words.")
+    detail: list[dict[str, Any]] | None = Field(
+        None, description="With a 400 for a request that does not match its schema: each "
+        "problem as pydantic reports it (loc, msg, type).")
