@@ -34,6 +34,7 @@ import pyarrow.compute as pc
 from pydantic import BaseModel, Field
 
 from features.contracts import (
+    CONTACT_CHANNELS,
     CUSTOMERS,
     EVENTS,
     ITEMS,
@@ -310,7 +311,9 @@ def _make_offers(config: ShopConfig, categories: list[str], rng: np.random.Gener
         "eligible_segments": ["|".join(SEGMENTS[s] for s in sorted(seg))
                               if len(seg) < len(SEGMENTS) else None for seg in segments],
         "min_basket": min_basket,
-        "eligible_channels": ["|".join(SESSION_CHANNELS[c].value for c in sorted(ch))
+        # shown on the web or in the app, and sent by message (the default triggers do that)
+        "eligible_channels": ["|".join([*(SESSION_CHANNELS[c].value for c in sorted(ch)),
+                                        *(c.value for c in CONTACT_CHANNELS)])
                               for ch in channels],
         "redemption_limit": limit,
         "created_at": start + pd.to_timedelta(from_day, unit="D"),

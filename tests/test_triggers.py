@@ -161,3 +161,31 @@ def test_browsing_one_category_without_buying_sends_content_about_it(served, tmp
     [outcome] = fired(triggers.on_events(["shopper"], NOON + timedelta(minutes=7)))
     assert outcome.decision["channel"] == "email" and outcome.decision["action"] == "content"
     assert all(served.shop.items[i["item_id"]].top == top for i in outcome.decision["items"])
+
+
+def test_the_shipped_policy_sends_something_on_the_built_in_shop(serving_dir, tmp_path):
+    """The default policy's cart-abandonment offer, on the synthetic shop as generated (no offer
+    opened up): some consenting customer with an abandoned cart gets a message."""
+    from features.policy import DEFAULT_POLICY, load_policy
+
+    state = build_state(Settings(data_dir=serving_dir))
+    policy = load_policy(DEFAULT_POLICY)
+    rule = next(r for r in policy.triggers if isinstance(r, CartAbandoned))
+    noon = state.shop.as_of.normalize().to_pydatetime() - timedelta(days=3) + timedelta(hours=12)
+    costly = sorted((i for i in state.shop.items.values() if i.kind == "product" and i.price),
+                    key=lambda i: -i.price)[:3]
+    store = EmbeddedStore(tmp_path / "online.db")
+    triggers = TriggerEngine(policy, store, lambda: state)
+    outcomes = []
+    for customer in [c for c, channels in state.shop.consents.items()
+                     if channels & set(c.value for c in rule.channels)][:40]:
+        for item in costly:
+            parsed = parse_events([{"event_id": uuid.uuid4().hex, "customer_id": customer,
+                                    "item_id": item.item_id, "event_type": "add_to_cart",
+                                    "timestamp": noon.isoformat(), "channel": "web"}])
+            store.ingest(parsed.events)
+        outcomes.append(triggers.evaluate(rule, customer, noon + timedelta(hours=1)))
+    sent = fired(outcomes)
+    assert sent, {o.detail for o in outcomes}
+    assert all(o.decision["items"] and o.decision["channel"] in ("push", "email", "sms")
+               for o in sent)
