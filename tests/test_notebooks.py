@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import nbformat
@@ -44,6 +45,29 @@ def test_the_parameters_come_first(path):
     assert "parameters" in code[0].metadata.get("tags", [])
 
 
+def parameters_of(path: Path, environment: dict[str, str]) -> dict:
+    """The parameters cell run as Jupyter runs it: in the notebook's folder."""
+    import os
+    import subprocess
+    import sys
+
+    cell = nbformat.read(path, as_version=4).cells[1].source
+    probe = cell + "\nimport json; print(json.dumps({'data_dir': str(data_dir)}))"
+    environ = {k: v for k, v in os.environ.items() if k != "NEXTBEST_DATA_DIR"} | environment
+    result = subprocess.run([sys.executable, "-c", probe], cwd=path.parent, env=environ,
+                            capture_output=True, text=True, check=True)
+    return json.loads(result.stdout)
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
+def test_the_notebook_uses_the_demos_data_unless_told_otherwise(path, tmp_path):
+    project = path.parents[1]
+    default = Path(path.parent / parameters_of(path, {})["data_dir"]).resolve()
+    assert default == project / ".nextbest"  # where `make demo` puts the shop and the registry
+    told = parameters_of(path, {"NEXTBEST_DATA_DIR": str(tmp_path)})["data_dir"]
+    assert Path(told) == tmp_path
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
 def test_the_notebook_runs_top_to_bottom(path, tmp_path):
@@ -58,3 +82,5 @@ def test_the_notebook_runs_top_to_bottom(path, tmp_path):
     outputs = [o for c in notebook.cells if c.cell_type == "code" for o in c.outputs]
     assert not [o for o in outputs if o.get("output_type") == "error"]
     assert any(o.get("output_type") in ("display_data", "execute_result") for o in outputs)
+    if path.name != "04_promote.ipynb":  # every other notebook draws charts, shown inline
+        assert any("image/png" in o.get("data", {}) for o in outputs), path.name
