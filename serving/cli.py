@@ -80,6 +80,8 @@ def demo(
     evaluate and register recommenders and answer for one customer with the champion, and
     train a purchase-propensity model and export the top customers with their reasons, then
     serve it all on port 3000 after printing one example request and its answer."""
+    if serve:
+        require_free_port(port)  # before minutes of training, not after
     import mlflow
     import pandas as pd
     from mlflow import MlflowClient
@@ -94,8 +96,6 @@ def demo(
     from training.propensity_job import train_propensity
     from training.recommender_job import train_recommender
 
-    if serve:
-        require_free_port(port)  # before minutes of training, not after
     settings = settings_with(data_dir)
     warehouse = warehouse_at(data_dir)
     console.rule("1. synthetic shop")

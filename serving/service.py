@@ -391,9 +391,12 @@ class NextBest:
     def _propensity(self, customer_ids: list[str]) -> dict:
         state = self._ready_state()
         if state.propensity is None:
-            raise ServiceUnavailable(f"no '{self.settings.propensity_name}' model is registered "
-                                     f"under alias '{self.settings.serving_alias}'; train one "
-                                     "with 'nextbest train propensity'")
+            name = self.settings.propensity_name
+            raise ServiceUnavailable(
+                f"no '{name}' version is '{self.settings.serving_alias}': train one that beats "
+                "the baselines with 'nextbest train propensity' (a version the gate refused "
+                f"stays challenger; 'nextbest models list --name {name}' says why), or promote "
+                f"one by hand with 'nextbest models promote VERSION --name {name}'")
         return propensity_answer(state.propensity, customer_ids)
 
     @bentoml.api(input_spec=ReloadRequest)
@@ -506,5 +509,6 @@ class NextBest:
 # each field and its value; the OpenAPI spec and its page at /docs.
 NextBest.add_asgi_middleware(Cors)
 NextBest.add_asgi_middleware(JsonErrors, endpoints=[e.path for e in ENDPOINTS])
-NextBest.add_asgi_middleware(ReadableValidationErrors)
+NextBest.add_asgi_middleware(ReadableValidationErrors,
+                             requests={e.path: e.request for e in ENDPOINTS})
 NextBest.add_asgi_middleware(ApiDocs, title="nextbest", version=nextbest_version())

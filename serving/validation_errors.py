@@ -13,10 +13,12 @@ body's chunks as they pass.
 
 from __future__ import annotations
 
+import difflib
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
 import orjson
+from pydantic import BaseModel
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -26,8 +28,13 @@ MISSING = object()
 
 
 class ReadableValidationErrors:
-    def __init__(self, app: Callable[[Scope, Receive, Send], Awaitable[None]]) -> None:
+    """ASGI middleware; ``requests`` maps each endpoint's path to its request model, so that an
+    unknown field can be answered with the fields there are."""
+
+    def __init__(self, app: Callable[[Scope, Receive, Send], Awaitable[None]],
+                 requests: dict[str, type[BaseModel]] | None = None) -> None:
         self.app = app
+        self.requests = requests or {}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or scope.get("method") != "POST":
@@ -50,7 +57,8 @@ class ReadableValidationErrors:
                 held.append(message)
                 if message.get("more_body"):
                     return
-                await _send_rewritten(send, held, b"".join(sent_body))
+                await _send_rewritten(send, held, b"".join(sent_body),
+                                      self.requests.get(scope.get("path", "")))
                 held.clear()
                 return
             await send(message)
@@ -58,10 +66,11 @@ class ReadableValidationErrors:
         await self.app(scope, noting_receive, rewriting_send)
 
 
-async def _send_rewritten(send: Send, held: list[Message], request_body: bytes) -> None:
+async def _send_rewritten(send: Send, held: list[Message], request_body: bytes,
+                          model: type[BaseModel] | None) -> None:
     start, chunks = held[0], held[1:]
     body = b"".join(chunk.get("body", b"") for chunk in chunks)
-    rewritten = readable(body, request_body)
+    rewritten = readable(body, request_body, model)
     if rewritten is not None:
         body = rewritten
         start = {**start, "headers": [(k, str(len(body)).encode() if k == b"content-length" else v)
@@ -70,7 +79,8 @@ async def _send_rewritten(send: Send, held: list[Message], request_body: bytes) 
     await send({"type": "http.response.body", "body": body})
 
 
-def readable(answer: bytes, request_body: bytes) -> bytes | None:
+def readable(answer: bytes, request_body: bytes,
+             model: type[BaseModel] | None = None) -> bytes | None:
     """BentoML's validation answer with an ``error`` naming each field and value, or None when
     the answer is not one."""
     try:
@@ -84,19 +94,35 @@ def readable(answer: bytes, request_body: bytes) -> bytes | None:
         sent = orjson.loads(request_body) if request_body else None
     except orjson.JSONDecodeError:
         sent = None
-    problems = [_sentence(problem, sent) for problem in parsed["detail"]
+    problems = [_sentence(problem, sent, model) for problem in parsed["detail"]
                 if isinstance(problem, dict)]
     return orjson.dumps({**parsed, "error": "; ".join(problems) or parsed["error"]})
 
 
-def _sentence(problem: dict, sent: Any) -> str:
+def _sentence(problem: dict, sent: Any, model: type[BaseModel] | None = None) -> str:
     location = [str(part) for part in problem.get("loc", [])]
     field = ".".join(location) or "body"
     message = str(problem.get("msg", "is not valid")).removeprefix("Value error, ")
+    if problem.get("type") == "extra_forbidden" and location:
+        known = _fields_at(model, problem["loc"][:-1])
+        if known:
+            close = difflib.get_close_matches(location[-1], known, n=1)
+            hint = f"did you mean '{close[0]}'? " if close else ""
+            return f"{field}: not a field here ({hint}the fields are {', '.join(known)})"
     value = _value_at(sent, problem.get("loc", []))
     if value is MISSING or problem.get("type") == "missing":
         return f"{field}: {message}"
     return f"{field}: {message} (got {orjson.dumps(value).decode()[:200]})"
+
+
+def _fields_at(model: type[BaseModel] | None, location: list) -> list[str]:
+    """The fields of the (nested) model at ``location``, or none when it is not a model."""
+    for part in location:
+        field = model.model_fields.get(str(part)) if model is not None else None
+        annotation = field.annotation if field is not None else None
+        model = annotation if isinstance(annotation, type) and issubclass(annotation,
+                                                                          BaseModel) else None
+    return list(model.model_fields) if model is not None else []
 
 
 def _value_at(sent: Any, location: list) -> Any:

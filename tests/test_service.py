@@ -392,6 +392,12 @@ def test_a_bad_consent_is_a_400_that_names_the_field(client, body, field):
 
 
 @pytest.mark.parametrize("endpoint, body, expected", [
+    ("/recommend", {"customer_id": "c1", "chanel": "web"},
+     "chanel: not a field here (did you mean 'channel'? the fields are customer_id, channel, n, "
+     "context, filters, exclude)"),
+    ("/recommend", {"customer_id": "c1", "filters": {"colour": "red"}},
+     "filters.colour: not a field here (the fields are category, min_price, max_price, "
+     "in_stock_only)"),
     ("/recommend", {"customer_id": "c1", "channel": "fax"}, 'channel: Input should be'),
     ("/recommend", {"customer_id": "c1", "filters": {"max_price": -5}},
      "filters.max_price: Input should be greater than or equal to 0 (got -5)"),
@@ -440,7 +446,8 @@ def test_propensity_without_a_registered_model_says_how_to_get_one(env):
     service.state = dataclasses.replace(service.state, propensity=None)
     response = service.propensity(customer_ids=["c0000001"])
     assert response.status_code == 503
-    assert "train one with 'nextbest train propensity'" in orjson.loads(response.body)["error"]
+    assert "train one that beats the baselines with 'nextbest train propensity'" in \
+        orjson.loads(response.body)["error"]
 
 
 def test_health_endpoints(client):
