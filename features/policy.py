@@ -133,17 +133,24 @@ def load_policy(path: Path) -> ContactPolicy:
         raise PolicyError(f"{path} has {len(lines)} problem(s):\n" + "\n".join(lines)) from None
 
 
+def consent_in_force(state: CustomerState, consents: frozenset[str], channel: str
+                     ) -> tuple[bool, float | None]:
+    """Whether the customer agreed to be contacted on ``channel``, and since when (POSIX
+    seconds): the last consent they sent (``state.consent``) wins over the customers table's
+    ``consents``, which carry no time (None)."""
+    live = state.consent.get(channel)
+    return live if live is not None else (channel in consents, None)
+
+
 def contact_verdict(policy: ContactPolicy, state: CustomerState, consents: frozenset[str],
                     channel: str, now: datetime) -> str | None:
     """Why this customer may not be contacted on ``channel`` now, or None if they may.
 
     ``consents`` are the channels the loaded customers table allows; a consent the shop sent
     since (``state.consent``) wins over it."""
-    live = state.consent.get(channel)
-    if live is not None and not live[0]:
-        return f"consent for {channel} withdrawn"
-    if live is None and channel not in consents:
-        return f"no consent for {channel}"
+    granted, when = consent_in_force(state, consents, channel)
+    if not granted:
+        return f"consent for {channel} withdrawn" if when is not None else f"no consent for {channel}"
     if policy.quiet_hours is not None and policy.quiet_hours.contains(now):
         q = policy.quiet_hours
         return f"quiet hours ({q.start:%H:%M}-{q.end:%H:%M} {q.timezone})"

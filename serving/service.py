@@ -47,7 +47,7 @@ from features.contracts import CONTACT_CHANNELS
 from features.event_time import TimeWindow
 from features.ingest import parse_events
 from features.online import CustomerState, OnlineStateUnavailable, open_online_store
-from features.policy import load_policy, policy_path
+from features.policy import consent_in_force, load_policy, policy_path
 from features.settings import Settings, get_settings
 from features.warehouse import Warehouse
 from serving.accepting import accept_one_connection_per_turn, warn_unless_spread
@@ -348,25 +348,19 @@ class NextBest:
 
     def _consent_status(self, customer_id: str) -> dict:
         try:
-            live = self.online.customer(customer_id).consent
+            live = self.online.customer(customer_id)
         except OnlineStateUnavailable as error:
             raise ServiceUnavailable(f"{error}; retry later") from None
-        state = self.state
-        shop = state.shop if state is not None else None
+        shop = self.state.shop if self.state is not None else None
         table = shop.consents.get(customer_id, frozenset()) if shop is not None else frozenset()
         channels = {}
         for channel in CONTACT_CHANNELS:
-            if channel.value in live:
-                granted, when = live[channel.value]
-                channels[channel.value] = {
-                    "granted": granted, "source": "consent",
-                    "as_of": datetime.fromtimestamp(when, UTC).isoformat()}
-            else:
-                channels[channel.value] = {"granted": channel.value in table, "as_of": None,
-                                           "source": "customers table"}
-        known = shop is not None and customer_id in shop.segments
-        return {"customer_id": customer_id, "known_customer": known or bool(live),
-                "channels": channels}
+            granted, when = consent_in_force(live, table, channel.value)
+            channels[channel.value] = {
+                "granted": granted, "source": "customers table" if when is None else "consent",
+                "as_of": None if when is None else datetime.fromtimestamp(when, UTC).isoformat()}
+        known = (shop is not None and customer_id in shop.segments) or bool(live.consent)
+        return {"customer_id": customer_id, "known_customer": known, "channels": channels}
 
     @bentoml.api(input_spec=SimilarItemsRequest)
     def similar_items(self, item_id: str, n: int = 10) -> SimilarItemsAnswer:

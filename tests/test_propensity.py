@@ -38,22 +38,24 @@ def shop():
 
 
 @pytest.fixture(scope="module")
-def fitted(shop):
-    """A model trained on two early snapshots and calibrated on a third."""
+def inputs(shop):
+    """(X, y) of two early snapshots to train on, and of a third to calibrate on."""
     cutoffs = [pd.Timestamp(shop.config.start) + pd.Timedelta(days=d) for d in (40, 55, 70)]
     snaps = [purchase_snapshot(shop.events, shop.items, c, HORIZON) for c in cutoffs]
-    X, y = model_inputs(pd.concat(snaps[:2]))
-    X_cal, y_cal = model_inputs(snaps[2])
+    return (*model_inputs(pd.concat(snaps[:2])), *model_inputs(snaps[2]))
+
+
+@pytest.fixture(scope="module")
+def fitted(inputs):
+    """A model trained on two early snapshots and calibrated on a third."""
+    X, y, X_cal, y_cal = inputs
     return PropensityModel(n_estimators=200).fit(X, y, X_cal, y_cal), X_cal
 
 
 @pytest.fixture(scope="module")
-def isotonic(shop):
+def isotonic(inputs):
     """The same, calibrated by (centered) isotonic regression on its few hundred rows."""
-    cutoffs = [pd.Timestamp(shop.config.start) + pd.Timedelta(days=d) for d in (40, 55, 70)]
-    snaps = [purchase_snapshot(shop.events, shop.items, c, HORIZON) for c in cutoffs]
-    X, y = model_inputs(pd.concat(snaps[:2]))
-    X_cal, y_cal = model_inputs(snaps[2])
+    X, y, X_cal, y_cal = inputs
     return PropensityModel(n_estimators=200, calibration="isotonic").fit(X, y, X_cal, y_cal)
 
 
