@@ -132,6 +132,9 @@ def _text(value: object) -> str:
 
 
 def _string(value: object, column: Column) -> str:
+    if not isinstance(value, str | int) or isinstance(value, bool):
+        raise ValueError("a string" + (f", one of {', '.join(column.allowed)}" if column.allowed
+                                       else ""))
     text = _text(value).strip()
     if column.allowed is not None and text not in column.allowed:
         raise ValueError(f"one of {', '.join(column.allowed)}")
@@ -159,6 +162,8 @@ def _timestamp(value: object, column: Column) -> datetime:
 
 def _number(value: object, column: Column, integer: bool) -> float:
     kind = "a whole number" if integer else "a number"
+    if isinstance(value, bool) or not isinstance(value, str | int | float):
+        raise ValueError(kind)
     try:
         number = float(value)
     except (TypeError, ValueError):

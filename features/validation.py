@@ -214,6 +214,11 @@ def _check_column(raw: pd.Series, column: Column, collector: _Collector) -> pd.S
 
 
 def _as_string(raw: pd.Series, missing: np.ndarray, column: Column, collector: _Collector):
+    if raw.dtype == object:  # cells of any Python type (a frame built in memory, or from JSON)
+        not_text = raw.map(lambda v: isinstance(v, dict | list | tuple | bool)).to_numpy(bool)
+        collector.rows(not_text, raw, column.name, "a string" + (
+            f", one of {', '.join(column.allowed)}" if column.allowed else ""))
+        missing = missing | not_text
     values = raw.astype("string").str.strip()
     values[missing] = pd.NA
     if column.allowed is None:
@@ -261,6 +266,8 @@ def _as_number(raw: pd.Series, missing: np.ndarray, column: Column, collector: _
     numbers = pd.to_numeric(raw.where(~missing), errors="coerce").astype("float64")
     values = numbers.to_numpy()
     not_number = np.isnan(values) & ~missing
+    if raw.dtype == object:  # true is not 1
+        not_number |= raw.map(lambda v: isinstance(v, bool | dict | list)).to_numpy(bool)
     not_number |= np.isinf(values)
     collector.rows(not_number, raw, column.name, kind)
     checked = ~np.isnan(values) & ~not_number

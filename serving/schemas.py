@@ -1,6 +1,9 @@
 """The service's HTTP contract: every request and every answer, as typed models.
 
-Requests are validated against these models by BentoML before any code of ours runs. Answers
+Requests are validated against these models by BentoML before any code of ours runs, strictly
+where a lax reading would accept nonsense: numbers and booleans must be JSON numbers and
+booleans (``"n": {"product": "5"}`` or ``true`` is a 400, not 5 or 1), and unknown fields are
+refused. Answers
 are written by the endpoints themselves (orjson, for speed) in exactly these shapes: the OpenAPI
 spec (``serving.openapi``) is generated from these models, and a test validates real answers of
 every endpoint against that spec. Every error, whatever its status, is an :class:`ErrorAnswer`.
@@ -11,7 +14,14 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StrictInt,
+    field_validator,
+    model_validator,
+)
 
 from features.contracts import CONTACT_CHANNELS, Channel, ItemKind
 from features.event_time import TimeWindow
@@ -41,8 +51,9 @@ class Context(_Request):
 class Filters(_Request):
     category: str | None = Field(None, max_length=256,
                                  description="Only items whose category path starts with this.")
-    min_price: float | None = Field(None, ge=0, description="Lowest product price.")
-    max_price: float | None = Field(None, ge=0, description="Highest product price.")
+    min_price: float | None = Field(None, ge=0, strict=True, description="Lowest product price.")
+    max_price: float | None = Field(None, ge=0, strict=True,
+                                    description="Highest product price.")
     in_stock_only: bool = Field(True, strict=True,
                                 description="Leave out products that are out of stock.")
 
@@ -60,7 +71,7 @@ class RecommendRequest(_Request):
 
     customer_id: str = Field(min_length=1, max_length=128)
     channel: Channel = Channel.WEB
-    n: dict[ItemKind, int] = Field(
+    n: dict[ItemKind, StrictInt] = Field(
         default_factory=lambda: dict(DEFAULT_N),
         description=f"How many items of each kind (0..{MAX_N}); kinds not named keep their "
                     "defaults (product 10, content 3, offer 2).")
@@ -114,6 +125,14 @@ class EventsBody(BaseModel):
     atomic: bool = Field(
         False, strict=True, description="Batch only: reject the whole batch if any event is bad "
         "(default: accept the good ones and list the bad ones with their index).")
+
+    @model_validator(mode="after")
+    def _a_batch_has_no_other_fields(self) -> EventsBody:
+        if self.events is not None and self.model_extra:
+            raise ValueError(f"a batch is {{\"events\": [...], \"atomic\": ...}}; it has no field "
+                             f"{', '.join(repr(k) for k in self.model_extra)} (send each event's "
+                             "fields inside its object in events)")
+        return self
 
 
 class EventProblem(_Answer):
@@ -185,7 +204,7 @@ class ConsentStatusAnswer(_Answer):
 # ---------------------------------------------------------------------------- the rest
 class SimilarItemsRequest(_Request):
     item_id: str = Field(min_length=1, max_length=128)
-    n: int = Field(10, ge=1, le=100)
+    n: StrictInt = Field(10, ge=1, le=100)
 
 
 class SimilarItem(_Answer):

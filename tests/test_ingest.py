@@ -75,6 +75,14 @@ def test_a_file_row_dated_in_the_future_is_refused_in_the_same_words():
                             f"expected {WINDOW.too_late}")
 
 
+@pytest.mark.parametrize("field, value", [("event_id", {"a": 1}), ("customer_id", ["c1"]),
+                                          ("item_id", True), ("quantity", True),
+                                          ("price", {"amount": 3})])
+def test_a_value_of_the_wrong_json_type_is_refused_not_turned_into_text(field, value):
+    parsed = parse_events([{**GOOD, field: value}], window=WINDOW)
+    assert parsed.rejected == [0] and parsed.problems[0].field == field
+
+
 def test_a_repeated_event_id_in_a_batch_is_a_retry_whatever_its_json_type():
     parsed = parse_events([{**GOOD, "event_id": 7}, {**GOOD, "event_id": "7"}])
     assert len(parsed.events) == 1 and parsed.repeated == 1 and not parsed.problems
@@ -86,7 +94,7 @@ def test_the_problem_list_is_capped_but_every_bad_event_is_rejected():
 
 
 cells = {
-    "event_id": st.sampled_from(["e1", "e2", "", None, "  ", 7]),
+    "event_id": st.sampled_from(["e1", "e2", "", None, "  ", 7, {"a": 1}, True, [1]]),
     "customer_id": st.sampled_from(["c1", "", None, 42]),
     "item_id": st.sampled_from(["p1", None, "p 2"]),
     "event_type": st.sampled_from(["view", "purchase", "VIEW", "teleport", "", None]),
@@ -96,7 +104,7 @@ cells = {
                                   "2030-01-01T00:00:00Z", "9999-12-31T23:59:59Z",
                                   "1970-01-01T00:00:00Z", "2026-03-02T12:39:59Z"]),
     "channel": st.sampled_from(["web", "app", "fax", None]),
-    "quantity": st.sampled_from([None, 1, 3, 0, -2, 1.5, "4", "x", 2.0, 1e100]),
+    "quantity": st.sampled_from([None, 1, 3, 0, -2, 1.5, "4", "x", 2.0, 1e100, True]),
     "price": st.sampled_from([None, 0, 9.99, -1, "12.5", "abc", float("inf")]),
     "context": st.sampled_from([None, '{"page": "home"}', "[1, 2]", "not json"]),
     "page": st.sampled_from([None, "home"]),

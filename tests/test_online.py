@@ -184,3 +184,37 @@ def test_the_latest_consent_is_kept_whatever_order_it_arrives_in(store):
     assert store.customer("c1").consent == {"email": (False, 200.0)}
     store.record_consent("c1", "email", True, 300.0)
     assert store.customer("c1").consent["email"] == (True, 300.0)
+
+
+# ---------------------------------------------------------------------------- bounded state
+KINDS = ["view", "click", "add_to_cart", "remove_from_cart", "purchase", "offer_shown",
+         "impression", "offer_redeemed"]
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.tuples(st.sampled_from(KINDS), st.integers(0, 5000), st.floats(0, 1e6)),
+                max_size=2500),
+       st.lists(st.tuples(st.integers(0, 5000), st.floats(0, 1e6)), max_size=400))
+def test_no_sequence_of_events_or_messages_grows_a_state_past_its_limits(events, messages):
+    from features.online.state import LIMITS, apply_event, record_contact
+
+    state = CustomerState("c1")
+    for kind, item, at in events:
+        apply_event(state, {"event_type": kind, "item_id": f"i{item}", "at": at,
+                            "channel": "web"})
+    for item, at in messages:
+        record_contact(state, "email", "t", [f"i{item}"], f"k{item}:{at}", at)
+    for name, limit in LIMITS.items():
+        assert len(getattr(state, name)) <= limit, name
+    assert len(state.counts) <= len(KINDS)
+
+
+def test_a_huge_cart_keeps_the_newest_items_and_a_small_state():
+    from features.online.state import LIMITS, apply_event
+
+    state = CustomerState("c1")
+    for i in range(50_000):
+        apply_event(state, {"event_type": "add_to_cart", "item_id": f"p{i:06d}", "at": float(i),
+                            "channel": "web"})
+    assert sorted(state.cart) == [f"p{i:06d}" for i in range(50_000 - LIMITS["cart"], 50_000)]
+    assert len(state.to_json()) < 20_000
