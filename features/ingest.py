@@ -18,7 +18,8 @@ import pandas as pd
 
 from features.contracts import EVENTS, Column
 from features.event_time import TimeWindow
-from features.validation import INT64_LIMIT, TIMEZONE_SUFFIX, is_json_object
+from features.settings import get_settings
+from features.validation import INT64_LIMIT, TIMEZONE_SUFFIX, context_too_large, is_json_object
 
 
 @dataclass(frozen=True)
@@ -50,10 +51,13 @@ class ParsedEvents:
 
 
 def parse_events(raw: Sequence[object], max_problems: int = 100,
-                 window: TimeWindow | None = None) -> ParsedEvents:
+                 window: TimeWindow | None = None,
+                 max_context_bytes: int | None = None) -> ParsedEvents:
     """Split ``raw`` (decoded JSON) into valid events and problems naming index and field.
-    Timestamps must lie in ``window`` (default: the settings' window, now)."""
+    Timestamps must lie in ``window`` and contexts within ``max_context_bytes`` (default: the
+    settings', now)."""
     window = window or TimeWindow.current()
+    max_context_bytes = max_context_bytes or get_settings().max_context_bytes
     problems: list[EventProblem] = []
     events: list[dict] = []
     rejected: list[int] = []
@@ -63,7 +67,7 @@ def parse_events(raw: Sequence[object], max_problems: int = 100,
         if not isinstance(entry, dict):
             found = [EventProblem(index, None, _shown(entry), "a JSON object (an event)")]
         else:
-            record, found = check_event(entry, index, window)
+            record, found = check_event(entry, index, window, max_context_bytes)
             if not found:
                 if record["event_id"] in ids:
                     repeated += 1  # a retry inside the batch: counted once
@@ -76,12 +80,13 @@ def parse_events(raw: Sequence[object], max_problems: int = 100,
     return ParsedEvents(events, problems, rejected, repeated)
 
 
-def check_event(entry: dict, index: int = 0,
-                window: TimeWindow | None = None) -> tuple[dict, list[EventProblem]]:
+def check_event(entry: dict, index: int = 0, window: TimeWindow | None = None,
+                max_context_bytes: int | None = None) -> tuple[dict, list[EventProblem]]:
     """One event checked against the event contract, with the same rules as file validation
     (``features.validation``) but per record: a single event costs microseconds, not the fixed
     cost of a DataFrame. A test holds the two to the same verdicts."""
     window = window or TimeWindow.current()
+    max_context_bytes = max_context_bytes or get_settings().max_context_bytes
     record: dict = {}
     problems: list[EventProblem] = []
     for column in EVENTS.columns:
@@ -111,6 +116,11 @@ def check_event(entry: dict, index: int = 0,
     elif extras:
         merged = {**(json.loads(context) if context else {}), **extras}
         record[EVENTS.extras_column] = json.dumps(merged, default=str)
+    context = record.get(EVENTS.extras_column)
+    if context is not None and len(context.encode()) > max_context_bytes:
+        problems.append(EventProblem(index, EVENTS.extras_column, f"{context[:60]}...",
+                                     context_too_large(max_context_bytes,
+                                                       len(context.encode()))))
     if not problems:
         moment = record.pop("timestamp")
         record["timestamp"] = moment.isoformat(timespec="microseconds").replace("+00:00", "Z")

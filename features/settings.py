@@ -111,6 +111,18 @@ class Settings(BaseSettings):
         7.0, gt=0, description="A re-sent event_id is recognised online this long; the warehouse "
         "deduplicates forever.")
     max_batch_events: int = Field(10_000, ge=1, description="Most events one /events call may send.")
+    max_body_bytes: int = Field(
+        10_000_000, ge=1024, description="Largest request body the service reads; a larger one is "
+        "a 413, answered before the rest is read.")
+    max_json_depth: int = Field(
+        32, ge=4, le=200, description="Deepest nesting of objects and lists a request body may "
+        "have; deeper is a 400.")
+    max_context_bytes: int = Field(
+        4096, ge=64, description="Largest context (the JSON of an event's extra fields) one event "
+        "may carry, sent or imported.")
+    max_cell_bytes: int = Field(
+        65_536, ge=256, description="Largest cell an imported file may have (a longer CSV line "
+        "than the header's columns could hold is refused before it is read).")
     flush_interval_seconds: float = Field(
         60.0, ge=0, description="How often the service moves ingested events to the warehouse; 0 = never "
         "(use 'nextbest events flush').")

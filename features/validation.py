@@ -18,6 +18,7 @@ import pandas as pd
 
 from features.contracts import LIST_SEPARATOR, Column, TableContract
 from features.event_time import TimeWindow
+from features.settings import get_settings
 
 TIMEZONE_SUFFIX = re.compile(r"(?:[zZ]|[+-]\d{2}(?::?\d{2})?)$")
 INT64_LIMIT = 2.0**63  # whole numbers are stored as int64
@@ -221,6 +222,13 @@ def _as_string(raw: pd.Series, missing: np.ndarray, column: Column, collector: _
         missing = missing | not_text
     values = raw.astype("string").str.strip()
     values[missing] = pd.NA
+    limit = get_settings().max_cell_bytes
+    long = np.flatnonzero((values.str.len() > limit // 4).fillna(False).to_numpy(dtype=bool))
+    if long.size:  # characters are 1-4 bytes: only these can be over the limit in bytes
+        too_long = np.zeros(len(values), dtype=bool)
+        too_long[long] = [len(values.iloc[i].encode()) > limit for i in long]
+        collector.rows(too_long, values.str.slice(0, 60), column.name,
+                       f"at most {limit:,} bytes (NEXTBEST_MAX_CELL_BYTES)")
     if column.allowed is None:
         return values
     allowed = set(column.allowed)
@@ -335,6 +343,13 @@ def _check_table_rules(contract: TableContract, typed: dict[str, pd.Series],
         not_object[present] = [not is_json_object(s) for s in extras.iloc[present]]
         collector.rows(not_object, raw[contract.extras_column].reset_index(drop=True),
                        contract.extras_column, "a JSON object such as {\"page\": \"home\"}")
+    limit = get_settings().max_context_bytes
+    sizes = extras.fillna("").str.len().to_numpy(dtype=np.int64)  # characters: bytes >= that
+    large = np.flatnonzero(sizes > limit // 4)  # only these can exceed the limit in bytes
+    too_large = np.zeros(len(extras), dtype=bool)
+    too_large[large] = [len(extras.iloc[i].encode()) > limit for i in large]
+    collector.rows(too_large, extras.str.slice(0, 60), contract.extras_column,
+                   context_too_large(limit))
     if contract.name != "items":
         return
     offers = (typed["kind"] == "offer").fillna(False).to_numpy(dtype=bool)
@@ -349,6 +364,13 @@ def _check_table_rules(contract: TableContract, typed: dict[str, pd.Series],
 
 def _raw_or_typed(raw: pd.DataFrame, typed: dict[str, pd.Series], name: str) -> pd.Series:
     return raw[name].reset_index(drop=True) if name in raw.columns else typed[name]
+
+
+def context_too_large(limit: int, size: int | None = None) -> str:
+    """What an event's (or a row's) too large JSON context is told, wherever it comes from."""
+    has = f", not {size:,}" if size is not None else ""
+    return (f"at most {limit:,} bytes of context (NEXTBEST_MAX_CONTEXT_BYTES){has}: keep large "
+            "payloads out of events")
 
 
 def is_json_object(text: str) -> bool:

@@ -76,7 +76,9 @@ ENDPOINTS: tuple[Endpoint, ...] = (
                    "the service (admin_reload is then disabled)."}),
 )
 COMMON_ERRORS = {
+    400: BAD_REQUEST + " A body nested deeper than NEXTBEST_MAX_JSON_DEPTH is a 400 too.",
     405: "The endpoint takes POST with a JSON body.",
+    413: "The body is larger than NEXTBEST_MAX_BODY_BYTES; it was not read.",
     415: "The body is not sent as JSON: send the header Content-Type: application/json.",
 }
 

@@ -87,6 +87,7 @@ from serving.schemas import (
     SimilarItemsAnswer,
     SimilarItemsRequest,
 )
+from serving.request_limits import RequestLimits
 from serving.scores import propensity_answer
 from serving.service_logs import show_service_logs
 from serving.shop import load_shop
@@ -499,10 +500,12 @@ class NextBest:
         return dict(self.state.models.versions) if self.state is not None else {}
 
 
-# Outermost first: CORS answers preflights before anything else; every error is JSON; a 400 names
-# each field and its value; the OpenAPI spec and its page at /docs.
+# Outermost first: CORS answers preflights before anything else; every error is JSON; bodies too
+# large or too deep are refused before they are parsed; a 400 names each field and its value;
+# the OpenAPI spec and its page at /docs.
 NextBest.add_asgi_middleware(Cors)
 NextBest.add_asgi_middleware(JsonErrors, endpoints=[e.path for e in ENDPOINTS])
+NextBest.add_asgi_middleware(RequestLimits)
 NextBest.add_asgi_middleware(ReadableValidationErrors,
                              requests={e.path: e.request for e in ENDPOINTS})
 NextBest.add_asgi_middleware(ApiDocs, title="nextbest", version=nextbest_version())

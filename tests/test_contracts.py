@@ -218,3 +218,31 @@ def test_validation_never_crashes_and_flags_exactly_the_rows_it_drops(rows):
     assert report.ok == (report.n_problems == 0)
     good = np.setdiff1d(np.arange(len(frame)), report.bad_rows)
     assert typed.iloc[good]["event_type"].isin([t for t in EVENTS.column("event_type").allowed]).all()
+
+
+def test_a_csv_line_too_long_for_its_cells_is_refused_before_it_is_read(tmp_path):
+    path = tmp_path / "events.csv"
+    with open(path, "w") as handle:
+        handle.write(HEADER + "\n" + GOOD_ROW + "\n")
+        handle.write(GOOD_ROW.replace("web", "web" + "x" * 3_000_000) + "\n")
+    with pytest.raises(DataFileError, match=r"row 2: the line is longer than its cells could be, "
+                                            r"each at most 65,536 bytes"):
+        load_table(path, EVENTS)
+
+
+def test_a_parquet_column_of_huge_cells_is_refused_before_it_is_read(tmp_path):
+    path = tmp_path / "items.parquet"
+    pd.DataFrame({"item_id": ["a"], "kind": ["product"], "title": ["t" * 200_000]}).to_parquet(path)
+    with pytest.raises(DataFileError, match="column 'title' holds cells larger than 65,536 bytes"):
+        load_table(path, ITEMS)
+
+
+def test_a_cell_over_the_limit_and_a_context_too_large_are_problems_of_their_row(tmp_path):
+    path = tmp_path / "events.csv"
+    context = '"{""blob"": ""' + "x" * 5000 + '""}"'
+    path.write_text(HEADER + ",context\n" + GOOD_ROW + ",\n"
+                    + GOOD_ROW.replace("e1", "e2") + f",{context}\n")
+    with pytest.raises(DataFileError) as error:
+        load_table(path, EVENTS)
+    assert "row 2, column 'context'" in str(error.value)
+    assert "at most 4,096 bytes of context (NEXTBEST_MAX_CONTEXT_BYTES)" in str(error.value)

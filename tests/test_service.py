@@ -543,6 +543,51 @@ def test_unknown_paths_and_wrong_methods_answer_json(client):
     assert wrong.json() == {"error": "/recommend takes POST with a JSON body, not GET"}
 
 
+def test_a_body_over_the_size_limit_is_refused_before_it_is_read(client):
+    big = b'{"events": [' + b",".join([b'{"event_id": "' + b"x" * 1000 + b'"}'] * 11_000) + b"]}"
+    response = client.post("/events", content=big, headers={"content-type": "application/json"})
+    assert response.status_code == 413
+    assert response.json()["error"].startswith("the body is larger than 10,000,000 bytes "
+                                               "(NEXTBEST_MAX_BODY_BYTES")
+
+
+@given(st.recursive(st.none() | st.booleans() | st.integers() | st.text(alphabet='[]{}"\\ab', max_size=5),
+                    lambda inner: st.lists(inner, max_size=3)
+                    | st.dictionaries(st.text(alphabet='[]{}"\\ab', max_size=3), inner, max_size=3),
+                    max_leaves=30))
+def test_the_nesting_depth_is_that_of_the_parsed_json(value):
+    """What RequestLimits refuses: brackets inside strings and escaped quotes do not count."""
+    from serving.request_limits import nests_deeper_than
+
+    def depth(v) -> int:
+        if isinstance(v, list):
+            return 1 + max((depth(x) for x in v), default=0)
+        if isinstance(v, dict):
+            return 1 + max((depth(x) for x in v.values()), default=0)
+        return 0
+
+    text = json.dumps(value).encode()
+    for limit in range(6):
+        assert nests_deeper_than(text, limit) == (depth(value) > limit)
+
+
+def test_a_deeply_nested_body_is_a_400_at_once(client):
+    deep = {"customer_id": "c1", "context": {"page_type": "x"}}
+    for _ in range(300):
+        deep = {"customer_id": "c1", "exclude": [deep]}
+    started = time.monotonic()
+    response = client.post("/recommend", json=deep)
+    assert response.status_code == 400 and time.monotonic() - started < 5
+    assert "more than 32 levels deep (NEXTBEST_MAX_JSON_DEPTH)" in response.json()["error"]
+
+
+def test_an_event_with_a_huge_context_is_refused(client):
+    response = client.post("/events", json=an_event("big", "p000001", blob="x" * 10_000))
+    assert response.status_code == 400
+    [problem] = response.json()["problems"]
+    assert problem["field"] == "context" and "NEXTBEST_MAX_CONTEXT_BYTES" in problem["expected"]
+
+
 def test_a_body_not_sent_as_json_is_told_how_to_send_it(client):
     response = client.post("/recommend", content='{"customer_id": "c0000042"}',
                            headers={"content-type": "application/x-www-form-urlencoded"})
