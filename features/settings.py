@@ -88,6 +88,16 @@ class Settings(BaseSettings):
     cors_allow_origins: list[str] = Field(
         default_factory=list, description="Origins whose web pages may call the service from a "
         "browser (CORS), as a JSON list, e.g. [\"https://shop.example\"]; none by default.")
+    write_tokens: list[str] = Field(
+        default_factory=list, description="Bearer tokens that may call /events and /consent "
+        "(a JSON list); empty: anyone who reaches the service may. Several at once let a token "
+        "be rotated: add the new one, move the clients, remove the old one.")
+    read_tokens: list[str] = Field(
+        default_factory=list, description="Bearer tokens that may call /recommend, "
+        "/similar_items, /propensity and /consent_status (a JSON list); empty: anyone may.")
+    host: str = Field(
+        "127.0.0.1", description="Interface 'nextbest serve' listens on: this machine only by "
+        "default; 0.0.0.0 for every interface (in a container, behind a load balancer).")
     admin_token: str | None = Field(
         None, description="Bearer token for the service's admin_reload endpoint; unset = disabled."
     )

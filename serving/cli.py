@@ -48,8 +48,9 @@ app.add_typer(events_app, name="events")
 app.add_typer(triggers_app, name="triggers")
 
 Port = Annotated[int, typer.Option(min=1, max=65535, help="Port of the service.")]
-HOST = "0.0.0.0"
-"""Where ``bentoml serve`` listens by default: every interface."""
+Host = Annotated[str | None, typer.Option(
+    help="Interface to listen on [default: $NEXTBEST_HOST or 127.0.0.1, this machine only; "
+         "0.0.0.0 for every interface].")]
 
 
 def _show_version(value: bool) -> None:
@@ -75,13 +76,15 @@ def demo(
     data_dir: DataDir = None,
     serve: Annotated[bool, typer.Option(help="End by serving on --port until Ctrl+C.")] = True,
     port: Port = 3000,
+    host: Host = None,
 ) -> None:
     """The main job on built-in data: generate a shop, validate it, build features, then train,
     evaluate and register recommenders and answer for one customer with the champion, and
     train a purchase-propensity model and export the top customers with their reasons, then
     serve it all on port 3000 after printing one example request and its answer."""
+    host = host or settings_with(data_dir).host
     if serve:
-        require_free_port(port)  # before minutes of training, not after
+        require_free_port(port, host)  # before minutes of training, not after
     import mlflow
     import pandas as pd
     from mlflow import MlflowClient
@@ -162,10 +165,10 @@ def demo(
         console.rule("6. the service, on built-in data")
         example = {"customer_id": str(shop.events["customer_id"].iloc[-1]), "channel": "web",
                    "n": {"product": 3, "content": 1, "offer": 1}}
-        run_service(settings.data_dir, port, example)
+        run_service(settings.data_dir, port, example, host)
 
 
-def require_free_port(port: int, host: str = HOST) -> None:
+def require_free_port(port: int, host: str) -> None:
     """Refuse to start when something already listens on the port: a readiness check would
     then reach that program, and report its answers as ours."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
@@ -178,15 +181,18 @@ def require_free_port(port: int, host: str = HOST) -> None:
                              f"(make demo PORT=...)") from None
 
 
-def run_service(data_dir: Path, port: int, example: dict | None = None) -> None:
-    """Start `bentoml serve` on the models of ``data_dir``, print one example request and
-    its answer, then keep serving until interrupted. Exits non-zero if the service stops."""
-    require_free_port(port)
+def run_service(data_dir: Path, port: int, example: dict | None = None,
+                host: str = "127.0.0.1") -> None:
+    """Start `bentoml serve` on the models of ``data_dir``, listening on ``host``, print one
+    example request and its answer, then keep serving until interrupted. Exits non-zero if the
+    service stops."""
+    require_free_port(port, host)
     env = {**os.environ, "NEXTBEST_DATA_DIR": str(Path(data_dir).resolve())}
     process = subprocess.Popen([sys.executable, "-m", "bentoml", "serve",
-                                "serving.service:NextBest", "--port", str(port)],
+                                "serving.service:NextBest", "--port", str(port), "--host", host],
                                cwd=Path(__file__).resolve().parents[1], env=env)
-    url = f"http://localhost:{port}"
+    shown = "localhost" if host in ("127.0.0.1", "0.0.0.0", "::", "localhost") else host
+    url = f"http://{shown}:{port}"
     # A SIGTERM (from a supervisor, or `timeout`) must also stop the server we started.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     try:
@@ -204,7 +210,9 @@ def run_service(data_dir: Path, port: int, example: dict | None = None) -> None:
                                              headers={"Content-Type": "application/json"})
             with urllib.request.urlopen(request, timeout=30) as response:
                 console.print_json(response.read().decode())
-        console.print(f"nextbest is serving on {url} (OpenAPI docs at {url}/docs); Ctrl+C stops it")
+        where = "every interface" if host in ("0.0.0.0", "::") else f"{host} only"
+        console.print(f"nextbest is serving on {url}, listening on {where} (OpenAPI docs at "
+                      f"{url}/docs); Ctrl+C stops it")
         code = process.wait()
         if code != 0:
             errors.print(f"the service stopped with exit code {code}")
@@ -226,9 +234,10 @@ def _ready(url: str) -> bool:
 
 @app.command()
 @friendly_errors
-def serve(port: Port = 3000, data_dir: DataDir = None) -> None:
+def serve(port: Port = 3000, host: Host = None, data_dir: DataDir = None) -> None:
     """Serve recommendations with the registered champion models (bentoml serve)."""
-    run_service(settings_with(data_dir).data_dir, port)
+    settings = settings_with(data_dir)
+    run_service(settings.data_dir, port, host=host or settings.host)
 
 
 def main() -> None:

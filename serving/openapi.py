@@ -44,31 +44,38 @@ class Endpoint:
 
 
 NOT_READY = "No models are loaded yet (the reason is in `error`); see /readyz."
+WRITE_TOKEN = {401: "NEXTBEST_WRITE_TOKENS is set and no token of it was sent as "
+                    "Authorization: Bearer <token>."}
+READ_TOKEN = {401: "NEXTBEST_READ_TOKENS is set and no token of it was sent as "
+                   "Authorization: Bearer <token>."}
 BAD_REQUEST = ("The request does not match the schema (each field named in `error`, listed in "
                "`detail`), or a value is not acceptable (`error` says which and why).")
 ENDPOINTS: tuple[Endpoint, ...] = (
     Endpoint("/recommend", schemas.RecommendRequest, schemas.RecommendAnswer,
              "Ranked products, content and offers for one customer, each with a reason.",
-             {400: BAD_REQUEST, 503: NOT_READY}),
+             {400: BAD_REQUEST, 503: NOT_READY, **READ_TOKEN}),
     Endpoint("/events", schemas.EventsBody, schemas.EventsAnswer,
              "Record customers' events: one event as the body, or a batch as {\"events\": [...]}.",
              {413: "More events than NEXTBEST_MAX_BATCH_EVENTS in one call; nothing was recorded.",
               503: "The online store is unreachable; nothing was recorded. Retry after the "
-                   "Retry-After header's seconds."},
+                   "Retry-After header's seconds.", **WRITE_TOKEN},
              {207: (schemas.EventsAnswer,),
               400: (schemas.EventsAnswer, schemas.ErrorAnswer)}),
     Endpoint("/consent", schemas.ConsentRequest, schemas.ConsentAnswer,
              "Record a consent given or withdrawn on a contact channel.",
-             {400: BAD_REQUEST, 503: "The online store is unreachable; nothing was recorded."}),
+             {400: BAD_REQUEST, 503: "The online store is unreachable; nothing was recorded.",
+              **WRITE_TOKEN}),
     Endpoint("/consent_status", schemas.ConsentStatusRequest, schemas.ConsentStatusAnswer,
              "A customer's consent on each contact channel, as the service applies it now.",
-             {400: BAD_REQUEST, 503: "The online store is unreachable."}),
+             {400: BAD_REQUEST, 503: "The online store is unreachable.", **READ_TOKEN}),
     Endpoint("/similar_items", schemas.SimilarItemsRequest, schemas.SimilarItemsAnswer,
              "Items similar to an item: collaborative when it has history, by text otherwise.",
-             {400: BAD_REQUEST + " An item_id not in the catalog is a 400 too.", 503: NOT_READY}),
+             {400: BAD_REQUEST + " An item_id not in the catalog is a 400 too.", 503: NOT_READY,
+              **READ_TOKEN}),
     Endpoint("/propensity", schemas.PropensityRequest, schemas.PropensityAnswer,
              "Calibrated purchase-propensity scores, deciles and reasons for up to 1000 customers.",
-             {400: BAD_REQUEST, 503: NOT_READY + " Or no propensity model is champion."}),
+             {400: BAD_REQUEST, 503: NOT_READY + " Or no propensity model is champion.",
+              **READ_TOKEN}),
     Endpoint("/admin_reload", schemas.ReloadRequest, schemas.ReloadAnswer,
              "Check the serving alias now and swap models if it moved.",
              {400: BAD_REQUEST,

@@ -26,7 +26,6 @@ Run it with ``bentoml serve serving.service:NextBest`` (port 3000).
 from __future__ import annotations
 
 import gc
-import hmac
 import logging
 import os
 import threading
@@ -51,6 +50,7 @@ from features.policy import consent_in_force, load_policy, policy_path
 from features.settings import Settings, get_settings
 from features.warehouse import Warehouse
 from serving.accepting import accept_one_connection_per_turn, warn_unless_spread
+from serving.auth import TokenAuth, token_matches
 from serving.cors import Cors
 from serving.http_errors import JsonErrors
 from serving.huge_pages import log_huge_pages, worker_envs
@@ -71,6 +71,7 @@ from serving.pipeline import (
     recommend,
     similar_products,
 )
+from serving.request_limits import RequestLimits
 from serving.schemas import (
     ConsentAnswer,
     ConsentRequest,
@@ -87,7 +88,6 @@ from serving.schemas import (
     SimilarItemsAnswer,
     SimilarItemsRequest,
 )
-from serving.request_limits import RequestLimits
 from serving.scores import propensity_answer
 from serving.service_logs import show_service_logs
 from serving.shop import load_shop
@@ -414,7 +414,7 @@ class NextBest:
         if token is None:
             raise Forbidden("admin_reload needs the token set in NEXTBEST_ADMIN_TOKEN, sent as "
                             "{\"token\": ...} or the header Authorization: Bearer <token>")
-        if not hmac.compare_digest(token, expected):
+        if not token_matches(token, [expected]):
             raise Forbidden("the token does not match NEXTBEST_ADMIN_TOKEN")
         return {"swapped": self.reload(), "versions": self._versions(), "detail": self.detail}
 
@@ -500,11 +500,13 @@ class NextBest:
         return dict(self.state.models.versions) if self.state is not None else {}
 
 
-# Outermost first: CORS answers preflights before anything else; every error is JSON; bodies too
-# large or too deep are refused before they are parsed; a 400 names each field and its value;
+# Outermost first: CORS answers preflights before anything else; every error is JSON; a caller
+# without a required token is refused before its body is read; bodies too large or too deep are
+# refused before they are parsed; a 400 names each field and its value;
 # the OpenAPI spec and its page at /docs.
 NextBest.add_asgi_middleware(Cors)
 NextBest.add_asgi_middleware(JsonErrors, endpoints=[e.path for e in ENDPOINTS])
+NextBest.add_asgi_middleware(TokenAuth)
 NextBest.add_asgi_middleware(RequestLimits)
 NextBest.add_asgi_middleware(ReadableValidationErrors,
                              requests={e.path: e.request for e in ENDPOINTS})

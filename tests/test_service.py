@@ -631,6 +631,49 @@ def test_a_browser_preflight_from_an_allowed_origin_is_answered(monkeypatch):
     assert call.headers["access-control-allow-origin"] == "https://shop.example"
 
 
+@pytest.mark.parametrize("path, setting", [("/events", "NEXTBEST_WRITE_TOKENS"),
+                                           ("/consent", "NEXTBEST_WRITE_TOKENS"),
+                                           ("/recommend", "NEXTBEST_READ_TOKENS")])
+def test_endpoints_take_only_the_tokens_configured_for_them(monkeypatch, path, setting):
+    from starlette.applications import Starlette
+    from starlette.responses import JSONResponse
+    from starlette.routing import Route
+
+    from serving.auth import TokenAuth
+
+    monkeypatch.setenv(setting, '["old-token", "new-tökén"]')  # rotating: both are good
+    get_settings.cache_clear()
+    try:
+        async def ok(_):
+            return JSONResponse({"ok": True})
+
+        app = TokenAuth(Starlette(routes=[Route(p, ok, methods=["POST"]) for p in (
+            "/events", "/consent", "/recommend")]))
+        with TestClient(app) as caller:
+            def call(token: str | None, where: str = path):
+                headers = {} if token is None else {"authorization": f"Bearer {token}"}
+                return caller.post(where, json={}, headers={k: v.encode() for k, v in
+                                                            headers.items()})
+
+            missing, wrong = call(None), call("stolen")
+            assert [call(t).status_code for t in ("old-token", "new-tökén")] == [200, 200]
+    finally:
+        get_settings.cache_clear()
+    assert missing.status_code == wrong.status_code == 401
+    assert missing.headers["www-authenticate"] == "Bearer"
+    assert missing.json()["error"] == (f"{path} needs the tokens in {setting}: send the header "
+                                       "Authorization: Bearer <token>")
+    other = "/recommend" if setting == "NEXTBEST_WRITE_TOKENS" else "/events"
+    with TestClient(app) as caller:  # what the setting does not name stays open
+        assert caller.post(other, json={}).status_code == 200
+
+
+def test_a_non_ascii_admin_token_is_a_403_not_a_500(client):
+    response = client.post("/admin_reload", json={"token": "ünïcødé"})
+    assert response.status_code == 403
+    assert response.json() == {"error": "the token does not match NEXTBEST_ADMIN_TOKEN"}
+
+
 def test_kinds_not_named_in_n_keep_their_defaults(client):
     assert RecommendRequest(customer_id="c1", n={"product": 5}).n == {
         "product": 5, "content": 3, "offer": 2}
@@ -849,6 +892,25 @@ def test_a_real_bentoml_serve_process_answers(data_dir, tmp_path):
         assert len(body["products"]) == 3 and body["model_versions"]["recommender"] == "1"
         with urllib.request.urlopen(f"{url}/metrics", timeout=5) as metrics:
             assert "bentoml_service_request" in metrics.read().decode()
+    finally:
+        stop(server)
+
+
+@pytest.mark.slow
+def test_nextbest_serve_listens_on_this_machine_only_by_default(data_dir):
+    port = _free_port()
+    inherited = {k: v for k, v in os.environ.items() if not k.startswith("NEXTBEST_")}
+    server = subprocess.Popen(
+        [sys.executable, "-m", "serving.cli", "serve", "--port", str(port), "--data-dir",
+         str(data_dir)], cwd=Path(__file__).resolve().parents[1], stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE, text=True, start_new_session=True,
+        env={**inherited, "NEXTBEST_RELOAD_INTERVAL_SECONDS": "0",
+             "NEXTBEST_FLUSH_INTERVAL_SECONDS": "0"})
+    try:
+        wait_until_ready(server, f"http://127.0.0.1:{port}")
+        listening = {c.laddr.ip for c in psutil.net_connections("tcp")
+                     if c.laddr and c.laddr.port == port and c.status == psutil.CONN_LISTEN}
+        assert listening == {"127.0.0.1"}
     finally:
         stop(server)
 
