@@ -46,6 +46,7 @@ from features.contracts import CONTACT_CHANNELS
 from features.event_time import TimeWindow
 from features.ingest import parse_events
 from features.online import CustomerState, OnlineStateUnavailable, open_online_store
+from features.online.breaker import Breaker
 from features.policy import consent_in_force, load_policy, policy_path
 from features.settings import Settings, get_settings
 from features.warehouse import Warehouse
@@ -98,6 +99,9 @@ from training.propensity.scoring import ScoredCustomers, customer_features
 
 log = logging.getLogger("nextbest.serving")
 NEIGHBOURS = 50
+STORE_THREADS = 4
+"""Threads of a worker for the online store's I/O: writes wait on a disk or a network, and must
+hold neither the event loop nor BentoML's thread for the other endpoints."""
 """Neighbours kept per item; similar_items asking for more scores the catalog instead."""
 
 
@@ -216,7 +220,8 @@ class NextBest:
         self._touched: dict[str, CustomerState] = {}
         self._touched_lock = threading.Lock()
         self._wake = threading.Event()
-        self._online_down_until = 0.0
+        self.breaker = Breaker()
+        self._store_threads: anyio.CapacityLimiter | None = None  # made on the event loop
         try:
             self.state = build_state(self.settings)
             gc.freeze()
@@ -275,7 +280,7 @@ class NextBest:
         return answer
 
     @bentoml.api
-    def events(self, body: EventsBody, /) -> EventsAnswer:
+    async def events(self, body: EventsBody, /) -> EventsAnswer:
         """Record customers' events: one event as the body, or a batch as ``{"events": [...]}``.
 
         Each event is checked against the event contract; a bad one is listed with its index,
@@ -284,10 +289,19 @@ class NextBest:
         duplicate, not again. 503 means the online store is unreachable and nothing was written.
         """
         single = body.events is None
-        status, answer = self.ingest([body.model_extra or {}] if single else body.events,
-                                     single=single, atomic=body.atomic)
+        status, answer = await self._on_store_thread(
+            self.ingest, [body.model_extra or {}] if single else body.events, single,
+            body.atomic)
         retry = {"Retry-After": "5"} if status == HTTPStatus.SERVICE_UNAVAILABLE else None
         return json_response(answer, status, retry)
+
+    async def _on_store_thread(self, work: Callable, *args):
+        """``work(*args)`` on one of the service's own threads for store I/O (a disk write, or a
+        network round trip that may wait out a timeout), so that it never holds the event loop
+        nor the one thread BentoML gives the other endpoints."""
+        if self._store_threads is None:
+            self._store_threads = anyio.CapacityLimiter(STORE_THREADS)
+        return await anyio.to_thread.run_sync(work, *args, limiter=self._store_threads)
 
     def ingest(self, raw: list, single: bool = False, atomic: bool = False) -> tuple[int, dict]:
         """What ``events`` does, as (HTTP status, answer): validate, record, wake the triggers."""
@@ -303,7 +317,7 @@ class NextBest:
                 "accepted": 0, "duplicates": 0, "rejected": parsed.rejected, "problems": problems,
                 "error": "nothing was recorded: " + "; ".join(p["message"] for p in problems[:5])}
         try:
-            result = self.online.ingest(parsed.events)
+            result = self.breaker.call(lambda: self.online.ingest(parsed.events))
         except OnlineStateUnavailable as error:
             log.error("ingestion refused: %s", error)
             return HTTPStatus.SERVICE_UNAVAILABLE, {
@@ -321,18 +335,18 @@ class NextBest:
             "rejected": parsed.rejected, "problems": problems}
 
     @bentoml.api
-    def consent(self, request: ConsentRequest, /) -> ConsentAnswer:
+    async def consent(self, request: ConsentRequest, /) -> ConsentAnswer:
         """Record a consent given or withdrawn on a contact channel (email, sms, push). It
         applies at once to the triggers and to ``recommend``'s ``contact`` verdict, ahead of the
         customers table (which applies to customers who never sent one). 503 means the online
         store is unreachable and nothing was recorded."""
-        return json_answer(lambda: self._consent(request))
+        return await self._on_store_thread(json_answer, lambda: self._consent(request))
 
     def _consent(self, request: ConsentRequest) -> dict:
         at = (request.timestamp or datetime.now(UTC)).timestamp()
         try:
-            state = self.online.record_consent(request.customer_id, request.channel,
-                                               request.granted, at)
+            state = self.breaker.call(lambda: self.online.record_consent(
+                request.customer_id, request.channel, request.granted, at))
         except OnlineStateUnavailable as error:
             raise ServiceUnavailable(f"{error}; nothing was recorded, retry later") from None
         granted, when = state.consent[request.channel]
@@ -341,15 +355,16 @@ class NextBest:
                 "recorded": (granted, when) == (request.granted, at)}
 
     @bentoml.api
-    def consent_status(self, request: ConsentStatusRequest, /) -> ConsentStatusAnswer:
+    async def consent_status(self, request: ConsentStatusRequest, /) -> ConsentStatusAnswer:
         """A customer's consent on each contact channel as the service applies it now: the last
         one sent to ``consent``, else the customers table's. 503 when the online store is
         unreachable."""
-        return json_answer(lambda: self._consent_status(request.customer_id))
+        return await self._on_store_thread(
+            json_answer, lambda: self._consent_status(request.customer_id))
 
     def _consent_status(self, customer_id: str) -> dict:
         try:
-            live = self.online.customer(customer_id)
+            live = self.breaker.call(lambda: self.online.customer(customer_id))
         except OnlineStateUnavailable as error:
             raise ServiceUnavailable(f"{error}; retry later") from None
         shop = self.state.shop if self.state is not None else None
@@ -444,14 +459,14 @@ class NextBest:
     # ------------------------------------------------------------------ real time
     def _live_state(self, customer_id: str) -> tuple[CustomerState | None, str | None]:
         """The customer's online state, or (None, why) while the store is unreachable; after a
-        failure the store is not asked again for a few seconds, so requests stay fast."""
-        if time.monotonic() < self._online_down_until:
-            return None, "online state unavailable (retrying shortly); answered from the models alone"
+        failure the store is not asked again for a few seconds (``self.breaker``), so requests
+        stay fast."""
+        asked = not self.breaker.open
         try:
-            return self.online.customer(customer_id), None
+            return self.breaker.call(lambda: self.online.customer(customer_id)), None
         except OnlineStateUnavailable as error:
-            self._online_down_until = time.monotonic() + 5.0
-            log.warning("recommend degraded: %s", error)
+            if asked:
+                log.warning("recommend degraded: %s", error)
             return None, f"{error}; answered from the models alone"
 
     def _flush_loop(self) -> None:

@@ -218,3 +218,24 @@ def test_a_huge_cart_keeps_the_newest_items_and_a_small_state():
                             "channel": "web"})
     assert sorted(state.cart) == [f"p{i:06d}" for i in range(50_000 - LIMITS["cart"], 50_000)]
     assert len(state.to_json()) < 20_000
+
+
+# ---------------------------------------------------------------------------- circuit breaker
+def test_after_a_failure_the_breaker_answers_at_once_until_its_cooldown_ends():
+    from features.online.breaker import Breaker
+    from features.online.store import OnlineStateUnavailable
+
+    now = [100.0]
+    breaker = Breaker(cooldown_seconds=5, clock=lambda: now[0])
+    asked = []
+
+    def failing():
+        asked.append(now[0])
+        raise OnlineStateUnavailable("redis at x is unreachable: timed out")
+
+    for _ in range(3):
+        with pytest.raises(OnlineStateUnavailable, match="redis at x is unreachable"):
+            breaker.call(failing)
+    assert asked == [100.0]  # asked once; the next two failed at once
+    now[0] = 105.5
+    assert breaker.call(lambda: "answered") == "answered"

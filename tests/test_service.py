@@ -967,6 +967,44 @@ def test_with_redis_stopped_recommend_degrades_and_ingestion_asks_for_a_retry(da
 
 
 @pytest.mark.slow
+def test_a_redis_that_never_answers_stalls_no_endpoint(data_dir, tmp_path):
+    """A listener that accepts connections and never answers: the first write waits out the
+    store's timeout, the next ones fail at once, and the other endpoints never wait."""
+    import threading
+
+    silent = socket.socket()
+    silent.bind(("127.0.0.1", 0))
+    silent.listen(64)
+    held: list[socket.socket] = []
+    threading.Thread(target=lambda: [held.append(silent.accept()[0]) for _ in range(64)],
+                     daemon=True).start()
+    server = None
+    try:
+        server, url = start_server(
+            data_dir, tmp_path, NEXTBEST_ONLINE_BACKEND="redis",
+            NEXTBEST_REDIS_URL=f"redis://127.0.0.1:{silent.getsockname()[1]}/0",
+            NEXTBEST_FLUSH_INTERVAL_SECONDS="0", NEXTBEST_TRIGGER_INTERVAL_SECONDS="0")
+        started = time.monotonic()
+        with ThreadPoolExecutor(12) as pool:
+            writes = [pool.submit(post, f"{url}/events", an_event(f"stall-{i}", "p000001"))
+                      for i in range(10)]
+            time.sleep(0.3)
+            asked = time.monotonic()
+            status, similar = post(f"{url}/similar_items", {"item_id": "p000005", "n": 3})
+            similar_took = time.monotonic() - asked
+            answers = [w.result() for w in writes]
+        assert status == 200 and similar_took < 1.5
+        assert {code for code, _ in answers} == {503}
+        assert time.monotonic() - started < 6  # one timeout (2 s), not ten in a row
+    finally:
+        if server is not None:
+            stop(server)
+        for connection in held:
+            connection.close()
+        silent.close()
+
+
+@pytest.mark.slow
 def test_the_built_bento_serves_the_models_of_the_directory_it_is_started_from(data_dir, tmp_path):
     """`bentoml build`, then `bentoml serve nextbest:<tag>` from the directory holding the
     demo's .nextbest (as the README says): BentoML runs the service inside the stored Bento,
