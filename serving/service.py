@@ -53,13 +53,17 @@ from features.warehouse import Warehouse
 from serving.accepting import accept_one_connection_per_turn, warn_unless_spread
 from serving.auth import TokenAuth, token_matches
 from serving.cors import Cors
+from serving.health import HEALTH, Readiness
 from serving.http_errors import JsonErrors
 from serving.huge_pages import log_huge_pages, worker_envs
 from serving.launch import version as nextbest_version
 from serving.launch import with_data_dir_resolved
 from serving.models import (
     LoadedModels,
+    ModelCache,
     RegistryUnavailable,
+    VersionsRefused,
+    load_last_good,
     load_models,
     offer_model_name,
     resolve_versions,
@@ -110,8 +114,34 @@ class Forbidden(BentoMLException):
 
 
 def build_state(settings: Settings, models: LoadedModels | None = None) -> ServingState:
-    """Load models (unless given) and the shop view, and check they can answer."""
-    models = models or load_models(settings, settings.serving_alias)
+    """A serving state to start with: the aliased versions (or ``models``, when given) if they
+    load and answer, else the last good versions from the cache, saying why."""
+    if models is not None:
+        return assemble_state(settings, models)
+    try:
+        return load_state(settings)
+    except (RegistryUnavailable, VersionsRefused) as error:
+        return assemble_state(settings, load_last_good(settings, str(error)))
+
+
+def load_state(settings: Settings, retry_refused: bool = False) -> ServingState:
+    """The state of the versions the alias names now, loaded from the registry. A set that does
+    not load or does not answer is remembered as refused (``ModelCache``) and raised as
+    :class:`VersionsRefused`; a set that works becomes the last good one."""
+    models = load_models(settings, settings.serving_alias, retry_refused)
+    cache = ModelCache(settings)
+    try:
+        state = assemble_state(settings, models)
+    except Exception as error:  # noqa: BLE001 - whatever a broken model raises, it is refused
+        reason = f"versions {models.versions} fail with the shop: {type(error).__name__}: {error}"
+        cache.refuse(models.versions, reason)
+        raise VersionsRefused(models.versions, reason) from None
+    cache.remember_good(models.versions)
+    return state
+
+
+def assemble_state(settings: Settings, models: LoadedModels) -> ServingState:
+    """Models and the shop view as one state, checked to answer."""
     warehouse = Warehouse(settings.data_dir / "warehouse")
     # read once for everything below; an event dated after now (stored before such events were
     # refused) must not move the shop's clock, nor anyone's features, into the future
@@ -227,9 +257,10 @@ class NextBest:
             gc.freeze()
             self.detail = self.state.models.detail or "models loaded from the registry"
             log_huge_pages(self.settings.huge_pages)
-        except (RegistryUnavailable, RuntimeError, ValueError) as error:
+        except (RegistryUnavailable, VersionsRefused, RuntimeError, ValueError) as error:
             self.detail = f"not ready: {error}"
             log.error(self.detail)
+        self._report_health()
         if self.settings.reload_interval_seconds > 0:
             threading.Thread(target=self._poll, name="alias-poller", daemon=True).start()
         if self.settings.flush_interval_seconds > 0:
@@ -431,26 +462,43 @@ class NextBest:
                             "{\"token\": ...} or the header Authorization: Bearer <token>")
         if not token_matches(token, [expected]):
             raise Forbidden("the token does not match NEXTBEST_ADMIN_TOKEN")
-        return {"swapped": self.reload(), "versions": self._versions(), "detail": self.detail}
+        return {"swapped": self.reload(retry_refused=True), "versions": self._versions(),
+                "detail": self.detail}
 
     # ------------------------------------------------------------------ swapping
-    def reload(self) -> bool:
-        """Load the aliased versions if they differ from the served ones; True if swapped."""
+    def reload(self, retry_refused: bool = False) -> bool:
+        """Load the aliased versions if they differ from the served ones; True if swapped. A
+        set refused before is not tried again unless ``retry_refused`` (``admin_reload``)."""
         with self._swap:
             try:
                 wanted = resolve_versions(self.settings, self.settings.serving_alias)
                 if self.state is not None and wanted == self.state.models.versions:
                     return False
-                fresh = build_state(self.settings)
-            except Exception as error:  # a bad model never replaces a working one
+                refused = ModelCache(self.settings).refused(wanted)
+                if refused is not None and not retry_refused:
+                    self.detail = (f"serving {self._versions()}; the alias names {wanted}, "
+                                   f"refused: {refused} (admin_reload tries it again)")
+                    return False
+                fresh = load_state(self.settings, retry_refused)
+            except Exception as error:  # noqa: BLE001 - a bad model never replaces a working one
                 self.detail = f"reload failed, still serving {self._versions()}: {error}"
                 log.error(self.detail)
                 return False
+            finally:
+                self._report_health()
             self.state = fresh  # one reference assignment: requests see old or new, never a mix
             gc.freeze()
             self.detail = f"serving {fresh.models.versions} since {fresh.models.loaded_at}"
             log.info(self.detail)
+            self._report_health()
             return True
+
+    def _report_health(self) -> None:
+        """What ``/readyz`` says (``serving/health.py``)."""
+        state = self.state
+        HEALTH.ready, HEALTH.detail = state is not None, self.detail
+        HEALTH.versions = dict(state.models.versions) if state is not None else {}
+        HEALTH.served_from = state.models.source if state is not None else None
 
     def _poll(self) -> None:
         while not self._stop.wait(self.settings.reload_interval_seconds):
@@ -526,3 +574,4 @@ NextBest.add_asgi_middleware(RequestLimits)
 NextBest.add_asgi_middleware(ReadableValidationErrors,
                              requests={e.path: e.request for e in ENDPOINTS})
 NextBest.add_asgi_middleware(ApiDocs, title="nextbest", version=nextbest_version())
+NextBest.add_asgi_middleware(Readiness)

@@ -754,7 +754,92 @@ def test_with_the_registry_down_it_starts_from_the_last_loaded_models(env, monke
     service = NextBest()
     assert service.__is_ready__()
     assert service.state.models.source == "cache"
-    assert "registry unreachable" in service.detail
+    assert "is unreachable" in service.detail and "serving the last good versions" in service.detail
+
+
+@pytest.fixture
+def own_registry(data_dir, tmp_path, monkeypatch):
+    """A copy of the served data directory and registry that a test may break."""
+    copy = tmp_path / "data"
+    shutil.copytree(data_dir, copy)
+    shutil.rmtree(copy / "serving-cache", ignore_errors=True)
+    for name, value in {"NEXTBEST_DATA_DIR": str(copy), "NEXTBEST_RELOAD_INTERVAL_SECONDS": "0",
+                        "NEXTBEST_FLUSH_INTERVAL_SECONDS": "0",
+                        "NEXTBEST_ADMIN_TOKEN": TOKEN}.items():
+        monkeypatch.setenv(name, value)
+    get_settings.cache_clear()
+    yield copy
+    get_settings.cache_clear()
+
+
+def corrupt_champion_of_a_new_version(data_dir: Path) -> tuple[str, Path, bytes]:
+    """Register another recommender version, make it champion, and truncate its artifact; return
+    the version, the artifact file and its good bytes."""
+    from training.tracking import configure
+
+    settings = Settings(data_dir=data_dir)
+    outcome = train_recommender(settings, "itemknn", {"neighbors": 20}, register=True)
+    configure(settings)
+    client = MlflowClient()
+    registry.promote(client, "recommender", outcome.version, reason="test")
+    uri = client.get_model_version_download_uri("recommender", outcome.version)
+    artifact = Path(uri.removeprefix("file://")) / "artifacts" / "recommender.npz"
+    good = artifact.read_bytes()
+    artifact.write_bytes(good[: len(good) // 3])
+    return outcome.version, artifact, good
+
+
+def readiness(service: NextBest) -> dict:
+    from serving.health import HEALTH
+
+    service._report_health()
+    return dataclasses.asdict(HEALTH)
+
+
+def test_a_version_that_does_not_load_is_refused_remembered_and_the_last_good_one_served(
+        own_registry):
+    service = NextBest()  # version 1 loads, answers, and becomes the last good set
+    version, artifact, good = corrupt_champion_of_a_new_version(own_registry)
+    assert service.reload() is False  # the alias moved to a corrupt version: refused
+    health = readiness(service)
+    assert health["ready"] and health["versions"]["recommender"] == "1"
+    assert f"'recommender': '{version}'" in health["detail"] and "do not load" in health["detail"]
+    cache = json.loads((own_registry / "serving-cache" / "manifest.json").read_text())
+    assert cache["versions"]["recommender"] == "1"  # never named as good
+
+    restarted = NextBest()  # with the registry up, a start does not crash-loop on it
+    health = readiness(restarted)
+    assert health["ready"] and health["versions"]["recommender"] == "1"
+    assert health["served_from"] == "cache" and "refused before" in health["detail"]
+
+    artifact.write_bytes(good)  # repaired in the registry: a person asks for it again
+    assert restarted.reload() is False  # the poller does not retry a refused set by itself
+    assert restarted.reload(retry_refused=True) is True
+    assert restarted.state.models.versions["recommender"] == version
+
+
+def test_a_cached_copy_that_no_longer_matches_its_checksums_is_fetched_again(own_registry,
+                                                                            monkeypatch):
+    NextBest()
+    [cached] = (own_registry / "serving-cache" / "recommender" / "1").glob("recommender.npz")
+    cached.write_bytes(b"garbage")
+    service = NextBest()  # the registry is up: the copy is fetched again
+    assert service.__is_ready__() and service.state.models.source == "registry"
+    cached.write_bytes(b"garbage")
+    monkeypatch.setenv("NEXTBEST_TRACKING_URI", "http://127.0.0.1:9")
+    get_settings.cache_clear()
+    down = NextBest()  # no registry, and the only copy is damaged: not ready, and says why
+    assert not down.__is_ready__()
+    assert "does not match its checksums" in down.detail
+
+
+def test_readiness_says_what_is_served_and_why_over_http(client):
+    client.post("/admin_reload", json={"token": TOKEN})  # this app's service reports again
+    response = client.get("/readyz")  # (other tests started services of their own since)
+    assert response.status_code == 200
+    body = response.json()
+    assert body["ready"] is True and body["versions"]["recommender"] == "1"
+    assert body["served_from"] == "registry"
 
 
 def test_with_no_registry_and_no_cache_it_is_not_ready_and_says_why(tmp_path, monkeypatch):
@@ -764,7 +849,7 @@ def test_with_no_registry_and_no_cache_it_is_not_ready_and_says_why(tmp_path, mo
     get_settings.cache_clear()
     service = NextBest()
     assert not service.__is_ready__()
-    assert "unreachable" in service.detail and "no cached models" in service.detail
+    assert "unreachable" in service.detail and "no models that worked are cached" in service.detail
     with pytest.raises(ServiceUnavailable, match="no models loaded yet"):
         service.answer(RecommendRequest(customer_id="c1"))
     response = asyncio.run(service.recommend(RecommendRequest(customer_id="c1")))  # as over HTTP

@@ -1,0 +1,51 @@
+"""What a worker says about itself at ``GET /readyz``: ready or not, and why.
+
+BentoML's ``/readyz`` answers only a status from the service's ``__is_ready__``; an operator
+whose service fell back to older models, or is not ready, had to read the logs to learn why.
+The service keeps its worker's :data:`HEALTH` current, and :class:`Readiness` answers
+``/readyz`` from it: 200 or 503, with ``detail`` (what is served and why, e.g. "versions
+{...} do not load: ...; serving the last good versions {...}"), the model versions and where
+they came from. One service runs per worker process, so one record per process.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, MutableMapping
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import orjson
+
+Scope = MutableMapping[str, Any]
+ASGI = Callable[[Scope, Callable, Callable], Awaitable[None]]
+
+
+@dataclass
+class Health:
+    ready: bool = False
+    detail: str = "loading"
+    versions: dict[str, str] = field(default_factory=dict)
+    served_from: str | None = None
+    """'registry', or 'cache' when serving the last good copy."""
+
+
+HEALTH = Health()
+"""This worker's; written by the service, read by ``/readyz``."""
+
+
+class Readiness:
+    """ASGI middleware answering ``GET /readyz`` from :data:`HEALTH`."""
+
+    def __init__(self, app: ASGI) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Callable, send: Callable) -> None:
+        if scope["type"] != "http" or scope.get("path") != "/readyz" \
+                or scope.get("method") not in ("GET", "HEAD"):
+            await self.app(scope, receive, send)
+            return
+        body = orjson.dumps(asdict(HEALTH))
+        await send({"type": "http.response.start", "status": 200 if HEALTH.ready else 503,
+                    "headers": [(b"content-type", b"application/json"),
+                                (b"content-length", str(len(body)).encode())]})
+        await send({"type": "http.response.body", "body": body})
