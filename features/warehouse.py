@@ -40,13 +40,14 @@ import json
 import math
 import os
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
 import duckdb
+import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -62,6 +63,7 @@ from features.contracts import (
     arrow_schema,
     contract_for,
 )
+from features.event_time import TimeWindow
 from features.loading import OnError, load_table
 from features.validation import ValidationReport
 
@@ -267,6 +269,39 @@ class Warehouse:
                                     filter=condition).to_pandas()
 
         return _listing_again(read)
+
+    def events_within(self, window: TimeWindow, report: Callable[[str], None]
+                      ) -> pd.DataFrame:
+        """The events dated inside ``window``. Events stored outside it (before such events were
+        refused at the door, or written by hand) are left out and reported through ``report``
+        with where they are, so a job or a start-up goes on without them instead of failing on
+        dates no shop has (a year-9999 event had made every start crash-loop)."""
+        outside = self.events_outside(window)
+        if len(outside):
+            examples = "; ".join(f"{r.file} row {r.row}: {r.event_id} at {r.timestamp}"
+                                 for r in outside.head(5).itertuples())
+            report(f"{len(outside):,} stored event(s) are dated outside the accepted times "
+                   f"({window.earliest:%Y-%m-%d} to now plus the tolerance) and are left out, "
+                   f"e.g. {examples}; remove them with 'nextbest events delete --event-id ...' "
+                   "(or --from / --to)")
+        return self.events(start=window.earliest, end=window.latest)
+
+    def events_outside(self, window: TimeWindow) -> pd.DataFrame:
+        """Stored events dated outside ``window``: part file, row (from 1), event id, time."""
+        found = []
+        for part in _listing_again(self._parts):
+            table = pq.read_table(part, columns=["event_id", "timestamp"])
+            times = table["timestamp"]
+            outside = pc.or_(pc.less(times, pa.scalar(window.earliest, times.type)),
+                             pc.greater_equal(times, pa.scalar(window.latest, times.type)))
+            rows = np.flatnonzero(outside.to_numpy(zero_copy_only=False))
+            if rows.size:
+                found.append(pd.DataFrame({
+                    "file": part.name, "row": rows + 1,
+                    "event_id": table["event_id"].take(rows).to_pylist(),
+                    "timestamp": pc.cast(times.take(rows), pa.string()).to_pylist()}))
+        columns = ["file", "row", "event_id", "timestamp"]
+        return pd.concat(found, ignore_index=True) if found else pd.DataFrame(columns=columns)
 
     def query(self, sql: str) -> pd.DataFrame:
         """Run DuckDB SQL over views named ``events``, ``items`` and ``customers``."""

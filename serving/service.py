@@ -143,9 +143,9 @@ def load_state(settings: Settings, retry_refused: bool = False) -> ServingState:
 def assemble_state(settings: Settings, models: LoadedModels) -> ServingState:
     """Models and the shop view as one state, checked to answer."""
     warehouse = Warehouse(settings.data_dir / "warehouse")
-    # read once for everything below; an event dated after now (stored before such events were
-    # refused) must not move the shop's clock, nor anyone's features, into the future
-    events = warehouse.events(end=TimeWindow.current(settings).latest)
+    # read once for everything below; an event stored with a date no shop has (before such
+    # events were refused) must neither stop the start nor move the shop's clock
+    events = warehouse.events_within(TimeWindow.current(settings), log.warning)
     items = warehouse.items()
     shop = load_shop(warehouse, events, items)
     scores = None

@@ -107,11 +107,16 @@ def test_a_model_that_loses_to_the_popularity_baseline_is_never_champion(setting
     assert "does not beat baseline popularity" in outcome.decision.reason
 
 
-def test_an_event_stored_with_a_future_date_does_not_move_the_holdout(settings, shop):
+def test_an_event_stored_with_a_date_no_shop_has_is_left_out_and_reported(settings, shop):
     """Stored before such events were refused: training leaves it out instead of failing."""
-    future = shop.events.iloc[[0]].assign(event_id="from-2030",
-                                          timestamp=pd.Timestamp("2030-01-01", tz="UTC"))
+    future = shop.events.iloc[[0]].assign(event_id="from-9999",
+                                          timestamp=pd.Timestamp("9999-12-31", tz="UTC"))
     Warehouse(settings.data_dir / "warehouse").append_events(future)
+    result = CliRunner().invoke(app, ["train", "recommender", "--model", "popularity",
+                                      "--no-register", "--data-dir", str(settings.data_dir)])
+    assert result.exit_code == 0, result.output
+    assert "warning: 1 stored event(s) are dated outside the accepted times" in " ".join(
+        result.output.split())
     outcome = train_recommender(settings, "popularity", register=False)
     cutoff = MlflowClient(settings.resolved_tracking_uri()).get_run(outcome.run_id).data.params[
         "split.cutoff"]

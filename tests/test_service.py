@@ -818,6 +818,19 @@ def test_a_version_that_does_not_load_is_refused_remembered_and_the_last_good_on
     assert restarted.state.models.versions["recommender"] == version
 
 
+def test_a_stored_event_dated_9999_does_not_stop_the_service_from_starting(own_registry, caplog):
+    from features.warehouse import Warehouse
+
+    warehouse = Warehouse(own_registry / "warehouse")
+    strange = warehouse.events().iloc[[0]].assign(
+        event_id="from-9999", timestamp=pd.Timestamp("9999-12-31T23:59:59Z"))
+    warehouse.append_events(strange)  # as it could be stored before such events were refused
+    service = NextBest()
+    assert service.__is_ready__()
+    assert service.state.shop.as_of < pd.Timestamp("2100-01-01", tz="UTC")
+    assert any("from-9999 at 9999-12-31" in r.getMessage() for r in caplog.records)
+
+
 def test_a_cached_copy_that_no_longer_matches_its_checksums_is_fetched_again(own_registry,
                                                                             monkeypatch):
     NextBest()

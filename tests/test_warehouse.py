@@ -308,3 +308,27 @@ def test_a_deletion_that_matches_nothing_changes_nothing(warehouse, tiny_shop):
     result = warehouse.delete_events(EventCriteria(event_ids=("no-such-event",)))
     assert result.removed == 0 and result.kept_in is None
     assert sorted(warehouse.events_dir.glob("part-*")) == parts
+
+
+# ---------------------------------------------------------------------------- dates no shop has
+def test_events_stored_outside_the_accepted_times_are_left_out_and_reported(warehouse, tiny_shop):
+    from datetime import UTC, datetime, timedelta
+
+    from features.event_time import TimeWindow
+
+    strange = tiny_shop.events.iloc[[0, 1]].assign(
+        event_id=["from-9999", "from-1970"],
+        timestamp=pd.to_datetime(["9999-12-31T23:59:59Z", "1970-01-01T00:00:00Z"], utc=True))
+    warehouse.append_events(pd.concat([tiny_shop.events, strange]))  # as before the check
+    window = TimeWindow(datetime(1990, 1, 1, tzinfo=UTC), datetime(2026, 1, 1, tzinfo=UTC),
+                        timedelta(minutes=10))
+    reported: list[str] = []
+    events = warehouse.events_within(window, reported.append)
+    assert len(events) == len(tiny_shop.events)
+    assert not {"from-9999", "from-1970"} & set(events["event_id"])
+    outside = warehouse.events_outside(window)
+    assert sorted(outside["event_id"]) == ["from-1970", "from-9999"]
+    assert outside["file"].str.startswith("part-").all() and (outside["row"] >= 1).all()
+    [message] = reported
+    assert message.startswith("2 stored event(s) are dated outside the accepted times")
+    assert "from-9999 at 9999-12-31" in message and "nextbest events delete" in message

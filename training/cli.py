@@ -71,6 +71,9 @@ class RichJobProgress(JobProgress):
         self.bar.update(self.search, completed=min(elapsed, budget),
                         description=f"trial {number}: {score:.4f} (best {best:.4f})")
 
+    def warn(self, message: str) -> None:
+        self.bar.console.print(f"[bold yellow]warning:[/] {message}", highlight=False)
+
     def finish(self) -> None:
         if self.current is not None:
             description, started = self.current
@@ -303,7 +306,9 @@ def export_scores_command(
             progress.update(task, completed=done, total=total)
 
         table = export_scores(settings, model, out, file_format.value, segment, min_score, top,
-                              at=moment, on_progress=advance, version=version)
+                              at=moment, on_progress=advance, version=version,
+                              warn=lambda text: errors.print(f"[bold yellow]warning:[/] {text}",
+                                                             markup=True, highlight=False))
     scored_at = table["scored_at"].iloc[0] if len(table) else None
     console.print(f"wrote {len(table):,} customers to {out}"
                   + (f", scored as of {scored_at:%Y-%m-%d %H:%M:%S} UTC" if scored_at is not None

@@ -1,10 +1,15 @@
 """How a training job says where it is, to whoever runs it.
 
-A job calls ``stage`` as each step begins and ``trial`` after each search trial; the base class
-reports nothing (notebooks and tests), and the command line's subclass draws them with rich.
+A job calls ``stage`` as each step begins, ``trial`` after each search trial and ``warn`` when
+it goes on without something; the base class logs the warnings and reports nothing else
+(notebooks and tests), and the command line's subclass draws them all with rich.
 """
 
 from __future__ import annotations
+
+import logging
+
+log = logging.getLogger("nextbest.training")
 
 
 class JobProgress:
@@ -16,3 +21,7 @@ class JobProgress:
     def trial(self, number: int, elapsed: float, budget: float, score: float, best: float) -> None:
         """Search trial ``number`` (from 1) scored ``score``; ``best`` so far; ``elapsed`` of
         the ``budget`` seconds are used."""
+
+    def warn(self, message: str) -> None:
+        """Something the job goes on without (stored events it left out, say)."""
+        log.warning(message)

@@ -115,7 +115,7 @@ def train_propensity(settings: Settings, kind: str = "purchase", params: dict[st
     name = registered_name(settings, kind)
     warehouse = warehouse or Warehouse(settings.data_dir / "warehouse")
     progress.stage("reading the warehouse")
-    events = warehouse.events(end=TimeWindow.current(settings).latest)
+    events = warehouse.events_within(TimeWindow.current(settings), progress.warn)
     items = warehouse.items()
     if events.empty:
         raise ValueError(f"the warehouse at {warehouse.root} has no events; generate or import "

@@ -146,7 +146,7 @@ def train_recommender(
     ks = evaluated_ks(k, settings.promotion_metric)
     warehouse = warehouse or Warehouse(settings.data_dir / "warehouse")
     progress.stage("reading the warehouse")
-    events = warehouse.events(end=TimeWindow.current(settings).latest)
+    events = warehouse.events_within(TimeWindow.current(settings), progress.warn)
     items = warehouse.items()
     if events.empty:
         raise ValueError(f"the warehouse at {warehouse.root} has no events; run 'nextbest data "

@@ -8,6 +8,7 @@ ranked into deciles over everyone, and then filtered by segment, minimum score a
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from pathlib import Path
 from typing import Literal
@@ -17,6 +18,7 @@ import pandas as pd
 from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 
+from features.event_time import TimeWindow
 from features.settings import Settings
 from features.warehouse import Warehouse
 from training import registry
@@ -26,6 +28,7 @@ from training.propensity.scoring import ScoredCustomers, checked_as_of
 from training.tracking import configure
 
 CHUNK = 50_000
+log = logging.getLogger("nextbest.training")
 
 
 def load_version(settings: Settings, name: str, version: str | None = None
@@ -56,6 +59,7 @@ def export_scores(
     at: pd.Timestamp | None = None,
     on_progress: Callable[[int, int], None] | None = None,
     version: str | None = None,
+    warn: Callable[[str], None] | None = None,
 ) -> pd.DataFrame:
     """Write the scores file of ``version`` (default: the champion) and return what was
     written."""
@@ -73,7 +77,8 @@ def export_scores(
         known = ", ".join(sorted(customers["segment"].dropna().unique())) or "none"
         raise ValueError(f"no customer is in segment {segment!r}; segments are: {known}")
     model, version = load_version(settings, name, version)
-    scored = ScoredCustomers.score(model, version, warehouse.events(), warehouse.items(), at)
+    events = warehouse.events_within(TimeWindow.current(settings), warn or log.warning)
+    scored = ScoredCustomers.score(model, version, events, warehouse.items(), at)
     segments = customers.set_index("customer_id")["segment"]
     table = pd.DataFrame({"customer_id": scored.scores.index.astype(str),
                           "score": scored.scores.to_numpy(), "decile": scored.deciles.to_numpy(),
