@@ -1013,29 +1013,88 @@ def test_nextbest_serve_listens_on_this_machine_only_by_default(data_dir):
         stop(server)
 
 
+@contextlib.contextmanager
+def private_redis():
+    """A redis-server of this test's own (stopping it disturbs no one); yields its URL."""
+    require_program("redis-server")
+    port = _free_port()
+    redis_server = subprocess.Popen(["redis-server", "--port", str(port), "--bind", "127.0.0.1",
+                                     "--save", "", "--appendonly", "no"],
+                                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        yield f"redis://127.0.0.1:{port}/0"
+    finally:
+        redis_server.kill()
+        redis_server.wait(timeout=10)
+
+
 @pytest.mark.slow
-def test_an_acknowledged_event_survives_kill_9(data_dir, tmp_path):
-    from features.online.embedded import EmbeddedStore
+@pytest.mark.parametrize("backend", ["embedded", "redis"])
+def test_kill_9_under_concurrent_batches_loses_and_doubles_no_acknowledged_event(data_dir, tmp_path,
+                                                                                 backend):
+    """Four clients send batches of ten events with ids the test controls; the service is
+    killed (every process, SIGKILL) while they do. After a restart: every acknowledged event is
+    stored exactly once, re-sending them all gives only duplicates, and each customer's state
+    counted each event once."""
+    import threading
+
+    from features.online import open_online_store
+    from features.warehouse import Warehouse
 
     online = tmp_path / "data"
-    shutil.copytree(data_dir, online)  # its own online.db; the models and warehouse as served
-    server, url = start_server(online, tmp_path, NEXTBEST_FLUSH_INTERVAL_SECONDS="0")
-    events = [an_event("kill-9", f"p{i:06d}", "add_to_cart") for i in range(1, 51)]
-    try:
-        status, body = post(f"{url}/events", {"events": events})
-        assert status == 200 and body["accepted"] == 50
-    finally:
-        stop(server, signal.SIGKILL)  # server and worker: no chance to flush or close anything
-    server, url = start_server(online, tmp_path, NEXTBEST_FLUSH_INTERVAL_SECONDS="0")
-    try:
-        status, again = post(f"{url}/events", {"events": events})
-        assert status == 200 and again["duplicates"] == 50  # all remembered
-        state = EmbeddedStore(online / "online.db").customer("kill-9")
-        assert len(state.cart) == 50
-        status, answer = post(f"{url}/recommend", {"customer_id": "kill-9", "n": {"product": 20}})
-        assert not {e["item_id"] for e in events} & set(ids(answer))  # the cart is context
-    finally:
-        stop(server)
+    shutil.copytree(data_dir, online)  # its own online store; the models and warehouse as served
+    with contextlib.ExitStack() as stack:
+        env = {"NEXTBEST_FLUSH_INTERVAL_SECONDS": "0", "NEXTBEST_ONLINE_BACKEND": backend}
+        if backend == "redis":
+            env |= {"NEXTBEST_REDIS_URL": stack.enter_context(private_redis()),
+                    "NEXTBEST_REDIS_PREFIX": f"kill9-{uuid.uuid4().hex[:6]}:"}
+        server, url = start_server(online, tmp_path, **env)
+        acknowledged: dict[str, list[dict]] = {}
+        stopping = threading.Event()
+
+        def client(number: int) -> None:
+            customer, batch = f"kill9-{number}", 0
+            while not stopping.is_set():
+                events = [an_event(customer, f"p{i:06d}", "view",
+                                   event_id=f"{customer}-{batch}-{i}") for i in range(1, 11)]
+                try:
+                    status, body = post(f"{url}/events", {"events": events})
+                except OSError:
+                    return  # the server is gone
+                if status == 200 and body["accepted"] + body["duplicates"] == 10:
+                    acknowledged.setdefault(customer, []).extend(events)
+                batch += 1
+
+        threads = [threading.Thread(target=client, args=(n,)) for n in range(4)]
+        for thread in threads:
+            thread.start()
+        time.sleep(3)
+        stop(server, signal.SIGKILL)  # mid-stream: no chance to flush or close anything
+        stopping.set()
+        for thread in threads:
+            thread.join(timeout=30)
+        sent = [e for events in acknowledged.values() for e in events]
+        assert len(sent) >= 40, "the clients got too few answers before the kill"
+        server, url = start_server(online, tmp_path, **env)
+        try:
+            answers = [post(f"{url}/events", {"events": sent[start:start + 500]})
+                       for start in range(0, len(sent), 500)]
+            assert {status for status, _ in answers} == {200}
+            assert sum(body["duplicates"] for _, body in answers) == len(sent)  # all remembered
+        finally:
+            stop(server)
+        settings = Settings(data_dir=online, online_backend=backend,
+                            **({"redis_url": env["NEXTBEST_REDIS_URL"],
+                                "redis_prefix": env["NEXTBEST_REDIS_PREFIX"]}
+                               if backend == "redis" else {}))
+        store = open_online_store(settings)
+        store.flush_to(Warehouse(online / "warehouse"))
+        stored = Warehouse(online / "warehouse").events(customer_ids=list(acknowledged))
+        assert stored["event_id"].is_unique  # nothing counted twice
+        assert {e["event_id"] for e in sent} <= set(stored["event_id"])  # nothing lost
+        for customer in acknowledged:
+            counted = store.customer(customer).counts.get("view", 0)
+            assert counted == int((stored["customer_id"] == customer).sum())
 
 
 @pytest.mark.slow

@@ -34,6 +34,10 @@ from features.online.store import (
 )
 
 RETRIES = 20
+LOCK_SECONDS = 5
+"""How long the write lock lives, and how long a writer waits for it. A batch's transaction takes
+milliseconds, so this only matters when a writer was killed holding the lock: the others wait at
+most this long for it to expire (it was 30 s, and a restarted service's first writes stalled)."""
 DAY = 86400
 
 
@@ -96,8 +100,8 @@ class RedisStore(OnlineStore):
             return fresh, {c: states[c] for c in {e["customer_id"] for e in fresh}}
 
         try:  # writers queue on a lock instead of invalidating each other's WATCH and retrying
-            with self.client.lock(self._key("write-lock"), timeout=30, sleep=0.002,
-                                  blocking_timeout=30):
+            with self.client.lock(self._key("write-lock"), timeout=LOCK_SECONDS, sleep=0.002,
+                                  blocking_timeout=LOCK_SECONDS):
                 return self._transaction([*buckets, *customer_keys], body)
         except redis.exceptions.LockError as error:
             raise OnlineStateUnavailable(f"redis at {self.url}: could not take the write lock "
