@@ -41,6 +41,9 @@ class Endpoint:
     """Status -> when it is answered; each is an ``ErrorAnswer`` unless ``special`` says."""
     special: dict[int, tuple[type[BaseModel], ...]] = field(default_factory=dict)
     """Statuses answered with other models (the events endpoint's 207 and 400)."""
+    body: tuple[type[BaseModel], ...] = ()
+    """What the spec says the body may be, when not ``request`` (the events endpoint's single
+    event or batch, which ``request`` takes loosely and checks with the contract's rules)."""
 
 
 NOT_READY = "No models are loaded yet (the reason is in `error`); see /readyz."
@@ -60,7 +63,8 @@ ENDPOINTS: tuple[Endpoint, ...] = (
               503: "The online store is unreachable; nothing was recorded. Retry after the "
                    "Retry-After header's seconds.", **WRITE_TOKEN},
              {207: (schemas.EventsAnswer,),
-              400: (schemas.EventsAnswer, schemas.ErrorAnswer)}),
+              400: (schemas.EventsAnswer, schemas.ErrorAnswer)},
+             body=(schemas.Event, schemas.EventsBatch)),
     Endpoint("/consent", schemas.ConsentRequest, schemas.ConsentAnswer,
              "Record a consent given or withdrawn on a contact channel.",
              {400: BAD_REQUEST, 503: "The online store is unreachable; nothing was recorded.",
@@ -93,9 +97,9 @@ COMMON_ERRORS = {
 @cache
 def openapi_spec(title: str, version: str) -> dict:
     """The whole spec (OpenAPI 3.1), built once per process."""
-    models = [schemas.ErrorAnswer]
+    models = [schemas.ErrorAnswer, schemas.ReadinessAnswer]
     for endpoint in ENDPOINTS:
-        models += [endpoint.request, endpoint.answer,
+        models += [*(endpoint.body or (endpoint.request,)), endpoint.answer,
                    *(m for ms in endpoint.special.values() for m in ms)]
     keys, definitions = models_json_schema(
         [(m, "validation" if m in _requests() else "serialization") for m in dict.fromkeys(models)],
@@ -126,16 +130,18 @@ def openapi_spec(title: str, version: str) -> dict:
             "summary": endpoint.summary, "operationId": endpoint.path.strip("/"),
             "tags": ["nextbest"],
             "requestBody": {"required": True, "content": {"application/json": {
-                "schema": ref(endpoint.request)}}},
+                "schema": ref(endpoint.request) if not endpoint.body else
+                {"anyOf": [ref(m) for m in endpoint.body]}}}},
             "responses": dict(sorted(responses.items()))}}
     text = {"text/plain": {"schema": {"type": "string"}}}
     paths |= {
         "/livez": {"get": {"summary": "Liveness: the process answers.", "tags": ["health"],
                            "responses": {"200": {"description": "Alive.", "content": text}}}},
-        "/readyz": {"get": {"summary": "Readiness: models are loaded.", "tags": ["health"],
-                            "responses": {"200": {"description": "Ready.", "content": text},
-                                          "503": {"description": "Not ready yet.",
-                                                  "content": text}}}},
+        "/readyz": {"get": {"summary": "Readiness: models are loaded, which ones and why.",
+                            "tags": ["health"],
+                            "responses": {"200": answer("Ready.", schemas.ReadinessAnswer),
+                                          "503": answer("Not ready yet.",
+                                                        schemas.ReadinessAnswer)}}},
         "/metrics": {"get": {"summary": "Prometheus metrics.", "tags": ["health"],
                              "responses": {"200": {"description": "Metrics in the Prometheus "
                                                    "text format.", "content": text}}}},
@@ -162,7 +168,7 @@ _SPECIAL = {
 
 @cache
 def _requests() -> frozenset[type[BaseModel]]:
-    return frozenset(e.request for e in ENDPOINTS)
+    return frozenset(m for e in ENDPOINTS for m in (e.request, *e.body))
 
 
 def docs_page(title: str, version: str) -> bytes:

@@ -12,24 +12,42 @@ every endpoint against that spec. Every error, whatever its status, is an :class
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import (
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     Field,
-    StrictInt,
+    create_model,
     field_validator,
     model_validator,
 )
 
-from features.contracts import CONTACT_CHANNELS, Channel, ItemKind
+from features.contracts import CONTACT_CHANNELS, EVENTS, Channel, ItemKind
 from features.event_time import TimeWindow
 
 MAX_N = 100
 DEFAULT_N: dict[ItemKind, int] = {ItemKind.PRODUCT: 10, ItemKind.CONTENT: 3, ItemKind.OFFER: 2}
 """How many items of each kind a request gets when it does not say."""
 ContactChannel = Literal[tuple(c.value for c in CONTACT_CHANNELS)]  # email, sms, push
+
+
+def _json_integer(value: Any) -> Any:
+    """A JSON integer: 5 or 5.0 (JSON Schema counts both), never "5" nor true."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ValueError("Input should be a valid integer (a JSON number, not a string or a "
+                         "boolean)")
+    if isinstance(value, float) and not value.is_integer():
+        raise ValueError("Input should be a whole number")
+    return int(value)
+
+
+def json_int(minimum: int, maximum: int) -> Any:
+    """An integer as JSON writes one, within bounds the spec shows (pydantic's lax int takes
+    "5" and true, its strict int not 5.0; the bounds must come before the validator for pydantic
+    to write them into the schema)."""
+    return Annotated[int, Field(ge=minimum, le=maximum), BeforeValidator(_json_integer)]
 
 
 class _Request(BaseModel):
@@ -71,7 +89,7 @@ class RecommendRequest(_Request):
 
     customer_id: str = Field(min_length=1, max_length=128)
     channel: Channel = Channel.WEB
-    n: dict[ItemKind, StrictInt] = Field(
+    n: dict[ItemKind, json_int(0, MAX_N)] = Field(
         default_factory=lambda: dict(DEFAULT_N),
         description=f"How many items of each kind (0..{MAX_N}); kinds not named keep their "
                     "defaults (product 10, content 3, offer 2).")
@@ -116,6 +134,32 @@ class RecommendAnswer(_Answer):
 
 
 # ---------------------------------------------------------------------------- events
+def _event_model() -> type[BaseModel]:
+    """One event as the event contract declares it (``features.contracts.EVENTS``), so that the
+    spec shows, and a client or a fuzzer can see, its fields; ``/events`` checks them with the
+    contract's own rules (``features.ingest``), which say more than a schema can."""
+    kinds = {"string": str, "timestamp": datetime, "int": int, "float": float, "bool": bool}
+    fields: dict[str, Any] = {}
+    for column in EVENTS.columns:
+        kind: Any = Literal[column.allowed] if column.allowed else kinds[column.type]
+        if column.name == EVENTS.extras_column:
+            kind = dict[str, Any] | str
+        if column.required:
+            fields[column.name] = (kind, Field(description=column.description))
+        else:
+            fields[column.name] = (kind | None, Field(None, description=column.description))
+    return create_model("Event", __config__=ConfigDict(extra="allow"), **fields)
+
+
+Event = _event_model()
+
+
+class EventsBatch(_Request):
+    events: list[Event] = Field(  # type: ignore[valid-type]  (a model made from the contract)
+        description="The events, each as the contract says (at most NEXTBEST_MAX_BATCH_EVENTS).")
+    atomic: bool = Field(False, description="Reject the whole batch if any event is bad.")
+
+
 class EventsBody(BaseModel):
     """One event as a flat object (the event contract's fields), or ``{"events": [...]}``."""
 
@@ -204,7 +248,7 @@ class ConsentStatusAnswer(_Answer):
 # ---------------------------------------------------------------------------- the rest
 class SimilarItemsRequest(_Request):
     item_id: str = Field(min_length=1, max_length=128)
-    n: StrictInt = Field(10, ge=1, le=100)
+    n: json_int(1, 100) = 10
 
 
 class SimilarItem(_Answer):
@@ -247,6 +291,16 @@ class ReloadAnswer(_Answer):
     swapped: bool
     versions: dict[str, str]
     detail: str
+
+
+class ReadinessAnswer(_Answer):
+    """GET /readyz (``serving/health.py``)."""
+
+    ready: bool
+    detail: str = Field(description="What is served and why, or why nothing is.")
+    versions: dict[str, str]
+    served_from: Literal["registry", "cache"] | None = Field(
+        description="cache: the last good versions, kept locally (the detail says why).")
 
 
 class ErrorAnswer(_Answer):
