@@ -10,7 +10,8 @@ since the snapshot. The two tables are built once (about 4 minutes at the defaul
 kept in ``NB_CACHE`` (default ``~/.cache/nextbest-bench``), from where every worker reads them,
 as the service reads a registered model's. Both endpoints answer through the service's output
 path (orjson bytes), take the request as the whole body and sit behind the service's
-middleware; their workers' heap is on huge pages, as the service's (``serving/huge_pages.py``).
+middleware (``add_http_layers``: CORS, JSON errors, tokens, request limits, readable 400s, the
+docs and readiness pages); their workers' heap is on huge pages, as the service's (``serving/huge_pages.py``).
 Access logging is off (one log line per request would be measured too). Used only
 by ``bench/bench_service.py``. Importing ``serving.service`` applies its fix to BentoML's request
 timeout here too (``serving/timeouts.py``).
@@ -33,13 +34,19 @@ from features.ingest import parse_events
 from features.online.embedded import EmbeddedStore
 from features.policy import DEFAULT_POLICY, load_policy
 from features.settings import Settings
+from serving.health import HEALTH
 from serving.huge_pages import worker_envs
 from serving.models import LoadedModels
 from serving.pipeline import ContentIndex, ServingState, recommend
 from serving.schemas import RecommendRequest
-from serving.service import json_response, neighbour_table, share_blas_threads, smoke_check
+from serving.service import (
+    add_http_layers,
+    json_response,
+    neighbour_table,
+    share_blas_threads,
+    smoke_check,
+)
 from serving.shop import Behaviour, Item, ShopView
-from serving.validation_errors import ReadableValidationErrors
 from training.interactions import Interactions
 from training.recommenders import make_recommender
 from training.tracking import TOP_ITEMS, Bundle
@@ -151,6 +158,7 @@ class BenchService:
         self.policy = load_policy(DEFAULT_POLICY)
         smoke_check(self.state)  # as the service does before serving a state
         gc.freeze()  # as the service does after loading
+        HEALTH.ready, HEALTH.detail = True, "the benchmark's synthetic state"  # /readyz
         if os.environ.get("NB_READY_DIR"):  # the benchmark waits for every worker, not the first
             (Path(os.environ["NB_READY_DIR"]) / str(os.getpid())).touch()
 
@@ -175,4 +183,4 @@ class BenchService:
         return json_response(CONSTANT)
 
 
-BenchService.add_asgi_middleware(ReadableValidationErrors)  # as the service has it
+add_http_layers(BenchService)  # the service's middleware, every layer of it

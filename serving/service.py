@@ -25,12 +25,14 @@ Run it with ``bentoml serve serving.service:NextBest`` (port 3000).
 
 from __future__ import annotations
 
+import asyncio
 import gc
 import logging
 import os
 import threading
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from http import HTTPStatus
 
@@ -251,7 +253,7 @@ class NextBest:
         self._touched_lock = threading.Lock()
         self._wake = threading.Event()
         self.breaker = Breaker()
-        self._store_threads: anyio.CapacityLimiter | None = None  # made on the event loop
+        self._store_threads = ThreadPoolExecutor(STORE_THREADS, thread_name_prefix="store")
         try:
             self.state = build_state(self.settings)
             gc.freeze()
@@ -330,9 +332,7 @@ class NextBest:
         """``work(*args)`` on one of the service's own threads for store I/O (a disk write, or a
         network round trip that may wait out a timeout), so that it never holds the event loop
         nor the one thread BentoML gives the other endpoints."""
-        if self._store_threads is None:
-            self._store_threads = anyio.CapacityLimiter(STORE_THREADS)
-        return await anyio.to_thread.run_sync(work, *args, limiter=self._store_threads)
+        return await asyncio.get_running_loop().run_in_executor(self._store_threads, work, *args)
 
     def ingest(self, raw: list, single: bool = False, atomic: bool = False) -> tuple[int, dict]:
         """What ``events`` does, as (HTTP status, answer): validate, record, wake the triggers."""
@@ -563,15 +563,23 @@ class NextBest:
         return dict(self.state.models.versions) if self.state is not None else {}
 
 
-# Outermost first: CORS answers preflights before anything else; every error is JSON; a caller
-# without a required token is refused before its body is read; bodies too large or too deep are
-# refused before they are parsed; a 400 names each field and its value;
-# the OpenAPI spec and its page at /docs.
-NextBest.add_asgi_middleware(Cors)
-NextBest.add_asgi_middleware(JsonErrors, endpoints=[e.path for e in ENDPOINTS])
-NextBest.add_asgi_middleware(TokenAuth)
-NextBest.add_asgi_middleware(RequestLimits)
-NextBest.add_asgi_middleware(ReadableValidationErrors,
-                             requests={e.path: e.request for e in ENDPOINTS})
-NextBest.add_asgi_middleware(ApiDocs, title="nextbest", version=nextbest_version())
-NextBest.add_asgi_middleware(Readiness)
+def add_http_layers(service) -> None:
+    """The middleware every request passes through, outermost first: CORS answers preflights
+    before anything else; every error is JSON; a caller without a required token is refused
+    before its body is read; bodies too large or too deep are refused before they are parsed;
+    a 400 names each field and its value; the OpenAPI spec and its page at /docs; /readyz.
+    The benchmark's service installs the same (bench/service_app.py)."""
+    service.add_asgi_middleware(Cors)
+    routes = [m.route for m in service.apis.values()]
+    documented = [e.path for e in ENDPOINTS if e.path in routes]  # in the spec's order
+    service.add_asgi_middleware(JsonErrors, endpoints=documented + [
+        r for r in routes if r not in documented])
+    service.add_asgi_middleware(TokenAuth)
+    service.add_asgi_middleware(RequestLimits)
+    service.add_asgi_middleware(ReadableValidationErrors,
+                                requests={e.path: e.request for e in ENDPOINTS})
+    service.add_asgi_middleware(ApiDocs, title="nextbest", version=nextbest_version())
+    service.add_asgi_middleware(Readiness)
+
+
+add_http_layers(NextBest)
