@@ -13,8 +13,9 @@ path (orjson bytes), take the request as the whole body and sit behind the servi
 middleware (``add_http_layers``: CORS, JSON errors, tokens, request limits, readable 400s, the
 docs and readiness pages); their workers' heap is on huge pages, as the service's (``serving/huge_pages.py``).
 Access logging is off (one log line per request would be measured too). Used only
-by ``bench/bench_service.py``. Importing ``serving.service`` applies its fix to BentoML's request
-timeout here too (``serving/timeouts.py``).
+by ``bench/bench_service.py``. Each worker applies the service's workarounds of BentoML first
+(``apply_framework_workarounds``: the request timeout, accepting connections one per turn, the
+client-error log lines), as the service's workers do.
 """
 
 from __future__ import annotations
@@ -41,6 +42,7 @@ from serving.pipeline import ContentIndex, ServingState, recommend
 from serving.schemas import RecommendRequest
 from serving.service import (
     add_http_layers,
+    apply_framework_workarounds,
     json_response,
     neighbour_table,
     share_blas_threads,
@@ -149,6 +151,7 @@ def fresh_events(n_items: int, customers: int) -> list[dict]:
                  envs=worker_envs(Settings().huge_pages))  # as the service's workers
 class BenchService:
     def __init__(self) -> None:
+        apply_framework_workarounds()  # as every worker of the service does first
         share_blas_threads(int(os.environ.get("NB_WORKERS", 1)))
         self.state = synthetic_state(int(os.environ.get("NB_ITEMS", 100_000)),
                                      int(os.environ.get("NB_CUSTOMERS", 1_000_000)))
