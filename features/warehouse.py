@@ -290,15 +290,15 @@ class Warehouse:
         """Stored events dated outside ``window``: part file, row (from 1), event id, time."""
         found = []
         for part in _listing_again(self._parts):
-            table = pq.read_table(part, columns=["event_id", "timestamp"])
-            times = table["timestamp"]
+            times = pq.read_table(part, columns=["timestamp"])["timestamp"]  # ids only if needed
             outside = pc.or_(pc.less(times, pa.scalar(window.earliest, times.type)),
                              pc.greater_equal(times, pa.scalar(window.latest, times.type)))
             rows = np.flatnonzero(outside.to_numpy(zero_copy_only=False))
             if rows.size:
+                ids = pq.read_table(part, columns=["event_id"])["event_id"]
                 found.append(pd.DataFrame({
                     "file": part.name, "row": rows + 1,
-                    "event_id": table["event_id"].take(rows).to_pylist(),
+                    "event_id": ids.take(rows).to_pylist(),
                     "timestamp": pc.cast(times.take(rows), pa.string()).to_pylist()}))
         columns = ["file", "row", "event_id", "timestamp"]
         return pd.concat(found, ignore_index=True) if found else pd.DataFrame(columns=columns)
