@@ -59,9 +59,9 @@ def read_raw(path: Path, max_cell_bytes: int | None = None) -> pd.DataFrame:
             sep = "\t" if suffix == ".tsv" else ","
             _check_csv_lines(path, sep, max_cell_bytes)
             return pd.read_csv(path, sep=sep, dtype=str, keep_default_na=False)
+    except DataFileError:
+        raise  # the checks' own message says what is wrong
     except (ValueError, OSError, pd.errors.ParserError) as error:
-        if isinstance(error, DataFileError):
-            raise
         raise DataFileError(f"{path}: cannot be read as {suffix[1:]}: {error}") from error
     raise DataFileError(f"{path}: unknown file type '{suffix}'; expected .csv, .tsv or .parquet")
 

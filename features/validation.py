@@ -223,10 +223,8 @@ def _as_string(raw: pd.Series, missing: np.ndarray, column: Column, collector: _
     values = raw.astype("string").str.strip()
     values[missing] = pd.NA
     limit = get_settings().max_cell_bytes
-    long = np.flatnonzero((values.str.len() > limit // 4).fillna(False).to_numpy(dtype=bool))
-    if long.size:  # characters are 1-4 bytes: only these can be over the limit in bytes
-        too_long = np.zeros(len(values), dtype=bool)
-        too_long[long] = [len(values.iloc[i].encode()) > limit for i in long]
+    too_long = _longer_than(values, limit)
+    if too_long.any():
         collector.rows(too_long, values.str.slice(0, 60), column.name,
                        f"at most {limit:,} bytes (NEXTBEST_MAX_CELL_BYTES)")
     if column.allowed is None:
@@ -344,12 +342,10 @@ def _check_table_rules(contract: TableContract, typed: dict[str, pd.Series],
         collector.rows(not_object, raw[contract.extras_column].reset_index(drop=True),
                        contract.extras_column, "a JSON object such as {\"page\": \"home\"}")
     limit = get_settings().max_context_bytes
-    sizes = extras.fillna("").str.len().to_numpy(dtype=np.int64)  # characters: bytes >= that
-    large = np.flatnonzero(sizes > limit // 4)  # only these can exceed the limit in bytes
-    too_large = np.zeros(len(extras), dtype=bool)
-    too_large[large] = [len(extras.iloc[i].encode()) > limit for i in large]
-    collector.rows(too_large, extras.str.slice(0, 60), contract.extras_column,
-                   context_too_large(limit))
+    too_large = _longer_than(extras, limit)
+    if too_large.any():
+        collector.rows(too_large, extras.str.slice(0, 60), contract.extras_column,
+                       context_too_large(limit))
     if contract.name != "items":
         return
     offers = (typed["kind"] == "offer").fillna(False).to_numpy(dtype=bool)
@@ -364,6 +360,15 @@ def _check_table_rules(contract: TableContract, typed: dict[str, pd.Series],
 
 def _raw_or_typed(raw: pd.DataFrame, typed: dict[str, pd.Series], name: str) -> pd.Series:
     return raw[name].reset_index(drop=True) if name in raw.columns else typed[name]
+
+
+def _longer_than(texts: pd.Series, limit: int) -> np.ndarray:
+    """Which texts take more than ``limit`` bytes in UTF-8 (missing ones do not). A character
+    is 1 to 4 bytes, so only texts of more than ``limit // 4`` characters are encoded to tell."""
+    over = np.zeros(len(texts), dtype=bool)
+    long = np.flatnonzero((texts.str.len() > limit // 4).fillna(False).to_numpy(dtype=bool))
+    over[long] = [len(texts.iloc[i].encode()) > limit for i in long]
+    return over
 
 
 def context_too_large(limit: int, size: int | None = None) -> str:

@@ -12,14 +12,12 @@ made ``hmac.compare_digest`` raise, a 500). ``admin_reload`` has its own token
 from __future__ import annotations
 
 import hmac
-from collections.abc import Awaitable, Callable, Iterable, MutableMapping
-from typing import Any
+from collections.abc import Iterable
 
 from features.settings import get_settings
+from serving.asgi import ASGI, Receive, Scope, Send, header
 from serving.http_errors import send_error
 
-Scope = MutableMapping[str, Any]
-ASGI = Callable[[Scope, Callable, Callable], Awaitable[None]]
 WRITES = ("/events", "/consent")
 READS = ("/recommend", "/similar_items", "/propensity", "/consent_status")
 
@@ -34,10 +32,8 @@ def token_matches(sent: str | bytes | None, tokens: Iterable[str]) -> bool:
 
 def bearer(scope: Scope) -> bytes | None:
     """The token of an ``Authorization: Bearer ...`` header, or None."""
-    for key, value in scope.get("headers", []):
-        if key.lower() == b"authorization" and value[:7].lower() == b"bearer ":
-            return value[7:].strip()
-    return None
+    value = header(scope, b"authorization")
+    return value[7:].strip() if value is not None and value[:7].lower() == b"bearer " else None
 
 
 class TokenAuth:
@@ -50,7 +46,7 @@ class TokenAuth:
             (WRITES, settings.write_tokens, "NEXTBEST_WRITE_TOKENS"),
             (READS, settings.read_tokens, "NEXTBEST_READ_TOKENS")) if tokens for path in paths}
 
-    async def __call__(self, scope: Scope, receive: Callable, send: Callable) -> None:
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         guard = self.protected.get(scope.get("path", "")) if scope["type"] == "http" else None
         if guard is not None and scope.get("method") == "POST":
             tokens, setting = guard

@@ -10,16 +10,11 @@ says how to allow it, instead of Starlette's plain-text 400.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, MutableMapping
-from typing import Any
-
 from starlette.middleware.cors import CORSMiddleware
 
 from features.settings import get_settings
+from serving.asgi import ASGI, Receive, Scope, Send, header
 from serving.http_errors import send_error
-
-Scope = MutableMapping[str, Any]
-ASGI = Callable[[Scope, Callable, Callable], Awaitable[None]]
 
 
 class Cors:
@@ -31,11 +26,11 @@ class Cors:
                                   allow_methods=["GET", "POST"],
                                   allow_headers=["Content-Type", "Authorization"], max_age=600)
 
-    async def __call__(self, scope: Scope, receive: Callable, send: Callable) -> None:
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http" and scope.get("method") == "OPTIONS":
-            headers = {k.lower(): v.decode("latin-1") for k, v in scope.get("headers", [])}
-            origin = headers.get(b"origin")
-            if origin is not None and b"access-control-request-method" in headers \
+            sent = header(scope, b"origin")
+            origin = sent.decode("latin-1") if sent is not None else None
+            if origin is not None and header(scope, b"access-control-request-method") is not None \
                     and "*" not in self.origins and origin not in self.origins:
                 allowed = ", ".join(self.origins) or "none"
                 await send_error(send, 403, (

@@ -10,14 +10,11 @@ they came from. One service runs per worker process, so one record per process.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, MutableMapping
 from dataclasses import asdict, dataclass, field
-from typing import Any
 
 import orjson
 
-Scope = MutableMapping[str, Any]
-ASGI = Callable[[Scope, Callable, Callable], Awaitable[None]]
+from serving.asgi import ASGI, Receive, Scope, Send, respond
 
 
 @dataclass
@@ -39,13 +36,9 @@ class Readiness:
     def __init__(self, app: ASGI) -> None:
         self.app = app
 
-    async def __call__(self, scope: Scope, receive: Callable, send: Callable) -> None:
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or scope.get("path") != "/readyz" \
                 or scope.get("method") not in ("GET", "HEAD"):
             await self.app(scope, receive, send)
             return
-        body = orjson.dumps(asdict(HEALTH))
-        await send({"type": "http.response.start", "status": 200 if HEALTH.ready else 503,
-                    "headers": [(b"content-type", b"application/json"),
-                                (b"content-length", str(len(body)).encode())]})
-        await send({"type": "http.response.body", "body": body})
+        await respond(send, 200 if HEALTH.ready else 503, orjson.dumps(asdict(HEALTH)))

@@ -11,14 +11,11 @@ an unknown field.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Iterable, MutableMapping
-from typing import Any
+from collections.abc import Iterable
 
 import orjson
 
-Scope = MutableMapping[str, Any]
-Message = MutableMapping[str, Any]
-ASGI = Callable[[Scope, Callable, Callable], Awaitable[None]]
+from serving.asgi import ASGI, Message, Receive, Scope, Send, header, respond
 
 
 class JsonErrors:
@@ -28,13 +25,14 @@ class JsonErrors:
         self.app = app
         self.endpoints = tuple(endpoints)
 
-    async def __call__(self, scope: Scope, receive: Callable, send: Callable) -> None:
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
         method, path = scope.get("method", ""), scope.get("path", "")
         if method == "POST" and path in self.endpoints:
-            media_type = _header(scope, b"content-type").split(";")[0].strip().lower()
+            sent_as = (header(scope, b"content-type") or b"").decode("latin-1")
+            media_type = sent_as.split(";")[0].strip().lower()
             if media_type and media_type != "application/json" and not media_type.endswith("+json"):
                 await send_error(send, 415, (
                     f"the body must be JSON, sent with the header Content-Type: application/json "
@@ -69,21 +67,10 @@ class JsonErrors:
                 "(the OpenAPI page) and /openapi.json")
 
 
-async def send_error(send: Callable, status: int, error: str,
+async def send_error(send: Send, status: int, error: str,
                      headers: list[tuple[bytes, bytes]] | None = None) -> None:
     """Answer ``{"error": error}`` with ``status``."""
-    body = orjson.dumps({"error": error})
-    await send({"type": "http.response.start", "status": status,
-                "headers": [(b"content-type", b"application/json"),
-                            (b"content-length", str(len(body)).encode()), *(headers or [])]})
-    await send({"type": "http.response.body", "body": body})
-
-
-def _header(scope: Scope, name: bytes) -> str:
-    for key, value in scope.get("headers", []):
-        if key.lower() == name:
-            return value.decode("latin-1")
-    return ""
+    await respond(send, status, orjson.dumps({"error": error}), headers=headers)
 
 
 def _is_json(start: Message) -> bool:

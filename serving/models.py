@@ -214,8 +214,6 @@ def load_models(settings: Settings, alias: str = "champion", retry_refused: bool
                                   f"{error})") from None
     try:
         return cache.read(versions, "registry", verify=False)  # fetch verified them
-    except VersionsRefused:
-        raise
     except Exception as error:  # a corrupt or incompatible artifact: any error of any loader
         reason = f"versions {versions} do not load: {type(error).__name__}: {error}"
         cache.refuse(versions, reason)

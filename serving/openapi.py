@@ -13,19 +13,16 @@ files BentoML ships, so it opens without internet. ``/`` redirects to ``/docs``.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, MutableMapping
 from dataclasses import dataclass, field
 from functools import cache
-from typing import Any
 
 import orjson
 from pydantic import BaseModel
 from pydantic.json_schema import models_json_schema
 
 from serving import schemas
+from serving.asgi import ASGI, Receive, Scope, Send, respond
 
-Scope = MutableMapping[str, Any]
-ASGI = Callable[[Scope, Callable, Callable], Awaitable[None]]
 REF = "#/components/schemas/{model}"
 
 
@@ -199,26 +196,17 @@ class ApiDocs:
         self.app = app
         self.title, self.version = title, version
 
-    async def __call__(self, scope: Scope, receive: Callable, send: Callable) -> None:
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or scope.get("method") not in ("GET", "HEAD"):
             await self.app(scope, receive, send)
             return
         path = scope.get("path", "")
         if path in ("/openapi.json", "/docs.json"):
-            await _send(send, 200, "application/json",
-                        orjson.dumps(openapi_spec(self.title, self.version)))
+            await respond(send, 200, orjson.dumps(openapi_spec(self.title, self.version)))
         elif path in ("/docs", "/docs/"):
-            await _send(send, 200, "text/html; charset=utf-8",
-                        docs_page(self.title, self.version))
+            await respond(send, 200, docs_page(self.title, self.version),
+                          "text/html; charset=utf-8")
         elif path == "/":
-            await _send(send, 307, "text/plain", b"", [(b"location", b"/docs")])
+            await respond(send, 307, b"", "text/plain", [(b"location", b"/docs")])
         else:
             await self.app(scope, receive, send)
-
-
-async def _send(send: Callable, status: int, media_type: str, body: bytes,
-                headers: list[tuple[bytes, bytes]] | None = None) -> None:
-    await send({"type": "http.response.start", "status": status,
-                "headers": [(b"content-type", media_type.encode()),
-                            (b"content-length", str(len(body)).encode()), *(headers or [])]})
-    await send({"type": "http.response.body", "body": body})

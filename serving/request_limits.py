@@ -12,15 +12,11 @@ both limits is handed on unchanged.
 from __future__ import annotations
 
 import re
-from collections.abc import Awaitable, Callable, MutableMapping
-from typing import Any
 
 from features.settings import get_settings
+from serving.asgi import ASGI, Message, Receive, Scope, Send, header
 from serving.http_errors import send_error
 
-Scope = MutableMapping[str, Any]
-Message = MutableMapping[str, Any]
-ASGI = Callable[[Scope, Callable, Callable], Awaitable[None]]
 _TOKENS = re.compile(rb'["\\\[\]{}]')
 
 
@@ -58,7 +54,7 @@ class RequestLimits:
         self.app = app
         self.max_bytes, self.max_depth = settings.max_body_bytes, settings.max_json_depth
 
-    async def __call__(self, scope: Scope, receive: Callable, send: Callable) -> None:
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or scope.get("method") != "POST":
             await self.app(scope, receive, send)
             return
@@ -94,7 +90,7 @@ class RequestLimits:
 
         await self.app(scope, replay, send)
 
-    async def _too_large(self, send: Callable, size: int) -> None:
+    async def _too_large(self, send: Send, size: int) -> None:
         await send_error(send, 413, (
             f"the body is larger than {self.max_bytes:,} bytes (NEXTBEST_MAX_BODY_BYTES; it has "
             f"{size:,} or more); send events in batches of at most NEXTBEST_MAX_BATCH_EVENTS"),
@@ -102,10 +98,8 @@ class RequestLimits:
 
 
 def _content_length(scope: Scope) -> int | None:
-    for key, value in scope.get("headers", []):
-        if key.lower() == b"content-length":
-            try:
-                return int(value)
-            except ValueError:
-                return None
-    return None
+    value = header(scope, b"content-length")
+    try:
+        return int(value) if value is not None else None
+    except ValueError:
+        return None

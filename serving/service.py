@@ -53,7 +53,7 @@ from features.policy import consent_in_force, load_policy, policy_path
 from features.settings import Settings, get_settings
 from features.warehouse import Warehouse
 from serving.accepting import accept_one_connection_per_turn, warn_unless_spread
-from serving.auth import TokenAuth, token_matches
+from serving.auth import TokenAuth, bearer, token_matches
 from serving.cors import Cors
 from serving.health import HEALTH, Readiness
 from serving.http_errors import JsonErrors
@@ -105,10 +105,10 @@ from training.propensity.scoring import ScoredCustomers, customer_features
 
 log = logging.getLogger("nextbest.serving")
 NEIGHBOURS = 50
+"""Neighbours kept per item; similar_items asking for more scores the catalog instead."""
 STORE_THREADS = 4
 """Threads of a worker for the online store's I/O: writes wait on a disk or a network, and must
 hold neither the event loop nor BentoML's thread for the other endpoints."""
-"""Neighbours kept per item; similar_items asking for more scores the catalog instead."""
 
 
 class Forbidden(BentoMLException):
@@ -445,14 +445,13 @@ class NextBest:
                      ) -> ReloadAnswer:
         """Check the alias now and swap models if it moved. Needs the token set in
         NEXTBEST_ADMIN_TOKEN, as ``{"token": ...}`` or ``Authorization: Bearer ...``."""
-        bearer = ctx.request.headers.get("authorization", "") if ctx is not None else ""
-        response = json_answer(lambda: self._admin_reload(
-            token or bearer.removeprefix("Bearer ").strip() or None))
+        sent = token or (bearer(ctx.request.scope) if ctx is not None else None)
+        response = json_answer(lambda: self._admin_reload(sent or None))
         if ctx is not None:  # BentoML answers with the context's status when an API takes one
             ctx.response.status_code = response.status_code
         return response
 
-    def _admin_reload(self, token: str | None) -> dict:
+    def _admin_reload(self, token: str | bytes | None) -> dict:
         expected = self.settings.admin_token
         if not expected:
             raise Forbidden("admin_reload is disabled: set NEXTBEST_ADMIN_TOKEN on the service "

@@ -15,6 +15,9 @@ from __future__ import annotations
 
 import logging
 
+from bentoml.exceptions import BentoMLException
+from pydantic import ValidationError
+
 BENTOML_REQUEST_LOGGER = "bentoml._internal.server.http_app"
 """Where BentoML's ``log_exception`` writes (1.4.39)."""
 
@@ -38,8 +41,6 @@ class ClientErrorsAsWarnings(logging.Filter):
 def _summary(error: BaseException) -> str:
     """The problems in one line; for a schema mismatch the fields and messages, not the values
     sent (which may be personal data)."""
-    from pydantic import ValidationError
-
     if isinstance(error, ValidationError):
         return "; ".join(f"{'.'.join(map(str, e['loc'])) or 'body'}: {e['msg']}"
                          for e in error.errors(include_url=False))
@@ -47,9 +48,6 @@ def _summary(error: BaseException) -> str:
 
 
 def _client_error(error: BaseException) -> bool:
-    from bentoml.exceptions import BentoMLException
-    from pydantic import ValidationError
-
     if isinstance(error, ValidationError):
         return True
     return isinstance(error, BentoMLException) and int(error.error_code) < 500

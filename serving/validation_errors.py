@@ -14,16 +14,13 @@ body's chunks as they pass.
 from __future__ import annotations
 
 import difflib
-from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
 import orjson
 from pydantic import BaseModel
 
-Scope = MutableMapping[str, Any]
-Message = MutableMapping[str, Any]
-Receive = Callable[[], Awaitable[Message]]
-Send = Callable[[Message], Awaitable[None]]
+from serving.asgi import ASGI, Message, Receive, Scope, Send
+
 MISSING = object()
 
 
@@ -31,7 +28,7 @@ class ReadableValidationErrors:
     """ASGI middleware; ``requests`` maps each endpoint's path to its request model, so that an
     unknown field can be answered with the fields there are."""
 
-    def __init__(self, app: Callable[[Scope, Receive, Send], Awaitable[None]],
+    def __init__(self, app: ASGI,
                  requests: dict[str, type[BaseModel]] | None = None) -> None:
         self.app = app
         self.requests = requests or {}
