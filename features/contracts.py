@@ -22,13 +22,16 @@ LIST_SEPARATOR = "|"
 
 
 class EventType(StrEnum):
-    """What a customer did. The first five are the shopping funnel; the rest feed attribution."""
+    """What a customer did. The first five are the shopping funnel; ``return`` takes back a
+    purchased line (a return or a cancellation: its revenue is reversed); the rest feed
+    attribution."""
 
     VIEW = "view"
     CLICK = "click"
     ADD_TO_CART = "add_to_cart"
     REMOVE_FROM_CART = "remove_from_cart"
     PURCHASE = "purchase"
+    RETURN = "return"
     IMPRESSION = "impression"
     OFFER_SHOWN = "offer_shown"
     OFFER_REDEEMED = "offer_redeemed"
@@ -153,6 +156,21 @@ EVENTS = TableContract(
             min_value=0,
         ),
         Column(
+            "recommendation_id",
+            "string",
+            "The recommendation_id of the answer the customer acted on (a click on a shelf, "
+            "say); attributes the event to that answer directly.",
+            required=False,
+            nullable=True,
+        ),
+        Column(
+            "decision_id",
+            "string",
+            "The decision_id of the message the customer acted on (a link in an email).",
+            required=False,
+            nullable=True,
+        ),
+        Column(
             "context",
             "string",
             "Free-form JSON object: page, referrer, rating, and any column the contract lacks.",
@@ -234,7 +252,62 @@ CUSTOMERS = TableContract(
     ),
 )
 
+class ExposureType(StrEnum):
+    """What put items in front of a customer: a ``recommend`` answer, or a message a trigger
+    decided."""
+
+    RECOMMENDATION = "recommendation"
+    MESSAGE = "message"
+
+
+class ExposureStatus(StrEnum):
+    SHOWN = "shown"
+    """A recommend answer was returned (shown, as far as nextbest can know)."""
+    SENT = "sent"
+    """A message was decided and written to the outbox for the shop's sender."""
+    SUPPRESSED = "suppressed"
+    """A trigger held but the contact policy stopped the message (``rule`` says which rule)."""
+
+
+EXPOSURES = TableContract(
+    name="exposures",
+    key="exposure_id",
+    description="What nextbest put in front of each customer: one row per item of each answer or "
+                "message (one row with no item when there was none), written by nextbest itself.",
+    extras_column="context",
+    columns=(
+        Column("exposure_id", "string", "The answer's recommendation_id, or the message's "
+               "decision_id: what outcome events carry to be attributed directly."),
+        Column("exposure_type", "string", "recommendation or message.",
+               allowed=_values(ExposureType)),
+        Column("customer_id", "string", "Who it was shown or sent to."),
+        Column("timestamp", "timestamp", "When it was answered or decided (UTC)."),
+        Column("channel", "string", "Where it was shown or sent.", allowed=_values(Channel)),
+        Column("placement", "string", "The page or slot that asked (the request's placement, "
+               "else its page_type, else 'default'); for messages the trigger's name."),
+        Column("status", "string", "shown, sent or suppressed.", allowed=_values(ExposureStatus)),
+        Column("rule", "string", "Suppressed messages: the contact-policy rule that stopped it "
+               "(consent, quiet_hours, cap, cooldown, nothing_to_send).", required=False,
+               nullable=True),
+        Column("model_versions", "string", "Registered model versions that answered, "
+               "'name=version' joined by '|', e.g. 'recommender=3|propensity=2'.",
+               required=False, nullable=True),
+        Column("item_kind", "string", "product, content or offer; empty on a row with no item.",
+               required=False, nullable=True, allowed=_values(ItemKind)),
+        Column("item_id", "string", "The item shown or sent; empty on a row with no item.",
+               required=False, nullable=True),
+        Column("position", "int", "Its place in its kind's list, from 1.", required=False,
+               nullable=True, min_value=1),
+        Column("source", "string", "What placed it: for_you, similar, new, popular (products); "
+               "context, category, popular (content); expected_value (offers); the trigger's "
+               "action for messages.", required=False, nullable=True),
+        Column("context", "string", "JSON object: degraded answers say why, and anything else "
+               "worth keeping.", required=False, nullable=True),
+    ),
+)
+
 CONTRACTS: dict[str, TableContract] = {c.name: c for c in (EVENTS, ITEMS, CUSTOMERS)}
+"""The tables a shop sends (imported from files or posted); ``EXPOSURES`` is nextbest's own."""
 
 
 def contract_for(table: str) -> TableContract:

@@ -162,6 +162,16 @@ def contact_verdict(policy: ContactPolicy, state: CustomerState, consents: froze
     return None
 
 
+def verdict_rule(verdict: str) -> str:
+    """The policy rule a ``contact_verdict`` names: consent, quiet_hours or cap (what the
+    exposure log records for a suppressed message)."""
+    if verdict.startswith("quiet hours"):
+        return "quiet_hours"
+    if verdict.startswith("cap reached"):
+        return "cap"
+    return "consent"
+
+
 def recently_shown(policy: ContactPolicy, state: CustomerState, now: datetime) -> set[str]:
     """Items and offers shown or sent on any channel within the cross-channel memory."""
     since = now.timestamp() - policy.cross_channel_memory_hours * 3600

@@ -139,6 +139,25 @@ class Settings(BaseSettings):
     trigger_interval_seconds: float = Field(
         60.0, ge=0, description="How often the service evaluates timed triggers (cart abandonment); "
         "0 = never.")
+    exposure_logging: bool = Field(
+        True, description="Record every recommend answer and message decision as an exposure "
+        "(what attribution and KPIs count); off only to measure what it costs.")
+    exposure_buffer: int = Field(
+        10_000, ge=100, description="Exposures a service worker holds while its writer is busy or "
+        "the online store is down; beyond that new ones are dropped and counted (never blocking an "
+        "answer).")
+    exposure_flush_ms: float = Field(
+        200.0, ge=10, le=60_000, description="How often a worker writes its buffered exposures to "
+        "the online store: what a killed worker can lose is the exposures of its last interval.")
+    click_window_hours: float = Field(
+        24.0, gt=0, description="Attribution: a click without a recommendation_id counts for an "
+        "exposure of the same item to the same customer at most this long before it.")
+    purchase_window_days: float = Field(
+        7.0, gt=0, description="Attribution: an add-to-cart or purchase without an id counts for an "
+        "exposure of the item to the customer at most this long before it.")
+    attribution_rule: Literal["last_touch", "first_touch"] = Field(
+        "last_touch", description="Which exposure in the window gets an outcome: the latest "
+        "(last_touch) or the earliest (first_touch).")
     policy_file: Path | None = Field(
         None, description="Contact policy and trigger rules (YAML). Default: <data_dir>/policy.yaml if it "
         "exists, else the built-in policy (features/policy.default.yaml).")

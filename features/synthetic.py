@@ -102,6 +102,7 @@ EXTRA_VIEWS = np.array([2.5, 3.5, 1.5, 0.0])
 P_CART = np.array([0.22, 0.28, 0.18, 0.95])
 P_BUY = np.array([0.45, 0.52, 0.40, 0.98])
 P_CONTENT = np.array([0.20, 0.12, 0.45, 0.0])
+TIER_NAMES = ("budget", "mid", "premium")
 TIER_FIT = np.array([[1.0, 0.35, 0.08], [0.35, 1.0, 0.35], [0.08, 0.35, 1.0]])
 """How likely a customer who prefers tier row is to pick an item of tier column."""
 WEEKDAY_WEIGHT = np.array([0.85, 0.85, 0.9, 0.95, 1.1, 1.3, 1.25])  # Monday first
@@ -159,6 +160,13 @@ class SyntheticShop:
     customer_tastes: pd.DataFrame
     """Each customer's true category tastes (rows sum to 1), indexed by customer_id."""
     config: ShopConfig
+    customer_traits: pd.DataFrame | None = None
+    """The rest of each customer's truth, indexed by customer_id: preferred price tier
+    (``tier_budget``, ``tier_mid``, ``tier_premium``, summing to 1), ``offer_sensitivity``,
+    ``activity`` (visits per day) and channel habits (``web``, ``app``, ``email``, ``store``,
+    summing to 1). With the tastes, what ``features.shop_response`` answers from."""
+    item_tiers: pd.Series | None = None
+    """Each product's price tier within its category (0 budget, 1 mid, 2 premium)."""
 
 
 def generate_shop(config: ShopConfig | None = None) -> SyntheticShop:
@@ -170,9 +178,16 @@ def generate_shop(config: ShopConfig | None = None) -> SyntheticShop:
     people = _make_customers(config, categories, rng)
     sessions = _make_sessions(config, people, rng)
     events = _make_events(config, categories, catalog, people, sessions, rng)
-    tastes = pd.DataFrame(people.taste, columns=categories,
-                          index=pd.Index(people.frame["customer_id"], name="customer_id"))
-    return SyntheticShop(events, catalog.frame, people.frame, tastes, config)
+    index = pd.Index(people.frame["customer_id"], name="customer_id")
+    tastes = pd.DataFrame(people.taste, columns=categories, index=index)
+    traits = pd.DataFrame({
+        **{f"tier_{name}": people.tier_pref[:, t] for t, name in enumerate(TIER_NAMES)},
+        "offer_sensitivity": people.offer_sensitivity, "activity": people.activity,
+        **{channel.value: people.channel_pref[:, c] for c, channel in enumerate(SESSION_CHANNELS)},
+    }, index=index)
+    tiers = pd.Series(catalog.tier, index=pd.Index(
+        catalog.frame["item_id"].iloc[catalog.product_ids], name="item_id"), name="tier")
+    return SyntheticShop(events, catalog.frame, people.frame, tastes, config, traits, tiers)
 
 
 # ---------------------------------------------------------------------------- catalog
@@ -545,6 +560,8 @@ def _make_events(config: ShopConfig, categories: list[str], catalog: _Catalog, p
         "session_id": _ids("s", session, 9),
         "quantity": pa.array(qty),
         "price": pa.array(price, from_pandas=True),
+        "recommendation_id": pa.nulls(n, pa.string()),
+        "decision_id": pa.nulls(n, pa.string()),
         "context": pa.nulls(n, pa.string()),
     })
     return table.cast(arrow_schema(EVENTS)).to_pandas()
@@ -643,6 +660,9 @@ def store_shop(warehouse: Warehouse, shop: SyntheticShop) -> None:
     truth = warehouse.root.parent / "synthetic"
     truth.mkdir(parents=True, exist_ok=True)
     shop.customer_tastes.to_parquet(truth / "customer_tastes.parquet")
+    if shop.customer_traits is not None:
+        shop.customer_traits.to_parquet(truth / "customer_traits.parquet")
+        shop.item_tiers.to_frame().to_parquet(truth / "item_tiers.parquet")
     (truth / "config.json").write_text(json.dumps(shop.config.model_dump(mode="json"), indent=2))
 
 

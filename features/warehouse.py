@@ -1,10 +1,11 @@
-"""The local warehouse: the three contract tables as Parquet files under one directory.
+"""The local warehouse: the contract tables as Parquet files under one directory.
 
 Layout under ``root``::
 
-    events/part-<time>-<id>.parquet   append-only batches of events
-    items.parquet                     the catalog, one row per item_id
-    customers.parquet                 the customers, one row per customer_id
+    events/part-<time>-<id>.parquet     append-only batches of events
+    exposures/part-<time>-<id>.parquet  append-only batches of exposures (nextbest's own log)
+    items.parquet                       the catalog, one row per item_id
+    customers.parquet                   the customers, one row per customer_id
 
 Why this shape: events only ever grow, so each batch becomes a new immutable part and an
 append never rewrites what is already stored. A part is written to a temporary name and then
@@ -58,6 +59,7 @@ from features.contracts import (
     CONTRACTS,
     CUSTOMERS,
     EVENTS,
+    EXPOSURES,
     ITEMS,
     TableContract,
     arrow_schema,
@@ -77,6 +79,9 @@ READ_ATTEMPTS = 5
 
 
 DELETIONS_LOG = "deletions.jsonl"
+CHECKPOINT_KEY = "nextbest.moved_through."
+"""Parquet metadata key (plus the online log's id) of the last log position an exposure part
+holds."""
 
 
 @dataclass(frozen=True)
@@ -138,6 +143,8 @@ class Warehouse:
     def __init__(self, root: Path) -> None:
         self.root = Path(root)
         self.events_dir = self.root / "events"
+        self._event_parts = _Parts(self.events_dir, arrow_schema(EVENTS))
+        self._exposure_parts = _Parts(self.root / "exposures", arrow_schema(EXPOSURES))
 
     # ------------------------------------------------------------------ writing
     def append_events(self, events: pd.DataFrame) -> WriteResult:
@@ -149,13 +156,49 @@ class Warehouse:
                 pc.invert(pc.is_in(batch["event_id"], value_set=stored))
             )
             if fresh.num_rows:
-                fresh = fresh.sort_by([("timestamp", "ascending")])
-                stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S%f")
-                self._write_atomically(
-                    fresh, self.events_dir / f"part-{stamp}-{uuid.uuid4().hex[:8]}.parquet"
-                )
-                self._compact()
+                self._event_parts.write(fresh)
         return WriteResult("events", fresh.num_rows, batch.num_rows - fresh.num_rows)
+
+    def append_exposures(self, rows: pa.Table, log_id: str, through: int) -> int:
+        """Store exposure rows moved from the online store's log, up to log position
+        ``through`` of the log ``log_id``; return how many rows were stored.
+
+        The position is written into the part itself (Parquet metadata), so the part and "moved
+        up to here" land in one rename: a flush repeated after a crash sends rows up to a
+        position already stored, which are skipped here. Rows carry their log position in the
+        ``_position`` column, which is not stored."""
+        with self._locked():
+            done = self.exposure_checkpoint(log_id)
+            if done is not None:
+                rows = rows.filter(pc.greater(rows["_position"], done))
+            if not rows.num_rows:
+                return 0
+            table = rows.drop_columns(["_position"]).select(EXPOSURES.column_names).cast(
+                arrow_schema(EXPOSURES))
+            self._exposure_parts.write(table, {f"{CHECKPOINT_KEY}{log_id}": str(through)})
+        return table.num_rows
+
+    def exposure_checkpoint(self, log_id: str) -> int | None:
+        """The last position of the online log ``log_id`` whose exposures are stored."""
+        key = f"{CHECKPOINT_KEY}{log_id}".encode()
+        found = [int(meta[key]) for part in _listing_again(self._exposure_parts.parts)
+                 if (meta := pq.read_schema(part).metadata) and key in meta]
+        return max(found, default=None)
+
+    def exposures(self, start: datetime | pd.Timestamp | None = None,
+                  end: datetime | pd.Timestamp | None = None) -> pd.DataFrame:
+        """Exposure rows with ``start <= timestamp < end`` (see ``EXPOSURES``)."""
+        condition = None
+        for part in _event_filters(start, end, None):
+            condition = part if condition is None else condition & part
+
+        def read() -> pd.DataFrame:
+            dataset = self._exposure_parts.dataset()
+            if dataset is None:
+                return arrow_schema(EXPOSURES).empty_table().to_pandas()
+            return dataset.to_table(filter=condition).to_pandas()
+
+        return _listing_again(read)
 
     def delete_events(self, criteria: EventCriteria, dry_run: bool = False) -> DeleteResult:
         """Remove the events that match ``criteria`` (all of its conditions), atomically.
@@ -166,10 +209,10 @@ class Warehouse:
         (import that file to undo), and each deletion is logged to ``deletions.jsonl``."""
         condition = criteria.expression()
         with self._locked():
-            self._finish_merge()
+            self._event_parts.finish_merge()
             affected, removed = [], []
             for part in self._parts():
-                matching = pq.read_table(part, schema=arrow_schema(EVENTS)).filter(condition)
+                matching = self._event_parts.read(part).filter(condition)
                 if matching.num_rows:
                     affected.append(part)
                     removed.append(matching)
@@ -179,7 +222,7 @@ class Warehouse:
             stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S%f")
             kept = self.root / "deleted" / f"events-{stamp}.parquet"
             self._write_atomically(pa.concat_tables(removed), kept)
-            self._merge(affected, keep=~condition)
+            self._event_parts.merge(affected, keep=~condition)
             entry = {"at": datetime.now(UTC).isoformat(timespec="seconds"), "removed": count,
                      "criteria": criteria.describe(), "kept_in": str(kept)}
             with open(self.root / DELETIONS_LOG, "a") as log:
@@ -192,7 +235,7 @@ class Warehouse:
         """Merge event parts of about the same size (appends do this themselves); return how
         many parts the merges removed."""
         with self._locked():
-            return self._compact()
+            return self._event_parts.compact()
 
     def upsert(self, table: str, rows: pd.DataFrame) -> WriteResult:
         """Insert or replace items or customers by their key; the newest row for a key wins."""
@@ -304,14 +347,24 @@ class Warehouse:
         return pd.concat(found, ignore_index=True) if found else pd.DataFrame(columns=columns)
 
     def query(self, sql: str) -> pd.DataFrame:
-        """Run DuckDB SQL over views named ``events``, ``items`` and ``customers``."""
+        """Run DuckDB SQL over views named ``events``, ``items``, ``customers`` and
+        ``exposures``."""
         def read() -> pd.DataFrame:
-            with duckdb.connect() as connection:
-                for name, contract in CONTRACTS.items():
-                    connection.register(name, self._arrow_view(contract))
+            with self.connect() as connection:
                 return _plain_numbers(connection.sql(sql).to_arrow_table()).to_pandas()
 
         return _listing_again(read)
+
+    def connect(self) -> duckdb.DuckDBPyConnection:
+        """A DuckDB connection with every table as a view over its files, for a job that runs
+        several queries (``query`` runs one). Close it (``with``) when done."""
+        connection = duckdb.connect()
+        for name, contract in CONTRACTS.items():
+            connection.register(name, self._arrow_view(contract))
+        exposures = self._exposure_parts.dataset()
+        connection.register("exposures", exposures if exposures is not None
+                            else arrow_schema(EXPOSURES).empty_table())
+        return connection
 
     def counts(self) -> dict[str, int]:
         """Rows stored per table, read from Parquet metadata (cheap at any size)."""
@@ -337,83 +390,10 @@ class Warehouse:
 
     # ------------------------------------------------------------------ internals
     def _parts(self) -> list[Path]:
-        """The event parts to read: listed first, then the journal read, so that a merge's new
-        part is never counted with the parts it replaces."""
-        if not self.events_dir.exists():
-            return []
-        parts = sorted(self.events_dir.glob("part-*.parquet"))
-        journal = self._journal()
-        if journal is not None and journal["target"] in {p.name for p in parts}:
-            replaced = set(journal["sources"])
-            parts = [p for p in parts if p.name not in replaced]
-        return parts
-
-    # ------------------------------------------------------------------ compaction
-    def _compact(self) -> int:
-        """Merge tier by tier until no tier holds ``FAN_IN`` parts (under the lock)."""
-        self._finish_merge()
-        removed = 0
-        while group := self._mergeable():
-            self._merge(group)
-            removed += len(group) - 1
-        return removed
-
-    def _mergeable(self) -> list[Path]:
-        """The oldest ``FAN_IN`` parts of the smallest tier that has that many."""
-        tiers: dict[int, list[Path]] = {}
-        for part in self._parts():
-            rows = pq.ParquetFile(part).metadata.num_rows
-            if rows < LARGE_PART_ROWS:
-                tiers.setdefault(int(math.log(max(rows, 1), FAN_IN)), []).append(part)
-        for tier in sorted(tiers):
-            if len(tiers[tier]) >= FAN_IN:
-                return tiers[tier][:FAN_IN]
-        return []
-
-    def _merge(self, sources: list[Path], keep: ds.Expression | None = None) -> None:
-        """Replace ``sources`` by one part holding their rows (those ``keep`` selects)."""
-        table = pa.concat_tables([pq.read_table(p, schema=arrow_schema(EVENTS)) for p in sources])
-        if keep is not None:
-            table = table.filter(keep)
-        stamp = sources[0].name.split("-")[1]  # the new part sorts where the oldest one did
-        target = self.events_dir / f"part-{stamp}-{uuid.uuid4().hex[:8]}.parquet"
-        temporary = self._write_unseen(table.sort_by([("timestamp", "ascending")]))
-        self._write_journal({"target": target.name, "sources": [p.name for p in sources]})
-        os.replace(temporary, target)
-        self._finish_merge()
-
-    def _finish_merge(self) -> None:
-        """Complete a merge the journal names (its new part is in view: delete the parts it
-        replaces), or discard it (its new part never came into view)."""
-        journal = self._journal()
-        if journal is None:
-            return
-        if (self.events_dir / journal["target"]).exists():
-            for name in journal["sources"]:
-                (self.events_dir / name).unlink(missing_ok=True)
-        (self.events_dir / JOURNAL).unlink()
-        for leftover in self.events_dir.glob(".tmp-*.parquet"):
-            leftover.unlink(missing_ok=True)
-
-    def _journal(self) -> dict | None:
-        try:
-            return json.loads((self.events_dir / JOURNAL).read_text())
-        except FileNotFoundError:
-            return None
-
-    def _write_journal(self, entry: dict) -> None:
-        temporary = self.events_dir / f".journal-{uuid.uuid4().hex}"
-        with open(temporary, "w") as handle:
-            json.dump(entry, handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(temporary, self.events_dir / JOURNAL)
+        return self._event_parts.parts()
 
     def _events_dataset(self) -> ds.Dataset | None:
-        parts = self._parts()
-        if not parts:
-            return None
-        return ds.dataset([str(p) for p in parts], schema=arrow_schema(EVENTS), format="parquet")
+        return self._event_parts.dataset()
 
     def _arrow_view(self, contract: TableContract) -> pa.Table | ds.Dataset:
         if contract is EVENTS:
@@ -445,23 +425,11 @@ class Warehouse:
 
     def _write_atomically(self, table: pa.Table, target: Path) -> None:
         target.parent.mkdir(parents=True, exist_ok=True)
-        temporary = self._write_unseen(table, target.parent)
+        temporary = _write_unseen(table, target.parent)
         try:
             os.replace(temporary, target)
         finally:
             temporary.unlink(missing_ok=True)
-
-    def _write_unseen(self, table: pa.Table, directory: Path | None = None) -> Path:
-        """``table`` on disk (fsynced) under a name no reader lists."""
-        temporary = (directory or self.events_dir) / f".tmp-{uuid.uuid4().hex}.parquet"
-        try:
-            pq.write_table(table, temporary, compression="zstd")
-            with open(temporary, "rb") as handle:
-                os.fsync(handle.fileno())
-        except BaseException:
-            temporary.unlink(missing_ok=True)
-            raise
-        return temporary
 
     @contextmanager
     def _locked(self) -> Iterator[None]:
@@ -472,6 +440,134 @@ class Warehouse:
                 yield
             finally:
                 fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def _write_unseen(table: pa.Table, directory: Path) -> Path:
+    """``table`` on disk (fsynced) under a name no reader lists."""
+    directory.mkdir(parents=True, exist_ok=True)
+    temporary = directory / f".tmp-{uuid.uuid4().hex}.parquet"
+    try:
+        pq.write_table(table, temporary, compression="zstd")
+        with open(temporary, "rb") as handle:
+            os.fsync(handle.fileno())
+    except BaseException:
+        temporary.unlink(missing_ok=True)
+        raise
+    return temporary
+
+
+class _Parts:
+    """An append-only table as immutable Parquet parts in one directory, merged size-tiered
+    through a journal (the module docstring says how and why). The warehouse's lock is held
+    around every change."""
+
+    def __init__(self, directory: Path, schema: pa.Schema, order_by: str = "timestamp") -> None:
+        self.directory = directory
+        self.schema = schema
+        self.order_by = order_by
+
+    def parts(self) -> list[Path]:
+        """The parts to read: listed first, then the journal read, so that a merge's new part
+        is never counted with the parts it replaces."""
+        if not self.directory.exists():
+            return []
+        parts = sorted(self.directory.glob("part-*.parquet"))
+        journal = self._journal()
+        if journal is not None and journal["target"] in {p.name for p in parts}:
+            replaced = set(journal["sources"])
+            parts = [p for p in parts if p.name not in replaced]
+        return parts
+
+    def dataset(self) -> ds.Dataset | None:
+        parts = self.parts()
+        if not parts:
+            return None
+        return ds.dataset([str(p) for p in parts], schema=self.schema, format="parquet")
+
+    def write(self, table: pa.Table, metadata: dict[str, str] | None = None) -> Path:
+        """A new part holding ``table`` (in time order), then merges where a tier is full."""
+        table = table.sort_by([(self.order_by, "ascending")])
+        if metadata:
+            table = table.replace_schema_metadata(metadata)
+        stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S%f")
+        target = self.directory / f"part-{stamp}-{uuid.uuid4().hex[:8]}.parquet"
+        temporary = _write_unseen(table, self.directory)
+        try:
+            os.replace(temporary, target)
+        finally:
+            temporary.unlink(missing_ok=True)
+        self.compact()
+        return target
+
+    def read(self, part: Path) -> pa.Table:
+        return pq.read_table(part, schema=self.schema)
+
+    def compact(self) -> int:
+        """Merge tier by tier until no tier holds ``FAN_IN`` parts."""
+        self.finish_merge()
+        removed = 0
+        while group := self._mergeable():
+            self.merge(group)
+            removed += len(group) - 1
+        return removed
+
+    def _mergeable(self) -> list[Path]:
+        """The oldest ``FAN_IN`` parts of the smallest tier that has that many."""
+        tiers: dict[int, list[Path]] = {}
+        for part in self.parts():
+            rows = pq.ParquetFile(part).metadata.num_rows
+            if rows < LARGE_PART_ROWS:
+                tiers.setdefault(int(math.log(max(rows, 1), FAN_IN)), []).append(part)
+        for tier in sorted(tiers):
+            if len(tiers[tier]) >= FAN_IN:
+                return tiers[tier][:FAN_IN]
+        return []
+
+    def merge(self, sources: list[Path], keep: ds.Expression | None = None) -> None:
+        """Replace ``sources`` by one part holding their rows (those ``keep`` selects); the
+        sources' metadata is kept (the newest part's, on a conflict)."""
+        metadata: dict[bytes, bytes] = {}
+        for part in sources:
+            metadata.update(pq.read_schema(part).metadata or {})
+        table = pa.concat_tables([self.read(p) for p in sources])
+        if keep is not None:
+            table = table.filter(keep)
+        table = table.sort_by([(self.order_by, "ascending")])
+        if metadata:
+            table = table.replace_schema_metadata(metadata)
+        stamp = sources[0].name.split("-")[1]  # the new part sorts where the oldest one did
+        target = self.directory / f"part-{stamp}-{uuid.uuid4().hex[:8]}.parquet"
+        temporary = _write_unseen(table, self.directory)
+        self._write_journal({"target": target.name, "sources": [p.name for p in sources]})
+        os.replace(temporary, target)
+        self.finish_merge()
+
+    def finish_merge(self) -> None:
+        """Complete a merge the journal names (its new part is in view: delete the parts it
+        replaces), or discard it (its new part never came into view)."""
+        journal = self._journal()
+        if journal is None:
+            return
+        if (self.directory / journal["target"]).exists():
+            for name in journal["sources"]:
+                (self.directory / name).unlink(missing_ok=True)
+        (self.directory / JOURNAL).unlink()
+        for leftover in self.directory.glob(".tmp-*.parquet"):
+            leftover.unlink(missing_ok=True)
+
+    def _journal(self) -> dict | None:
+        try:
+            return json.loads((self.directory / JOURNAL).read_text())
+        except FileNotFoundError:
+            return None
+
+    def _write_journal(self, entry: dict) -> None:
+        temporary = self.directory / f".journal-{uuid.uuid4().hex}"
+        with open(temporary, "w") as handle:
+            json.dump(entry, handle)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(temporary, self.directory / JOURNAL)
 
 
 def _listing_again(read):

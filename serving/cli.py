@@ -27,12 +27,13 @@ from features.cli import (
     errors,
     features_app,
     friendly_errors,
+    progress,
     settings_with,
     warehouse_at,
 )
 from serving.launch import version
 from serving.realtime_cli import events_app, policy_app, triggers_app
-from training.cli import models_app, scores_app, train_app
+from training.cli import models_app, report_app, scores_app, train_app
 
 app = typer.Typer(
     help="nextbest: next best products, content and offers for every retail customer.",
@@ -46,6 +47,7 @@ app.add_typer(scores_app, name="scores")
 app.add_typer(policy_app, name="policy")
 app.add_typer(events_app, name="events")
 app.add_typer(triggers_app, name="triggers")
+app.add_typer(report_app, name="report")
 
 Port = Annotated[int, typer.Option(min=1, max=65535, help="Port of the service.")]
 Host = Annotated[str | None, typer.Option(
@@ -102,11 +104,12 @@ def demo(
     settings = settings_with(data_dir)
     warehouse = warehouse_at(data_dir)
     console.rule("1. synthetic shop")
-    # Dated to end today, so that offers valid now exist when the service answers.
+    # Dated to end yesterday, so that offers valid now exist when the service answers, and the
+    # last day is left to the simulated visits (step 6), whose outcomes then mix with no history.
     config = ShopConfig.for_events(events, seed=seed)
-    today = pd.Timestamp.now(tz="UTC").normalize()
+    yesterday = pd.Timestamp.now(tz="UTC").normalize() - pd.Timedelta(days=1)
     shop = generate_shop(config.model_copy(
-        update={"start": (today - pd.Timedelta(days=config.days)).to_pydatetime()}))
+        update={"start": (yesterday - pd.Timedelta(days=config.days)).to_pydatetime()}))
     for name, frame in (("events", shop.events), ("items", shop.items),
                         ("customers", shop.customers)):
         _, report = validate_table(frame, CONTRACTS[name], f"generated {name}")
@@ -161,8 +164,12 @@ def demo(
                           f"{row.reason_1}")
         console.print(f"top customers exported to {out}")
     console.print(f"MLflow store: {settings.resolved_tracking_uri()}")
+    console.rule("6. a simulated day: customers answer what they are shown")
+    from serving.simulator import SimulationConfig
+
+    _print_simulation(_simulate_with_progress(settings, SimulationConfig(days=1, seed=seed)))
     if serve:
-        console.rule("6. the service, on built-in data")
+        console.rule("7. the service, on built-in data")
         example = {"customer_id": str(shop.events["customer_id"].iloc[-1]), "channel": "web",
                    "n": {"product": 3, "content": 1, "offer": 1}}
         run_service(settings.data_dir, port, example, host)
@@ -230,6 +237,65 @@ def _ready(url: str) -> bool:
             return response.status == 200
     except OSError:
         return False
+
+
+@app.command()
+@friendly_errors
+def simulate(
+    days: Annotated[float, typer.Option(help="Simulated days, ending now.")] = 1.0,
+    customers: Annotated[int, typer.Option(min=1, help="Customer visits per simulated day.")
+                         ] = 300,
+    seed: Annotated[int, typer.Option(help="Random seed: the same seed draws the same visits "
+                                      "and choices.")] = 7,
+    tagged_share: Annotated[float, typer.Option(
+        min=0, max=1, help="Share of clicks, carts and purchases that carry the "
+                           "recommendation_id or decision_id they respond to.")] = 0.5,
+    ranker: Annotated[str, typer.Option(
+        help="pipeline (the service's ranking) or popularity (best sellers, the baseline).")
+    ] = "pipeline",
+    url: Annotated[str | None, typer.Option(
+        help="Ask the service running here (e.g. http://localhost:3000) instead of ranking in "
+             "this process; it records exposures and runs triggers itself, on its clock.")
+    ] = None,
+    token: Annotated[str | None, typer.Option(
+        help="Bearer token for --url, when the service needs one.")] = None,
+    data_dir: DataDir = None,
+) -> None:
+    """Replay the built-in shop's customers through the real ranking: they are shown the
+    answers, click, buy and redeem as their known tastes say, and their events (and the
+    exposures) are recorded, so that KPIs and experiments have real numbers to read."""
+    from serving.simulator import SimulationConfig
+
+    if ranker not in ("pipeline", "popularity"):
+        raise ValueError(f"--ranker must be pipeline or popularity, got {ranker!r}")
+    settings = settings_with(data_dir)
+    config = SimulationConfig(days=days, visits_per_day=customers, seed=seed,
+                              tagged_share=tagged_share, ranker=ranker)
+    result = _simulate_with_progress(settings, config, url, token)
+    _print_simulation(result)
+
+
+def _simulate_with_progress(settings, config, url: str | None = None, token: str | None = None):
+    from serving.simulator import simulate as run_simulation
+
+    with progress() as bar:
+        task = bar.add_task("simulated visits", total=None)
+        result = run_simulation(settings, config, url, token,
+                                lambda done, total: bar.update(task, completed=done, total=total))
+    return result
+
+
+def _print_simulation(result) -> None:
+    truth = result.frame()
+    counts = truth["event_type"].value_counts()
+    console.print(
+        f"simulated {result.start:%Y-%m-%d %H:%M} to {result.end:%Y-%m-%d %H:%M} UTC: "
+        f"{result.exposures:,} answers and messages ({result.messages:,} messages), "
+        f"{sum(result.impressions.values()):,} items shown; {counts.get('click', 0):,} clicks, "
+        f"{counts.get('purchase', 0):,} purchases, {counts.get('offer_redeemed', 0):,} offers "
+        f"redeemed; product click-through {result.ctr():.2%}; revenue earned by what was shown "
+        f"{result.attributable_revenue:,.2f}", highlight=False)
+    console.print("see the KPIs with: nextbest report kpis --by channel,kind")
 
 
 @app.command()

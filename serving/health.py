@@ -24,6 +24,8 @@ class Health:
     versions: dict[str, str] = field(default_factory=dict)
     served_from: str | None = None
     """'registry', or 'cache' when serving the last good copy."""
+    exposures: dict[str, int] = field(default_factory=dict)
+    """The exposure log's counters: recorded, written, dropped, pending, write_errors."""
 
 
 HEALTH = Health()

@@ -60,6 +60,17 @@ class Candidate:
     item_id: str
     score: float
     reason: str
+    source: str
+    """What placed it (``SOURCES``): kept with every exposure, so KPIs can say which source
+    earns its place."""
+
+
+SOURCES = {
+    ItemKind.PRODUCT: ("for_you", "similar", "new", "popular"),
+    ItemKind.CONTENT: ("context", "category", "popular"),
+    ItemKind.OFFER: ("expected_value",),
+}
+"""The candidate sources of each kind, as exposures and answers name them."""
 
 
 @dataclass(frozen=True)
@@ -195,13 +206,15 @@ def _entry(item: Item, candidate: Candidate) -> dict:
     """Scores to six places: ``round(x * 1e6) / 1e6`` rather than ``round(x, 6)``, which
     costs six times as much (a third of writing the answer)."""
     return {"item_id": item.item_id, "title": item.title, "category": item.category,
-            "score": round(candidate.score * 1e6) / 1e6, "reason": candidate.reason}
+            "score": round(candidate.score * 1e6) / 1e6, "reason": candidate.reason,
+            "source": candidate.source}
 
 
 # ---------------------------------------------------------------------------- products
 FOR_YOU, NEW, POPULAR, SIMILAR = kernels.FOR_YOU, kernels.NEW, kernels.POPULAR, kernels.SIMILAR
 """Reason codes of the candidate sources; SIMILAR + k is "similar to" the k-th anchor item."""
 SOURCE_CODE = {"for_you": FOR_YOU, "new": NEW, "popular": POPULAR, "similar": SIMILAR}
+SOURCE_NAME = {code: name for name, code in SOURCE_CODE.items()}
 SOURCE_WEIGHTS = np.array([SOURCE_WEIGHT[s] for s in sorted(SOURCE_CODE, key=SOURCE_CODE.get)])
 """``SOURCE_WEIGHT`` by reason code, as the compiled pass takes it."""
 NO_ITEMS, NO_SCORES = np.zeros(0, dtype=np.int64), np.zeros(0)
@@ -226,8 +239,8 @@ def rank_products(state: ServingState, request: RecommendRequest, behaviour: Beh
     blend = product_candidates(state, request, behaviour, liked, live)
     positions, scores, reasons = choose_products(index, blend, request, behaviour, n,
                                                  max_category_share)
-    return [Candidate(index.ids[p], s, blend.reason(r, p)) for p, s, r in
-            zip(positions, scores, reasons, strict=True)]
+    return [Candidate(index.ids[p], s, blend.reason(r, p), SOURCE_NAME[min(r, SIMILAR)])
+            for p, s, r in zip(positions, scores, reasons, strict=True)]
 
 
 class Blend:
@@ -516,7 +529,7 @@ def rank_content(state: ServingState, request: RecommendRequest, behaviour: Beha
         similar = [(item_id, 2.0 + score) for item_id, score
                    in state.content.similar(request.context.current_item, 20)
                    if shop.items[item_id].kind == CONTENT and item_id not in taken]
-        ranked = [Candidate(item_id, score, "about what you are looking at")
+        ranked = [Candidate(item_id, score, "about what you are looking at", "context")
                   for item_id, score in sorted(similar, key=lambda e: -e[1])[:n]]
         taken.update(c.item_id for c in ranked)
     if liked is None:
@@ -527,13 +540,14 @@ def rank_content(state: ServingState, request: RecommendRequest, behaviour: Beha
             if len(ranked) == n:
                 return ranked
             if item.item_id not in taken:
-                ranked.append(Candidate(item.item_id, 1.0 + share, reason))
+                ranked.append(Candidate(item.item_id, 1.0 + share, reason, "category"))
                 taken.add(item.item_id)
     for item_id, views in shop.popular_content:
         if len(ranked) == n:
             break
         if item_id not in taken:
-            ranked.append(Candidate(item_id, 0.5 * views / (1 + views), "popular reading"))
+            ranked.append(Candidate(item_id, 0.5 * views / (1 + views), "popular reading",
+                                    "popular"))
             taken.add(item_id)
     return ranked
 
@@ -569,5 +583,5 @@ def rank_offers(state: ServingState, request: RecommendRequest, behaviour: Behav
         shown = sorted(zip(offers, map(float, chances), strict=True),
                        key=lambda e: -e[1] * e[0].value)[:n]
     return [Candidate(offer.item.item_id, rate * offer.value,
-                      f"worth {offer.value:g}, " + says.format(rate=rate))
+                      f"worth {offer.value:g}, " + says.format(rate=rate), "expected_value")
             for offer, rate in shown]

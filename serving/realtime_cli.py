@@ -76,12 +76,16 @@ def show_policy(
 @events_app.command("flush")
 @friendly_errors
 def flush_events(data_dir: DataDir = None) -> None:
-    """Move events ingested by the service into the warehouse (exactly once)."""
+    """Move events ingested by the service, and the exposures it logged, into the warehouse
+    (exactly once)."""
     from features.online import open_online_store
 
     store = open_online_store(settings_with(data_dir))
-    moved = store.flush_to(warehouse_at(data_dir))
-    console.print(f"moved {moved:,} event(s) from the {store.name} online store to the warehouse")
+    warehouse = warehouse_at(data_dir)
+    moved = store.flush_to(warehouse)
+    shown = store.flush_exposures_to(warehouse)
+    console.print(f"moved {moved:,} event(s) and {shown:,} exposure row(s) from the {store.name} "
+                  "online store to the warehouse")
 
 
 @events_app.command("delete")

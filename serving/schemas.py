@@ -89,6 +89,11 @@ class RecommendRequest(_Request):
 
     customer_id: str = Field(min_length=1, max_length=128)
     channel: Channel = Channel.WEB
+    placement: str | None = Field(
+        None, min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.:/-]+$",
+        description="The slot asking (home_hero, product_page, cart, ...), kept with the "
+                    "exposure so KPIs break down by it; default: context.page_type, else "
+                    "'default'.")
     n: dict[ItemKind, json_int(0, MAX_N)] = Field(
         default_factory=lambda: dict(DEFAULT_N),
         description=f"How many items of each kind (0..{MAX_N}); kinds not named keep their "
@@ -110,6 +115,9 @@ class RecommendedItem(_Answer):
     category: str
     score: float
     reason: str = Field(description="Why it is shown, in words a customer could read.")
+    source: str = Field(description="What placed it: for_you, similar, new or popular "
+                        "(products); context, category or popular (content); expected_value "
+                        "(offers).")
 
 
 class ContactVerdict(_Answer):
@@ -301,6 +309,10 @@ class ReadinessAnswer(_Answer):
     versions: dict[str, str]
     served_from: Literal["registry", "cache"] | None = Field(
         description="cache: the last good versions, kept locally (the detail says why).")
+    exposures: dict[Literal["recorded", "written", "dropped", "pending", "write_errors"], int] = (
+        Field(description="This worker's exposure log: answers and messages recorded, written "
+                          "to the online store, dropped (buffer full), waiting, and failed "
+                          "writes (retried). Empty when NEXTBEST_EXPOSURE_LOGGING is off."))
 
 
 class ErrorAnswer(_Answer):

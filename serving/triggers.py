@@ -22,6 +22,7 @@ from datetime import datetime
 import pandas as pd
 
 from features.contracts import EventType, ItemKind
+from features.exposures import Exposure
 from features.online.state import CustomerState
 from features.online.store import OnlineStore
 from features.policy import (
@@ -30,7 +31,9 @@ from features.policy import (
     ContactPolicy,
     contact_verdict,
     recently_shown,
+    verdict_rule,
 )
+from serving.exposure_log import decision_exposure, suppressed_exposure
 from serving.pipeline import (
     Candidate,
     ServingState,
@@ -51,14 +54,25 @@ class Outcome:
     decision: dict | None = None
 
 
+ACTION_KIND = {"offer": ItemKind.OFFER.value, "products": ItemKind.PRODUCT.value,
+               "content": ItemKind.CONTENT.value}
+SUPPRESSIONS_REMEMBERED = 100_000
+"""Suppressed firings a worker remembers having logged, so that a cart re-evaluated every tick
+is logged once, not once a minute (another worker or a restart may log it again: KPIs count
+distinct exposure ids)."""
+
+
 class TriggerEngine:
     def __init__(self, policy: ContactPolicy, store: OnlineStore,
-                 serving_state: Callable[[], ServingState | None], max_category_share: float = 0.5
-                 ) -> None:
+                 serving_state: Callable[[], ServingState | None], max_category_share: float = 0.5,
+                 record: Callable[[Exposure], None] | None = None) -> None:
         self.policy = policy
         self.store = store
         self.serving_state = serving_state
         self.max_category_share = max_category_share
+        self.record = record
+        """Where each message decided or suppressed goes (the exposure log); None: nowhere."""
+        self._suppressions_logged: dict[str, None] = {}
 
     @property
     def event_types(self) -> frozenset[str]:
@@ -119,21 +133,42 @@ class TriggerEngine:
         if channel is None:
             # consent is checked before quiet hours: a quiet-hours verdict means "later"
             waiting = any(v.startswith("quiet hours") for v in verdicts.values())
-            return Outcome(rule.name, customer, "waiting" if waiting else "suppressed",
-                           "; ".join(f"{c}: {v}" for c, v in verdicts.items()))
+            detail = "; ".join(f"{c}: {v}" for c, v in verdicts.items())
+            if waiting:
+                return Outcome(rule.name, customer, "waiting", detail)
+            rules = "|".join(sorted({verdict_rule(v) for v in verdicts.values()}))
+            return self._suppressed(rule, customer, key, rule.channels[0].value, rules, detail,
+                                    now)
         chosen = self._payload(rule, live, state, customer, channel, category, now)
         if not chosen:
-            return Outcome(rule.name, customer, "suppressed", "nothing eligible to send")
+            return self._suppressed(rule, customer, key, channel, "nothing_to_send",
+                                    "nothing eligible to send", now)
+        kind = ACTION_KIND[rule.action]
         decision = {
             "decision_id": uuid.uuid4().hex, "firing_key": key, "trigger": rule.name,
             "customer_id": customer, "channel": channel, "action": rule.action,
             "items": [{"item_id": c.item_id, "title": state.shop.items[c.item_id].title,
-                       "score": round(c.score, 6), "reason": c.reason} for c in chosen],
+                       "kind": kind, "score": round(c.score, 6), "reason": c.reason,
+                       "source": c.source} for c in chosen],
             "reason": reason, "recommendation_id": uuid.uuid4().hex,
             "model_versions": dict(state.models.versions), "created_at": now.isoformat()}
         if not self.store.record_decision(decision, now.timestamp()):
             return Outcome(rule.name, customer, "already_fired", key)
+        if self.record is not None:
+            self.record(decision_exposure(decision, now.timestamp()))
         return Outcome(rule.name, customer, "fired", reason, decision)
+
+    def _suppressed(self, rule, customer: str, key: str, channel: str, rules: str, detail: str,
+                    now: datetime) -> Outcome:
+        """Outcome and exposure of a message the policy stopped (logged once per firing)."""
+        if self.record is not None and key not in self._suppressions_logged:
+            self._suppressions_logged[key] = None
+            if len(self._suppressions_logged) > SUPPRESSIONS_REMEMBERED:
+                del self._suppressions_logged[next(iter(self._suppressions_logged))]
+            exposure_id = uuid.uuid5(uuid.NAMESPACE_URL, f"suppressed:{key}").hex
+            self.record(suppressed_exposure(exposure_id, customer, rule.name, channel, rules,
+                                            detail, now.timestamp()))
+        return Outcome(rule.name, customer, "suppressed", detail)
 
     def _channel(self, rule, live: CustomerState, state: ServingState, customer: str,
                  now: datetime) -> tuple[str | None, dict[str, str]]:
@@ -210,5 +245,5 @@ def _content_about(state: ServingState, category: str | None, exclude: set[str],
                 if i.item_id not in exclude]
     ranked = sorted(articles, key=lambda i: -popularity.get(i.item_id, 0.0))[:n]
     return [Candidate(i.item_id, popularity.get(i.item_id, 0.0), f"about {category}, which you "
-                      "have been browsing") for i in ranked]
+                      "have been browsing", "category") for i in ranked]
 

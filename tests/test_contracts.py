@@ -53,7 +53,7 @@ def test_an_unknown_event_type_names_file_row_column_value_and_the_allowed_value
     path = write(tmp_path, "events.csv", HEADER, GOOD_ROW, "e2,c1,p1,buy,2024-05-01T12:00:00Z,web,s1,1,1")
     assert problems_of(path) == [
         f"{path}, row 2, column 'event_type': got 'buy', expected one of view, click, add_to_cart, "
-        "remove_from_cart, purchase, impression, offer_shown, offer_redeemed"
+        "remove_from_cart, purchase, return, impression, offer_shown, offer_redeemed"
     ]
 
 

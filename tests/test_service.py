@@ -398,8 +398,8 @@ def test_a_bad_consent_is_a_400_that_names_the_field(client, body, field):
 
 @pytest.mark.parametrize("endpoint, body, expected", [
     ("/recommend", {"customer_id": "c1", "chanel": "web"},
-     "chanel: not a field here (did you mean 'channel'? the fields are customer_id, channel, n, "
-     "context, filters, exclude)"),
+     "chanel: not a field here (did you mean 'channel'? the fields are customer_id, channel, "
+     "placement, n, context, filters, exclude)"),
     ("/recommend", {"customer_id": "c1", "filters": {"colour": "red"}},
      "filters.colour: not a field here (the fields are category, min_price, max_price, "
      "in_stock_only)"),

@@ -4,7 +4,9 @@ the model registry and campaign exports. MLflow and the models load inside the c
 from __future__ import annotations
 
 import json
+import numbers
 import time
+from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
@@ -30,6 +32,7 @@ if TYPE_CHECKING:
 train_app = command_group("Train, evaluate and register models.")
 models_app = command_group("List, promote and roll back registered models.")
 scores_app = command_group("Export propensity scores for campaigns.")
+report_app = command_group("Reports on what nextbest showed and sent, and what it earned.")
 
 TrackingUri = Annotated[str | None, typer.Option(
     help="MLflow tracking URI [default: $NEXTBEST_TRACKING_URI or sqlite under the data dir].")]
@@ -313,3 +316,93 @@ def export_scores_command(
     console.print(f"wrote {len(table):,} customers to {out}"
                   + (f", scored as of {scored_at:%Y-%m-%d %H:%M:%S} UTC" if scored_at is not None
                      else ""))
+
+
+class ReportFormat(StrEnum):
+    table = "table"
+    csv = "csv"
+    html = "html"
+
+
+@report_app.command("kpis")
+@friendly_errors
+def report_kpis_command(
+    start: Annotated[str | None, typer.Option("--from", help="First moment (UTC, ISO 8601), "
+                                              "e.g. 2024-05-01 [default: 7 days before --to].")
+                     ] = None,
+    end: Annotated[str | None, typer.Option("--to", help="End, exclusive (UTC, ISO 8601) "
+                                            "[default: now].")] = None,
+    by: Annotated[str, typer.Option(help="Break down by any of channel, placement, kind, "
+                                    "model_version, segment, source, exposure_type, "
+                                    "comma-separated.")] = "",
+    period: Annotated[str, typer.Option(help="day, week or all.")] = "day",
+    file_format: Annotated[ReportFormat, typer.Option("--format", help="table (on screen), "
+                                                      "csv or html (with charts).")
+                           ] = ReportFormat.table,
+    out: Annotated[Path | None, typer.Option(help="File for csv or html [default: "
+                                             "kpis.csv / kpis.html].")] = None,
+    data_dir: DataDir = None,
+) -> None:
+    """KPIs of the exposures made in a period: impressions, reach, CTR, add-to-cart and
+    conversion rates, attributed revenue and its share, revenue per customer, order value,
+    offer redemption, catalog coverage, popularity bias; the funnel; messages decided, sent,
+    suppressed (by rule) and converted. Definitions: docs/analytics.md."""
+    from rich.table import Table
+
+    from features.warehouse import Warehouse
+    from training.attribution import AttributionRule
+    from training.kpi_report import write_csv, write_html
+    from training.kpis import kpi_report
+
+    settings = settings_with(data_dir)
+    until = parse_time(end, "--to").to_pydatetime() if end else _now()
+    since = (parse_time(start, "--from").to_pydatetime() if start
+             else until - timedelta(days=7))
+    report = kpi_report(Warehouse(settings.data_dir / "warehouse"), since, until,
+                        [d.strip() for d in by.split(",") if d.strip()], period,
+                        AttributionRule.from_settings(settings))
+    if file_format is ReportFormat.csv:
+        console.print(f"wrote {len(report.kpis):,} rows to {write_csv(report, out or Path('kpis.csv'))}")
+        return
+    if file_format is ReportFormat.html:
+        console.print(f"wrote {write_html(report, out or Path('kpis.html'))}")
+        return
+    if report.kpis.empty:
+        console.print("no exposures in this period: nothing was shown or sent (is the service "
+                      "running with NEXTBEST_EXPOSURE_LOGGING on, and were its exposures moved "
+                      "with 'nextbest events flush'?)")
+        return
+    table = Table(title=f"KPIs per {period}", show_lines=False)
+    shown = ["period", *report.by, "impressions", "customers_reached", "ctr",
+             "add_to_cart_rate", "conversion_rate", "attributed_revenue", "revenue_share",
+             "average_order_value", "offer_redemption_rate", "catalog_coverage",
+             "popularity_bias"]
+    for column in shown:
+        table.add_column(column.replace("_", " "), justify="right")
+    for row in report.kpis[shown].itertuples(index=False):
+        table.add_row(*(_cell(name, value) for name, value in zip(shown, row, strict=True)))
+    console.print(table)
+    funnel = " -> ".join(f"{r.stage} {r.count:,}" for r in report.funnel.itertuples())
+    console.print(f"funnel: {funnel}")
+    if len(report.messages):
+        sent, converted = report.messages["sent"].sum(), report.messages["converted"].sum()
+        console.print(f"messages: {report.messages['decided'].sum():,} decided, {sent:,} sent, "
+                      f"{report.messages['suppressed'].sum():,} suppressed ("
+                      + ", ".join(f"{r.rule}: {r.suppressed}" for r in
+                                  report.suppressions.itertuples()) + f"), {converted:,} converted")
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+def _cell(name: str, value) -> str:
+    from training.kpi_report import RATES
+
+    if isinstance(value, numbers.Integral):
+        return f"{value:,}"
+    if isinstance(value, numbers.Real):
+        if value != value:  # NaN: nothing to divide by
+            return "-"
+        return f"{value:.2%}" if name in RATES else f"{value:,.2f}"
+    return str(value)

@@ -20,6 +20,9 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Literal
 
+import orjson
+
+from features.exposures import Exposure
 from features.online.state import CustomerState
 from features.online.store import (
     OnlineStateUnavailable,
@@ -39,6 +42,10 @@ CREATE INDEX IF NOT EXISTS customers_open_carts ON customers (cart_updated)
     WHERE cart_updated IS NOT NULL;
 CREATE TABLE IF NOT EXISTS outbox (position INTEGER PRIMARY KEY AUTOINCREMENT,
                                    firing_key TEXT NOT NULL UNIQUE, decision TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS exposure_log (position INTEGER PRIMARY KEY AUTOINCREMENT,
+                                         size INTEGER NOT NULL, batch BLOB NOT NULL);
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL) WITHOUT ROWID;
+INSERT OR IGNORE INTO meta VALUES ('log_id', lower(hex(randomblob(16))));
 """
 CHUNK = 500  # well under SQLite's limit on ? parameters per statement
 
@@ -205,6 +212,33 @@ class EmbeddedStore(OnlineStore):
         with self._write() as db:
             db.execute("DELETE FROM event_log WHERE position <= ?", (max(map(int, positions)),))
             db.execute("DELETE FROM seen WHERE received < ?", (time.time() - self.dedup_window,))
+
+    # ------------------------------------------------------------------ exposures
+    @property
+    def log_id(self) -> str:
+        return self._db.execute("SELECT value FROM meta WHERE key = 'log_id'").fetchone()[0]
+
+    def log_exposures(self, exposures: list[Exposure]) -> None:
+        if not exposures:
+            return
+        batch = orjson.dumps(exposures)
+        with self._write() as db:
+            db.execute("INSERT INTO exposure_log (size, batch) VALUES (?, ?)",
+                       (len(exposures), batch))
+
+    def pending_exposures(self, limit: int) -> list[tuple[int, list[Exposure]]]:
+        batches, count = [], 0
+        for position, size, batch in self._db.execute(
+                "SELECT position, size, batch FROM exposure_log ORDER BY position"):
+            batches.append((position, orjson.loads(batch)))
+            count += size
+            if count >= limit:
+                break
+        return batches
+
+    def forget_exposures(self, through: int) -> None:
+        with self._write() as db:
+            db.execute("DELETE FROM exposure_log WHERE position <= ?", (through,))
 
     # ------------------------------------------------------------------ health
     def ping(self) -> None:

@@ -20,11 +20,13 @@ from __future__ import annotations
 import json
 import math
 import time
+import uuid
 
 import numpy as np
 import orjson
 import redis
 
+from features.exposures import Exposure
 from features.online.state import CustomerState
 from features.online.store import (
     OnlineStateUnavailable,
@@ -39,6 +41,18 @@ LOCK_SECONDS = 5
 milliseconds, so this only matters when a writer was killed holding the lock: the others wait at
 most this long for it to expire (it was 30 s, and a restarted service's first writes stalled)."""
 DAY = 86400
+SEQUENCE_BITS = 20
+"""A stream entry id ``<ms>-<seq>`` as one integer position: ms << 20 | seq. One entry is one
+batch of exposures, so a millisecond never holds a million of them."""
+
+
+def _position(entry_id: str) -> int:
+    milliseconds, sequence = entry_id.split("-")
+    return int(milliseconds) << SEQUENCE_BITS | int(sequence)
+
+
+def _entry_id(position: int) -> str:
+    return f"{position >> SEQUENCE_BITS}-{position & ((1 << SEQUENCE_BITS) - 1)}"
 
 
 class RedisStore(OnlineStore):
@@ -199,6 +213,46 @@ class RedisStore(OnlineStore):
     def forget_events(self, positions: list[str]) -> None:
         if positions:
             self.client.xdel(self._key("events"), *positions)
+
+    # ------------------------------------------------------------------ exposures
+    @property
+    def log_id(self) -> str:
+        key = self._key("log-id")
+        try:
+            self.client.set(key, uuid.uuid4().hex, nx=True)
+            return self.client.get(key).decode()
+        except (redis.ConnectionError, redis.TimeoutError) as error:
+            raise self._unavailable(error) from error
+
+    def log_exposures(self, exposures: list[Exposure]) -> None:
+        if not exposures:
+            return
+        try:
+            self.client.xadd(self._key("exposures"),
+                             {"size": len(exposures), "batch": orjson.dumps(exposures)})
+        except (redis.ConnectionError, redis.TimeoutError) as error:
+            raise self._unavailable(error) from error
+
+    def pending_exposures(self, limit: int) -> list[tuple[int, list[Exposure]]]:
+        try:
+            entries = self.client.xrange(self._key("exposures"), "-", "+",
+                                         count=max(1, limit // 10))
+        except (redis.ConnectionError, redis.TimeoutError) as error:
+            raise self._unavailable(error) from error
+        batches, count = [], 0
+        for entry, fields in entries:
+            batches.append((_position(entry.decode()), orjson.loads(fields[b"batch"])))
+            count += int(fields[b"size"])
+            if count >= limit:
+                break
+        return batches
+
+    def forget_exposures(self, through: int) -> None:
+        try:  # XTRIM MINID keeps entries at or after the id given: one past ``through``
+            self.client.xtrim(self._key("exposures"), minid=_entry_id(through + 1),
+                              approximate=False)
+        except (redis.ConnectionError, redis.TimeoutError) as error:
+            raise self._unavailable(error) from error
 
     # ------------------------------------------------------------------ health
     def ping(self) -> None:

@@ -8,7 +8,10 @@ Everything that must be all-or-nothing is one call here, done in one transaction
 * ``record_decision``: write a trigger's decision to the outbox, mark the firing and count the
   contact — or do nothing if this firing was written before (exactly once per firing);
 * ``flush_to``: move logged events into the warehouse. The warehouse's append is idempotent by
-  ``event_id``, so a crash between the append and forgetting the log only repeats a no-op.
+  ``event_id``, so a crash between the append and forgetting the log only repeats a no-op;
+* ``log_exposures`` / ``flush_exposures_to``: the same for exposures (what was shown or sent),
+  logged a batch per entry; the warehouse keeps the last log position it stored with the rows,
+  so a repeated move stores nothing twice.
 
 Backends raise :class:`OnlineStateUnavailable` when their storage cannot be reached, and then
 have written nothing.
@@ -24,6 +27,7 @@ import orjson
 import pandas as pd
 
 from features.contracts import EVENTS
+from features.exposures import Exposure, exposure_rows
 from features.online.state import CustomerState, apply_consent, apply_event, record_contact
 from features.warehouse import Warehouse
 
@@ -131,6 +135,39 @@ class OnlineStore(ABC):
             warehouse.append_events(frame)
             self.forget_events(positions)
             moved += len(events)
+
+    # ------------------------------------------------------------------ exposures
+    @property
+    @abstractmethod
+    def log_id(self) -> str:
+        """This store's identity, made when its storage was: log positions count within it, so
+        the warehouse's "moved up to position N" applies to this store and no other (a new
+        embedded file starts counting again from 1)."""
+
+    @abstractmethod
+    def log_exposures(self, exposures: list[Exposure]) -> None:
+        """Durably append one batch of exposures to the log awaiting the warehouse."""
+
+    @abstractmethod
+    def pending_exposures(self, limit: int) -> list[tuple[int, list[Exposure]]]:
+        """Logged batches, oldest first, until about ``limit`` exposures: (position, batch),
+        positions increasing."""
+
+    @abstractmethod
+    def forget_exposures(self, through: int) -> None:
+        """Drop logged batches up to and including position ``through``."""
+
+    def flush_exposures_to(self, warehouse: Warehouse, batch: int = 20_000) -> int:
+        """Move every logged exposure to the warehouse (exactly once); return how many rows
+        (one per item shown) were stored."""
+        stored = 0
+        while True:
+            batches = self.pending_exposures(batch)
+            if not batches:
+                return stored
+            through = batches[-1][0]
+            stored += warehouse.append_exposures(exposure_rows(batches), self.log_id, through)
+            self.forget_exposures(through)
 
     # ------------------------------------------------------------------ health
     @abstractmethod

@@ -1,0 +1,77 @@
+"""Exposures: what nextbest put in front of a customer, as the online log and the warehouse
+hold it.
+
+The service records one exposure per ``recommend`` answer and per message decision, nested (its
+items in a list) because that is cheap to write on the answer path; the warehouse stores it
+flat, one row per item (``features.contracts.EXPOSURES``), because that is what attribution joins
+and KPIs count. This module is the one place that turns the first into the second.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from datetime import UTC, datetime
+from typing import TypedDict
+
+import orjson
+import pyarrow as pa
+
+from features.contracts import EXPOSURES, arrow_schema
+
+
+class Exposure(TypedDict):
+    """One answer or message as the service records it."""
+
+    exposure_id: str
+    exposure_type: str
+    customer_id: str
+    at: float
+    """Epoch seconds."""
+    channel: str
+    placement: str
+    status: str
+    rule: str | None
+    model_versions: dict[str, str]
+    items: list[tuple[str, str, str]]
+    """(kind, item_id, source) in the order shown; positions count from 1 within each kind."""
+    context: dict | None
+
+
+def versions_text(versions: dict[str, str]) -> str | None:
+    """'name=version|...' sorted by name, as the ``model_versions`` column holds them."""
+    return "|".join(f"{name}={version}" for name, version in sorted(versions.items())) or None
+
+
+def exposure_rows(batches: Iterable[tuple[int, list[Exposure]]]) -> pa.Table:
+    """Flat warehouse rows (plus ``_position``: the log position each came from) of logged
+    batches of exposures."""
+    columns: dict[str, list] = {name: [] for name in [*EXPOSURES.column_names, "_position"]}
+
+    def add(exposure: Exposure, position: int, kind, item_id, rank, source) -> None:
+        columns["exposure_id"].append(exposure["exposure_id"])
+        columns["exposure_type"].append(exposure["exposure_type"])
+        columns["customer_id"].append(exposure["customer_id"])
+        columns["timestamp"].append(datetime.fromtimestamp(exposure["at"], UTC))
+        columns["channel"].append(exposure["channel"])
+        columns["placement"].append(exposure["placement"])
+        columns["status"].append(exposure["status"])
+        columns["rule"].append(exposure.get("rule"))
+        columns["model_versions"].append(versions_text(exposure.get("model_versions") or {}))
+        columns["item_kind"].append(kind)
+        columns["item_id"].append(item_id)
+        columns["position"].append(rank)
+        columns["source"].append(source)
+        context = exposure.get("context")
+        columns["context"].append(orjson.dumps(context).decode() if context else None)
+        columns["_position"].append(position)
+
+    for position, exposures in batches:
+        for exposure in exposures:
+            ranks: dict[str, int] = {}
+            for kind, item_id, source in exposure["items"]:
+                ranks[kind] = ranks.get(kind, 0) + 1
+                add(exposure, position, kind, item_id, ranks[kind], source)
+            if not exposure["items"]:
+                add(exposure, position, None, None, None, None)
+    schema = arrow_schema(EXPOSURES).append(pa.field("_position", pa.int64()))
+    return pa.table(columns, schema=schema)
