@@ -74,7 +74,8 @@ def sequential(url: str, requests: int, customers: int) -> dict[str, np.ndarray]
     evicts the caches, and the no-op always straight after recommend.)"""
     rng = np.random.default_rng(1)
     order = np.random.default_rng(2)
-    timings: dict[str, list[float]] = {"recommend": [], "noop": [], "fresh": [], "noop_sync": []}
+    timings: dict[str, list[float]] = {"recommend": [], "noop": [], "fresh": [], "noop_sync": [],
+                                       "recommend_logged": []}
     host, port = url.removeprefix("http://").split(":")
     connection = http.client.HTTPConnection(host, int(port), timeout=30)
     headers = {"Content-Type": "application/json"}
@@ -162,6 +163,14 @@ def render(r: dict) -> str:
              f"{lat['noop_sync']['p50'] / lat['noop']['p50']:.2f}x / "
              f"{lat['noop_sync']['p99'] / lat['noop']['p99']:.2f}x, "
              f"{thr['noop_sync'] / thr['noop']:.2f}x | (for comparison) |"]
+    lines.append(
+        f"| recommend with exposure logging: p50 / p99, throughput | "
+        f"{lat['recommend_logged']['p50']:.2f} / {lat['recommend_logged']['p99']:.2f} ms, "
+        f"{thr['recommend_logged']:.0f} req/s | recommend without: {lat['recommend']['p50']:.2f} / "
+        f"{lat['recommend']['p99']:.2f} ms, {thr['recommend']:.0f} req/s | "
+        f"{lat['recommend_logged']['p50'] / lat['recommend']['p50']:.2f}x / "
+        f"{lat['recommend_logged']['p99'] / lat['recommend']['p99']:.2f}x, "
+        f"{thr['recommend_logged'] / thr['recommend']:.2f}x | p50 and throughput within 5 % |")
     for spread in r.get("multi_worker", []):
         lines.append(f"| throughput, recommend on {spread['workers']} workers (one per core), "
                      f"connections on {spread['busy']} of them | {spread['rate']:.0f} req/s | "
@@ -276,7 +285,7 @@ def main() -> None:
     try:
         timings = sequential(url, args.requests, args.customers)
         rates = {e: throughput(url, e, args.seconds, args.threads, args.customers)
-                 for e in ("recommend", "noop", "noop_sync")}
+                 for e in ("recommend", "noop", "noop_sync", "recommend_logged")}
         rss = max((p.memory_info().rss for p in psutil.Process(server.pid).children(recursive=True)),
                   default=0) / 2**20
     finally:

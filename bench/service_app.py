@@ -24,6 +24,7 @@ import gc
 import os
 import tempfile
 from datetime import UTC, datetime
+from functools import partial
 from pathlib import Path
 
 import bentoml
@@ -35,6 +36,7 @@ from features.ingest import parse_events
 from features.online.embedded import EmbeddedStore
 from features.policy import DEFAULT_POLICY, load_policy
 from features.settings import Settings
+from serving.exposure_log import ExposureLog, answer_exposure, placement
 from serving.health import HEALTH
 from serving.huge_pages import worker_envs
 from serving.models import LoadedModels
@@ -159,6 +161,7 @@ class BenchService:
         self.online.ingest(fresh_events(int(os.environ.get("NB_ITEMS", 100_000)),
                                         int(os.environ.get("NB_FRESH_CUSTOMERS", 0))))
         self.policy = load_policy(DEFAULT_POLICY)
+        self.exposures = ExposureLog(self.online).start()  # the service's defaults
         smoke_check(self.state)  # as the service does before serving a state
         gc.freeze()  # as the service does after loading
         HEALTH.ready, HEALTH.detail = True, "the benchmark's synthetic state"  # /readyz
@@ -172,6 +175,18 @@ class BenchService:
         live = self.online.customer(request.customer_id)
         return json_response(recommend(self.state, request, datetime.now(UTC), 0.5, live,
                                        self.policy))
+
+    @bentoml.api
+    async def recommend_logged(self, request: RecommendRequest, /) -> dict:
+        """``recommend`` plus the exposure log, exactly as the service records each answer: the
+        answer is buffered and the writer thread builds and writes the exposure."""
+        live = self.online.customer(request.customer_id)
+        now = datetime.now(UTC)
+        answer = recommend(self.state, request, now, 0.5, live, self.policy)
+        answer["degraded"] = False
+        self.exposures.record(partial(answer_exposure, answer, request.channel.value,
+                                      placement(request), now.timestamp()))
+        return json_response(answer)
 
     @bentoml.api
     async def noop(self, request: RecommendRequest, /) -> dict:
