@@ -25,9 +25,10 @@ def with_parameters(notebook: nbformat.NotebookNode, values: dict) -> nbformat.N
     raise AssertionError("no cell is tagged 'parameters'")
 
 
-def test_there_are_four_notebooks():
+def test_there_are_five_notebooks():
     assert [p.name for p in NOTEBOOKS] == ["01_explore.ipynb", "02_recommender.ipynb",
-                                           "03_propensity.ipynb", "04_promote.ipynb"]
+                                           "03_propensity.ipynb", "04_promote.ipynb",
+                                           "05_kpis.ipynb"]
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
