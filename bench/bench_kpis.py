@@ -104,7 +104,8 @@ def build(root: Path, exposure_rows: int, events: int, seed: int = 0) -> Warehou
         "event_id": np.char.add("e", np.arange(events).astype(str)),
         "customer_id": np.array(customers["customer_id"])[event_customer],
         "item_id": item_ids[event_item], "event_type": kind,
-        "timestamp": pd.to_datetime(when, unit="s", utc=True), "channel": "web",
+        "timestamp": pd.to_datetime((when * 1e6).astype(np.int64), unit="us", utc=True),
+        "channel": "web",
         "session_id": None, "quantity": 1, "price": None,
         "recommendation_id": np.where(tagged, ids[source], None), "decision_id": None,
         "context": None})

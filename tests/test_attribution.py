@@ -63,10 +63,11 @@ def build(tmp_path, exposures: list[dict], events: list[dict]) -> Warehouse:
 
 
 def credited(warehouse: Warehouse, rule: AttributionRule | None = None) -> pd.DataFrame:
-    with warehouse.connect() as connection:
+    def read(connection) -> pd.DataFrame:
         attribute(connection, T0 - DAY, T0 + 30 * DAY, rule or AttributionRule())
-        frame = connection.execute("SELECT * FROM attributed ORDER BY event_id").df()
-    return frame.set_index("event_id")
+        return connection.execute("SELECT * FROM attributed ORDER BY event_id").df()
+
+    return warehouse.analyse(read).set_index("event_id")
 
 
 def test_an_event_carrying_a_recommendation_id_is_credited_to_that_answer(tmp_path):
@@ -209,3 +210,9 @@ def test_outcomes_count_on_the_day_of_the_exposure_that_earned_them(small_shop):
 def test_a_wrong_report_request_names_the_value_and_what_would_do(small_shop, options, message):
     with pytest.raises(ValueError, match=message):
         report(small_shop, **options)
+
+
+def test_weeks_start_on_monday_in_utc(small_shop):
+    table = report(small_shop, period="week").kpis
+    assert [str(p) for p in table["period"].unique()] == ["2024-03-04"]
+    assert table["impressions"].sum() == 7

@@ -79,23 +79,25 @@ def attribute(connection: duckdb.DuckDBPyConnection, start: datetime, end: datet
           AND e.event_type IN ({outcome_types});
     """, {"start": start, "end": end, "window_end": window_end, "lookback": lookback})
     touch = "max" if rule.touch == "last_touch" else "min"
+    # A touch is the whole exposure row as a struct, so that choosing one (arg_max) brings its
+    # dimensions along and nothing joins the exposures a second time.
+    fields = ("exposure_id", "exposure_type", "exposed_at", "channel", "placement",
+              "model_versions", "item_kind", "position", "source")
+    row = "struct_pack(" + ", ".join(f"{f} := s.{f}" for f in fields) + ")"
+    at_item = "struct_pack(" + ", ".join(
+        f"{f} := s.{f}" if f not in ("item_kind", "position", "source")
+        else f"{f} := CASE WHEN s.item_id = o.item_id THEN s.{f} END" for f in fields) + ")"
     run(connection, f"""
-        CREATE OR REPLACE TEMP TABLE exposure_heads AS  -- one row per exposure: its dimensions
-        SELECT exposure_id, any_value(exposure_type) AS exposure_type,
-               any_value(customer_id) AS customer_id, min(exposed_at) AS exposed_at,
-               any_value(channel) AS channel, any_value(placement) AS placement,
-               any_value(model_versions) AS model_versions
-        FROM shown GROUP BY exposure_id;
-
-        CREATE OR REPLACE TEMP TABLE direct AS
-        SELECT o.event_id, h.exposure_id, 'direct' AS how
-        FROM outcomes o JOIN exposure_heads h
-          ON o.claimed = h.exposure_id AND o.customer_id = h.customer_id
-        WHERE o.event_type <> '{EventType.RETURN.value}';
+        CREATE OR REPLACE TEMP TABLE direct AS  -- the row of the item, if the answer had it
+        SELECT o.event_id, arg_max({at_item}, (s.item_id = o.item_id)::INTEGER) AS touch,
+               'direct' AS how
+        FROM outcomes o JOIN shown s
+          ON o.claimed = s.exposure_id AND o.customer_id = s.customer_id
+        WHERE o.event_type <> '{EventType.RETURN.value}'
+        GROUP BY o.event_id;
 
         CREATE OR REPLACE TEMP TABLE windowed AS
-        SELECT o.event_id,
-               arg_{touch}(s.exposure_id, s.exposed_at) AS exposure_id, 'window' AS how
+        SELECT o.event_id, arg_{touch}({row}, s.exposed_at) AS touch, 'window' AS how
         FROM outcomes o JOIN shown s
           ON o.customer_id = s.customer_id AND o.item_id = s.item_id
          AND s.exposed_at <= o.timestamp
@@ -105,33 +107,31 @@ def attribute(connection: duckdb.DuckDBPyConnection, start: datetime, end: datet
           AND o.event_id NOT IN (SELECT event_id FROM direct)
         GROUP BY o.event_id;
 
-        CREATE OR REPLACE TEMP TABLE credited AS
-        SELECT * FROM direct UNION ALL SELECT * FROM windowed;
-
         CREATE OR REPLACE TEMP TABLE credited_outcomes AS
-        SELECT o.*, c.exposure_id, c.how,
+        SELECT o.*, c.touch, c.how,
                CASE WHEN o.event_type = '{EventType.PURCHASE.value}'
                     THEN o.quantity * o.price ELSE 0 END AS revenue
-        FROM outcomes o JOIN credited c USING (event_id);
+        FROM outcomes o JOIN (SELECT * FROM direct UNION ALL SELECT * FROM windowed) c
+          USING (event_id);
 
         CREATE OR REPLACE TEMP TABLE reversals AS  -- a return follows its latest purchase
         SELECT r.event_id, r.event_type, r.customer_id, r.item_id, r.timestamp, r.session_id,
                r.quantity, r.claimed, coalesce(r.paid, p.price) AS price, r.paid,
-               p.exposure_id, p.how, -r.quantity * coalesce(r.paid, p.price) AS revenue
+               p.touch, p.how, -r.quantity * coalesce(r.paid, p.price) AS revenue
         FROM (SELECT * FROM outcomes WHERE event_type = '{EventType.RETURN.value}') r
         ASOF JOIN (SELECT * FROM credited_outcomes
                    WHERE event_type = '{EventType.PURCHASE.value}') p
           ON r.customer_id = p.customer_id AND r.item_id = p.item_id
          AND r.timestamp >= p.timestamp;
-
+    """)
+    run(connection, f"""
         CREATE OR REPLACE TEMP TABLE attributed AS
-        SELECT a.*, h.exposure_type, h.exposed_at, h.channel, h.placement, h.model_versions,
-               coalesce(s.item_kind, i.kind) AS item_kind, s.position, s.source
-        FROM (SELECT * FROM credited_outcomes UNION ALL SELECT * FROM reversals) a
-        JOIN exposure_heads h USING (exposure_id)
-        LEFT JOIN shown s ON s.exposure_id = a.exposure_id AND s.item_id = a.item_id
-        LEFT JOIN items i ON i.item_id = a.item_id
-        WHERE h.exposed_at >= $start;
+        SELECT c.* EXCLUDE (touch),
+               {", ".join(f"c.touch.{f} AS {f}" for f in fields if f != "item_kind")},
+               coalesce(c.touch.item_kind, i.kind) AS item_kind
+        FROM (SELECT * FROM credited_outcomes UNION ALL SELECT * FROM reversals) c
+        LEFT JOIN items i ON i.item_id = c.item_id
+        WHERE c.touch.exposed_at >= $start
     """, {"start": start})
 
 

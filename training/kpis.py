@@ -80,25 +80,40 @@ def kpi_report(warehouse: Warehouse, start: datetime, end: datetime, by: Sequenc
     any of ``DIMENSIONS``."""
     by = check_request(start, end, by, period)
     rule = rule or AttributionRule()
-    with warehouse.connect() as connection:
+    segments = ("LEFT JOIN customers c USING (customer_id)", "c.segment") if "segment" in by \
+        else ("", "NULL AS segment")
+
+    def compute(connection) -> KpiReport:
         attribute(connection, start, end, rule)
         _popularity(connection, end)
         params = {"start": start, "end": end}
         bucket = _bucket(period)
         keys = ["period", *by]
         dims = "".join(f", {DIMENSIONS[d]} AS {d}" for d in by)
-        seen = _query(connection, f"""
-            SELECT {bucket.format(t="s.exposed_at")} AS period{dims},
-                   count(*) AS impressions, count(DISTINCT exposure_id) AS exposures,
-                   count(DISTINCT customer_id) AS customers_reached,
-                   count(DISTINCT item_id) AS distinct_items,
+        # Two passes over the impressions, each a plain GROUP BY that runs on every core (one
+        # pass with three count(DISTINCT)s took twice as long): per item, for the item counts
+        # and popularity, and per exposure, for exposures and customers reached.
+        shown = (f"SELECT {bucket.format(t='s.exposed_at')} AS period{dims}, s.* "
+                 f"FROM (SELECT s.*, {segments[1]} FROM shown s {segments[0]}) s "
+                 "WHERE s.item_id IS NOT NULL AND s.exposed_at >= $start")
+        group = ", ".join(["period", *by])
+        by_item = _query(connection, f"""
+            SELECT {group}, sum(n) AS impressions, count(*) AS distinct_items,
                    list(DISTINCT item_kind) AS kinds,
-                   count_if(item_kind = '{ItemKind.OFFER.value}') AS offer_impressions,
-                   avg(coalesce(p.percentile, 0)) AS popularity_bias
-            FROM (SELECT s.*, c.segment FROM shown s LEFT JOIN customers c USING (customer_id)
-                  WHERE s.item_id IS NOT NULL AND s.exposed_at >= $start) s
+                   sum(n) FILTER (item_kind = '{ItemKind.OFFER.value}') AS offer_impressions,
+                   sum(n * coalesce(p.percentile, 0)) / sum(n) AS popularity_bias
+            FROM (SELECT {group}, item_id, any_value(item_kind) AS item_kind, count(*) AS n
+                  FROM ({shown}) GROUP BY ALL) i
             LEFT JOIN popularity p USING (item_id)
             GROUP BY ALL""", params)
+        by_exposure = _query(connection, f"""
+            SELECT {group}, count(*) AS exposures,
+                   count(DISTINCT customer_id) AS customers_reached
+            FROM (SELECT {group}, exposure_id, any_value(customer_id) AS customer_id
+                  FROM ({shown}) GROUP BY ALL)
+            GROUP BY ALL""", params)
+        seen = by_item.merge(by_exposure, on=keys)
+        seen["offer_impressions"] = seen["offer_impressions"].fillna(0)
         earned = _query(connection, f"""
             SELECT {bucket.format(t="a.exposed_at")} AS period{dims},
                    count_if(event_type = '{EventType.CLICK.value}') AS clicks,
@@ -110,8 +125,7 @@ def kpi_report(warehouse: Warehouse, start: datetime, end: datetime, by: Sequenc
                    count(DISTINCT CASE WHEN event_type = '{EventType.PURCHASE.value}'
                          THEN customer_id || '/' || coalesce(session_id, event_id) END) AS orders,
                    coalesce(sum(revenue), 0) AS attributed_revenue
-            FROM (SELECT a.*, c.segment FROM attributed a
-                  LEFT JOIN customers c USING (customer_id)) a
+            FROM (SELECT a.*, {segments[1]} FROM attributed a {segments[0]}) a
             GROUP BY ALL""", params)
         total = _query(connection, f"""
             SELECT {bucket.format(t="e.timestamp")} AS period,
@@ -125,8 +139,10 @@ def kpi_report(warehouse: Warehouse, start: datetime, end: datetime, by: Sequenc
             "SELECT kind, count(*) FROM items GROUP BY kind").fetchall())
         funnel = _funnel(seen, earned)
         messages, suppressions = _messages(connection, bucket, params, rule)
-    table = _kpi_table(seen, earned, total, catalog, keys)
-    return KpiReport(start, end, tuple(by), period, table, funnel, messages, suppressions)
+        table = _kpi_table(seen, earned, total, catalog, keys)
+        return KpiReport(start, end, tuple(by), period, table, funnel, messages, suppressions)
+
+    return warehouse.analyse(compute)
 
 
 def check_request(start: datetime, end: datetime, by: Sequence[str], period: str
@@ -149,10 +165,18 @@ def check_request(start: datetime, end: datetime, by: Sequence[str], period: str
 
 
 def _bucket(period: str) -> str:
-    """SQL of the period a time ``{t}`` falls in (weeks start on Monday, in UTC)."""
+    """SQL of the start of the period a time ``{t}`` falls in, in UTC: days, weeks from Monday
+    (1970-01-05 was one), or the report's start. Arithmetic on epoch seconds: date_trunc with a
+    time zone cost three times as much over ten million rows."""
     if period == "all":
-        return "($start::TIMESTAMPTZ AT TIME ZONE 'UTC')"
-    return f"date_trunc('{period}', {{t}} AT TIME ZONE 'UTC')"
+        return "$start::TIMESTAMPTZ"
+    length, offset = {"day": (86400, 0), "week": (7 * 86400, 4 * 86400)}[period]
+    return f"to_timestamp(floor((epoch({{t}}) - {offset}) / {length}) * {length} + {offset})"
+
+
+def _dates(moments: pd.Series) -> pd.Series:
+    """Period starts as UTC dates, whatever time zone DuckDB handed them in."""
+    return pd.to_datetime(moments, utc=True).dt.date
 
 
 def _query(connection, sql: str, params: dict) -> pd.DataFrame:
@@ -198,7 +222,7 @@ def _kpi_table(seen: pd.DataFrame, earned: pd.DataFrame, total: pd.DataFrame,
     size = table["kinds"].map(lambda kinds: sum(catalog.get(k, 0) for k in kinds if k))
     table["catalog_coverage"] = (table["distinct_items"] / size).where(size > 0)
     table = table.sort_values(keys).reset_index(drop=True)
-    table["period"] = pd.to_datetime(table["period"]).dt.tz_localize(None).dt.date
+    table["period"] = _dates(table["period"])
     for column in ("clicks", "add_to_carts", "purchases"):
         table[column] = table[column].astype(np.int64)
     return table[[*keys, *KPI_DEFINITIONS]]
@@ -244,7 +268,7 @@ def _messages(connection, bucket: str, params: dict, rule: AttributionRule
     messages["conversion_rate"] = (messages["converted"] / messages["sent"]).where(
         messages["sent"] > 0)
     if len(messages):
-        messages["period"] = pd.to_datetime(messages["period"]).dt.tz_localize(None).dt.date
+        messages["period"] = _dates(messages["period"])
     suppressions = _query(connection, f"""
         SELECT rule, count(DISTINCT exposure_id) AS suppressed FROM exposures
         WHERE status = '{ExposureStatus.SUPPRESSED.value}'
