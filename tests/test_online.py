@@ -15,6 +15,7 @@ from features.online.embedded import EmbeddedStore
 from features.online.redis_store import RedisStore
 from features.online.state import CustomerState
 from features.online.store import OnlineStore
+from features.warehouse import Warehouse
 from tests.conftest import require_service
 
 T0 = datetime(2026, 3, 2, 12, 0, tzinfo=UTC)
@@ -239,3 +240,28 @@ def test_after_a_failure_the_breaker_answers_at_once_until_its_cooldown_ends():
     assert asked == [100.0]  # asked once; the next two failed at once
     now[0] = 105.5
     assert breaker.call(lambda: "answered") == "answered"
+
+
+def an_exposure(number: int) -> dict:
+    return {"exposure_id": f"r{number}", "exposure_type": "recommendation", "customer_id": "c1",
+            "at": 1_700_000_000.0 + number, "channel": "web", "placement": "home",
+            "status": "shown", "rule": None, "model_versions": {"recommender": "1"},
+            "items": [("product", "p1", "for_you"), ("offer", "o1", "expected_value")],
+            "context": None}
+
+
+def test_exposures_move_to_the_warehouse_once_in_the_order_logged(store, tmp_path):
+    warehouse = Warehouse(tmp_path / "warehouse")
+    store.log_exposures([an_exposure(1), an_exposure(2)])
+    store.log_exposures([an_exposure(3)])
+    positions = [p for p, _ in store.pending_exposures(100)]
+    assert positions == sorted(positions) and len(positions) == 2
+    assert store.flush_exposures_to(warehouse) == 6  # two rows per exposure
+    assert store.pending_exposures(100) == [] and store.flush_exposures_to(warehouse) == 0
+    stored = warehouse.exposures().sort_values(["exposure_id", "position"])
+    assert stored["exposure_id"].tolist() == ["r1", "r1", "r2", "r2", "r3", "r3"]
+    assert stored["item_kind"].tolist()[:2] == ["product", "offer"]
+
+
+def test_the_log_id_stays_with_the_store(store):
+    assert store.log_id == store.log_id and len(store.log_id) == 32
