@@ -112,6 +112,11 @@ class SimulationResult:
         return clicks / self.impressions[kind] if self.impressions[kind] else float("nan")
 
 
+class ServiceRefused(ValueError):
+    """The service at --url could not be reached or refused a request: a setup problem the
+    command line reports in one line."""
+
+
 class Storefront(Protocol):
     def recommend(self, body: dict, at: datetime) -> dict: ...
     def send(self, events: list[dict]) -> None: ...
@@ -199,11 +204,11 @@ class HttpShop:
             with urllib.request.urlopen(request, timeout=self.timeout) as response:
                 return json.loads(response.read())
         except urllib.error.HTTPError as error:
-            raise RuntimeError(f"{self.url}{path} answered {error.code}: "
-                               f"{error.read().decode()[:300]}") from None
+            raise ServiceRefused(f"{self.url}{path} answered {error.code}: "
+                                 f"{error.read().decode()[:300]}") from None
         except urllib.error.URLError as error:
-            raise RuntimeError(f"cannot reach the service at {self.url}: {error.reason}; start "
-                               "it with 'nextbest serve' or give --url") from None
+            raise ServiceRefused(f"cannot reach the service at {self.url}: {error.reason}; "
+                                 "start it with 'nextbest serve', or give its --url") from None
 
     def recommend(self, body: dict, at: datetime) -> dict:
         return self._post("/recommend", body)

@@ -318,6 +318,14 @@ def export_scores_command(
                      else ""))
 
 
+SCREEN_COLUMNS = ("period", "impressions", "customers_reached", "ctr", "conversion_rate",
+                  "attributed_revenue", "revenue_share")
+SCREEN_LABELS = {"impressions": "shown", "customers_reached": "reach", "ctr": "CTR",
+                 "conversion_rate": "conv.", "attributed_revenue": "revenue",
+                 "revenue_share": "share"}
+"""What fits a terminal; the CSV and the HTML page have every KPI."""
+
+
 class ReportFormat(StrEnum):
     table = "table"
     csv = "csv"
@@ -347,6 +355,7 @@ def report_kpis_command(
     conversion rates, attributed revenue and its share, revenue per customer, order value,
     offer redemption, catalog coverage, popularity bias; the funnel; messages decided, sent,
     suppressed (by rule) and converted. Definitions: docs/analytics.md."""
+    from rich import box
     from rich.table import Table
 
     from features.warehouse import Warehouse
@@ -372,24 +381,25 @@ def report_kpis_command(
                       "running with NEXTBEST_EXPOSURE_LOGGING on, and were its exposures moved "
                       "with 'nextbest events flush'?)")
         return
-    table = Table(title=f"KPIs per {period}", show_lines=False)
-    shown = ["period", *report.by, "impressions", "customers_reached", "ctr",
-             "add_to_cart_rate", "conversion_rate", "attributed_revenue", "revenue_share",
-             "average_order_value", "offer_redemption_rate", "catalog_coverage",
-             "popularity_bias"]
-    for column in shown:
-        table.add_column(column.replace("_", " "), justify="right")
+    table = Table(title=f"KPIs per {period}", box=box.SIMPLE_HEAD, pad_edge=False,
+                  collapse_padding=True)
+    for column in [*SCREEN_COLUMNS[:1], *report.by, *SCREEN_COLUMNS[1:]]:
+        table.add_column(SCREEN_LABELS.get(column, column), justify="right", no_wrap=True)
+    shown = ["period", *report.by, *SCREEN_COLUMNS[1:]]
     for row in report.kpis[shown].itertuples(index=False):
         table.add_row(*(_cell(name, value) for name, value in zip(shown, row, strict=True)))
     console.print(table)
+    console.print("every KPI (add-to-cart rate, order value, offer redemption, coverage, "
+                  "popularity bias, ...): --format csv or --format html")
     funnel = " -> ".join(f"{r.stage} {r.count:,}" for r in report.funnel.itertuples())
     console.print(f"funnel: {funnel}")
     if len(report.messages):
-        sent, converted = report.messages["sent"].sum(), report.messages["converted"].sum()
-        console.print(f"messages: {report.messages['decided'].sum():,} decided, {sent:,} sent, "
-                      f"{report.messages['suppressed'].sum():,} suppressed ("
-                      + ", ".join(f"{r.rule}: {r.suppressed}" for r in
-                                  report.suppressions.itertuples()) + f"), {converted:,} converted")
+        total = {k: int(report.messages[k].sum())
+                 for k in ("decided", "sent", "suppressed", "converted")}
+        rules = ", ".join(f"{r.rule}: {int(r.suppressed)}" for r in report.suppressions.itertuples())
+        console.print(f"messages: {total['decided']:,} decided, {total['sent']:,} sent, "
+                      f"{total['suppressed']:,} suppressed ({rules or 'none'}), "
+                      f"{total['converted']:,} converted within the purchase window")
 
 
 def _now() -> datetime:

@@ -223,7 +223,8 @@ def _kpi_table(seen: pd.DataFrame, earned: pd.DataFrame, total: pd.DataFrame,
     table["catalog_coverage"] = (table["distinct_items"] / size).where(size > 0)
     table = table.sort_values(keys).reset_index(drop=True)
     table["period"] = _dates(table["period"])
-    for column in ("clicks", "add_to_carts", "purchases"):
+    for column in ("impressions", "exposures", "customers_reached", "clicks", "add_to_carts",
+                   "purchases"):
         table[column] = table[column].astype(np.int64)
     return table[[*keys, *KPI_DEFINITIONS]]
 
