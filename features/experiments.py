@@ -1,0 +1,203 @@
+"""Experiments as data, and which variant each customer gets.
+
+An experiments file (YAML, like the contact policy) declares a global holdout and experiments
+in layers. Assignment is a pure function of the file and the customer id, evaluated locally
+wherever nextbest acts on a customer (``recommend``, the triggers, the propensity export), so
+every place agrees without asking anyone:
+
+* the **hash** is BLAKE2b (``hashlib.blake2b``, 8-byte digest) of ``"<salt>:<customer_id>"``,
+  read as an unsigned big-endian integer; its bucket is that integer modulo ``BUCKETS``
+  (10,000). The same file and id give the same bucket in every process, after every restart and
+  on every machine (Python's ``hash`` would not: it is salted per process);
+* the **global holdout** takes the customers whose bucket under the holdout's salt falls below
+  its share: they get no personalization and no triggered messages, to measure what nextbest
+  adds at all;
+* each **layer** (namespace) hashes with its own salt and gives disjoint ranges of buckets to
+  its experiments, so experiments on different surfaces run side by side, independent of each
+  other, and two experiments of one layer never share a customer;
+* within its range, an experiment's **traffic share** decides who takes part, and the variant
+  weights split those, each by a second hash under the experiment's own salt.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+BUCKETS = 10_000
+"""Hash buckets: shares are honoured to 0.01 %."""
+HOLDOUT = "holdout"
+"""The variant name a holdout customer is reported under."""
+
+
+def bucket(salt: str, unit: str) -> int:
+    """The customer's bucket in [0, BUCKETS) under ``salt`` (see the module docstring)."""
+    digest = hashlib.blake2b(f"{salt}:{unit}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big") % BUCKETS
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+Name = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.-]+$")
+
+
+class Variant(_Strict):
+    name: str = Name
+    weight: float = Field(gt=0, description="Relative share of the experiment's customers.")
+    recommender: str | None = Field(
+        None, description="Registered recommender to answer with: an alias ('@challenger') or "
+                          "a version ('7'); none: the served champion.")
+    ranking: dict[str, float] = Field(
+        default_factory=dict, description="Ranking settings to change, e.g. "
+                                          "{max_category_share: 0.3}.")
+    triggers: bool = Field(True, description="Whether triggered messages are sent.")
+
+
+class Experiment(_Strict):
+    name: str = Name
+    layer: str = Field("default", min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.-]+$")
+    salt: str | None = Field(None, description="Hash salt; default: the experiment's name. A "
+                                               "new salt reshuffles who gets what.")
+    traffic: float = Field(gt=0, le=1, description="Share of the layer this experiment takes.")
+    variants: list[Variant] = Field(min_length=2)
+    start: datetime | None = None
+    stop: datetime | None = None
+    primary_metric: str = "conversion_rate"
+    secondary_metrics: list[str] = Field(default_factory=list)
+    guardrails: list[str] = Field(default_factory=list)
+    minimum_detectable_effect: float | None = Field(
+        None, gt=0, description="Relative effect the power estimate is for, e.g. 0.05 (5 %).")
+
+    @field_validator("variants")
+    @classmethod
+    def _unique_variants(cls, value: list[Variant]) -> list[Variant]:
+        names = [v.name for v in value]
+        repeated = sorted({n for n in names if names.count(n) > 1})
+        if repeated:
+            raise ValueError(f"variant names must be unique; repeated: {', '.join(repeated)}")
+        if HOLDOUT in names:
+            raise ValueError(f"'{HOLDOUT}' is the global holdout's name; call the variant "
+                             "something else")
+        return value
+
+    @model_validator(mode="after")
+    def _a_window_that_can_run(self) -> Experiment:
+        for name, moment in (("start", self.start), ("stop", self.stop)):
+            if moment is not None and moment.tzinfo is None:
+                raise ValueError(f"{name} {moment.isoformat()} has no time zone; write it like "
+                                 "2026-12-01T00:00:00Z")
+        if self.start and self.stop and self.start >= self.stop:
+            raise ValueError(f"stop {self.stop.isoformat()} is not after start "
+                             f"{self.start.isoformat()}")
+        return self
+
+    @property
+    def hash_salt(self) -> str:
+        return self.salt or self.name
+
+    def running(self, now: datetime) -> bool:
+        return (self.start is None or self.start <= now) and (self.stop is None or now < self.stop)
+
+
+class Holdout(_Strict):
+    share: float = Field(0.0, ge=0, lt=1, description="Share of all customers held out of "
+                                                       "personalization and messages.")
+    salt: str = Field("global-holdout", min_length=1)
+
+
+class ExperimentPlan(_Strict):
+    """Everything an experiments file declares."""
+
+    holdout: Holdout = Field(default_factory=Holdout)
+    experiments: list[Experiment] = Field(default_factory=list)
+
+    @field_validator("experiments")
+    @classmethod
+    def _layers_fit(cls, value: list[Experiment]) -> list[Experiment]:
+        names = [e.name for e in value]
+        repeated = sorted({n for n in names if names.count(n) > 1})
+        if repeated:
+            raise ValueError(f"experiment names must be unique; repeated: {', '.join(repeated)}")
+        for layer in {e.layer for e in value}:
+            taken = sum(e.traffic for e in value if e.layer == layer)
+            if taken > 1 + 1e-9:
+                raise ValueError(f"layer {layer!r}: its experiments take {taken:.0%} of its "
+                                 "customers; together they may take at most 100 %, or put one "
+                                 "in another layer")
+        return value
+
+
+@dataclass(frozen=True)
+class Assignment:
+    """What one customer gets: held out, or a variant per running experiment (by name)."""
+
+    customer_id: str
+    held_out: bool
+    variants: dict[str, str]
+
+    def variant_of(self, experiment: str) -> str | None:
+        return HOLDOUT if self.held_out else self.variants.get(experiment)
+
+
+def assign(plan: ExperimentPlan, customer_id: str, now: datetime | None = None) -> Assignment:
+    """The customer's holdout status and variants (see the module docstring); experiments not
+    running at ``now`` are left out (all of them when ``now`` is None are considered)."""
+    if plan.holdout.share and bucket(plan.holdout.salt, customer_id) < plan.holdout.share * BUCKETS:
+        return Assignment(customer_id, True, {})
+    variants: dict[str, str] = {}
+    offsets: dict[str, float] = {}
+    for experiment in plan.experiments:  # in file order: each takes the next range of its layer
+        low = offsets.get(experiment.layer, 0.0)
+        offsets[experiment.layer] = high = low + experiment.traffic * BUCKETS
+        if now is not None and not experiment.running(now):
+            continue
+        if not low <= bucket(f"layer:{experiment.layer}", customer_id) < high:
+            continue
+        variants[experiment.name] = _variant(experiment, customer_id)
+    return Assignment(customer_id, False, variants)
+
+
+def _variant(experiment: Experiment, customer_id: str) -> str:
+    total = sum(v.weight for v in experiment.variants)
+    point = bucket(experiment.hash_salt, customer_id) / BUCKETS * total
+    for variant in experiment.variants:
+        point -= variant.weight
+        if point < 0:
+            return variant.name
+    return experiment.variants[-1].name
+
+
+class ExperimentsError(ValueError):
+    """The experiments file is missing or wrong; the message names file, experiment and field."""
+
+
+def load_plan(path: Path) -> ExperimentPlan:
+    """The plan in ``path``; a file that does not exist is an empty plan (no experiments)."""
+    try:
+        data = yaml.safe_load(Path(path).read_text())
+    except FileNotFoundError:
+        return ExperimentPlan()
+    except yaml.YAMLError as error:
+        raise ExperimentsError(f"{path} is not valid YAML: {error}") from None
+    try:
+        return ExperimentPlan.model_validate(data or {})
+    except ValidationError as error:
+        raise ExperimentsError(f"{path} has {error.error_count()} problem(s):\n"
+                               + "\n".join(_described(e, data) for e in error.errors())) from None
+
+
+def _described(error: dict, data: object) -> str:
+    """One problem, naming the experiment by its name rather than its index where it can."""
+    location = [str(p) for p in error["loc"]]
+    if len(location) >= 2 and location[0] == "experiments" and location[1].isdigit():
+        with contextlib.suppress(KeyError, IndexError, TypeError):
+            location[1] = repr(data["experiments"][int(location[1])]["name"])
+    return f"  {'.'.join(location)}: {error['msg']} (got {error.get('input')!r})"
