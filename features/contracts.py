@@ -292,6 +292,9 @@ EXPOSURES = TableContract(
         Column("model_versions", "string", "Registered model versions that answered, "
                "'name=version' joined by '|', e.g. 'recommender=3|propensity=2'.",
                required=False, nullable=True),
+        Column("variants", "string", "Experiments the customer was in and their variant, "
+               "'experiment=variant' joined by '|'; 'holdout=holdout' for the global holdout; "
+               "empty when in none.", required=False, nullable=True),
         Column("item_kind", "string", "product, content or offer; empty on a row with no item.",
                required=False, nullable=True, allowed=_values(ItemKind)),
         Column("item_id", "string", "The item shown or sent; empty on a row with no item.",

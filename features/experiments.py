@@ -26,6 +26,7 @@ import hashlib
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
+from typing import Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -49,15 +50,18 @@ class _Strict(BaseModel):
 Name = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.-]+$")
 
 
+class RankingChanges(_Strict):
+    """Ranking settings a variant changes; what it leaves out keeps the service's setting."""
+
+    max_category_share: float | None = Field(None, gt=0, le=1)
+
+
 class Variant(_Strict):
     name: str = Name
     weight: float = Field(gt=0, description="Relative share of the experiment's customers.")
-    recommender: str | None = Field(
-        None, description="Registered recommender to answer with: an alias ('@challenger') or "
-                          "a version ('7'); none: the served champion.")
-    ranking: dict[str, float] = Field(
-        default_factory=dict, description="Ranking settings to change, e.g. "
-                                          "{max_category_share: 0.3}.")
+    ranking: RankingChanges = Field(default_factory=RankingChanges)
+    personalized: bool = Field(True, description="False: answered as an unknown customer "
+                                                 "(popular items), as the holdout is.")
     triggers: bool = Field(True, description="Whether triggered messages are sent.")
 
 
@@ -70,8 +74,10 @@ class Experiment(_Strict):
     variants: list[Variant] = Field(min_length=2)
     start: datetime | None = None
     stop: datetime | None = None
-    primary_metric: str = "conversion_rate"
-    secondary_metrics: list[str] = Field(default_factory=list)
+    primary_metric: Literal["conversion", "revenue", "ctr"] = Field(
+        "conversion", description="What the verdict is about: conversion (bought after the "
+                                  "first exposure), revenue per customer, or click-through.")
+    secondary_metrics: list[Literal["conversion", "revenue", "ctr"]] = Field(default_factory=list)
     guardrails: list[str] = Field(default_factory=list)
     minimum_detectable_effect: float | None = Field(
         None, gt=0, description="Relative effect the power estimate is for, e.g. 0.05 (5 %).")
@@ -142,9 +148,33 @@ class Assignment:
     customer_id: str
     held_out: bool
     variants: dict[str, str]
+    chosen: tuple[Variant, ...] = ()
+    """The variants themselves, in the plan's order (what they change)."""
 
     def variant_of(self, experiment: str) -> str | None:
         return HOLDOUT if self.held_out else self.variants.get(experiment)
+
+    @property
+    def personalized(self) -> bool:
+        return not self.held_out and all(v.personalized for v in self.chosen)
+
+    @property
+    def messages(self) -> bool:
+        """Whether triggered messages may be sent to this customer."""
+        return not self.held_out and all(v.triggers for v in self.chosen)
+
+    def max_category_share(self, default: float) -> float:
+        for variant in self.chosen:
+            if variant.ranking.max_category_share is not None:
+                return variant.ranking.max_category_share
+        return default
+
+    def labels(self) -> dict[str, str]:
+        """experiment -> variant, as answers and exposures carry it (``{"holdout": "holdout"}``
+        for a held-out customer)."""
+        return {HOLDOUT: HOLDOUT} if self.held_out else dict(self.variants)
+
+
 
 
 def assign(plan: ExperimentPlan, customer_id: str, now: datetime | None = None) -> Assignment:
@@ -152,7 +182,10 @@ def assign(plan: ExperimentPlan, customer_id: str, now: datetime | None = None) 
     running at ``now`` are left out (all of them when ``now`` is None are considered)."""
     if plan.holdout.share and bucket(plan.holdout.salt, customer_id) < plan.holdout.share * BUCKETS:
         return Assignment(customer_id, True, {})
+    if not plan.experiments:
+        return Assignment(customer_id, False, {})
     variants: dict[str, str] = {}
+    chosen: list[Variant] = []
     offsets: dict[str, float] = {}
     for experiment in plan.experiments:  # in file order: each takes the next range of its layer
         low = offsets.get(experiment.layer, 0.0)
@@ -161,18 +194,30 @@ def assign(plan: ExperimentPlan, customer_id: str, now: datetime | None = None) 
             continue
         if not low <= bucket(f"layer:{experiment.layer}", customer_id) < high:
             continue
-        variants[experiment.name] = _variant(experiment, customer_id)
-    return Assignment(customer_id, False, variants)
+        variant = _variant(experiment, customer_id)
+        variants[experiment.name] = variant.name
+        chosen.append(variant)
+    return Assignment(customer_id, False, variants, tuple(chosen))
 
 
-def _variant(experiment: Experiment, customer_id: str) -> str:
+def _variant(experiment: Experiment, customer_id: str) -> Variant:
     total = sum(v.weight for v in experiment.variants)
     point = bucket(experiment.hash_salt, customer_id) / BUCKETS * total
     for variant in experiment.variants:
         point -= variant.weight
         if point < 0:
-            return variant.name
-    return experiment.variants[-1].name
+            return variant
+    return experiment.variants[-1]
+
+
+def labels_text(labels: dict[str, str]) -> str | None:
+    """'experiment=variant|...' sorted, as the exposures table's ``variants`` column holds it."""
+    return "|".join(f"{e}={v}" for e, v in sorted(labels.items())) or None
+
+
+def plan_path(settings) -> Path:
+    """The experiments file: NEXTBEST_EXPERIMENTS_FILE, else <data_dir>/experiments.yaml."""
+    return settings.experiments_file or settings.data_dir / "experiments.yaml"
 
 
 class ExperimentsError(ValueError):

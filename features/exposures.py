@@ -17,6 +17,7 @@ import orjson
 import pyarrow as pa
 
 from features.contracts import EXPOSURES, arrow_schema
+from features.experiments import labels_text
 
 
 class Exposure(TypedDict):
@@ -35,6 +36,8 @@ class Exposure(TypedDict):
     items: list[tuple[str, str, str]]
     """(kind, item_id, source) in the order shown; positions count from 1 within each kind."""
     context: dict | None
+    variants: dict[str, str]
+    """experiment -> variant (``features.experiments.Assignment.labels``)."""
 
 
 def versions_text(versions: dict[str, str]) -> str | None:
@@ -57,6 +60,7 @@ def exposure_rows(batches: Iterable[tuple[int, list[Exposure]]]) -> pa.Table:
         columns["status"].append(exposure["status"])
         columns["rule"].append(exposure.get("rule"))
         columns["model_versions"].append(versions_text(exposure.get("model_versions") or {}))
+        columns["variants"].append(labels_text(exposure.get("variants") or {}))
         columns["item_kind"].append(kind)
         columns["item_id"].append(item_id)
         columns["position"].append(rank)

@@ -158,6 +158,9 @@ class Settings(BaseSettings):
     attribution_rule: Literal["last_touch", "first_touch"] = Field(
         "last_touch", description="Which exposure in the window gets an outcome: the latest "
         "(last_touch) or the earliest (first_touch).")
+    experiments_file: Path | None = Field(
+        None, description="Experiments and the global holdout (YAML, docs/experiments.md). "
+        "Default: <data_dir>/experiments.yaml; no file, no experiments.")
     policy_file: Path | None = Field(
         None, description="Contact policy and trigger rules (YAML). Default: <data_dir>/policy.yaml if it "
         "exists, else the built-in policy (features/policy.default.yaml).")

@@ -33,7 +33,7 @@ from features.cli import (
 )
 from serving.launch import version
 from serving.realtime_cli import events_app, policy_app, triggers_app
-from training.cli import models_app, report_app, scores_app, train_app
+from training.cli import experiments_app, models_app, report_app, scores_app, train_app
 
 app = typer.Typer(
     help="nextbest: next best products, content and offers for every retail customer.",
@@ -48,6 +48,7 @@ app.add_typer(policy_app, name="policy")
 app.add_typer(events_app, name="events")
 app.add_typer(triggers_app, name="triggers")
 app.add_typer(report_app, name="report")
+app.add_typer(experiments_app, name="experiments")
 
 Port = Annotated[int, typer.Option(min=1, max=65535, help="Port of the service.")]
 Host = Annotated[str | None, typer.Option(

@@ -50,7 +50,7 @@ def answer_exposure(answer: dict, channel: str, placement: str, at: float) -> Ex
             "model_versions": answer["model_versions"],
             "items": [(kind, entry["item_id"], entry["source"]) for key, kind in KINDS
                       for entry in answer[key]],
-            "context": context}
+            "context": context, "variants": answer.get("experiments") or {}}
 
 
 def decision_exposure(decision: dict, at: float) -> Exposure:
@@ -62,16 +62,19 @@ def decision_exposure(decision: dict, at: float) -> Exposure:
             "rule": None, "model_versions": decision.get("model_versions") or {},
             "items": [(item["kind"], item["item_id"], item["source"])
                       for item in decision["items"]],
-            "context": {"reason": decision["reason"]}}
+            "context": {"reason": decision["reason"]},
+            "variants": decision.get("experiments") or {}}
 
 
 def suppressed_exposure(exposure_id: str, customer_id: str, trigger: str, channel: str,
-                        rule: str, detail: str, at: float) -> Exposure:
-    """A message a trigger wanted to send and the contact policy stopped, by ``rule``."""
+                        rule: str, detail: str, at: float,
+                        variants: dict[str, str] | None = None) -> Exposure:
+    """A message a trigger wanted to send and the contact policy (or the customer's place in
+    an experiment) stopped, by ``rule``."""
     return {"exposure_id": exposure_id, "exposure_type": ExposureType.MESSAGE.value,
             "customer_id": customer_id, "at": at, "channel": channel, "placement": trigger,
             "status": ExposureStatus.SUPPRESSED.value, "rule": rule, "model_versions": {},
-            "items": [], "context": {"reason": detail}}
+            "items": [], "context": {"reason": detail}, "variants": variants or {}}
 
 
 class ExposureLog:

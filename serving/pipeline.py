@@ -32,6 +32,7 @@ import pandas as pd
 import scipy.sparse as sp
 
 from features.contracts import CONTACT_CHANNELS, EventType, ItemKind
+from features.experiments import Assignment
 from features.online.state import CustomerState
 from features.policy import ContactPolicy, contact_verdict, recently_shown
 from serving import kernels
@@ -121,27 +122,37 @@ class ContentIndex:
 # ---------------------------------------------------------------------------- entry point
 def recommend(state: ServingState, request: RecommendRequest, now: datetime,
               max_category_share: float = 0.5, live: CustomerState | None = None,
-              policy: ContactPolicy | None = None) -> dict:
+              policy: ContactPolicy | None = None, assignment: Assignment | None = None
+              ) -> dict:
     """Answer one request: ranked products, content and offers, with reasons and ids.
 
     ``now`` is a timezone-aware datetime (a ``pd.Timestamp`` is one). ``live`` is the customer's
     online state (None when it could not be read: the answer then comes from the serving
     snapshot alone); ``policy`` applies cross-channel memory and reports whether a contact
-    channel may be used now.
+    channel may be used now. ``assignment`` is the customer's place in the experiments: a
+    held-out customer (or a variant that turns personalization off) is ranked as an unknown
+    customer would be, and a variant's ranking settings apply.
     """
     for kind, count in request.n.items():
         if not 0 <= count <= MAX_N:
             raise ValueError(f"n.{kind.value} must be between 0 and {MAX_N}, got {count}")
-    behaviour = state.shop.customer(request.customer_id)
-    if live is not None and live.last_event is not None:
+    personal = assignment is None or assignment.personalized
+    behaviour = state.shop.customer(request.customer_id) if personal else Behaviour()
+    if personal and live is not None and live.last_event is not None:
         behaviour, request = with_live_state(behaviour, request, live)
     known = (request.customer_id in state.shop.segments
              or request.customer_id in state.shop.behaviour or bool(live and live.last_event))
     answer = {"recommendation_id": recommendation_id(), "customer_id": request.customer_id,
               "known_customer": known, "model_versions": dict(state.models.versions),
-              "served_from": state.models.source}
+              "served_from": state.models.source,
+              "experiments": assignment.labels() if assignment is not None else {}}
     if policy is not None and live is not None:
         request = _apply_contact_policy(state, request, live, policy, now, answer)
+    if assignment is not None:
+        max_category_share = assignment.max_category_share(max_category_share)
+    if not personal:  # ranked for nobody in particular (what the page sent still counts)
+        live = None
+        request = request.model_copy(update={"customer_id": NOBODY})
     n, items = request.n, state.shop.items
     liked = _liked_categories(state.shop, behaviour)
     products = rank_products(state, request, behaviour, n.get(ItemKind.PRODUCT, 0),
@@ -152,6 +163,10 @@ def recommend(state: ServingState, request: RecommendRequest, now: datetime,
     answer["content"] = [_entry(items[c.item_id], c) for c in content]
     answer["offers"] = [_entry(items[c.item_id], c) for c in offers]
     return answer
+
+
+NOBODY = "\x00nobody"
+"""The customer id a held-out customer is ranked as: no history, no segment, no row."""
 
 
 def recommendation_id() -> str:

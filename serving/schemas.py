@@ -132,6 +132,9 @@ class RecommendAnswer(_Answer):
     known_customer: bool
     model_versions: dict[str, str] = Field(description="Registered model -> version used.")
     served_from: Literal["registry", "cache"]
+    experiments: dict[str, str] = Field(
+        description="Experiment -> variant this customer is in ({\"holdout\": \"holdout\"} for "
+                    "the global holdout, answered without personalization); empty when none.")
     contact: ContactVerdict | None = Field(
         None, description="On a contact channel (email, sms, push) only.")
     products: list[RecommendedItem]

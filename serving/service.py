@@ -47,6 +47,7 @@ from threadpoolctl import threadpool_limits
 
 from features.contracts import CONTACT_CHANNELS
 from features.event_time import TimeWindow
+from features.experiments import ExperimentsError, assign, load_plan, plan_path
 from features.ingest import parse_events
 from features.online import CustomerState, OnlineStateUnavailable, open_online_store
 from features.online.breaker import Breaker
@@ -249,12 +250,15 @@ class NextBest:
         self.warehouse = Warehouse(self.settings.data_dir / "warehouse")
         self.online = open_online_store(self.settings)
         self.policy = load_policy(policy_path(self.settings))
+        self.plan = load_plan(plan_path(self.settings))
+        self._plan_stamp = _stamp(plan_path(self.settings))
         self.exposures = (ExposureLog(self.online, self.settings.exposure_buffer,
                                       self.settings.exposure_flush_ms, HEALTH.exposures).start()
                           if self.settings.exposure_logging else None)
         self.triggers = TriggerEngine(self.policy, self.online, lambda: self.state,
                                       self.settings.max_category_share,
-                                      self.exposures.record if self.exposures else None)
+                                      self.exposures.record if self.exposures else None,
+                                      lambda customer, now: assign(self.plan, customer, now))
         self._touched: dict[str, CustomerState] = {}
         self._touched_lock = threading.Lock()
         self._wake = threading.Event()
@@ -311,7 +315,7 @@ class NextBest:
         now = datetime.now(UTC)
         try:
             answer = recommend(state, request, now, self.settings.max_category_share, live,
-                               self.policy)
+                               self.policy, assign(self.plan, request.customer_id, now))
         except ValueError as error:
             raise InvalidArgument(str(error)) from None
         answer["degraded"] = degraded is not None
@@ -512,6 +516,25 @@ class NextBest:
     def _poll(self) -> None:
         while not self._stop.wait(self.settings.reload_interval_seconds):
             self.reload()
+            self.reload_plan()
+
+    def reload_plan(self) -> bool:
+        """Read the experiments file again if it changed (``nextbest experiments start``, say);
+        a file that does not validate leaves the plan in force, and says why."""
+        path = plan_path(self.settings)
+        stamp = _stamp(path)
+        if stamp == self._plan_stamp:
+            return False
+        try:
+            self.plan = load_plan(path)
+        except ExperimentsError as error:
+            log.error("experiments file not applied, still running the previous plan: %s", error)
+            return False
+        finally:
+            self._plan_stamp = stamp
+        log.info("experiments in force: %s", ", ".join(e.name for e in self.plan.experiments)
+                 or "none")
+        return True
 
     # ------------------------------------------------------------------ real time
     def _live_state(self, customer_id: str) -> tuple[CustomerState | None, str | None]:
@@ -578,6 +601,15 @@ class NextBest:
 
     def _versions(self) -> dict[str, str]:
         return dict(self.state.models.versions) if self.state is not None else {}
+
+
+def _stamp(path) -> tuple[int, int] | None:
+    """When and how big the file is, to notice a change without reading it."""
+    try:
+        stat = path.stat()
+    except FileNotFoundError:
+        return None
+    return stat.st_mtime_ns, stat.st_size
 
 
 def add_http_layers(service) -> None:

@@ -41,6 +41,7 @@ import pandas as pd
 
 from features.contracts import EventType, ItemKind
 from features.event_time import TimeWindow
+from features.experiments import assign, load_plan, plan_path
 from features.ingest import parse_events
 from features.online import open_online_store
 from features.policy import load_policy, policy_path
@@ -137,9 +138,11 @@ class InProcessShop:
         self.ranker = ranker
         self.online = open_online_store(settings)
         self.policy = load_policy(policy_path(settings))
+        self.plan = load_plan(plan_path(settings))
         self.log = ExposureLog(self.online, capacity=1_000_000)
         self.triggers = TriggerEngine(self.policy, self.online, lambda: self.state,
-                                      settings.max_category_share, self.log.record)
+                                      settings.max_category_share, self.log.record,
+                                      lambda customer, now: assign(self.plan, customer, now))
 
     def now(self, simulated: datetime) -> datetime:
         return simulated
@@ -148,7 +151,7 @@ class InProcessShop:
         request = RecommendRequest.model_validate(body)
         live = self.online.customer(request.customer_id)
         answer = recommend(self.state, request, at, self.settings.max_category_share, live,
-                           self.policy)
+                           self.policy, assign(self.plan, request.customer_id, at))
         if self.ranker == "popularity":
             answer["products"] = self._best_sellers(request, live)
         answer["degraded"] = False

@@ -22,6 +22,7 @@ from datetime import datetime
 import pandas as pd
 
 from features.contracts import EventType, ItemKind
+from features.experiments import Assignment
 from features.exposures import Exposure
 from features.online.state import CustomerState
 from features.online.store import OnlineStore
@@ -65,13 +66,17 @@ distinct exposure ids)."""
 class TriggerEngine:
     def __init__(self, policy: ContactPolicy, store: OnlineStore,
                  serving_state: Callable[[], ServingState | None], max_category_share: float = 0.5,
-                 record: Callable[[Exposure], None] | None = None) -> None:
+                 record: Callable[[Exposure], None] | None = None,
+                 assignment: Callable[[str, datetime], Assignment] | None = None) -> None:
         self.policy = policy
         self.store = store
         self.serving_state = serving_state
         self.max_category_share = max_category_share
         self.record = record
         """Where each message decided or suppressed goes (the exposure log); None: nowhere."""
+        self.assignment = assignment
+        """The customer's place in the experiments: the holdout, and variants that turn
+        messages off, get none (recorded as suppressed, rule ``holdout`` or ``experiment``)."""
         self._suppressions_logged: dict[str, None] = {}
 
     @property
@@ -129,6 +134,13 @@ class TriggerEngine:
         if cooling:
             return Outcome(rule.name, customer, "cooling_down",
                            f"fired {(now.timestamp() - max(cooling)) / 3600:.1f} h ago")
+        placed = self.assignment(customer, now) if self.assignment is not None else None
+        if placed is not None and not placed.messages:
+            why = "holdout" if placed.held_out else "experiment"
+            return self._suppressed(rule, customer, key, rule.channels[0].value, why,
+                                    f"the customer is in the {why} "
+                                    f"({', '.join(f'{e}={v}' for e, v in placed.labels().items())})",
+                                    now, placed.labels())
         channel, verdicts = self._channel(rule, live, state, customer, now)
         if channel is None:
             # consent is checked before quiet hours: a quiet-hours verdict means "later"
@@ -138,11 +150,12 @@ class TriggerEngine:
                 return Outcome(rule.name, customer, "waiting", detail)
             rules = "|".join(sorted({verdict_rule(v) for v in verdicts.values()}))
             return self._suppressed(rule, customer, key, rule.channels[0].value, rules, detail,
-                                    now)
+                                    now, placed.labels() if placed else None)
         chosen = self._payload(rule, live, state, customer, channel, category, now)
         if not chosen:
             return self._suppressed(rule, customer, key, channel, "nothing_to_send",
-                                    "nothing eligible to send", now)
+                                    "nothing eligible to send", now,
+                                    placed.labels() if placed else None)
         kind = ACTION_KIND[rule.action]
         decision = {
             "decision_id": uuid.uuid4().hex, "firing_key": key, "trigger": rule.name,
@@ -151,7 +164,8 @@ class TriggerEngine:
                        "kind": kind, "score": round(c.score, 6), "reason": c.reason,
                        "source": c.source} for c in chosen],
             "reason": reason, "recommendation_id": uuid.uuid4().hex,
-            "model_versions": dict(state.models.versions), "created_at": now.isoformat()}
+            "model_versions": dict(state.models.versions), "created_at": now.isoformat(),
+            "experiments": placed.labels() if placed is not None else {}}
         if not self.store.record_decision(decision, now.timestamp()):
             return Outcome(rule.name, customer, "already_fired", key)
         if self.record is not None:
@@ -159,7 +173,7 @@ class TriggerEngine:
         return Outcome(rule.name, customer, "fired", reason, decision)
 
     def _suppressed(self, rule, customer: str, key: str, channel: str, rules: str, detail: str,
-                    now: datetime) -> Outcome:
+                    now: datetime, variants: dict[str, str] | None = None) -> Outcome:
         """Outcome and exposure of a message the policy stopped (logged once per firing)."""
         if self.record is not None and key not in self._suppressions_logged:
             self._suppressions_logged[key] = None
@@ -167,7 +181,7 @@ class TriggerEngine:
                 del self._suppressions_logged[next(iter(self._suppressions_logged))]
             exposure_id = uuid.uuid5(uuid.NAMESPACE_URL, f"suppressed:{key}").hex
             self.record(suppressed_exposure(exposure_id, customer, rule.name, channel, rules,
-                                            detail, now.timestamp()))
+                                            detail, now.timestamp(), variants))
         return Outcome(rule.name, customer, "suppressed", detail)
 
     def _channel(self, rule, live: CustomerState, state: ServingState, customer: str,

@@ -20,14 +20,12 @@ from tests.test_cli import run
 from training.kpis import kpi_report
 
 
-@pytest.fixture(scope="module")
-def shop_dir(tmp_path_factory) -> Path:
-    """A shop whose history ends two days ago (the simulated day mixes with no history) and an
+def a_shop(root: Path, customers: int) -> Path:
+    """A shop whose history ends two days ago (the simulated days mix with no history) and an
     EASE recommender as champion."""
     from training.recommender_job import train_recommender
 
-    root = tmp_path_factory.mktemp("simulated")
-    config = ShopConfig(n_customers=400, n_products=150, days=75, seed=21)
+    config = ShopConfig(n_customers=customers, n_products=150, days=75, seed=21)
     start = pd.Timestamp.now(tz="UTC").floor("D") - pd.Timedelta(days=77)
     store_shop(Warehouse(root / "warehouse"),
                generate_shop(config.model_copy(update={"start": start.to_pydatetime()})))
@@ -36,6 +34,11 @@ def shop_dir(tmp_path_factory) -> Path:
     if not outcome.decision.promoted:  # the gate's business; here a champion is needed
         promote_by_hand(settings, settings.recommender_name, outcome.version)
     return root
+
+
+@pytest.fixture(scope="module")
+def shop_dir(tmp_path_factory) -> Path:
+    return a_shop(tmp_path_factory.mktemp("simulated"), 400)
 
 
 def simulated(shop_dir: Path, tmp_path: Path, name: str, **options):
@@ -108,3 +111,85 @@ def test_report_kpis_names_a_wrong_dimension(one_day):
     result = run("report", "kpis", "--by", "colour", "--data-dir", str(data))
     assert result.exit_code == 2
     assert "cannot break KPIs down by 'colour'" in result.output
+
+
+def with_experiments(shop_dir: Path, tmp_path: Path, name: str, plan: dict) -> Path:
+    import yaml
+
+    data = tmp_path / name
+    shutil.copytree(shop_dir, data)
+    (data / "experiments.yaml").write_text(yaml.safe_dump(plan))
+    return data
+
+
+PERSONAL_VS_BEST_SELLERS = {"experiments": [{
+    "name": "personal", "traffic": 1.0,
+    "variants": [{"name": "best_sellers", "weight": 1, "personalized": False},
+                 {"name": "personal", "weight": 1}]}]}
+
+
+@pytest.fixture(scope="module")
+def planted(tmp_path_factory):
+    """Four simulated days of the recommender against best sellers, half the customers each,
+    in a shop of 2,000 customers."""
+    shop = a_shop(tmp_path_factory.mktemp("big"), 2000)
+    data = with_experiments(shop, tmp_path_factory.mktemp("planted"), "data",
+                            PERSONAL_VS_BEST_SELLERS)
+    settings = Settings(data_dir=data, trigger_interval_seconds=0)
+    result = simulate(settings, SimulationConfig(days=4, visits_per_day=700, seed=11))
+    return data, result
+
+
+def report_of(data: Path, experiment=None):
+    from datetime import UTC, datetime
+
+    from features.experiments import load_plan
+    from training.experiment_report import experiment_report
+
+    experiment = experiment or load_plan(data / "experiments.yaml").experiments[0]
+    return experiment_report(Warehouse(data / "warehouse"), experiment, datetime.now(UTC))
+
+
+def test_a_planted_difference_is_detected_with_the_always_valid_test(planted):
+    data, _ = planted
+    report = report_of(data)
+    assert not report.ratio.mismatch and report.excluded == 0
+    ctr = report.comparisons["ctr"][0]
+    assert ctr.effect.relative > 0.3 and ctr.adjusted_p < 0.05, ctr
+
+
+def test_answers_and_exposures_name_the_variant(planted):
+    data, _ = planted
+    exposures = Warehouse(data / "warehouse").exposures()
+    shown = exposures[exposures["exposure_type"] == "recommendation"]
+    assert set(shown["variants"]) == {"personal=best_sellers", "personal=personal"}
+    baseline = shown[(shown["variants"] == "personal=best_sellers")
+                     & (shown["item_kind"] == "product")]
+    assert not baseline["source"].isin(["for_you", "similar"]).any()  # nothing personal
+
+
+def test_a_sample_ratio_mismatch_blocks_the_verdict(planted):
+    from features.experiments import Experiment
+
+    data, _ = planted
+    skewed = Experiment.model_validate({**PERSONAL_VS_BEST_SELLERS["experiments"][0],
+                                        "variants": [
+                                            {"name": "best_sellers", "weight": 3,
+                                             "personalized": False},
+                                            {"name": "personal", "weight": 1}]})
+    report = report_of(data, skewed)
+    assert report.ratio.mismatch
+    assert report.verdict.startswith("sample-ratio mismatch")
+
+
+def test_the_holdout_gets_no_personalization_and_no_messages(shop_dir, tmp_path):
+    data = with_experiments(shop_dir, tmp_path, "holdout", {"holdout": {"share": 0.5}})
+    simulate(Settings(data_dir=data), SimulationConfig(days=1, visits_per_day=300, seed=2))
+    exposures = Warehouse(data / "warehouse").exposures()
+    held = exposures[exposures["variants"] == "holdout=holdout"]
+    assert held["customer_id"].nunique() > 50
+    products = held[(held["exposure_type"] == "recommendation")
+                    & (held["item_kind"] == "product")]
+    assert not products["source"].isin(["for_you", "similar"]).any()
+    messages = held[held["exposure_type"] == "message"]
+    assert (messages["status"] == "suppressed").all() and (messages["rule"] == "holdout").all()

@@ -416,3 +416,124 @@ def _cell(name: str, value) -> str:
             return "-"
         return f"{value:.2%}" if name in RATES else f"{value:,.2f}"
     return str(value)
+
+
+experiments_app = command_group("Experiments: list them, start and stop them, read a report.")
+
+
+@experiments_app.command("list")
+@friendly_errors
+def list_experiments(data_dir: DataDir = None) -> None:
+    """The experiments in the experiments file, with their layer, traffic, variants and state."""
+    from rich.table import Table
+
+    from features.experiments import load_plan, plan_path
+
+    settings = settings_with(data_dir)
+    path = plan_path(settings)
+    plan = load_plan(path)
+    console.print(f"{path}: global holdout {plan.holdout.share:.1%}")
+    if not plan.experiments:
+        console.print("no experiments; declare them in that file (docs/experiments.md)")
+        return
+    table = Table()
+    for column in ("name", "layer", "traffic", "variants", "primary", "state"):
+        table.add_column(column)
+    now = _now()
+    for e in plan.experiments:
+        state = ("running" if e.running(now) else
+                 "stopped" if e.stop and e.stop <= now else "not started")
+        table.add_row(e.name, e.layer, f"{e.traffic:.0%}",
+                      ", ".join(f"{v.name} ({v.weight:g})" for v in e.variants),
+                      e.primary_metric, state)
+    console.print(table)
+
+
+def _set_time(name: str, field: str, data_dir: Path | None) -> None:
+    """Set an experiment's start or stop to now in the file, keeping the rest of it."""
+    import yaml
+
+    from features.experiments import load_plan, plan_path
+
+    path = plan_path(settings_with(data_dir))
+    plan = load_plan(path)
+    if name not in {e.name for e in plan.experiments}:
+        raise ValueError(f"no experiment {name!r} in {path}; it has: "
+                         f"{', '.join(e.name for e in plan.experiments) or 'none'}")
+    data = yaml.safe_load(path.read_text())
+    for entry in data["experiments"]:
+        if entry["name"] == name:
+            entry[field] = _now().isoformat(timespec="seconds")
+            if field == "start":
+                entry.pop("stop", None)
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    load_plan(path)  # still valid
+    console.print(f"{name}: {field} set to now in {path} (a running service applies it at its "
+                  "next reload check)")
+
+
+@experiments_app.command("start")
+@friendly_errors
+def start_experiment(name: str, data_dir: DataDir = None) -> None:
+    """Start an experiment now."""
+    _set_time(name, "start", data_dir)
+
+
+@experiments_app.command("stop")
+@friendly_errors
+def stop_experiment(name: str, data_dir: DataDir = None) -> None:
+    """Stop an experiment now (its report keeps reading up to this moment)."""
+    _set_time(name, "stop", data_dir)
+
+
+@experiments_app.command("report")
+@friendly_errors
+def report_experiment(
+    name: str,
+    file_format: Annotated[str, typer.Option("--format", help="table or csv (units' metrics)")
+                           ] = "table",
+    out: Annotated[Path | None, typer.Option(help="File for csv [default: <name>.csv].")
+                   ] = None,
+    data_dir: DataDir = None,
+) -> None:
+    """The experiment's units per variant, the sample-ratio check, each metric's effect with
+    its fixed-horizon interval and always-valid p-value, and the verdict."""
+    from rich.table import Table
+
+    from features.experiments import load_plan, plan_path
+    from features.warehouse import Warehouse
+    from training.attribution import AttributionRule
+    from training.experiment_report import METRICS, experiment_report
+
+    settings = settings_with(data_dir)
+    plan = load_plan(plan_path(settings))
+    found = {e.name: e for e in plan.experiments}
+    if name not in found:
+        raise ValueError(f"no experiment {name!r}; the experiments file has: "
+                         f"{', '.join(found) or 'none'} ('nextbest experiments list')")
+    report = experiment_report(Warehouse(settings.data_dir / "warehouse"), found[name], _now(),
+                               AttributionRule.from_settings(settings))
+    if file_format == "csv":
+        path = out or Path(f"{name}.csv")
+        report.units.to_csv(path, index=False)
+        console.print(f"wrote {len(report.units):,} units to {path}")
+        return
+    if file_format != "table":
+        raise ValueError(f"--format must be table or csv, got {file_format!r}")
+    console.print(f"{name}: {report.start:%Y-%m-%d %H:%M} to {report.end:%Y-%m-%d %H:%M} UTC; "
+                  f"units {report.ratio.counts}, {report.excluded} excluded (seen in two "
+                  f"variants); sample ratio p = {report.ratio.p_value:.3g}. A: the control "
+                  "(first variant); p: fixed-horizon; p seq.: always valid, Holm-corrected"
+                  + (" MISMATCH" if report.ratio.mismatch else " (fine)"), highlight=False)
+    if report.comparisons:
+        table = Table()
+        for column in ("metric", "variant", "A", "B", "B/A-1", "95% CI", "p", "p seq."):
+            table.add_column(column, justify="right")
+        for metric in METRICS:
+            for c in report.comparisons[metric]:
+                e = c.effect
+                table.add_row(metric, c.variant, f"{e.control:.4g}", f"{e.treatment:.4g}",
+                              f"{e.relative:+.1%}", f"[{e.low:+.1%}, {e.high:+.1%}]",
+                              f"{e.p_value:.3g}", f"{c.adjusted_p:.3g}")
+        console.print(table)
+    console.print(f"verdict: {report.verdict}", highlight=False)
