@@ -187,12 +187,15 @@ def assign(plan: ExperimentPlan, customer_id: str, now: datetime | None = None) 
     variants: dict[str, str] = {}
     chosen: list[Variant] = []
     offsets: dict[str, float] = {}
+    layer_buckets: dict[str, int] = {}
     for experiment in plan.experiments:  # in file order: each takes the next range of its layer
         low = offsets.get(experiment.layer, 0.0)
         offsets[experiment.layer] = high = low + experiment.traffic * BUCKETS
         if now is not None and not experiment.running(now):
             continue
-        if not low <= bucket(f"layer:{experiment.layer}", customer_id) < high:
+        if experiment.layer not in layer_buckets:  # one hash per layer, not per experiment
+            layer_buckets[experiment.layer] = bucket(f"layer:{experiment.layer}", customer_id)
+        if not low <= layer_buckets[experiment.layer] < high:
             continue
         variant = _variant(experiment, customer_id)
         variants[experiment.name] = variant.name
