@@ -23,11 +23,14 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+from bisect import bisect_right
 from dataclasses import dataclass
 from datetime import datetime
+from functools import cached_property
 from pathlib import Path
 from typing import Literal
 
+import numpy as np
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
@@ -125,6 +128,10 @@ class ExperimentPlan(_Strict):
     holdout: Holdout = Field(default_factory=Holdout)
     experiments: list[Experiment] = Field(default_factory=list)
 
+    @cached_property
+    def ranges(self) -> tuple[_Ranges, ...]:
+        return _ranges(self.experiments)
+
     @field_validator("experiments")
     @classmethod
     def _layers_fit(cls, value: list[Experiment]) -> list[Experiment]:
@@ -186,31 +193,46 @@ def assign(plan: ExperimentPlan, customer_id: str, now: datetime | None = None) 
         return Assignment(customer_id, False, {})
     variants: dict[str, str] = {}
     chosen: list[Variant] = []
-    offsets: dict[str, float] = {}
     layer_buckets: dict[str, int] = {}
-    for experiment in plan.experiments:  # in file order: each takes the next range of its layer
-        low = offsets.get(experiment.layer, 0.0)
-        offsets[experiment.layer] = high = low + experiment.traffic * BUCKETS
+    for ranges in plan.ranges:
+        experiment = ranges.experiment
         if now is not None and not experiment.running(now):
             continue
-        if experiment.layer not in layer_buckets:  # one hash per layer, not per experiment
-            layer_buckets[experiment.layer] = bucket(f"layer:{experiment.layer}", customer_id)
-        if not low <= layer_buckets[experiment.layer] < high:
+        if ranges.layer_salt not in layer_buckets:  # one hash per layer, not per experiment
+            layer_buckets[ranges.layer_salt] = bucket(ranges.layer_salt, customer_id)
+        if not ranges.low <= layer_buckets[ranges.layer_salt] < ranges.high:
             continue
-        variant = _variant(experiment, customer_id)
+        point = bucket(experiment.hash_salt, customer_id)
+        variant = experiment.variants[bisect_right(ranges.cumulative, point)]
         variants[experiment.name] = variant.name
         chosen.append(variant)
     return Assignment(customer_id, False, variants, tuple(chosen))
 
 
-def _variant(experiment: Experiment, customer_id: str) -> Variant:
-    total = sum(v.weight for v in experiment.variants)
-    point = bucket(experiment.hash_salt, customer_id) / BUCKETS * total
-    for variant in experiment.variants:
-        point -= variant.weight
-        if point < 0:
-            return variant
-    return experiment.variants[-1]
+@dataclass(frozen=True)
+class _Ranges:
+    """An experiment's share of its layer's buckets, and its variants' buckets, computed once
+    per plan (each request only compares numbers)."""
+
+    experiment: Experiment
+    layer_salt: str
+    low: float
+    high: float
+    cumulative: tuple[float, ...]
+    """Upper bucket bounds of every variant but the last."""
+
+
+def _ranges(experiments: list[Experiment]) -> tuple[_Ranges, ...]:
+    offsets: dict[str, float] = {}
+    found = []
+    for experiment in experiments:  # in file order: each takes the next range of its layer
+        low = offsets.get(experiment.layer, 0.0)
+        offsets[experiment.layer] = high = low + experiment.traffic * BUCKETS
+        total = sum(v.weight for v in experiment.variants)
+        bounds = np.cumsum([v.weight / total * BUCKETS for v in experiment.variants[:-1]])
+        found.append(_Ranges(experiment, f"layer:{experiment.layer}", low, high,
+                             tuple(float(b) for b in bounds)))
+    return tuple(found)
 
 
 def labels_text(labels: dict[str, str]) -> str | None:
