@@ -105,12 +105,12 @@ def demo(
     settings = settings_with(data_dir)
     warehouse = warehouse_at(data_dir)
     console.rule("1. synthetic shop")
-    # Dated to end yesterday, so that offers valid now exist when the service answers, and the
-    # last day is left to the simulated visits (step 6), whose outcomes then mix with no history.
+    # Dated to end a week ago, so that offers valid now exist when the service answers, and the
+    # last week is left to the simulated visits (step 6), whose outcomes then mix with no history.
     config = ShopConfig.for_events(events, seed=seed)
-    yesterday = pd.Timestamp.now(tz="UTC").normalize() - pd.Timedelta(days=1)
+    history_end = pd.Timestamp.now(tz="UTC").normalize() - pd.Timedelta(days=DEMO_DAYS)
     shop = generate_shop(config.model_copy(
-        update={"start": (yesterday - pd.Timedelta(days=config.days)).to_pydatetime()}))
+        update={"start": (history_end - pd.Timedelta(days=config.days)).to_pydatetime()}))
     for name, frame in (("events", shop.events), ("items", shop.items),
                         ("customers", shop.customers)):
         _, report = validate_table(frame, CONTRACTS[name], f"generated {name}")
@@ -165,15 +165,65 @@ def demo(
                           f"{row.reason_1}")
         console.print(f"top customers exported to {out}")
     console.print(f"MLflow store: {settings.resolved_tracking_uri()}")
-    console.rule("6. a simulated day: customers answer what they are shown")
+    console.rule("6. a simulated week, with an experiment running")
     from serving.simulator import SimulationConfig
 
-    _print_simulation(_simulate_with_progress(settings, SimulationConfig(days=1, seed=seed)))
+    experiment = start_demo_experiment(settings)
+    _print_simulation(_simulate_with_progress(settings, SimulationConfig(
+        days=DEMO_DAYS, visits_per_day=DEMO_VISITS, seed=seed)))
+    if experiment is not None:
+        _print_experiment(settings, experiment)
     if serve:
         console.rule("7. the service, on built-in data")
         example = {"customer_id": str(shop.events["customer_id"].iloc[-1]), "channel": "web",
                    "n": {"product": 3, "content": 1, "offer": 1}}
         run_service(settings.data_dir, port, example, host)
+
+
+DEMO_DAYS, DEMO_VISITS = 7, 300
+DEMO_EXPERIMENT = "personalization"
+
+
+def start_demo_experiment(settings) -> str | None:
+    """Write an experiments file with one experiment that started a week ago: half the
+    customers answered by the recommender, half by best sellers. A file already there is left
+    as it is (and its experiments run instead)."""
+    from datetime import UTC, datetime, timedelta
+
+    import yaml
+
+    from features.experiments import load_plan, plan_path
+
+    path = plan_path(settings)
+    if path.exists():
+        console.print(f"{path} exists: its experiments run during the simulated week")
+        return None
+    started = datetime.now(UTC) - timedelta(days=DEMO_DAYS)
+    path.write_text(yaml.safe_dump({"experiments": [{
+        "name": DEMO_EXPERIMENT, "traffic": 1.0, "primary_metric": "ctr",
+        "minimum_detectable_effect": 0.1, "start": started.isoformat(timespec="seconds"),
+        "variants": [{"name": "best_sellers", "weight": 1, "personalized": False},
+                     {"name": "personal", "weight": 1}]}]}, sort_keys=False))
+    load_plan(path)  # valid, as the service will read it
+    console.print(f"experiment '{DEMO_EXPERIMENT}' in {path}: half the customers get best "
+                  "sellers, half the recommender's answers (it keeps running when the service "
+                  "starts; 'nextbest experiments stop personalization' ends it)")
+    return DEMO_EXPERIMENT
+
+
+def _print_experiment(settings, name: str) -> None:
+    from datetime import UTC, datetime
+
+    from features.experiments import load_plan, plan_path
+    from features.warehouse import Warehouse
+    from training.experiment_report import experiment_report
+
+    experiment = next(e for e in load_plan(plan_path(settings)).experiments if e.name == name)
+    report = experiment_report(Warehouse(settings.data_dir / "warehouse"), experiment,
+                               datetime.now(UTC))
+    console.print(f"experiment '{name}', {sum(report.ratio.counts.values()):,} customers: "
+                  f"{report.verdict}", highlight=False)
+    console.print(f"see it with: nextbest experiments report {name}")
 
 
 def require_free_port(port: int, host: str) -> None:
