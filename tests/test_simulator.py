@@ -193,3 +193,24 @@ def test_the_holdout_gets_no_personalization_and_no_messages(shop_dir, tmp_path)
     assert not products["source"].isin(["for_you", "similar"]).any()
     messages = held[held["exposure_type"] == "message"]
     assert (messages["status"] == "suppressed").all() and (messages["rule"] == "holdout").all()
+
+
+def test_experiments_report_prints_a_verdict_and_writes_csv_and_html(planted, tmp_path):
+    data, _ = planted
+    table = run("experiments", "report", "personal", "--data-dir", str(data))
+    assert table.exit_code == 0, table.output
+    assert "verdict: " in table.output and "sample ratio p =" in table.output
+    page = tmp_path / "e.html"
+    assert run("experiments", "report", "personal", "--format", "html", "--out", str(page),
+               "--data-dir", str(data)).exit_code == 0
+    assert "data:image/png;base64," in page.read_text()
+    csv = tmp_path / "e.csv"
+    assert run("experiments", "report", "personal", "--format", "csv", "--out", str(csv),
+               "--data-dir", str(data)).exit_code == 0
+    assert set(pd.read_csv(csv)["variant"]) == {"best_sellers", "personal"}
+
+
+def test_experiments_report_names_an_unknown_experiment(planted):
+    data, _ = planted
+    result = run("experiments", "report", "nope", "--data-dir", str(data))
+    assert result.exit_code == 2 and "no experiment 'nope'" in result.output

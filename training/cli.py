@@ -490,10 +490,11 @@ def stop_experiment(name: str, data_dir: DataDir = None) -> None:
 @friendly_errors
 def report_experiment(
     name: str,
-    file_format: Annotated[str, typer.Option("--format", help="table or csv (units' metrics)")
-                           ] = "table",
-    out: Annotated[Path | None, typer.Option(help="File for csv [default: <name>.csv].")
-                   ] = None,
+    file_format: Annotated[str, typer.Option(
+        "--format", help="table, csv (each unit's metrics) or html (with the cumulative effect "
+                         "over time)")] = "table",
+    out: Annotated[Path | None, typer.Option(help="File for csv or html [default: <name>.csv "
+                                             "or <name>.html].")] = None,
     data_dir: DataDir = None,
 ) -> None:
     """The experiment's units per variant, the sample-ratio check, each metric's effect with
@@ -511,6 +512,8 @@ def report_experiment(
     if name not in found:
         raise ValueError(f"no experiment {name!r}; the experiments file has: "
                          f"{', '.join(found) or 'none'} ('nextbest experiments list')")
+    if file_format not in ("table", "csv", "html"):
+        raise ValueError(f"--format must be table, csv or html, got {file_format!r}")
     report = experiment_report(Warehouse(settings.data_dir / "warehouse"), found[name], _now(),
                                AttributionRule.from_settings(settings))
     if file_format == "csv":
@@ -518,8 +521,13 @@ def report_experiment(
         report.units.to_csv(path, index=False)
         console.print(f"wrote {len(report.units):,} units to {path}")
         return
+    if file_format == "html":
+        from training.experiment_report import write_html
+
+        console.print(f"wrote {write_html(report, out or Path(f'{name}.html'))}")
+        return
     if file_format != "table":
-        raise ValueError(f"--format must be table or csv, got {file_format!r}")
+        raise ValueError(f"--format must be table, csv or html, got {file_format!r}")
     console.print(f"{name}: {report.start:%Y-%m-%d %H:%M} to {report.end:%Y-%m-%d %H:%M} UTC; "
                   f"units {report.ratio.counts}, {report.excluded} excluded (seen in two "
                   f"variants); sample ratio p = {report.ratio.p_value:.3g}. A: the control "

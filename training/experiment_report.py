@@ -256,3 +256,63 @@ def _more_needed(report: ExperimentReport, experiment: Experiment, comparison: C
     return (f"keep running: about {needed - have:,} more customers per variant to detect "
             f"{experiment.minimum_detectable_effect:.0%}")
 
+
+
+def write_html(report: ExperimentReport, path) -> object:
+    """One page that opens without internet: the verdict, the sample-ratio check, the effects
+    table, the primary metric's cumulative effect per day with the fixed-horizon interval and
+    the always-valid confidence sequence, and each variant's metrics."""
+    import html
+
+    from matplotlib.figure import Figure
+
+    from training.kpi_report import _png
+
+    figure = Figure(figsize=(9, 3.8))
+    axis = figure.subplots()
+    daily = report.daily if report.daily is not None else pd.DataFrame()
+    if len(daily):
+        days = daily["day"].dt.strftime("%m-%d")
+        axis.fill_between(days, daily["sequential_low"], daily["sequential_high"], alpha=0.2,
+                          label="always-valid confidence sequence")
+        axis.fill_between(days, daily["fixed_low"], daily["fixed_high"], alpha=0.35,
+                          label="fixed-horizon 95 % interval")
+        axis.plot(days, daily["difference"], marker="o", label="difference (B - A)")
+        axis.axhline(0, color="black", lw=0.8)
+        last = daily.iloc[-1]  # early days' sequences are wide: frame the latest one
+        span = max(last["sequential_high"] - last["sequential_low"], 1e-9)
+        axis.set_ylim(min(daily["difference"].min(), last["sequential_low"]) - span / 2,
+                      max(daily["difference"].max(), last["sequential_high"]) + span / 2)
+        axis.legend(fontsize=8)
+    axis.set_title("conversion difference as the report looked at the end of each day")
+    chart = _png(figure)
+    per_variant = (report.units.assign(converted=report.units["purchases"] > 0)
+                   .groupby("variant").agg(units=("customer_id", "size"),
+                                            conversion=("converted", "mean"),
+                                            revenue_per_customer=("revenue", "mean"),
+                                            clicks=("clicks", "sum"),
+                                            impressions=("impressions", "sum")))
+    per_variant["ctr"] = per_variant["clicks"] / per_variant["impressions"]
+    rows = "".join(
+        f"<tr><td>{m}</td><td>{c.variant}</td><td>{c.effect.control:.4g}</td>"
+        f"<td>{c.effect.treatment:.4g}</td><td>{c.effect.relative:+.1%}</td>"
+        f"<td>[{c.effect.low:+.1%}, {c.effect.high:+.1%}]</td><td>{c.effect.p_value:.3g}</td>"
+        f"<td>[{c.sequential.low:.4g}, {c.sequential.high:.4g}]</td><td>{c.adjusted_p:.3g}</td>"
+        "</tr>" for m in METRICS for c in report.comparisons.get(m, []))
+    title = f"experiment {report.experiment}"
+    page = f"""<!doctype html><html><head><meta charset="utf-8"><title>{html.escape(title)}</title>
+<style>body{{font-family:sans-serif;margin:2em}} td,th{{border:1px solid #ccc;padding:3px 8px}}
+table{{border-collapse:collapse}} img{{max-width:100%}}</style></head><body>
+<h1>{html.escape(title)}</h1><p><b>Verdict:</b> {html.escape(report.verdict)}</p>
+<p>{report.start:%Y-%m-%d %H:%M} to {report.end:%Y-%m-%d %H:%M} UTC; units per variant
+{report.ratio.counts} (expected {({k: round(v) for k, v in report.ratio.expected.items()})}),
+sample-ratio p = {report.ratio.p_value:.3g}{" — MISMATCH" if report.ratio.mismatch else ""};
+{report.excluded} customers seen in two variants left out.</p>
+<h2>Effects against the control</h2><table><tr><th>metric</th><th>variant</th><th>control</th>
+<th>variant's</th><th>B/A - 1</th><th>95 % interval</th><th>p (fixed)</th>
+<th>always-valid sequence (difference)</th><th>p (always valid, Holm)</th></tr>{rows}</table>
+<img alt="cumulative effect" src="data:image/png;base64,{chart}">
+<h2>Per variant</h2>{per_variant.to_html(float_format=lambda x: f"{x:,.4g}")}
+</body></html>"""
+    path.write_text(page)
+    return path
