@@ -63,6 +63,9 @@ class Variant(_Strict):
     name: str = Name
     weight: float = Field(gt=0, description="Relative share of the experiment's customers.")
     ranking: RankingChanges = Field(default_factory=RankingChanges)
+    recommender: str | None = Field(
+        None, pattern=r"^[0-9]+$", description="A registered version of the recommender to "
+        "answer this variant with (loaded beside the champion); none: the champion.")
     personalized: bool = Field(True, description="False: answered as an unknown customer "
                                                  "(popular items), as the holdout is.")
     triggers: bool = Field(True, description="Whether triggered messages are sent.")
@@ -128,6 +131,11 @@ class ExperimentPlan(_Strict):
     holdout: Holdout = Field(default_factory=Holdout)
     experiments: list[Experiment] = Field(default_factory=list)
 
+    @property
+    def recommender_versions(self) -> set[str]:
+        """Recommender versions the variants name: each is loaded beside the champion."""
+        return {v.recommender for e in self.experiments for v in e.variants if v.recommender}
+
     @cached_property
     def ranges(self) -> tuple[_Ranges, ...]:
         return _ranges(self.experiments)
@@ -169,6 +177,11 @@ class Assignment:
     def messages(self) -> bool:
         """Whether triggered messages may be sent to this customer."""
         return not self.held_out and all(v.triggers for v in self.chosen)
+
+    @property
+    def recommender(self) -> str | None:
+        """The recommender version a variant names (the first one that does), if any."""
+        return next((v.recommender for v in self.chosen if v.recommender), None)
 
     def max_category_share(self, default: float) -> float:
         for variant in self.chosen:

@@ -33,6 +33,7 @@ import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
 from datetime import UTC, datetime
 from functools import partial
 from http import HTTPStatus
@@ -170,6 +171,28 @@ def assemble_state(settings: Settings, models: LoadedModels) -> ServingState:
     return state
 
 
+def variant_states(settings: Settings, state: ServingState, versions: set[str]
+                   ) -> dict[str, ServingState]:
+    """A serving state per recommender version the experiments name, sharing everything but
+    the recommender (and what is derived from it) with ``state``: each costs one more copy of
+    a recommender's tables and arrays in every worker (docs/experiments.md)."""
+    states = {}
+    cache = ModelCache(settings)
+    name = settings.recommender_name
+    for version in sorted(versions - {state.models.versions.get(name)}):
+        cache.fetch(name, version)
+        loaded = cache.read({name: version}, "registry", verify=False)
+        models = replace(state.models, recommender=loaded.recommender,
+                         versions={**state.models.versions, name: version})
+        variant = replace(state, models=models,
+                          neighbours=neighbour_table(loaded.recommender.model, settings))
+        smoke_check(variant)
+        states[version] = variant
+    if state.models.versions.get(name) in versions:
+        states[state.models.versions[name]] = state
+    return states
+
+
 def neighbour_table(model, settings: Settings) -> tuple[np.ndarray, np.ndarray] | None:
     """Every item's nearest items, precomputed for factor models up to a catalog size (the cost
     grows with its square); other models score similarity per request."""
@@ -252,6 +275,8 @@ class NextBest:
         self.policy = load_policy(policy_path(self.settings))
         self.plan = load_plan(plan_path(self.settings))
         self._plan_stamp = _stamp(plan_path(self.settings))
+        self.variants: dict[str, ServingState] = {}
+        """Recommender version -> the state that answers the variants naming it."""
         self.exposures = (ExposureLog(self.online, self.settings.exposure_buffer,
                                       self.settings.exposure_flush_ms, HEALTH.exposures).start()
                           if self.settings.exposure_logging else None)
@@ -266,6 +291,7 @@ class NextBest:
         self._store_threads = ThreadPoolExecutor(STORE_THREADS, thread_name_prefix="store")
         try:
             self.state = build_state(self.settings)
+            self._load_variants()
             gc.freeze()
             self.detail = self.state.models.detail or "models loaded from the registry"
             log_huge_pages(self.settings.huge_pages)
@@ -313,9 +339,12 @@ class NextBest:
         # datetime's clock, not pandas': pd.Timestamp.now cost 0.03-0.06 ms of a served
         # request (its code is cold by the time the next request comes), 2-4% of p50
         now = datetime.now(UTC)
+        placed = assign(self.plan, request.customer_id, now)
+        if placed.recommender is not None:  # a variant answered by another version
+            state = self.variants.get(placed.recommender, state)
         try:
             answer = recommend(state, request, now, self.settings.max_category_share, live,
-                               self.policy, assign(self.plan, request.customer_id, now))
+                               self.policy, placed)
         except ValueError as error:
             raise InvalidArgument(str(error)) from None
         answer["degraded"] = degraded is not None
@@ -500,6 +529,7 @@ class NextBest:
             finally:
                 self._report_health()
             self.state = fresh  # one reference assignment: requests see old or new, never a mix
+            self._load_variants()
             gc.freeze()
             self.detail = f"serving {fresh.models.versions} since {fresh.models.loaded_at}"
             log.info(self.detail)
@@ -534,7 +564,21 @@ class NextBest:
             self._plan_stamp = stamp
         log.info("experiments in force: %s", ", ".join(e.name for e in self.plan.experiments)
                  or "none")
+        self._load_variants()
         return True
+
+    def _load_variants(self) -> None:
+        """The recommender versions the experiments name, loaded beside the served one. A
+        version that cannot be loaded is logged, and its variant answered by the served one."""
+        state = self.state
+        if state is None:
+            return
+        try:
+            self.variants = variant_states(self.settings, state, self.plan.recommender_versions)
+        except Exception as error:  # noqa: BLE001 - a bad variant never stops the service
+            log.error("experiment variants naming recommender versions %s are answered by the "
+                      "served version: %s", sorted(self.plan.recommender_versions), error)
+            self.variants = {}
 
     # ------------------------------------------------------------------ real time
     def _live_state(self, customer_id: str) -> tuple[CustomerState | None, str | None]:

@@ -131,7 +131,7 @@ class InProcessShop:
     clock."""
 
     def __init__(self, settings: Settings, ranker: str = "pipeline") -> None:
-        from serving.service import build_state  # loads the models the service would
+        from serving.service import build_state, variant_states  # as the service loads them
 
         self.settings = settings
         self.state = build_state(settings)
@@ -139,6 +139,7 @@ class InProcessShop:
         self.online = open_online_store(settings)
         self.policy = load_policy(policy_path(settings))
         self.plan = load_plan(plan_path(settings))
+        self.variants = variant_states(settings, self.state, self.plan.recommender_versions)
         self.log = ExposureLog(self.online, capacity=1_000_000)
         self.triggers = TriggerEngine(self.policy, self.online, lambda: self.state,
                                       settings.max_category_share, self.log.record,
@@ -150,8 +151,11 @@ class InProcessShop:
     def recommend(self, body: dict, at: datetime) -> dict:
         request = RecommendRequest.model_validate(body)
         live = self.online.customer(request.customer_id)
-        answer = recommend(self.state, request, at, self.settings.max_category_share, live,
-                           self.policy, assign(self.plan, request.customer_id, at))
+        placed = assign(self.plan, request.customer_id, at)
+        state = self.variants.get(placed.recommender, self.state) if placed.recommender \
+            else self.state
+        answer = recommend(state, request, at, self.settings.max_category_share, live,
+                           self.policy, placed)
         if self.ranker == "popularity":
             answer["products"] = self._best_sellers(request, live)
         answer["degraded"] = False

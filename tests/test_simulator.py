@@ -214,3 +214,52 @@ def test_experiments_report_names_an_unknown_experiment(planted):
     data, _ = planted
     result = run("experiments", "report", "nope", "--data-dir", str(data))
     assert result.exit_code == 2 and "no experiment 'nope'" in result.output
+
+
+@pytest.fixture(scope="module")
+def two_versions(shop_dir, tmp_path_factory):
+    """The shop with a second recommender version (popularity), not champion, and an
+    experiment that answers half the customers with it."""
+    from training.recommender_job import train_recommender
+
+    data = with_experiments(shop_dir, tmp_path_factory.mktemp("versions"), "data", {
+        "experiments": [{"name": "ranker", "traffic": 1.0, "primary_metric": "ctr",
+                         "variants": [{"name": "champion", "weight": 1},
+                                      {"name": "popularity", "weight": 1,
+                                       "recommender": "2"}]}]})
+    settings = Settings(data_dir=data, trigger_interval_seconds=0)
+    assert train_recommender(settings, "popularity").version == "2"
+    promote_by_hand(settings, settings.recommender_name, "1")  # whatever the gate said
+    simulate(settings, SimulationConfig(days=1, visits_per_day=300, seed=4))
+    return data
+
+
+def test_a_variant_naming_a_version_is_answered_by_it_beside_the_champion(two_versions):
+    exposures = Warehouse(two_versions / "warehouse").exposures()
+    shown = exposures[exposures["exposure_type"] == "recommendation"]
+    by_variant = shown.groupby("variants")["model_versions"].unique().to_dict()
+    assert list(by_variant["ranker=champion"]) == ["recommender=1"]
+    assert list(by_variant["ranker=popularity"]) == ["recommender=2"]
+
+
+def test_ship_moves_the_champion_to_the_variants_version_and_stops_the_experiment(two_versions):
+    from mlflow import MlflowClient
+
+    from features.experiments import load_plan
+    from training import registry
+    from training.tracking import configure
+
+    refused = run("experiments", "ship", "ranker", "--variant", "popularity", "--data-dir",
+                  str(two_versions))
+    assert refused.exit_code == 2 and "does not say 'popularity' won" in refused.output
+    shipped = run("experiments", "ship", "ranker", "--variant", "popularity", "--force",
+                  "--data-dir", str(two_versions))
+    assert shipped.exit_code == 0, shipped.output
+    configure(Settings(data_dir=two_versions))
+    client = MlflowClient()
+    assert registry.champion_version(client, "recommender") == "2"
+    reason = client.get_model_version("recommender", "2").tags["nextbest.promotion_reason"]
+    assert reason.startswith("experiment ranker: popularity shipped")
+    assert load_plan(two_versions / "experiments.yaml").experiments[0].stop is not None
+    assert run("models", "rollback", "--data-dir", str(two_versions)).exit_code == 0
+    assert registry.champion_version(client, "recommender") == "1"

@@ -545,3 +545,57 @@ def report_experiment(
                               f"{e.p_value:.3g}", f"{c.adjusted_p:.3g}")
         console.print(table)
     console.print(f"verdict: {report.verdict}", highlight=False)
+
+
+@experiments_app.command("ship")
+@friendly_errors
+def ship_experiment(
+    name: str,
+    variant: Annotated[str | None, typer.Option(
+        help="The variant to ship [default: the one the verdict says beats the control].")
+    ] = None,
+    force: Annotated[bool, typer.Option(
+        help="Ship even though the verdict does not say it won.")] = False,
+    data_dir: DataDir = None,
+    tracking_uri: TrackingUri = None,
+) -> None:
+    """Make the winning variant's recommender version champion through the registry (recording
+    the experiment and its verdict as the reason; 'nextbest models rollback' undoes it), and
+    stop the experiment."""
+    from features.experiments import load_plan, plan_path
+    from features.warehouse import Warehouse
+    from training import registry
+    from training.attribution import AttributionRule
+    from training.experiment_report import experiment_report, winner
+
+    settings = settings_with(data_dir, tracking_uri)
+    plan = load_plan(plan_path(settings))
+    found = {e.name: e for e in plan.experiments}
+    if name not in found:
+        raise ValueError(f"no experiment {name!r}; the experiments file has: "
+                         f"{', '.join(found) or 'none'}")
+    experiment = found[name]
+    report = experiment_report(Warehouse(settings.data_dir / "warehouse"), experiment, _now(),
+                               AttributionRule.from_settings(settings))
+    won = winner(report, experiment)
+    chosen = variant or won
+    if chosen is None:
+        raise ValueError(f"no variant of {name!r} has won yet ({report.verdict}); name one with "
+                         "--variant and --force to ship it anyway")
+    variants = {v.name: v for v in experiment.variants}
+    if chosen not in variants:
+        raise ValueError(f"{name!r} has no variant {chosen!r}; it has {', '.join(variants)}")
+    if chosen != won and not force:
+        raise ValueError(f"the verdict does not say {chosen!r} won ({report.verdict}); add "
+                         "--force to ship it anyway")
+    version = variants[chosen].recommender
+    if version is None:
+        raise ValueError(f"variant {chosen!r} names no recommender version, so there is nothing "
+                         "to move in the registry: apply what it changes (its ranking settings "
+                         "or personalization) in the configuration, then stop the experiment")
+    client, model = _registry(None, data_dir, tracking_uri)
+    registry.promote(client, model, version,
+                     reason=f"experiment {name}: {chosen} shipped; {report.verdict}")
+    _set_time(name, "stop", data_dir)
+    console.print(f"{model}: champion is now version {version} (variant {chosen} of {name}); "
+                  f"'nextbest models rollback' undoes it")

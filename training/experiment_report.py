@@ -316,3 +316,14 @@ sample-ratio p = {report.ratio.p_value:.3g}{" — MISMATCH" if report.ratio.mism
 </body></html>"""
     path.write_text(page)
     return path
+
+
+def winner(report: ExperimentReport, experiment: Experiment, alpha: float = 0.05) -> str | None:
+    """The variant that beats the control on the primary metric with the always-valid test
+    (Holm-corrected), the best of them if several; None without one or on a sample-ratio
+    mismatch."""
+    if report.ratio.mismatch:
+        return None
+    beating = [c for c in report.comparisons.get(experiment.primary_metric, [])
+               if c.adjusted_p < alpha and c.sequential.difference > 0]
+    return max(beating, key=lambda c: c.effect.relative).variant if beating else None
