@@ -81,11 +81,12 @@ def build(root: Path, exposure_rows: int, events: int, seed: int = 0) -> Warehou
         "channel": rng.choice(["web", "app", "email", "push"], answers)[answer],
         "placement": rng.choice(["home", "product", "cart", "search"], answers)[answer],
         "status": np.full(rows, "shown"), "rule": pa.nulls(rows, pa.string()),
-        "model_versions": np.full(rows, "recommender=3"),
+        "model_versions": np.full(rows, "recommender=3"), "variants": pa.nulls(rows, pa.string()),
         "item_kind": np.where(item >= n_products, "offer", "product"),
         "item_id": item_ids[item], "position": position,
         "source": rng.choice(["for_you", "similar", "popular", "new"], rows),
-        "context": pa.nulls(rows, pa.string()), "_position": np.ones(rows, dtype=np.int64)})
+        "team": pa.nulls(rows, pa.string()), "context": pa.nulls(rows, pa.string()),
+        "_position": np.ones(rows, dtype=np.int64)})
     schema = arrow_schema(EXPOSURES).append(pa.field("_position", pa.int64()))
     warehouse.append_exposures(table.cast(schema), "bench", 1)
 

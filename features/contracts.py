@@ -304,6 +304,9 @@ EXPOSURES = TableContract(
         Column("source", "string", "What placed it: for_you, similar, new, popular (products); "
                "context, category, popular (content); expected_value (offers); the trigger's "
                "action for messages.", required=False, nullable=True),
+        Column("team", "string", "In an interleaving experiment, the ranker that placed the "
+               "item (A or B, the experiment's first and second variant).", required=False,
+               nullable=True, allowed=("A", "B")),
         Column("context", "string", "JSON object: degraded answers say why, and anything else "
                "worth keeping.", required=False, nullable=True),
     ),

@@ -38,6 +38,8 @@ BUCKETS = 10_000
 """Hash buckets: shares are honoured to 0.01 %."""
 HOLDOUT = "holdout"
 """The variant name a holdout customer is reported under."""
+INTERLEAVED = "interleaved"
+"""The variant name of a customer in an interleaving experiment (they see both rankers)."""
 
 
 def bucket(salt: str, unit: str) -> int:
@@ -73,6 +75,10 @@ class Variant(_Strict):
 
 class Experiment(_Strict):
     name: str = Name
+    kind: Literal["ab", "interleaving"] = Field(
+        "ab", description="ab: customers split between variants; interleaving: two variants' "
+                          "recommenders merged in every answer (team draft), clicks credited to "
+                          "the one that placed the item.")
     layer: str = Field("default", min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.-]+$")
     salt: str | None = Field(None, description="Hash salt; default: the experiment's name. A "
                                                "new salt reshuffles who gets what.")
@@ -99,6 +105,13 @@ class Experiment(_Strict):
             raise ValueError(f"'{HOLDOUT}' is the global holdout's name; call the variant "
                              "something else")
         return value
+
+    @model_validator(mode="after")
+    def _interleaving_compares_two_rankers(self) -> Experiment:
+        if self.kind == "interleaving" and len(self.variants) != 2:
+            raise ValueError(f"an interleaving experiment compares two rankers; this one has "
+                             f"{len(self.variants)} variants")
+        return self
 
     @model_validator(mode="after")
     def _a_window_that_can_run(self) -> Experiment:
@@ -133,7 +146,8 @@ class ExperimentPlan(_Strict):
 
     @property
     def recommender_versions(self) -> set[str]:
-        """Recommender versions the variants name: each is loaded beside the champion."""
+        """Recommender versions the variants name (A/B and interleaving): each is loaded beside
+        the champion."""
         return {v.recommender for e in self.experiments for v in e.variants if v.recommender}
 
     @cached_property
@@ -165,6 +179,8 @@ class Assignment:
     variants: dict[str, str]
     chosen: tuple[Variant, ...] = ()
     """The variants themselves, in the plan's order (what they change)."""
+    interleaved: tuple[Experiment, ...] = ()
+    """Interleaving experiments the customer takes part in (the first one applies)."""
 
     def variant_of(self, experiment: str) -> str | None:
         return HOLDOUT if self.held_out else self.variants.get(experiment)
@@ -206,6 +222,7 @@ def assign(plan: ExperimentPlan, customer_id: str, now: datetime | None = None) 
         return Assignment(customer_id, False, {})
     variants: dict[str, str] = {}
     chosen: list[Variant] = []
+    interleaved: list[Experiment] = []
     layer_buckets: dict[str, int] = {}
     for ranges in plan.ranges:
         experiment = ranges.experiment
@@ -215,11 +232,15 @@ def assign(plan: ExperimentPlan, customer_id: str, now: datetime | None = None) 
             layer_buckets[ranges.layer_salt] = bucket(ranges.layer_salt, customer_id)
         if not ranges.low <= layer_buckets[ranges.layer_salt] < ranges.high:
             continue
+        if experiment.kind == "interleaving":  # every participant sees both rankers
+            variants[experiment.name] = INTERLEAVED
+            interleaved.append(experiment)
+            continue
         point = bucket(experiment.hash_salt, customer_id)
         variant = experiment.variants[bisect_right(ranges.cumulative, point)]
         variants[experiment.name] = variant.name
         chosen.append(variant)
-    return Assignment(customer_id, False, variants, tuple(chosen))
+    return Assignment(customer_id, False, variants, tuple(chosen), tuple(interleaved))
 
 
 @dataclass(frozen=True)

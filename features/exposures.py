@@ -33,8 +33,9 @@ class Exposure(TypedDict):
     status: str
     rule: str | None
     model_versions: dict[str, str]
-    items: list[tuple[str, str, str]]
-    """(kind, item_id, source) in the order shown; positions count from 1 within each kind."""
+    items: list[tuple]
+    """(kind, item_id, source[, team]) in the order shown; positions count from 1 within each
+    kind; team only in an interleaving experiment."""
     context: dict | None
     variants: dict[str, str]
     """experiment -> variant (``features.experiments.Assignment.labels``)."""
@@ -50,7 +51,7 @@ def exposure_rows(batches: Iterable[tuple[int, list[Exposure]]]) -> pa.Table:
     batches of exposures."""
     columns: dict[str, list] = {name: [] for name in [*EXPOSURES.column_names, "_position"]}
 
-    def add(exposure: Exposure, position: int, kind, item_id, rank, source) -> None:
+    def add(exposure: Exposure, position: int, kind, item_id, rank, source, team=None) -> None:
         columns["exposure_id"].append(exposure["exposure_id"])
         columns["exposure_type"].append(exposure["exposure_type"])
         columns["customer_id"].append(exposure["customer_id"])
@@ -65,6 +66,7 @@ def exposure_rows(batches: Iterable[tuple[int, list[Exposure]]]) -> pa.Table:
         columns["item_id"].append(item_id)
         columns["position"].append(rank)
         columns["source"].append(source)
+        columns["team"].append(team)
         context = exposure.get("context")
         columns["context"].append(orjson.dumps(context).decode() if context else None)
         columns["_position"].append(position)
@@ -72,9 +74,9 @@ def exposure_rows(batches: Iterable[tuple[int, list[Exposure]]]) -> pa.Table:
     for position, exposures in batches:
         for exposure in exposures:
             ranks: dict[str, int] = {}
-            for kind, item_id, source in exposure["items"]:
+            for kind, item_id, source, *team in exposure["items"]:
                 ranks[kind] = ranks.get(kind, 0) + 1
-                add(exposure, position, kind, item_id, ranks[kind], source)
+                add(exposure, position, kind, item_id, ranks[kind], source, *team[:1])
             if not exposure["items"]:
                 add(exposure, position, None, None, None, None)
     schema = arrow_schema(EXPOSURES).append(pa.field("_position", pa.int64()))

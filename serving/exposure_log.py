@@ -48,8 +48,8 @@ def answer_exposure(answer: dict, channel: str, placement: str, at: float) -> Ex
             "customer_id": answer["customer_id"], "at": at, "channel": channel,
             "placement": placement, "status": ExposureStatus.SHOWN.value, "rule": None,
             "model_versions": answer["model_versions"],
-            "items": [(kind, entry["item_id"], entry["source"]) for key, kind in KINDS
-                      for entry in answer[key]],
+            "items": [(kind, entry["item_id"], entry["source"], entry.get("team"))
+                      for key, kind in KINDS for entry in answer[key]],
             "context": context, "variants": answer.get("experiments") or {}}
 
 

@@ -118,6 +118,8 @@ class RecommendedItem(_Answer):
     source: str = Field(description="What placed it: for_you, similar, new or popular "
                         "(products); context, category or popular (content); expected_value "
                         "(offers).")
+    team: Literal["A", "B"] | None = Field(
+        None, description="In an interleaving experiment: which of the two rankers placed it.")
 
 
 class ContactVerdict(_Answer):

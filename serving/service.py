@@ -62,6 +62,7 @@ from serving.exposure_log import ExposureLog, answer_exposure, placement
 from serving.health import HEALTH, Readiness
 from serving.http_errors import JsonErrors
 from serving.huge_pages import log_huge_pages, worker_envs
+from serving.interleaving import interleaved_answer, team_states
 from serving.launch import version as nextbest_version
 from serving.launch import with_data_dir_resolved
 from serving.models import (
@@ -343,8 +344,14 @@ class NextBest:
         if placed.recommender is not None:  # a variant answered by another version
             state = self.variants.get(placed.recommender, state)
         try:
-            answer = recommend(state, request, now, self.settings.max_category_share, live,
-                               self.policy, placed)
+            if placed.interleaved:
+                answer = interleaved_answer(
+                    team_states(placed.interleaved[0], state, self.variants), request, now,
+                    self.settings.max_category_share, live, self.policy, placed,
+                    self.settings.recommender_name)
+            else:
+                answer = recommend(state, request, now, self.settings.max_category_share, live,
+                                   self.policy, placed)
         except ValueError as error:
             raise InvalidArgument(str(error)) from None
         answer["degraded"] = degraded is not None

@@ -50,6 +50,7 @@ from features.shop_response import ResponseModel
 from features.synthetic import HOUR_WEIGHT
 from features.warehouse import Warehouse
 from serving.exposure_log import ExposureLog, answer_exposure, placement
+from serving.interleaving import interleaved_answer, team_states
 from serving.pipeline import recommend
 from serving.schemas import RecommendRequest
 from serving.triggers import TriggerEngine
@@ -154,8 +155,14 @@ class InProcessShop:
         placed = assign(self.plan, request.customer_id, at)
         state = self.variants.get(placed.recommender, self.state) if placed.recommender \
             else self.state
-        answer = recommend(state, request, at, self.settings.max_category_share, live,
-                           self.policy, placed)
+        if placed.interleaved:
+            answer = interleaved_answer(
+                team_states(placed.interleaved[0], self.state, self.variants), request, at,
+                self.settings.max_category_share, live, self.policy, placed,
+                self.settings.recommender_name)
+        else:
+            answer = recommend(state, request, at, self.settings.max_category_share, live,
+                               self.policy, placed)
         if self.ranker == "popularity":
             answer["products"] = self._best_sellers(request, live)
         answer["degraded"] = False

@@ -243,8 +243,9 @@ def test_the_export_has_its_columns_and_honours_filters(propensity_settings, tmp
     everyone = tmp_path / "all.csv"
     assert runner.invoke(app, ["scores", "export", "--out", str(everyone), *base]).exit_code == 0
     table = pd.read_csv(everyone)
-    assert list(table.columns) == ["customer_id", "score", "decile", "segment", "reason_1",
-                                   "reason_2", "reason_3", "model_version", "scored_at"]
+    assert list(table.columns) == ["customer_id", "score", "decile", "segment", "experiments",
+                                   "reason_1", "reason_2", "reason_3", "model_version",
+                                   "scored_at"]
     assert table["score"].is_monotonic_decreasing and set(table["decile"]) == set(range(1, 11))
     assert (table["model_version"] == 1).all()
     some = tmp_path / "some.parquet"
@@ -334,3 +335,30 @@ def test_the_feature_settings_reach_training_and_serving_alike(tmp_path, shop):
     default_way = numeric_features(
         compute_customer_features(shop.events, served.as_of, shop.items)).astype(float)
     assert not served.features.equals(default_way)  # the setting changes the features
+
+
+def test_the_export_leaves_out_the_holdout_and_names_each_customers_variants(
+        propensity_settings, tmp_path):
+    import yaml
+
+    from features.experiments import ExperimentPlan, assign
+
+    outcome = train_propensity(propensity_settings, "purchase", {"n_estimators": 50},
+                               horizon_days=14, n_snapshots=3)
+    promote_by_hand(propensity_settings, "propensity", outcome.version)
+    plan = {"holdout": {"share": 0.3}, "experiments": [
+        {"name": "offers", "traffic": 1.0, "variants": [{"name": "A", "weight": 1},
+                                                        {"name": "B", "weight": 1}]}]}
+    data = propensity_settings.data_dir
+    (data / "experiments.yaml").write_text(yaml.safe_dump(plan))
+    out = tmp_path / "scores.csv"
+    try:
+        result = CliRunner().invoke(app, ["scores", "export", "--out", str(out),
+                                          "--data-dir", str(data)])
+    finally:
+        (data / "experiments.yaml").unlink()
+    assert result.exit_code == 0, result.output
+    table = pd.read_csv(out)
+    expected = ExperimentPlan.model_validate(plan)
+    assert not any(assign(expected, c).held_out for c in table["customer_id"])
+    assert set(table["experiments"]) == {"offers=A", "offers=B"}

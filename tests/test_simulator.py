@@ -263,3 +263,36 @@ def test_ship_moves_the_champion_to_the_variants_version_and_stops_the_experimen
     assert load_plan(two_versions / "experiments.yaml").experiments[0].stop is not None
     assert run("models", "rollback", "--data-dir", str(two_versions)).exit_code == 0
     assert registry.champion_version(client, "recommender") == "1"
+
+
+def test_team_draft_alternates_fairly_and_never_repeats_an_item():
+    from serving.interleaving import team_draft
+
+    a = [{"item_id": f"p{i}"} for i in range(10)]
+    b = [{"item_id": f"p{i}"} for i in (3, 11, 12, 0, 13, 14, 15, 16, 17, 18)]
+    merged = team_draft(a, b, 10, seed="r1")
+    ids = [m["item_id"] for m in merged]
+    assert len(ids) == 10 == len(set(ids))
+    teams = [m["team"] for m in merged]
+    assert abs(teams.count("A") - teams.count("B")) <= 1
+    assert merged == team_draft(a, b, 10, seed="r1")  # the coin is the answer's id
+
+
+def test_interleaving_finds_the_ranker_customers_prefer(two_versions, tmp_path):
+    import yaml
+
+    data = tmp_path / "interleaved"
+    shutil.copytree(two_versions, data)
+    (data / "experiments.yaml").write_text(yaml.safe_dump({"experiments": [{
+        "name": "duel", "kind": "interleaving", "traffic": 1.0,
+        "variants": [{"name": "ease", "weight": 1},
+                     {"name": "popularity", "weight": 1, "recommender": "2"}]}]}))
+    (data / "online.db").unlink()  # a new day of visits, not the A/B test's state
+    simulate(Settings(data_dir=data, trigger_interval_seconds=0),
+             SimulationConfig(days=1, visits_per_day=300, seed=9))
+    shown = Warehouse(data / "warehouse").exposures()
+    duel = shown[shown["variants"] == "duel=interleaved"]
+    assert set(duel.loc[duel["item_kind"] == "product", "team"]) == {"A", "B"}
+    result = run("experiments", "report", "duel", "--data-dir", str(data))
+    assert result.exit_code == 0, result.output
+    assert "customers prefer ease to popularity" in result.output

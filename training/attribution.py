@@ -65,7 +65,7 @@ def attribute(connection: duckdb.DuckDBPyConnection, start: datetime, end: datet
     run(connection, f"""
         CREATE OR REPLACE TEMP TABLE shown AS
         SELECT exposure_id, exposure_type, customer_id, timestamp AS exposed_at, channel,
-               placement, model_versions, item_kind, item_id, position, source
+               placement, model_versions, variants, item_kind, item_id, position, source, team
         FROM exposures
         WHERE timestamp >= $lookback AND timestamp < $end
           AND status IN ('{ExposureStatus.SHOWN.value}', '{ExposureStatus.SENT.value}');
@@ -82,10 +82,10 @@ def attribute(connection: duckdb.DuckDBPyConnection, start: datetime, end: datet
     # A touch is the whole exposure row as a struct, so that choosing one (arg_max) brings its
     # dimensions along and nothing joins the exposures a second time.
     fields = ("exposure_id", "exposure_type", "exposed_at", "channel", "placement",
-              "model_versions", "item_kind", "position", "source")
+              "model_versions", "variants", "item_kind", "position", "source", "team")
     row = "struct_pack(" + ", ".join(f"{f} := s.{f}" for f in fields) + ")"
     at_item = "struct_pack(" + ", ".join(
-        f"{f} := s.{f}" if f not in ("item_kind", "position", "source")
+        f"{f} := s.{f}" if f not in ("item_kind", "position", "source", "team")
         else f"{f} := CASE WHEN s.item_id = o.item_id THEN s.{f} END" for f in fields) + ")"
     run(connection, f"""
         CREATE OR REPLACE TEMP TABLE direct AS  -- the row of the item, if the answer had it

@@ -514,6 +514,9 @@ def report_experiment(
                          f"{', '.join(found) or 'none'} ('nextbest experiments list')")
     if file_format not in ("table", "csv", "html"):
         raise ValueError(f"--format must be table, csv or html, got {file_format!r}")
+    if found[name].kind == "interleaving":
+        _interleaving(settings, found[name], file_format, out)
+        return
     report = experiment_report(Warehouse(settings.data_dir / "warehouse"), found[name], _now(),
                                AttributionRule.from_settings(settings))
     if file_format == "csv":
@@ -547,6 +550,29 @@ def report_experiment(
     console.print(f"verdict: {report.verdict}", highlight=False)
 
 
+def _interleaving(settings, experiment, file_format: str, out: Path | None) -> None:
+    from features.warehouse import Warehouse
+    from training.attribution import AttributionRule
+    from training.experiment_report import interleaving_report
+
+    report = interleaving_report(Warehouse(settings.data_dir / "warehouse"), experiment, _now(),
+                                 AttributionRule.from_settings(settings))
+    if file_format == "csv":
+        path = out or Path(f"{experiment.name}.csv")
+        report.units.to_csv(path, index=False)
+        console.print(f"wrote {len(report.units):,} customers' clicks per team to {path}")
+        return
+    if file_format == "html":
+        raise ValueError("interleaving experiments report as a table or csv; html is for A/B "
+                         "experiments")
+    first, second = (v.name for v in experiment.variants)
+    console.print(f"{experiment.name} (interleaving {first} as team A, {second} as team B): "
+                  f"{len(report.units):,} customers clicked; preferred A: {report.wins['A']:,}, "
+                  f"B: {report.wins['B']:,}, tie: {report.wins['tie']:,}; sign test p = "
+                  f"{report.p_value:.3g}", highlight=False)
+    console.print(f"verdict: {report.verdict}", highlight=False)
+
+
 @experiments_app.command("ship")
 @friendly_errors
 def ship_experiment(
@@ -575,18 +601,28 @@ def ship_experiment(
         raise ValueError(f"no experiment {name!r}; the experiments file has: "
                          f"{', '.join(found) or 'none'}")
     experiment = found[name]
-    report = experiment_report(Warehouse(settings.data_dir / "warehouse"), experiment, _now(),
-                               AttributionRule.from_settings(settings))
-    won = winner(report, experiment)
+    if experiment.kind == "interleaving":
+        from training.experiment_report import interleaving_report
+
+        read = interleaving_report(Warehouse(settings.data_dir / "warehouse"), experiment,
+                                   _now(), AttributionRule.from_settings(settings))
+        verdict = read.verdict
+        won = (None if read.p_value >= 0.05 else
+               experiment.variants[1 if read.wins["B"] > read.wins["A"] else 0].name)
+    else:
+        report = experiment_report(Warehouse(settings.data_dir / "warehouse"), experiment,
+                                   _now(), AttributionRule.from_settings(settings))
+        verdict = report.verdict
+        won = winner(report, experiment)
     chosen = variant or won
     if chosen is None:
-        raise ValueError(f"no variant of {name!r} has won yet ({report.verdict}); name one with "
+        raise ValueError(f"no variant of {name!r} has won yet ({verdict}); name one with "
                          "--variant and --force to ship it anyway")
     variants = {v.name: v for v in experiment.variants}
     if chosen not in variants:
         raise ValueError(f"{name!r} has no variant {chosen!r}; it has {', '.join(variants)}")
     if chosen != won and not force:
-        raise ValueError(f"the verdict does not say {chosen!r} won ({report.verdict}); add "
+        raise ValueError(f"the verdict does not say {chosen!r} won ({verdict}); add "
                          "--force to ship it anyway")
     version = variants[chosen].recommender
     if version is None:
@@ -595,7 +631,7 @@ def ship_experiment(
                          "or personalization) in the configuration, then stop the experiment")
     client, model = _registry(None, data_dir, tracking_uri)
     registry.promote(client, model, version,
-                     reason=f"experiment {name}: {chosen} shipped; {report.verdict}")
+                     reason=f"experiment {name}: {chosen} shipped; {verdict}")
     _set_time(name, "stop", data_dir)
     console.print(f"{model}: champion is now version {version} (variant {chosen} of {name}); "
                   f"'nextbest models rollback' undoes it")

@@ -327,3 +327,60 @@ def winner(report: ExperimentReport, experiment: Experiment, alpha: float = 0.05
     beating = [c for c in report.comparisons.get(experiment.primary_metric, [])
                if c.adjusted_p < alpha and c.sequential.difference > 0]
     return max(beating, key=lambda c: c.effect.relative).variant if beating else None
+
+
+@dataclass(frozen=True)
+class InterleavingReport:
+    experiment: str
+    start: datetime
+    end: datetime
+    units: pd.DataFrame
+    """Per customer: credited clicks on team A's and team B's items."""
+    wins: dict[str, int]
+    """Customers who clicked more of A's items, of B's, or as many of each (ties)."""
+    p_value: float
+    preference: float
+    """(wins B - wins A) / customers who clicked anything: how much B is preferred."""
+    verdict: str
+
+
+def interleaving_report(warehouse: Warehouse, experiment: Experiment, end: datetime,
+                        rule: AttributionRule | None = None, alpha: float = 0.05
+                        ) -> InterleavingReport:
+    """Which of the two rankers the customers prefer: per customer, the credited clicks on each
+    team's items; a sign test (exact binomial, ``scipy.stats.binomtest``) over the customers who
+    preferred one."""
+    from scipy import stats
+
+    start = experiment.start or (end - timedelta(days=90))
+    end = min(end, experiment.stop) if experiment.stop else end
+    rule = rule or AttributionRule()
+
+    def read(connection) -> pd.DataFrame:
+        attribute(connection, start, end, rule)
+        return connection.execute(f"""
+            SELECT customer_id, count_if(team = 'A') AS clicks_a, count_if(team = 'B') AS clicks_b
+            FROM attributed
+            WHERE event_type = '{EventType.CLICK.value}' AND team IS NOT NULL
+              AND regexp_matches(variants, $pattern)
+            GROUP BY customer_id""", {"pattern": f"(^|\\|){experiment.name}=interleaved"}).df()
+
+    units = warehouse.analyse(read)
+    wins = {"A": int((units["clicks_a"] > units["clicks_b"]).sum()),
+            "B": int((units["clicks_b"] > units["clicks_a"]).sum()),
+            "tie": int((units["clicks_a"] == units["clicks_b"]).sum())}
+    decided = wins["A"] + wins["B"]
+    p_value = float(stats.binomtest(wins["B"], decided, 0.5).pvalue) if decided else 1.0
+    preference = (wins["B"] - wins["A"]) / len(units) if len(units) else 0.0
+    first, second = (v.name for v in experiment.variants)
+    if decided == 0:
+        verdict = "no customer has clicked an interleaved item yet; keep running"
+    elif p_value < alpha:
+        better, worse = (second, first) if wins["B"] > wins["A"] else (first, second)
+        verdict = (f"customers prefer {better} to {worse}: {max(wins['A'], wins['B']):,} of the "
+                   f"{decided:,} who preferred one (p = {p_value:.2g})")
+    else:
+        verdict = (f"no preference shown yet between {first} and {second}: {wins['A']:,} vs "
+                   f"{wins['B']:,} customers (p = {p_value:.2g}); keep running")
+    return InterleavingReport(experiment.name, start, end, units, wins, p_value, preference,
+                              verdict)

@@ -19,6 +19,7 @@ from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 
 from features.event_time import TimeWindow
+from features.experiments import ExperimentPlan, assign, labels_text, load_plan, plan_path
 from features.settings import Settings
 from features.warehouse import Warehouse
 from training import registry
@@ -46,6 +47,17 @@ def load_version(settings: Settings, name: str, version: str | None = None
     except MlflowException as error:
         raise ValueError(f"cannot load '{name}' version {version}: {error.message}") from None
     return PropensityModel.load(local / "artifacts" / PROPENSITY_FILE), str(version)
+
+
+def with_experiments(table: pd.DataFrame, plan: ExperimentPlan) -> pd.DataFrame:
+    """The customers a campaign may contact, each with the experiments they are in: the global
+    holdout, and variants that turn messages off, are left out (they get no messages from any
+    channel nextbest feeds), as the triggers leave them out."""
+    if not plan.experiments and not plan.holdout.share:
+        return table.assign(experiments=None)
+    placed = [assign(plan, customer) for customer in table["customer_id"]]
+    table = table.assign(experiments=[labels_text(p.labels()) for p in placed])
+    return table[[p.messages for p in placed]]
 
 
 def export_scores(
@@ -85,6 +97,7 @@ def export_scores(
                           "segment": segments.reindex(scored.scores.index).fillna("unknown")
                           .to_numpy()})
     table = table.sort_values("score", ascending=False, kind="stable")
+    table = with_experiments(table, load_plan(plan_path(settings)))
     if segment is not None:
         table = table[table["segment"] == segment]
     if min_score is not None:
