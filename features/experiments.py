@@ -304,4 +304,6 @@ def _described(error: dict, data: object) -> str:
     if len(location) >= 2 and location[0] == "experiments" and location[1].isdigit():
         with contextlib.suppress(KeyError, IndexError, TypeError):
             location[1] = repr(data["experiments"][int(location[1])]["name"])
-    return f"  {'.'.join(location)}: {error['msg']} (got {error.get('input')!r})"
+    got = repr(error.get("input"))
+    shown = f" (got {got})" if len(got) <= 120 else ""  # not a whole list of experiments
+    return f"  {'.'.join(location)}: {error['msg']}{shown}"

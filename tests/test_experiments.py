@@ -120,3 +120,21 @@ def test_a_wrong_file_names_the_file_the_experiment_and_the_field(tmp_path, expe
 
 def test_no_file_is_no_experiments(tmp_path):
     assert load_plan(tmp_path / "missing.yaml") == ExperimentPlan()
+
+
+def test_create_adds_an_experiment_and_refuses_one_that_breaks_the_file(tmp_path):
+    from tests.test_cli import run
+
+    created = run("experiments", "create", "diversity", "--variants", "A,B", "--traffic", "0.5",
+                  "--layer", "home", "--data-dir", str(tmp_path))
+    assert created.exit_code == 0, created.output
+    plan = load_plan(tmp_path / "experiments.yaml")
+    assert [e.name for e in plan.experiments] == ["diversity"]
+    assert plan.experiments[0].start is not None
+    too_big = run("experiments", "create", "big", "--traffic", "0.7", "--layer", "home",
+                  "--data-dir", str(tmp_path))
+    assert too_big.exit_code == 2
+    assert "layer 'home': its experiments take 120%" in too_big.output
+    assert str(tmp_path / "experiments.yaml") in too_big.output
+    assert [e.name for e in load_plan(tmp_path / "experiments.yaml").experiments] == [
+        "diversity"]  # the file as it was

@@ -635,3 +635,64 @@ def ship_experiment(
     _set_time(name, "stop", data_dir)
     console.print(f"{model}: champion is now version {version} (variant {chosen} of {name}); "
                   f"'nextbest models rollback' undoes it")
+
+
+@experiments_app.command("create")
+@friendly_errors
+def create_experiment(
+    name: str,
+    variants: Annotated[str, typer.Option(
+        help="Variant names, control first, comma-separated, e.g. A,B.")] = "A,B",
+    weights: Annotated[str | None, typer.Option(
+        help="Their relative weights, e.g. 1,1 [default: equal].")] = None,
+    recommenders: Annotated[str | None, typer.Option(
+        help="Recommender version per variant, empty for the champion, e.g. ',7'.")] = None,
+    kind: Annotated[str, typer.Option(help="ab or interleaving.")] = "ab",
+    layer: Annotated[str, typer.Option(help="Layer (experiments of one layer never share a "
+                                       "customer).")] = "default",
+    traffic: Annotated[float, typer.Option(help="Share of the layer's customers.")] = 1.0,
+    primary_metric: Annotated[str, typer.Option(help="conversion, revenue or ctr.")
+                              ] = "conversion",
+    mde: Annotated[float | None, typer.Option(
+        help="Minimum detectable relative effect, e.g. 0.05.")] = None,
+    start_at: Annotated[str | None, typer.Option(
+        help="When it starts (UTC, ISO 8601) [default: now].")] = None,
+    data_dir: DataDir = None,
+) -> None:
+    """Declare an experiment in the experiments file, starting now or at --start-at (the whole
+    file is checked before it is written; a running service applies it at its next reload
+    check)."""
+    import yaml
+
+    from features.experiments import load_plan, plan_path
+
+    path = plan_path(settings_with(data_dir))
+    names = [v.strip() for v in variants.split(",") if v.strip()]
+    weight_list = [float(w) for w in weights.split(",")] if weights else [1.0] * len(names)
+    versions = recommenders.split(",") if recommenders is not None else [""] * len(names)
+    if len(weight_list) != len(names) or len(versions) != len(names):
+        raise ValueError(f"--variants names {len(names)} variants, but --weights gives "
+                         f"{len(weight_list)} and --recommenders {len(versions)}; give one each")
+    entry: dict = {"name": name, "kind": kind, "layer": layer, "traffic": traffic,
+                   "primary_metric": primary_metric,
+                   "variants": [{"name": n, "weight": w, **({"recommender": r.strip()}
+                                                             if r.strip() else {})}
+                                for n, w, r in zip(names, weight_list, versions, strict=True)]}
+    if mde is not None:
+        entry["minimum_detectable_effect"] = mde
+    begins = parse_time(start_at, "--start-at").to_pydatetime() if start_at else _now()
+    entry["start"] = begins.isoformat(timespec="seconds")
+    data = (yaml.safe_load(path.read_text()) if path.exists() else None) or {}
+    if any(e.get("name") == name for e in data.get("experiments") or []):
+        raise ValueError(f"{path} already has an experiment {name!r}; choose another name")
+    data.setdefault("experiments", []).append(entry)
+    candidate = path.with_name(f".{path.name}.new")
+    candidate.parent.mkdir(parents=True, exist_ok=True)
+    candidate.write_text(yaml.safe_dump(data, sort_keys=False))
+    try:
+        load_plan(candidate)  # the whole file must hold, or nothing is written
+    except ValueError as error:
+        candidate.unlink()
+        raise ValueError(str(error).replace(str(candidate), str(path))) from None
+    candidate.replace(path)
+    console.print(f"experiment {name!r} added to {path}, starting {entry['start']}")
