@@ -90,7 +90,8 @@ def build(root: Path, units: int, seed: int = 0) -> Warehouse:
         "model_versions": np.full(rows, "recommender=3"), "variants": variant[unit],
         "item_kind": np.full(rows, "product"), "item_id": item_ids[item],
         "position": np.tile(np.arange(1, per + 1), units), "source": np.full(rows, "for_you"),
-        "team": pa.nulls(rows, pa.string()), "context": pa.nulls(rows, pa.string()),
+        "latency_ms": pa.nulls(rows, pa.float64()), "team": pa.nulls(rows, pa.string()),
+        "context": pa.nulls(rows, pa.string()),
         "_position": np.ones(rows, dtype=np.int64)})
     schema = arrow_schema(EXPOSURES).append(pa.field("_position", pa.int64()))
     warehouse.append_exposures(table.cast(schema), "bench", 1)

@@ -85,7 +85,8 @@ def build(root: Path, exposure_rows: int, events: int, seed: int = 0) -> Warehou
         "item_kind": np.where(item >= n_products, "offer", "product"),
         "item_id": item_ids[item], "position": position,
         "source": rng.choice(["for_you", "similar", "popular", "new"], rows),
-        "team": pa.nulls(rows, pa.string()), "context": pa.nulls(rows, pa.string()),
+        "latency_ms": pa.nulls(rows, pa.float64()), "team": pa.nulls(rows, pa.string()),
+        "context": pa.nulls(rows, pa.string()),
         "_position": np.ones(rows, dtype=np.int64)})
     schema = arrow_schema(EXPOSURES).append(pa.field("_position", pa.int64()))
     warehouse.append_exposures(table.cast(schema), "bench", 1)

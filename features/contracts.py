@@ -304,6 +304,9 @@ EXPOSURES = TableContract(
         Column("source", "string", "What placed it: for_you, similar, new, popular (products); "
                "context, category, popular (content); expected_value (offers); the trigger's "
                "action for messages.", required=False, nullable=True),
+        Column("latency_ms", "float", "How long nextbest took to rank the answer, in "
+               "milliseconds (recommend answers; experiments' latency guardrail).",
+               required=False, nullable=True, min_value=0),
         Column("team", "string", "In an interleaving experiment, the ranker that placed the "
                "item (A or B, the experiment's first and second variant).", required=False,
                nullable=True, allowed=("A", "B")),

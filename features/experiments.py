@@ -90,7 +90,9 @@ class Experiment(_Strict):
         "conversion", description="What the verdict is about: conversion (bought after the "
                                   "first exposure), revenue per customer, or click-through.")
     secondary_metrics: list[Literal["conversion", "revenue", "ctr"]] = Field(default_factory=list)
-    guardrails: list[str] = Field(default_factory=list)
+    guardrails: list[Literal["latency"]] = Field(
+        default_factory=lambda: ["latency"], description="Checked beside the verdict: latency "
+        "(a variant's p99 ranking time at most 20 % above the control's).")
     minimum_detectable_effect: float | None = Field(
         None, gt=0, description="Relative effect the power estimate is for, e.g. 0.05 (5 %).")
 

@@ -39,6 +39,8 @@ class Exposure(TypedDict):
     context: dict | None
     variants: dict[str, str]
     """experiment -> variant (``features.experiments.Assignment.labels``)."""
+    latency_ms: float | None
+    """Ranking time of a recommend answer."""
 
 
 def versions_text(versions: dict[str, str]) -> str | None:
@@ -67,6 +69,7 @@ def exposure_rows(batches: Iterable[tuple[int, list[Exposure]]]) -> pa.Table:
         columns["position"].append(rank)
         columns["source"].append(source)
         columns["team"].append(team)
+        columns["latency_ms"].append(exposure.get("latency_ms"))
         context = exposure.get("context")
         columns["context"].append(orjson.dumps(context).decode() if context else None)
         columns["_position"].append(position)

@@ -40,7 +40,8 @@ def placement(request) -> str:
     return request.placement or request.context.page_type or "default"
 
 
-def answer_exposure(answer: dict, channel: str, placement: str, at: float) -> Exposure:
+def answer_exposure(answer: dict, channel: str, placement: str, at: float,
+                    latency_ms: float | None = None) -> Exposure:
     """A ``recommend`` answer as an exposure: its id, who, where, when, versions and items."""
     context = {"degraded_reason": answer["degraded_reason"]} if answer.get("degraded") else None
     return {"exposure_id": answer["recommendation_id"],
@@ -50,7 +51,8 @@ def answer_exposure(answer: dict, channel: str, placement: str, at: float) -> Ex
             "model_versions": answer["model_versions"],
             "items": [(kind, entry["item_id"], entry["source"], entry.get("team"))
                       for key, kind in KINDS for entry in answer[key]],
-            "context": context, "variants": answer.get("experiments") or {}}
+            "context": context, "variants": answer.get("experiments") or {},
+            "latency_ms": latency_ms}
 
 
 def decision_exposure(decision: dict, at: float) -> Exposure:

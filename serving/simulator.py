@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import json
 import random
+import time
 import urllib.error
 import urllib.request
 from collections import Counter, defaultdict
@@ -150,6 +151,7 @@ class InProcessShop:
         return simulated
 
     def recommend(self, body: dict, at: datetime) -> dict:
+        started = time.perf_counter()
         request = RecommendRequest.model_validate(body)
         live = self.online.customer(request.customer_id)
         placed = assign(self.plan, request.customer_id, at)
@@ -167,7 +169,7 @@ class InProcessShop:
             answer["products"] = self._best_sellers(request, live)
         answer["degraded"] = False
         self.log.record(answer_exposure(answer, request.channel.value, placement(request),
-                                        at.timestamp()))
+                                        at.timestamp(), (time.perf_counter() - started) * 1000))
         return answer
 
     def _best_sellers(self, request: RecommendRequest, live) -> list[dict]:

@@ -168,6 +168,19 @@ def test_answers_and_exposures_name_the_variant(planted):
     assert not baseline["source"].isin(["for_you", "similar"]).any()  # nothing personal
 
 
+def test_the_latency_guardrail_is_read_per_variant_and_a_breach_blocks_shipping(planted):
+    from training.experiment_report import _latency_guardrail
+
+    data, _ = planted
+    report = report_of(data)
+    assert len(report.guardrails) == 1 and report.guardrails[0].startswith(
+        "latency: personal p99 ")
+    slow = pd.DataFrame({"p99": [2.0, 3.0]}, index=["best_sellers", "personal"])
+    report.guardrails.clear()
+    _latency_guardrail(report, slow, ["best_sellers", "personal"])
+    assert report.breached and "BREACHED" in report.guardrails[0]
+
+
 def test_a_sample_ratio_mismatch_blocks_the_verdict(planted):
     from features.experiments import Experiment
 

@@ -547,6 +547,8 @@ def report_experiment(
                               f"{e.relative:+.1%}", f"[{e.low:+.1%}, {e.high:+.1%}]",
                               f"{e.p_value:.3g}", f"{c.adjusted_p:.3g}")
         console.print(table)
+    for guardrail in report.guardrails:
+        console.print(f"guardrail {guardrail}", highlight=False)
     console.print(f"verdict: {report.verdict}", highlight=False)
 
 

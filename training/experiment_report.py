@@ -76,6 +76,9 @@ class ExperimentReport:
     """metric -> one comparison per non-control variant."""
     daily: pd.DataFrame | None = None
     """The primary metric's cumulative effect per day, with both intervals."""
+    guardrails: list[str] = field(default_factory=list)
+    """Each guardrail's reading, in words; a breached one says so."""
+    breached: bool = False
     verdict: str = ""
 
 
@@ -101,8 +104,47 @@ def experiment_report(warehouse: Warehouse, experiment: Experiment, end: datetim
                                     strict=True):
         object.__setattr__(comparison, "adjusted_p", adjusted)
     report.daily = _daily(kept, variants, experiment.primary_metric, alpha)
+    if "latency" in experiment.guardrails:
+        latency = warehouse.analyse(lambda c: _latency(c, experiment.name, start, end))
+        _latency_guardrail(report, latency, variants)
     report.verdict = _verdict(report, experiment, alpha)
     return report
+
+
+LATENCY_TOLERANCE = 0.2
+"""A variant's p99 ranking time may be this much above the control's."""
+
+
+def _latency(connection, name: str, start: datetime, end: datetime) -> pd.DataFrame:
+    return connection.execute("""
+        SELECT variant, quantile_cont(latency, 0.99) AS p99, count(*) AS answers
+        FROM (SELECT regexp_extract(variants, $pattern, 2) AS variant,
+                     any_value(latency_ms) AS latency
+              FROM exposures
+              WHERE timestamp >= $start AND timestamp < $end AND latency_ms IS NOT NULL
+                AND regexp_matches(variants, $pattern)
+              GROUP BY exposure_id, variants)
+        GROUP BY variant""", {"pattern": f"(^|\\|){name}=([^|]+)", "start": start,
+                              "end": end}).df().set_index("variant")
+
+
+def _latency_guardrail(report: ExperimentReport, latency: pd.DataFrame,
+                       variants: list[str]) -> None:
+    control = variants[0]
+    if control not in latency.index:
+        report.guardrails.append("latency: no answer timed yet")
+        return
+    base = float(latency.at[control, "p99"])
+    for name in variants[1:]:
+        if name not in latency.index:
+            continue
+        p99 = float(latency.at[name, "p99"])
+        over = p99 > base * (1 + LATENCY_TOLERANCE)
+        report.breached |= over
+        report.guardrails.append(
+            f"latency: {name} p99 {p99:.2f} ms vs {control} {base:.2f} ms "
+            f"({p99 / base - 1:+.0%}; limit +{LATENCY_TOLERANCE:.0%}) "
+            + ("BREACHED" if over else "fine"))
 
 
 def _units(connection, name: str, start: datetime, end: datetime, rule: AttributionRule,
@@ -225,6 +267,9 @@ def _verdict(report: ExperimentReport, experiment: Experiment, alpha: float) -> 
                 "or the logging is broken, so no verdict: fix it before reading any metric")
     metric = experiment.primary_metric
     control = experiment.variants[0].name
+    if report.breached:
+        return ("a guardrail is breached, so do not ship: " + "; ".join(
+            g for g in report.guardrails if "BREACHED" in g))
     lines = []
     for comparison in report.comparisons[metric]:
         effect = comparison.effect
@@ -234,7 +279,7 @@ def _verdict(report: ExperimentReport, experiment: Experiment, alpha: float) -> 
             lines.append(f"{comparison.variant} {'beats' if better else 'loses to'} {control} on "
                          f"{metric} by {interval} (always-valid p = "
                          f"{comparison.adjusted_p:.2g}); "
-                         + ("ready to ship" if better else f"keep {control}"))
+                         + ("guardrails fine; ready to ship" if better else f"keep {control}"))
         else:
             lines.append(f"{comparison.variant} vs {control} on {metric}: {interval}, not "
                          f"significant yet (always-valid p = {comparison.adjusted_p:.2g}); "
@@ -308,6 +353,7 @@ table{{border-collapse:collapse}} img{{max-width:100%}}</style></head><body>
 {report.ratio.counts} (expected {({k: round(v) for k, v in report.ratio.expected.items()})}),
 sample-ratio p = {report.ratio.p_value:.3g}{" — MISMATCH" if report.ratio.mismatch else ""};
 {report.excluded} customers seen in two variants left out.</p>
+<p>Guardrails: {html.escape("; ".join(report.guardrails) or "none")}</p>
 <h2>Effects against the control</h2><table><tr><th>metric</th><th>variant</th><th>control</th>
 <th>variant's</th><th>B/A - 1</th><th>95 % interval</th><th>p (fixed)</th>
 <th>always-valid sequence (difference)</th><th>p (always valid, Holm)</th></tr>{rows}</table>
