@@ -92,7 +92,7 @@ class Experiment(_Strict):
     secondary_metrics: list[Literal["conversion", "revenue", "ctr"]] = Field(default_factory=list)
     guardrails: list[Literal["latency"]] = Field(
         default_factory=lambda: ["latency"], description="Checked beside the verdict: latency "
-        "(a variant's p99 ranking time at most 20 % above the control's).")
+        "(a variant's p99 ranking time at most 20 % and 5 ms above the control's).")
     minimum_detectable_effect: float | None = Field(
         None, gt=0, description="Relative effect the power estimate is for, e.g. 0.05 (5 %).")
 

@@ -128,3 +128,26 @@ def test_holm_matches_a_worked_example():
 
 def test_units_needed_for_a_ten_percent_lift_on_ten_percent_conversion():
     assert units_needed(0.10, 0.10) == pytest.approx(14_751, rel=0.01)  # Evan Miller's calculator
+
+
+def test_alpha_spending_boundaries_match_published_obrien_fleming_values():
+    """Lan-DeMets O'Brien-Fleming, five equal looks, two-sided alpha 0.05 (Jennison and
+    Turnbull, Group Sequential Methods, table 2.x; ldbounds in R): 4.877, 3.357, 2.680,
+    2.290, 2.031."""
+    from training.experiment_stats import spending_boundaries
+
+    bounds = spending_boundaries([0.2, 0.4, 0.6, 0.8, 1.0])
+    assert bounds[1:] == pytest.approx([3.357, 2.680, 2.290, 2.031], abs=0.04)
+    assert bounds[0] > 4.3
+
+
+def test_a_group_sequential_test_read_daily_spends_its_whole_alpha():
+    from training.experiment_stats import spending_boundaries
+
+    looks = 14
+    bounds = spending_boundaries([k / looks for k in range(1, looks + 1)])
+    rng = np.random.default_rng(7)
+    walk = np.cumsum(rng.standard_normal((20_000, looks)), axis=1)
+    z = np.abs(walk / np.sqrt(np.arange(1, looks + 1)))
+    rate = (z >= bounds).any(axis=1).mean()
+    assert 0.04 < rate < 0.06

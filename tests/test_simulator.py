@@ -175,7 +175,7 @@ def test_the_latency_guardrail_is_read_per_variant_and_a_breach_blocks_shipping(
     report = report_of(data)
     assert len(report.guardrails) == 1 and report.guardrails[0].startswith(
         "latency: personal p99 ")
-    slow = pd.DataFrame({"p99": [2.0, 3.0]}, index=["best_sellers", "personal"])
+    slow = pd.DataFrame({"p99": [20.0, 30.0]}, index=["best_sellers", "personal"])
     report.guardrails.clear()
     _latency_guardrail(report, slow, ["best_sellers", "personal"])
     assert report.breached and "BREACHED" in report.guardrails[0]
@@ -309,3 +309,19 @@ def test_interleaving_finds_the_ranker_customers_prefer(two_versions, tmp_path):
     result = run("experiments", "report", "duel", "--data-dir", str(data))
     assert result.exit_code == 0, result.output
     assert "customers prefer ease to popularity" in result.output
+
+
+def test_with_a_planned_stop_the_verdict_is_group_sequential(planted):
+    from datetime import UTC, datetime, timedelta
+
+    from features.experiments import Experiment
+
+    data, result = planted
+    planned = Experiment.model_validate({
+        **PERSONAL_VS_BEST_SELLERS["experiments"][0], "primary_metric": "ctr",
+        "start": result.start.isoformat(),
+        "stop": (datetime.now(UTC) + timedelta(days=1)).isoformat()})
+    report = report_of(data, planned)
+    assert report.planned is not None and 0.5 < report.planned.fraction < 1
+    assert "group-sequential, planned to stop" in report.verdict
+    assert report.planned.crossed_on is not None  # the planted difference crosses

@@ -24,6 +24,7 @@ import math
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
+import numpy as np
 import pandas as pd
 
 from features.contracts import EventType, ExposureStatus
@@ -78,6 +79,8 @@ class ExperimentReport:
     """The primary metric's cumulative effect per day, with both intervals."""
     guardrails: list[str] = field(default_factory=list)
     """Each guardrail's reading, in words; a breached one says so."""
+    planned: PlannedTest | None = None
+    """With a planned stop (and two variants): the group-sequential reading the verdict uses."""
     breached: bool = False
     verdict: str = ""
 
@@ -104,6 +107,8 @@ def experiment_report(warehouse: Warehouse, experiment: Experiment, end: datetim
                                     strict=True):
         object.__setattr__(comparison, "adjusted_p", adjusted)
     report.daily = _daily(kept, variants, experiment.primary_metric, alpha)
+    if len(variants) == 2:
+        report.planned = planned_test(report.daily, experiment, end, alpha)
     if "latency" in experiment.guardrails:
         latency = warehouse.analyse(lambda c: _latency(c, experiment.name, start, end))
         _latency_guardrail(report, latency, variants)
@@ -111,8 +116,10 @@ def experiment_report(warehouse: Warehouse, experiment: Experiment, end: datetim
     return report
 
 
-LATENCY_TOLERANCE = 0.2
-"""A variant's p99 ranking time may be this much above the control's."""
+LATENCY_TOLERANCE, LATENCY_FLOOR_MS = 0.2, 5.0
+"""A variant's p99 ranking time breaches the guardrail when it is both this share and this many
+milliseconds above the control's (a millisecond more on a fast path is not a regression a
+shopper feels)."""
 
 
 def _latency(connection, name: str, start: datetime, end: datetime) -> pd.DataFrame:
@@ -139,11 +146,12 @@ def _latency_guardrail(report: ExperimentReport, latency: pd.DataFrame,
         if name not in latency.index:
             continue
         p99 = float(latency.at[name, "p99"])
-        over = p99 > base * (1 + LATENCY_TOLERANCE)
+        over = p99 > base * (1 + LATENCY_TOLERANCE) and p99 - base > LATENCY_FLOOR_MS
         report.breached |= over
         report.guardrails.append(
             f"latency: {name} p99 {p99:.2f} ms vs {control} {base:.2f} ms "
-            f"({p99 / base - 1:+.0%}; limit +{LATENCY_TOLERANCE:.0%}) "
+            f"({p99 / base - 1:+.0%}; limit +{LATENCY_TOLERANCE:.0%} and "
+            f"+{LATENCY_FLOOR_MS:g} ms) "
             + ("BREACHED" if over else "fine"))
 
 
@@ -238,26 +246,72 @@ def _sequential(metric: str, control: pd.DataFrame, treated: pd.DataFrame, alpha
 
 
 def _daily(units: pd.DataFrame, variants: list[str], metric: str, alpha: float) -> pd.DataFrame:
-    """The conversion difference of the first treatment against control as it looked at the
-    end of each day (units that had arrived by then; their outcomes to the report's end)."""
+    """The primary metric's difference, first treatment minus control, as it looked at the end
+    of each day (units that had arrived by then; their outcomes to the report's end), with its
+    z statistic and both intervals."""
+    from training.experiment_stats import ratio_and_variance
+
     units = units.assign(converted=(units["purchases"] > 0).astype(float),
                          day=pd.to_datetime(units["first_exposure"], utc=True).dt.floor("D"))
+    if "revenue_cuped" not in units:
+        units["revenue_cuped"], _ = cuped(units["revenue"].to_numpy(),
+                                          units["revenue_before"].to_numpy())
     rows = []
     for day in sorted(units["day"].unique()):
         seen = units[units["day"] <= day]
-        a = seen.loc[seen["variant"] == variants[0], "converted"].to_numpy()
-        b = seen.loc[seen["variant"] == variants[1], "converted"].to_numpy()
-        if len(a) < 2 or len(b) < 2:
+        arms = [seen[seen["variant"] == v] for v in variants[:2]]
+        if min(len(arm) for arm in arms) < 2:
             continue
-        difference = float(b.mean() - a.mean())
-        variance = float(a.var(ddof=1) / len(a) + b.var(ddof=1) / len(b))
-        sequential = msprt(difference, variance, _tau2(float(a.mean()), variance), alpha)
+        if metric == "ctr":
+            (level, var_a), (other, var_b) = (
+                ratio_and_variance(arm["clicks"], arm["impressions"].clip(lower=1))
+                for arm in arms)
+            difference, variance = other - level, var_a + var_b
+        else:
+            column = "converted" if metric == "conversion" else "revenue_cuped"
+            a, b = (arm[column].to_numpy() for arm in arms)
+            level = float(a.mean())
+            difference = float(b.mean() - a.mean())
+            variance = float(a.var(ddof=1) / len(a) + b.var(ddof=1) / len(b))
+        sequential = msprt(difference, variance, _tau2(level, variance), alpha)
         half = 1.959964 * math.sqrt(variance)
         rows.append({"day": day, "units": len(seen), "difference": difference,
+                     "z": difference / math.sqrt(variance) if variance > 0 else 0.0,
                      "fixed_low": difference - half, "fixed_high": difference + half,
                      "sequential_low": sequential.low, "sequential_high": sequential.high,
                      "sequential_p": sequential.p_value})
     return pd.DataFrame(rows)
+
+
+@dataclass(frozen=True)
+class PlannedTest:
+    """The group-sequential reading of an experiment with a planned stop."""
+
+    crossed_on: datetime | None
+    z: float
+    bound: float
+    fraction: float
+    """Share of the planned units seen so far."""
+
+
+def planned_test(daily: pd.DataFrame, experiment: Experiment, now: datetime,
+                 alpha: float = 0.05) -> PlannedTest | None:
+    """Each day's z against O'Brien-Fleming alpha-spending boundaries (Lan-DeMets), with the
+    units planned by the stop time projected from the arrival rate so far: read daily, it keeps
+    its false-positive rate at alpha and spends all of it by the stop (bench/bench_aa.py)."""
+    from training.experiment_stats import spending_boundaries
+
+    if experiment.stop is None or experiment.start is None or daily is None or daily.empty:
+        return None
+    elapsed = (min(now, experiment.stop) - experiment.start).total_seconds()
+    planned = daily["units"].iloc[-1] * (experiment.stop - experiment.start).total_seconds() \
+        / max(elapsed, 1.0)
+    fractions = np.maximum.accumulate(np.minimum(daily["units"].to_numpy() / planned, 1.0))
+    fractions = np.maximum(fractions, 1e-6)
+    bounds = spending_boundaries(list(fractions), alpha)
+    crossed = np.flatnonzero(np.abs(daily["z"].to_numpy()) >= bounds)
+    return PlannedTest(daily["day"].iloc[crossed[0]] if crossed.size else None,
+                       float(daily["z"].iloc[-1]), float(bounds[-1]), float(fractions[-1]))
 
 
 def _verdict(report: ExperimentReport, experiment: Experiment, alpha: float) -> str:
@@ -270,6 +324,8 @@ def _verdict(report: ExperimentReport, experiment: Experiment, alpha: float) -> 
     if report.breached:
         return ("a guardrail is breached, so do not ship: " + "; ".join(
             g for g in report.guardrails if "BREACHED" in g))
+    if report.planned is not None:
+        return _planned_verdict(report, experiment)
     lines = []
     for comparison in report.comparisons[metric]:
         effect = comparison.effect
@@ -285,6 +341,24 @@ def _verdict(report: ExperimentReport, experiment: Experiment, alpha: float) -> 
                          f"significant yet (always-valid p = {comparison.adjusted_p:.2g}); "
                          + _more_needed(report, experiment, comparison))
     return "; ".join(lines)
+
+
+def _planned_verdict(report: ExperimentReport, experiment: Experiment) -> str:
+    metric = experiment.primary_metric
+    control, treatment = (v.name for v in experiment.variants)
+    effect = report.comparisons[metric][0].effect
+    interval = f"{effect.relative:+.1%} [{effect.low:+.1%}, {effect.high:+.1%}]"
+    planned = report.planned
+    stop = f"planned to stop {experiment.stop:%Y-%m-%d}"
+    if planned.crossed_on is not None:
+        better = planned.z > 0
+        return (f"{treatment} {'beats' if better else 'loses to'} {control} on {metric} by "
+                f"{interval} (group-sequential, {stop}: boundary crossed on "
+                f"{planned.crossed_on:%Y-%m-%d}); "
+                + ("guardrails fine; ready to ship" if better else f"keep {control}"))
+    return (f"{treatment} vs {control} on {metric}: {interval}, not significant yet "
+            f"(group-sequential, {stop}: z = {planned.z:.2f}, boundary {planned.bound:.2f} at "
+            f"{planned.fraction:.0%} of the planned customers); keep running to the stop")
 
 
 def _more_needed(report: ExperimentReport, experiment: Experiment, comparison: Comparison) -> str:
@@ -329,7 +403,7 @@ def write_html(report: ExperimentReport, path) -> object:
         axis.set_ylim(min(daily["difference"].min(), last["sequential_low"]) - span / 2,
                       max(daily["difference"].max(), last["sequential_high"]) + span / 2)
         axis.legend(fontsize=8)
-    axis.set_title("conversion difference as the report looked at the end of each day")
+    axis.set_title("the primary metric's difference (B - A) at the end of each day")
     chart = _png(figure)
     per_variant = (report.units.assign(converted=report.units["purchases"] > 0)
                    .groupby("variant").agg(units=("customer_id", "size"),

@@ -197,3 +197,42 @@ def units_needed(baseline: float, relative_effect: float, alpha: float = 0.05,
     target = min(max(baseline * (1 + relative_effect), 1e-9), 1 - 1e-9)
     size = abs(proportion_effectsize(target, baseline))
     return math.ceil(NormalIndPower().solve_power(size, alpha=alpha, power=power, ratio=1.0))
+
+
+def obrien_fleming_spent(fraction: float, alpha: float = 0.05) -> float:
+    """Lan-DeMets O'Brien-Fleming alpha spending, two-sided: the alpha a test may have used by
+    information fraction ``fraction`` (0..1), 4 - 4 Phi(z_{alpha/4} / sqrt(t)); all of it at
+    t = 1."""
+    if fraction <= 0:
+        return 0.0
+    return float(4 - 4 * stats.norm.cdf(stats.norm.isf(alpha / 4) / math.sqrt(min(fraction, 1))))
+
+
+def spending_boundaries(fractions: list[float], alpha: float = 0.05, paths: int = 400_000,
+                        seed: int = 0) -> np.ndarray:
+    """Two-sided z boundaries for looks at increasing information ``fractions``, such that
+    under no difference the first crossing at look k has probability spent(t_k) - spent(t_k-1)
+    (group-sequential design, Lan and DeMets 1983). The joint law of the looks' z statistics
+    (a standardized Brownian motion) is sampled rather than integrated; with the default paths
+    a boundary is within a few hundredths of the exact one (tested against published values).
+    Deterministic for a seed."""
+    fractions = np.asarray(fractions, float)
+    rng = np.random.default_rng(seed)
+    increments = np.diff(np.r_[0.0, fractions])
+    walk = np.cumsum(rng.standard_normal((paths, len(fractions))) * np.sqrt(increments), axis=1)
+    z = np.abs(walk / np.sqrt(fractions))
+    alive = np.ones(paths, dtype=bool)
+    bounds, spent_before = [], 0.0
+    for look, fraction in enumerate(fractions):
+        spent = obrien_fleming_spent(fraction, alpha)
+        crossing = (spent - spent_before) * paths  # paths this look may stop
+        values = np.sort(z[alive, look])[::-1]
+        count = int(round(crossing))
+        bound = values[count - 1] if 0 < count <= len(values) else (
+            values[0] + 1e-9 if len(values) else math.inf)
+        if count == 0:
+            bound = max(bound, float(values[0]) + 1e-9) if len(values) else math.inf
+        bounds.append(float(bound))
+        alive &= z[:, look] < bound
+        spent_before = spent
+    return np.array(bounds)
