@@ -267,6 +267,9 @@ class ExposureStatus(StrEnum):
     """A message was decided and written to the outbox for the shop's sender."""
     SUPPRESSED = "suppressed"
     """A trigger held but the contact policy stopped the message (``rule`` says which rule)."""
+    FAILED = "failed"
+    """The ranking failed for this request (the caller got a 5xx): what the error-rate
+    guardrail counts."""
 
 
 EXPOSURES = TableContract(
@@ -285,7 +288,8 @@ EXPOSURES = TableContract(
         Column("channel", "string", "Where it was shown or sent.", allowed=_values(Channel)),
         Column("placement", "string", "The page or slot that asked (the request's placement, "
                "else its page_type, else 'default'); for messages the trigger's name."),
-        Column("status", "string", "shown, sent or suppressed.", allowed=_values(ExposureStatus)),
+        Column("status", "string", "shown, sent, suppressed, or failed (the ranking raised; the "
+               "caller got an error).", allowed=_values(ExposureStatus)),
         Column("rule", "string", "Suppressed messages: the contact-policy rule that stopped it "
                "(consent, quiet_hours, cap, cooldown, nothing_to_send).", required=False,
                nullable=True),

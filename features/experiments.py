@@ -90,9 +90,11 @@ class Experiment(_Strict):
         "conversion", description="What the verdict is about: conversion (bought after the "
                                   "first exposure), revenue per customer, or click-through.")
     secondary_metrics: list[Literal["conversion", "revenue", "ctr"]] = Field(default_factory=list)
-    guardrails: list[Literal["latency"]] = Field(
-        default_factory=lambda: ["latency"], description="Checked beside the verdict: latency "
-        "(a variant's p99 ranking time at most 20 % and 5 ms above the control's).")
+    guardrails: list[Literal["latency", "errors"]] = Field(
+        default_factory=lambda: ["latency", "errors"], description="Checked beside the "
+        "verdict: latency (a variant's p99 ranking time at most 20 % and 5 ms above the "
+        "control's) and errors (its share of failed requests not significantly above the "
+        "control's by more than 0.1 point).")
     minimum_detectable_effect: float | None = Field(
         None, gt=0, description="Relative effect the power estimate is for, e.g. 0.05 (5 %).")
 

@@ -19,6 +19,7 @@ turns them into exposure records, so the request path does no extra work beyond 
 from __future__ import annotations
 
 import logging
+import random
 import threading
 from collections import deque
 from collections.abc import Callable
@@ -53,6 +54,18 @@ def answer_exposure(answer: dict, channel: str, placement: str, at: float,
                       for key, kind in KINDS for entry in answer[key]],
             "context": context, "variants": answer.get("experiments") or {},
             "latency_ms": latency_ms}
+
+
+def failed_exposure(customer_id: str, channel: str, placement: str, at: float,
+                    variants: dict[str, str], error: BaseException) -> Exposure:
+    """A request whose ranking raised: no items, the error kept, its variants named (the
+    error-rate guardrail counts these per variant)."""
+    return {"exposure_id": f"{random.getrandbits(128):032x}",
+            "exposure_type": ExposureType.RECOMMENDATION.value, "customer_id": customer_id,
+            "at": at, "channel": channel, "placement": placement,
+            "status": ExposureStatus.FAILED.value, "rule": None, "model_versions": {},
+            "items": [], "context": {"error": f"{type(error).__name__}: {error}"[:300]},
+            "variants": variants, "latency_ms": None}
 
 
 def decision_exposure(decision: dict, at: float) -> Exposure:

@@ -58,7 +58,7 @@ from features.warehouse import Warehouse
 from serving.accepting import accept_one_connection_per_turn, warn_unless_spread
 from serving.auth import TokenAuth, bearer, token_matches
 from serving.cors import Cors
-from serving.exposure_log import ExposureLog, answer_exposure, placement
+from serving.exposure_log import ExposureLog, answer_exposure, failed_exposure, placement
 from serving.health import HEALTH, Readiness
 from serving.http_errors import JsonErrors
 from serving.huge_pages import log_huge_pages, worker_envs
@@ -355,6 +355,12 @@ class NextBest:
                                    self.policy, placed)
         except ValueError as error:
             raise InvalidArgument(str(error)) from None
+        except Exception as error:  # a 500: counted per variant, then raised as it was
+            if self.exposures is not None:
+                self.exposures.record(failed_exposure(
+                    request.customer_id, request.channel.value, placement(request),
+                    now.timestamp(), placed.labels(), error))
+            raise
         answer["degraded"] = degraded is not None
         if degraded is not None:
             answer["degraded_reason"] = degraded

@@ -143,3 +143,24 @@ def test_kill_9_loses_at_most_the_last_flush_interval_of_exposures(serving_dir, 
     missing = [rid for rid in old_enough if rid not in stored]
     assert not missing, f"{len(missing)} exposures older than the bound were lost"
     assert len(stored) >= len(old_enough)
+
+
+def test_a_failed_ranking_is_logged_as_a_failed_exposure_with_its_variant(service, monkeypatch):
+    import serving.service as module
+    from features.experiments import ExperimentPlan
+
+    service.plan = ExperimentPlan.model_validate({"experiments": [{
+        "name": "ranker", "traffic": 1, "variants": [{"name": "A", "weight": 1},
+                                                     {"name": "B", "weight": 1}]}]})
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("index out of range in the kernel")
+
+    monkeypatch.setattr(module, "recommend", broken)
+    with pytest.raises(RuntimeError):
+        service.answer(RecommendRequest(customer_id="c0000003"))
+    service.exposures.write()
+    [failed] = logged(service.online).values()
+    assert failed["status"] == "failed" and failed["items"] == []
+    assert failed["variants"]["ranker"] in ("A", "B")
+    assert "index out of range" in failed["context"]["error"]

@@ -173,8 +173,7 @@ def test_the_latency_guardrail_is_read_per_variant_and_a_breach_blocks_shipping(
 
     data, _ = planted
     report = report_of(data)
-    assert len(report.guardrails) == 1 and report.guardrails[0].startswith(
-        "latency: personal p99 ")
+    assert [g for g in report.guardrails if g.startswith("latency: personal p99 ")]
     slow = pd.DataFrame({"p99": [20.0, 30.0]}, index=["best_sellers", "personal"])
     report.guardrails.clear()
     _latency_guardrail(report, slow, ["best_sellers", "personal"])
@@ -325,3 +324,23 @@ def test_with_a_planned_stop_the_verdict_is_group_sequential(planted):
     assert report.planned is not None and 0.5 < report.planned.fraction < 1
     assert "group-sequential, planned to stop" in report.verdict
     assert report.planned.crossed_on is not None  # the planted difference crosses
+
+
+def test_the_error_guardrail_breaches_on_a_significantly_higher_failure_rate(planted):
+    from training.experiment_report import _error_guardrail
+
+    data, _ = planted
+    report = report_of(data)
+    assert any(g.startswith("errors: personal 0.00% of") and g.endswith("fine")
+               for g in report.guardrails)
+    report.guardrails.clear()
+    failures = pd.DataFrame({"failed": [2, 80], "requests": [10_000, 10_000]},
+                            index=["best_sellers", "personal"])
+    _error_guardrail(report, failures, ["best_sellers", "personal"])
+    assert report.breached and "BREACHED" in report.guardrails[0]
+    report.guardrails.clear()
+    report.breached = False
+    close = pd.DataFrame({"failed": [2, 4], "requests": [10_000, 10_000]},
+                         index=["best_sellers", "personal"])
+    _error_guardrail(report, close, ["best_sellers", "personal"])
+    assert not report.breached

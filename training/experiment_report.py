@@ -112,6 +112,9 @@ def experiment_report(warehouse: Warehouse, experiment: Experiment, end: datetim
     if "latency" in experiment.guardrails:
         latency = warehouse.analyse(lambda c: _latency(c, experiment.name, start, end))
         _latency_guardrail(report, latency, variants)
+    if "errors" in experiment.guardrails:
+        failures = warehouse.analyse(lambda c: _failures(c, experiment.name, start, end))
+        _error_guardrail(report, failures, variants)
     report.verdict = _verdict(report, experiment, alpha)
     return report
 
@@ -133,6 +136,50 @@ def _latency(connection, name: str, start: datetime, end: datetime) -> pd.DataFr
               GROUP BY exposure_id, variants)
         GROUP BY variant""", {"pattern": f"(^|\\|){name}=([^|]+)", "start": start,
                               "end": end}).df().set_index("variant")
+
+
+ERROR_MARGIN = 0.001
+"""A variant's error rate breaches the guardrail when it is significantly (one-sided, 5 %)
+more than this above the control's."""
+
+
+def _failures(connection, name: str, start: datetime, end: datetime) -> pd.DataFrame:
+    return connection.execute(f"""
+        SELECT variant, count_if(failed) AS failed, count(*) AS requests
+        FROM (SELECT regexp_extract(variants, $pattern, 2) AS variant,
+                     bool_or(status = '{ExposureStatus.FAILED.value}') AS failed
+              FROM exposures
+              WHERE timestamp >= $start AND timestamp < $end
+                AND exposure_type = 'recommendation' AND regexp_matches(variants, $pattern)
+              GROUP BY exposure_id, variants)
+        GROUP BY variant""", {"pattern": f"(^|\\|){name}=([^|]+)", "start": start,
+                              "end": end}).df().set_index("variant")
+
+
+def _error_guardrail(report: ExperimentReport, failures: pd.DataFrame,
+                     variants: list[str]) -> None:
+    from statsmodels.stats.proportion import test_proportions_2indep
+
+    control = variants[0]
+    if control not in failures.index:
+        return
+    base_failed, base_requests = (int(failures.at[control, k]) for k in ("failed", "requests"))
+    for name in variants[1:]:
+        if name not in failures.index:
+            continue
+        failed, requests = int(failures.at[name, "failed"]), int(failures.at[name, "requests"])
+        rate, base = failed / requests, base_failed / base_requests
+        p_value = 1.0
+        if failed:
+            p_value = float(test_proportions_2indep(
+                failed, requests, base_failed, base_requests, value=ERROR_MARGIN,
+                alternative="larger").pvalue)
+        over = p_value < 0.05
+        report.breached |= over
+        report.guardrails.append(
+            f"errors: {name} {rate:.2%} of {requests:,} requests failed vs {control} "
+            f"{base:.2%} (p = {p_value:.2g} that it is more than {ERROR_MARGIN:.1%} above) "
+            + ("BREACHED" if over else "fine"))
 
 
 def _latency_guardrail(report: ExperimentReport, latency: pd.DataFrame,
