@@ -43,7 +43,7 @@ from features.synthetic import ShopConfig, generate_shop, store_shop  # noqa: E4
 from features.warehouse import Warehouse  # noqa: E402
 from serving.simulator import SimulationConfig, simulate  # noqa: E402
 from training.attribution import AttributionRule  # noqa: E402
-from training.experiment_report import _daily, _units  # noqa: E402
+from training.experiment_report import _daily, _units, unit_metrics  # noqa: E402
 from training.experiment_stats import spending_boundaries  # noqa: E402
 from training.recommender_job import train_recommender  # noqa: E402
 
@@ -88,7 +88,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as root:
         units = simulated_units(Path(root), args.customers, args.days, args.visits)
     simulated = time.perf_counter() - started
-    units = units[units["variants"] == 1]
+    units = unit_metrics(units[units["variants"] == 1])
     looks = pd.to_datetime(units["first_exposure"], utc=True).dt.floor("D").nunique()
     bounds = spending_boundaries([k / looks for k in range(1, looks + 1)], ALPHA)
     rates = {}

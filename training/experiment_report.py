@@ -21,14 +21,14 @@ metrics.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 
 import numpy as np
 import pandas as pd
 
 from features.contracts import EventType, ExposureStatus
-from features.experiments import Experiment
+from features.experiments import INTERLEAVED, Experiment
 from features.warehouse import Warehouse
 from training.attribution import AttributionRule, attribute
 from training.experiment_stats import (
@@ -40,6 +40,7 @@ from training.experiment_stats import (
     holm,
     mean_effect,
     msprt,
+    ratio_and_variance,
     ratio_effect,
     sample_ratio,
     units_needed,
@@ -94,18 +95,14 @@ def experiment_report(warehouse: Warehouse, experiment: Experiment, end: datetim
                                                rule or AttributionRule(), covariate_days))
     variants = [v.name for v in experiment.variants]
     mixed = units["variants"] > 1
-    kept = units[~mixed & units["variant"].isin(variants)].copy()
+    kept = unit_metrics(units[~mixed & units["variant"].isin(variants)])
     counts = {v: int((kept["variant"] == v).sum()) for v in variants}
     ratio = sample_ratio(counts, {v.name: v.weight for v in experiment.variants})
     report = ExperimentReport(experiment.name, start, end, kept, int(mixed.sum()), ratio)
     if min(counts.values(), default=0) < 2:
         report.verdict = f"not enough units yet: {counts}; keep running"
         return report
-    report.comparisons = _compare(kept, variants, alpha)
-    flat = [c for metric in METRICS for c in report.comparisons[metric]]
-    for comparison, adjusted in zip(flat, holm([c.sequential.p_value for c in flat], alpha),
-                                    strict=True):
-        object.__setattr__(comparison, "adjusted_p", adjusted)
+    report.comparisons = _holm_adjusted(_compare(kept, variants, alpha), alpha)
     report.daily = _daily(kept, variants, experiment.primary_metric, alpha)
     if len(variants) == 2:
         report.planned = planned_test(report.daily, experiment, end, alpha)
@@ -134,7 +131,7 @@ def _latency(connection, name: str, start: datetime, end: datetime) -> pd.DataFr
               WHERE timestamp >= $start AND timestamp < $end AND latency_ms IS NOT NULL
                 AND regexp_matches(variants, $pattern)
               GROUP BY exposure_id, variants)
-        GROUP BY variant""", {"pattern": f"(^|\\|){name}=([^|]+)", "start": start,
+        GROUP BY variant""", {"pattern": variant_pattern(name), "start": start,
                               "end": end}).df().set_index("variant")
 
 
@@ -152,7 +149,7 @@ def _failures(connection, name: str, start: datetime, end: datetime) -> pd.DataF
               WHERE timestamp >= $start AND timestamp < $end
                 AND exposure_type = 'recommendation' AND regexp_matches(variants, $pattern)
               GROUP BY exposure_id, variants)
-        GROUP BY variant""", {"pattern": f"(^|\\|){name}=([^|]+)", "start": start,
+        GROUP BY variant""", {"pattern": variant_pattern(name), "start": start,
                               "end": end}).df().set_index("variant")
 
 
@@ -202,10 +199,37 @@ def _latency_guardrail(report: ExperimentReport, latency: pd.DataFrame,
             + ("BREACHED" if over else "fine"))
 
 
+def variant_pattern(experiment: str, variant: str = "[^|]+") -> str:
+    """A regular expression that finds ``experiment``'s variant (group 2) in the exposures'
+    ``variants`` column, 'experiment=variant' joined by '|'."""
+    return f"(^|\\|){experiment}=({variant})"
+
+
+def unit_metrics(units: pd.DataFrame) -> pd.DataFrame:
+    """Per-unit metrics derived from ``_units``' columns, once for every comparison and day:
+    whether the unit converted, and its CUPED-adjusted revenue (one theta over all units)."""
+    adjusted, _ = cuped(units["revenue"].to_numpy(), units["revenue_before"].to_numpy())
+    return units.assign(converted=(units["purchases"] > 0).astype(float),
+                        revenue_cuped=adjusted)
+
+
+def _difference(metric: str, control: pd.DataFrame, treated: pd.DataFrame
+                ) -> tuple[float, float, float]:
+    """The control's level, treated minus control, and that difference's variance, for one
+    metric (means per unit, or the delta method for click-through)."""
+    if metric == "ctr":
+        level, var_a = ratio_and_variance(control["clicks"], control["impressions"].clip(lower=1))
+        other, var_b = ratio_and_variance(treated["clicks"], treated["impressions"].clip(lower=1))
+        return level, other - level, var_a + var_b
+    column = "converted" if metric == "conversion" else "revenue_cuped"
+    a, b = control[column].to_numpy(), treated[column].to_numpy()
+    variance = float(a.var(ddof=1) / len(a) + b.var(ddof=1) / len(b))
+    return float(a.mean()), float(b.mean() - a.mean()), variance
+
+
 def _units(connection, name: str, start: datetime, end: datetime, rule: AttributionRule,
            covariate_days: int) -> pd.DataFrame:
     attribute(connection, start, end, rule)
-    pattern = f"(^|\\|){name}=([^|]+)"
     return connection.execute(f"""
         WITH placed AS (
             SELECT customer_id, exposure_id, timestamp, item_id,
@@ -247,15 +271,12 @@ def _units(connection, name: str, start: datetime, end: datetime, rule: Attribut
         SELECT u.*, coalesce(c.clicks, 0) AS clicks, coalesce(m.purchases, 0) AS purchases,
                coalesce(m.revenue, 0) AS revenue, coalesce(m.revenue_before, 0) AS revenue_before
         FROM units u LEFT JOIN clicks c USING (customer_id) LEFT JOIN money m USING (customer_id)
-    """, {"pattern": pattern, "start": start, "end": end,
+    """, {"pattern": variant_pattern(name), "start": start, "end": end,
           "covariate_start": start - timedelta(days=covariate_days)}).df()
 
 
 def _compare(units: pd.DataFrame, variants: list[str], alpha: float
              ) -> dict[str, list[Comparison]]:
-    units = units.assign(converted=(units["purchases"] > 0).astype(float))
-    units["revenue_cuped"], _ = cuped(units["revenue"].to_numpy(),
-                                      units["revenue_before"].to_numpy())
     control = units[units["variant"] == variants[0]]
     found: dict[str, list[Comparison]] = {m: [] for m in METRICS}
     for name in variants[1:]:
@@ -275,51 +296,35 @@ def _compare(units: pd.DataFrame, variants: list[str], alpha: float
     return found
 
 
+def _holm_adjusted(comparisons: dict[str, list[Comparison]], alpha: float
+                   ) -> dict[str, list[Comparison]]:
+    """The comparisons with their always-valid p-values Holm-adjusted over every variant and
+    metric read together."""
+    flat = [c for metric in METRICS for c in comparisons[metric]]
+    adjusted = iter(holm([c.sequential.p_value for c in flat], alpha))
+    return {metric: [replace(c, adjusted_p=next(adjusted)) for c in comparisons[metric]]
+            for metric in METRICS}
+
+
 def _sequential(metric: str, control: pd.DataFrame, treated: pd.DataFrame, alpha: float
                 ) -> Sequential:
     """The always-valid test of the difference treated - control for one metric."""
-    if metric == "conversion":
-        a, b = control["converted"].to_numpy(), treated["converted"].to_numpy()
-    elif metric == "revenue":
-        a, b = control["revenue_cuped"].to_numpy(), treated["revenue_cuped"].to_numpy()
-    else:
-        from training.experiment_stats import ratio_and_variance
-
-        ratio_a, var_a = ratio_and_variance(control["clicks"], control["impressions"].clip(lower=1))
-        ratio_b, var_b = ratio_and_variance(treated["clicks"], treated["impressions"].clip(lower=1))
-        return msprt(ratio_b - ratio_a, var_a + var_b, _tau2(ratio_a, var_a + var_b), alpha)
-    variance = float(a.var(ddof=1) / len(a) + b.var(ddof=1) / len(b))
-    return msprt(float(b.mean() - a.mean()), variance, _tau2(float(a.mean()), variance), alpha)
+    level, difference, variance = _difference(metric, control, treated)
+    return msprt(difference, variance, _tau2(level, variance), alpha)
 
 
 def _daily(units: pd.DataFrame, variants: list[str], metric: str, alpha: float) -> pd.DataFrame:
     """The primary metric's difference, first treatment minus control, as it looked at the end
     of each day (units that had arrived by then; their outcomes to the report's end), with its
     z statistic and both intervals."""
-    from training.experiment_stats import ratio_and_variance
-
-    units = units.assign(converted=(units["purchases"] > 0).astype(float),
-                         day=pd.to_datetime(units["first_exposure"], utc=True).dt.floor("D"))
-    if "revenue_cuped" not in units:
-        units["revenue_cuped"], _ = cuped(units["revenue"].to_numpy(),
-                                          units["revenue_before"].to_numpy())
+    units = units.assign(day=pd.to_datetime(units["first_exposure"], utc=True).dt.floor("D"))
     rows = []
     for day in sorted(units["day"].unique()):
         seen = units[units["day"] <= day]
-        arms = [seen[seen["variant"] == v] for v in variants[:2]]
-        if min(len(arm) for arm in arms) < 2:
+        control, treated = (seen[seen["variant"] == v] for v in variants[:2])
+        if min(len(control), len(treated)) < 2:
             continue
-        if metric == "ctr":
-            (level, var_a), (other, var_b) = (
-                ratio_and_variance(arm["clicks"], arm["impressions"].clip(lower=1))
-                for arm in arms)
-            difference, variance = other - level, var_a + var_b
-        else:
-            column = "converted" if metric == "conversion" else "revenue_cuped"
-            a, b = (arm[column].to_numpy() for arm in arms)
-            level = float(a.mean())
-            difference = float(b.mean() - a.mean())
-            variance = float(a.var(ddof=1) / len(a) + b.var(ddof=1) / len(b))
+        level, difference, variance = _difference(metric, control, treated)
         sequential = msprt(difference, variance, _tau2(level, variance), alpha)
         half = 1.959964 * math.sqrt(variance)
         rows.append({"day": day, "units": len(seen), "difference": difference,
@@ -452,12 +457,10 @@ def write_html(report: ExperimentReport, path) -> object:
         axis.legend(fontsize=8)
     axis.set_title("the primary metric's difference (B - A) at the end of each day")
     chart = _png(figure)
-    per_variant = (report.units.assign(converted=report.units["purchases"] > 0)
-                   .groupby("variant").agg(units=("customer_id", "size"),
-                                            conversion=("converted", "mean"),
-                                            revenue_per_customer=("revenue", "mean"),
-                                            clicks=("clicks", "sum"),
-                                            impressions=("impressions", "sum")))
+    per_variant = report.units.groupby("variant").agg(
+        units=("customer_id", "size"), conversion=("converted", "mean"),
+        revenue_per_customer=("revenue", "mean"), clicks=("clicks", "sum"),
+        impressions=("impressions", "sum"))
     per_variant["ctr"] = per_variant["clicks"] / per_variant["impressions"]
     rows = "".join(
         f"<tr><td>{m}</td><td>{c.variant}</td><td>{c.effect.control:.4g}</td>"
@@ -530,7 +533,7 @@ def interleaving_report(warehouse: Warehouse, experiment: Experiment, end: datet
             FROM attributed
             WHERE event_type = '{EventType.CLICK.value}' AND team IS NOT NULL
               AND regexp_matches(variants, $pattern)
-            GROUP BY customer_id""", {"pattern": f"(^|\\|){experiment.name}=interleaved"}).df()
+            GROUP BY customer_id""", {"pattern": variant_pattern(experiment.name, INTERLEAVED)}).df()
 
     units = warehouse.analyse(read)
     wins = {"A": int((units["clicks_a"] > units["clicks_b"]).sum()),
