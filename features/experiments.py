@@ -48,6 +48,13 @@ def bucket(salt: str, unit: str) -> int:
     return int.from_bytes(digest, "big") % BUCKETS
 
 
+def _unique(names: list[str], what: str) -> list[str]:
+    repeated = sorted({n for n in names if names.count(n) > 1})
+    if repeated:
+        raise ValueError(f"{what} names must be unique; repeated: {', '.join(repeated)}")
+    return names
+
+
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -101,10 +108,7 @@ class Experiment(_Strict):
     @field_validator("variants")
     @classmethod
     def _unique_variants(cls, value: list[Variant]) -> list[Variant]:
-        names = [v.name for v in value]
-        repeated = sorted({n for n in names if names.count(n) > 1})
-        if repeated:
-            raise ValueError(f"variant names must be unique; repeated: {', '.join(repeated)}")
+        names = _unique([v.name for v in value], "variant")
         if HOLDOUT in names:
             raise ValueError(f"'{HOLDOUT}' is the global holdout's name; call the variant "
                              "something else")
@@ -148,6 +152,15 @@ class ExperimentPlan(_Strict):
     holdout: Holdout = Field(default_factory=Holdout)
     experiments: list[Experiment] = Field(default_factory=list)
 
+    def experiment(self, name: str) -> Experiment:
+        """The experiment called ``name``, or an error that lists the ones there are."""
+        for experiment in self.experiments:
+            if experiment.name == name:
+                return experiment
+        raise ValueError(f"no experiment {name!r}; the experiments file has: "
+                         f"{', '.join(e.name for e in self.experiments) or 'none'} "
+                         "('nextbest experiments list')")
+
     @property
     def recommender_versions(self) -> set[str]:
         """Recommender versions the variants name (A/B and interleaving): each is loaded beside
@@ -161,10 +174,7 @@ class ExperimentPlan(_Strict):
     @field_validator("experiments")
     @classmethod
     def _layers_fit(cls, value: list[Experiment]) -> list[Experiment]:
-        names = [e.name for e in value]
-        repeated = sorted({n for n in names if names.count(n) > 1})
-        if repeated:
-            raise ValueError(f"experiment names must be unique; repeated: {', '.join(repeated)}")
+        _unique([e.name for e in value], "experiment")
         for layer in {e.layer for e in value}:
             taken = sum(e.traffic for e in value if e.layer == layer)
             if taken > 1 + 1e-9:

@@ -218,7 +218,7 @@ def _print_experiment(settings, name: str) -> None:
     from features.warehouse import Warehouse
     from training.experiment_report import experiment_report
 
-    experiment = next(e for e in load_plan(plan_path(settings)).experiments if e.name == name)
+    experiment = load_plan(plan_path(settings)).experiment(name)
     report = experiment_report(Warehouse(settings.data_dir / "warehouse"), experiment,
                                datetime.now(UTC))
     console.print(f"experiment '{name}', {sum(report.ratio.counts.values()):,} customers: "

@@ -456,10 +456,7 @@ def _set_time(name: str, field: str, data_dir: Path | None) -> None:
     from features.experiments import load_plan, plan_path
 
     path = plan_path(settings_with(data_dir))
-    plan = load_plan(path)
-    if name not in {e.name for e in plan.experiments}:
-        raise ValueError(f"no experiment {name!r} in {path}; it has: "
-                         f"{', '.join(e.name for e in plan.experiments) or 'none'}")
+    load_plan(path).experiment(name)  # it exists
     data = yaml.safe_load(path.read_text())
     for entry in data["experiments"]:
         if entry["name"] == name:
@@ -507,17 +504,13 @@ def report_experiment(
     from training.experiment_report import METRICS, experiment_report
 
     settings = settings_with(data_dir)
-    plan = load_plan(plan_path(settings))
-    found = {e.name: e for e in plan.experiments}
-    if name not in found:
-        raise ValueError(f"no experiment {name!r}; the experiments file has: "
-                         f"{', '.join(found) or 'none'} ('nextbest experiments list')")
+    experiment = load_plan(plan_path(settings)).experiment(name)
     if file_format not in ("table", "csv", "html"):
         raise ValueError(f"--format must be table, csv or html, got {file_format!r}")
-    if found[name].kind == "interleaving":
-        _interleaving(settings, found[name], file_format, out)
+    if experiment.kind == "interleaving":
+        _interleaving(settings, experiment, file_format, out)
         return
-    report = experiment_report(Warehouse(settings.data_dir / "warehouse"), found[name], _now(),
+    report = experiment_report(Warehouse(settings.data_dir / "warehouse"), experiment, _now(),
                                AttributionRule.from_settings(settings))
     if file_format == "csv":
         path = out or Path(f"{name}.csv")
@@ -597,20 +590,13 @@ def ship_experiment(
     from training.experiment_report import experiment_report, winner
 
     settings = settings_with(data_dir, tracking_uri)
-    plan = load_plan(plan_path(settings))
-    found = {e.name: e for e in plan.experiments}
-    if name not in found:
-        raise ValueError(f"no experiment {name!r}; the experiments file has: "
-                         f"{', '.join(found) or 'none'}")
-    experiment = found[name]
+    experiment = load_plan(plan_path(settings)).experiment(name)
     if experiment.kind == "interleaving":
         from training.experiment_report import interleaving_report
 
         read = interleaving_report(Warehouse(settings.data_dir / "warehouse"), experiment,
                                    _now(), AttributionRule.from_settings(settings))
-        verdict = read.verdict
-        won = (None if read.p_value >= 0.05 else
-               experiment.variants[1 if read.wins["B"] > read.wins["A"] else 0].name)
+        verdict, won = read.verdict, read.preferred
     else:
         report = experiment_report(Warehouse(settings.data_dir / "warehouse"), experiment,
                                    _now(), AttributionRule.from_settings(settings))

@@ -437,7 +437,7 @@ def write_html(report: ExperimentReport, path) -> object:
 
     from matplotlib.figure import Figure
 
-    from training.kpi_report import _png
+    from training.plots import png_base64
 
     figure = Figure(figsize=(9, 3.8))
     axis = figure.subplots()
@@ -456,7 +456,7 @@ def write_html(report: ExperimentReport, path) -> object:
                       max(daily["difference"].max(), last["sequential_high"]) + span / 2)
         axis.legend(fontsize=8)
     axis.set_title("the primary metric's difference (B - A) at the end of each day")
-    chart = _png(figure)
+    chart = png_base64(figure)
     per_variant = report.units.groupby("variant").agg(
         units=("customer_id", "size"), conversion=("converted", "mean"),
         revenue_per_customer=("revenue", "mean"), clicks=("clicks", "sum"),
@@ -512,6 +512,8 @@ class InterleavingReport:
     preference: float
     """(wins B - wins A) / customers who clicked anything: how much B is preferred."""
     verdict: str
+    preferred: str | None = None
+    """The variant customers significantly prefer (what ``ship`` ships), if any."""
 
 
 def interleaving_report(warehouse: Warehouse, experiment: Experiment, end: datetime,
@@ -543,6 +545,7 @@ def interleaving_report(warehouse: Warehouse, experiment: Experiment, end: datet
     p_value = float(stats.binomtest(wins["B"], decided, 0.5).pvalue) if decided else 1.0
     preference = (wins["B"] - wins["A"]) / len(units) if len(units) else 0.0
     first, second = (v.name for v in experiment.variants)
+    better = None
     if decided == 0:
         verdict = "no customer has clicked an interleaved item yet; keep running"
     elif p_value < alpha:
@@ -553,4 +556,4 @@ def interleaving_report(warehouse: Warehouse, experiment: Experiment, end: datet
         verdict = (f"no preference shown yet between {first} and {second}: {wins['A']:,} vs "
                    f"{wins['B']:,} customers (p = {p_value:.2g}); keep running")
     return InterleavingReport(experiment.name, start, end, units, wins, p_value, preference,
-                              verdict)
+                              verdict, better)
