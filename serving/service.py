@@ -48,7 +48,7 @@ from threadpoolctl import threadpool_limits
 
 from features.contracts import CONTACT_CHANNELS
 from features.event_time import TimeWindow
-from features.experiments import ExperimentsError, assign, load_plan, plan_path
+from features.experiments import Assignment, ExperimentsError, assign, load_plan, plan_path
 from features.ingest import parse_events
 from features.online import CustomerState, OnlineStateUnavailable, open_online_store
 from features.online.breaker import Breaker
@@ -172,6 +172,21 @@ def assemble_state(settings: Settings, models: LoadedModels) -> ServingState:
     return state
 
 
+def ranked_answer(state: ServingState, variants: dict[str, ServingState], settings: Settings,
+                  request: RecommendRequest, now: datetime, live: CustomerState | None,
+                  policy, placed: Assignment) -> dict:
+    """The answer for the customer's place in the experiments: both teams' products when they
+    take part in an interleaving experiment, the variant's recommender version when it names
+    one, else ``state``'s (the service and the simulator both rank through this)."""
+    if placed.interleaved:
+        return interleaved_answer(team_states(placed.interleaved[0], state, variants), request,
+                                  now, settings.max_category_share, live, policy, placed,
+                                  settings.recommender_name)
+    if placed.recommender is not None:
+        state = variants.get(placed.recommender, state)
+    return recommend(state, request, now, settings.max_category_share, live, policy, placed)
+
+
 def variant_states(settings: Settings, state: ServingState, versions: set[str]
                    ) -> dict[str, ServingState]:
     """A serving state per recommender version the experiments name, sharing everything but
@@ -278,6 +293,8 @@ class NextBest:
         self._plan_stamp = _stamp(plan_path(self.settings))
         self.variants: dict[str, ServingState] = {}
         """Recommender version -> the state that answers the variants naming it."""
+        self._variants_for: tuple[ServingState | None, set[str]] = (None, set())
+        """The served state and versions ``variants`` was built for."""
         self.exposures = (ExposureLog(self.online, self.settings.exposure_buffer,
                                       self.settings.exposure_flush_ms, HEALTH.exposures).start()
                           if self.settings.exposure_logging else None)
@@ -342,16 +359,8 @@ class NextBest:
         # request (its code is cold by the time the next request comes), 2-4% of p50
         now = datetime.now(UTC)
         placed = assign(self.plan, request.customer_id, now)
-        if placed.recommender is not None:  # a variant answered by another version
-            state = self.variants.get(placed.recommender, state)
         try:
-            if placed.interleaved:
-                answer = interleaved_answer(
-                    team_states(placed.interleaved[0], state, self.variants), request, now,
-                    self.settings.max_category_share, live, self.policy, placed,
-                    self.settings.recommender_name)
-            else:
-                answer = recommend(state, request, now, self.settings.max_category_share, live,
+            answer = ranked_answer(state, self.variants, self.settings, request, now, live,
                                    self.policy, placed)
         except ValueError as error:
             raise InvalidArgument(str(error)) from None
@@ -585,11 +594,13 @@ class NextBest:
     def _load_variants(self) -> None:
         """The recommender versions the experiments name, loaded beside the served one. A
         version that cannot be loaded is logged, and its variant answered by the served one."""
-        state = self.state
-        if state is None:
-            return
+        state, wanted = self.state, self.plan.recommender_versions
+        built_for, versions = self._variants_for
+        if state is None or (built_for is state and versions == wanted):
+            return  # a start or stop edited the file: the same versions stay loaded
+        self._variants_for = (state, wanted)
         try:
-            self.variants = variant_states(self.settings, state, self.plan.recommender_versions)
+            self.variants = variant_states(self.settings, state, wanted)
         except Exception as error:  # noqa: BLE001 - a bad variant never stops the service
             log.error("experiment variants naming recommender versions %s are answered by the "
                       "served version: %s", sorted(self.plan.recommender_versions), error)

@@ -51,8 +51,6 @@ from features.shop_response import ResponseModel
 from features.synthetic import HOUR_WEIGHT
 from features.warehouse import Warehouse
 from serving.exposure_log import ExposureLog, answer_exposure, placement
-from serving.interleaving import interleaved_answer, team_states
-from serving.pipeline import recommend
 from serving.schemas import RecommendRequest
 from serving.triggers import TriggerEngine
 
@@ -133,7 +131,10 @@ class InProcessShop:
     clock."""
 
     def __init__(self, settings: Settings, ranker: str = "pipeline") -> None:
-        from serving.service import build_state, variant_states  # as the service loads them
+        # as the service loads and ranks (imported here: the service module brings BentoML)
+        from serving.service import build_state, ranked_answer, variant_states
+
+        self.ranked_answer = ranked_answer
 
         self.settings = settings
         self.state = build_state(settings)
@@ -154,17 +155,8 @@ class InProcessShop:
         started = time.perf_counter()
         request = RecommendRequest.model_validate(body)
         live = self.online.customer(request.customer_id)
-        placed = assign(self.plan, request.customer_id, at)
-        state = self.variants.get(placed.recommender, self.state) if placed.recommender \
-            else self.state
-        if placed.interleaved:
-            answer = interleaved_answer(
-                team_states(placed.interleaved[0], self.state, self.variants), request, at,
-                self.settings.max_category_share, live, self.policy, placed,
-                self.settings.recommender_name)
-        else:
-            answer = recommend(state, request, at, self.settings.max_category_share, live,
-                               self.policy, placed)
+        answer = self.ranked_answer(self.state, self.variants, self.settings, request, at,
+                                    live, self.policy, assign(self.plan, request.customer_id, at))
         if self.ranker == "popularity":
             answer["products"] = self._best_sellers(request, live)
         answer["degraded"] = False
