@@ -52,35 +52,31 @@ def exposure_rows(batches: Iterable[tuple[int, list[Exposure]]]) -> pa.Table:
     """Flat warehouse rows (plus ``_position``: the log position each came from) of logged
     batches of exposures."""
     columns: dict[str, list] = {name: [] for name in [*EXPOSURES.column_names, "_position"]}
-
-    def add(exposure: Exposure, position: int, kind, item_id, rank, source, team=None) -> None:
-        columns["exposure_id"].append(exposure["exposure_id"])
-        columns["exposure_type"].append(exposure["exposure_type"])
-        columns["customer_id"].append(exposure["customer_id"])
-        columns["timestamp"].append(datetime.fromtimestamp(exposure["at"], UTC))
-        columns["channel"].append(exposure["channel"])
-        columns["placement"].append(exposure["placement"])
-        columns["status"].append(exposure["status"])
-        columns["rule"].append(exposure.get("rule"))
-        columns["model_versions"].append(versions_text(exposure.get("model_versions") or {}))
-        columns["variants"].append(labels_text(exposure.get("variants") or {}))
-        columns["item_kind"].append(kind)
-        columns["item_id"].append(item_id)
-        columns["position"].append(rank)
-        columns["source"].append(source)
-        columns["team"].append(team)
-        columns["latency_ms"].append(exposure.get("latency_ms"))
-        context = exposure.get("context")
-        columns["context"].append(orjson.dumps(context).decode() if context else None)
-        columns["_position"].append(position)
-
     for position, exposures in batches:
         for exposure in exposures:
+            context = exposure.get("context")
+            shared = {  # what every row of this exposure repeats, computed once
+                "exposure_id": exposure["exposure_id"],
+                "exposure_type": exposure["exposure_type"],
+                "customer_id": exposure["customer_id"],
+                "timestamp": datetime.fromtimestamp(exposure["at"], UTC),
+                "channel": exposure["channel"], "placement": exposure["placement"],
+                "status": exposure["status"], "rule": exposure.get("rule"),
+                "model_versions": versions_text(exposure.get("model_versions") or {}),
+                "variants": labels_text(exposure.get("variants") or {}),
+                "latency_ms": exposure.get("latency_ms"),
+                "context": orjson.dumps(context).decode() if context else None,
+                "_position": position}
             ranks: dict[str, int] = {}
-            for kind, item_id, source, *team in exposure["items"]:
-                ranks[kind] = ranks.get(kind, 0) + 1
-                add(exposure, position, kind, item_id, ranks[kind], source, *team[:1])
-            if not exposure["items"]:
-                add(exposure, position, None, None, None, None)
+            for kind, item_id, source, *team in exposure["items"] or [(None, None, None)]:
+                if kind is not None:
+                    ranks[kind] = ranks.get(kind, 0) + 1
+                for name, value in shared.items():
+                    columns[name].append(value)
+                columns["item_kind"].append(kind)
+                columns["item_id"].append(item_id)
+                columns["position"].append(ranks.get(kind))
+                columns["source"].append(source)
+                columns["team"].append(team[0] if team else None)
     schema = arrow_schema(EXPOSURES).append(pa.field("_position", pa.int64()))
     return pa.table(columns, schema=schema)

@@ -139,5 +139,9 @@ def run(connection: duckdb.DuckDBPyConnection, script: str, params: dict | None 
     """Each statement of ``script`` in turn, with the ``params`` it names (DuckDB prepares one
     statement at a time)."""
     for statement in filter(str.strip, script.split(";")):
-        named = {k: v for k, v in (params or {}).items() if f"${k}" in statement}
-        connection.execute(statement, named or None)
+        connection.execute(statement, named(params or {}, statement) or None)
+
+
+def named(params: dict, sql: str) -> dict:
+    """The ``params`` that ``sql`` names as ``$name``: DuckDB refuses any other."""
+    return {k: v for k, v in params.items() if f"${k}" in sql}

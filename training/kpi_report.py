@@ -7,15 +7,14 @@ chooses a matplotlib backend.
 
 from __future__ import annotations
 
-import base64
 import html
-import io
 from pathlib import Path
 
 import pandas as pd
 from matplotlib.figure import Figure
 
 from training.kpis import KPI_DEFINITIONS, KpiReport
+from training.plots import png_base64
 
 TREND_KPIS = ("impressions", "ctr", "conversion_rate", "attributed_revenue", "revenue_share",
               "catalog_coverage")
@@ -61,13 +60,6 @@ def _table(frame: pd.DataFrame) -> str:
     return frame.to_html(index=False, float_format=lambda x: f"{x:,.4g}", na_rep="")
 
 
-def _png(figure: Figure) -> str:
-    buffer = io.BytesIO()
-    figure.tight_layout()
-    figure.savefig(buffer, format="png", dpi=90)
-    return base64.b64encode(buffer.getvalue()).decode()
-
-
 def _trend(report: KpiReport) -> str:
     figure = Figure(figsize=(12, 6))
     axes = figure.subplots(2, 3).ravel()
@@ -85,7 +77,7 @@ def _trend(report: KpiReport) -> str:
     if report.by and len(table):
         axes[0].legend(fontsize=7)
     figure.suptitle("trend per KPI")
-    return _png(figure)
+    return png_base64(figure)
 
 
 def _funnel(report: KpiReport) -> str:
@@ -99,7 +91,7 @@ def _funnel(report: KpiReport) -> str:
                           fontsize=8, va="center")
     axis.set_xscale("symlog")
     axis.set_title("funnel: impression -> click -> add to cart -> purchase")
-    return _png(figure)
+    return png_base64(figure)
 
 
 def _breakdown(report: KpiReport) -> str:
@@ -114,4 +106,4 @@ def _breakdown(report: KpiReport) -> str:
         axis.bar(labels, table[kpi], color="#55a868")
         axis.set_title(f"{kpi} by {', '.join(report.by)}")
         axis.tick_params(axis="x", labelrotation=45, labelsize=7)
-    return _png(figure)
+    return png_base64(figure)

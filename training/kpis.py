@@ -21,7 +21,7 @@ import pandas as pd
 
 from features.contracts import EventType, ExposureStatus, ExposureType, ItemKind
 from features.warehouse import Warehouse
-from training.attribution import AttributionRule, attribute, run
+from training.attribution import AttributionRule, attribute, named, run
 
 Period = Literal["day", "week", "all"]
 PERIODS: tuple[str, ...] = ("day", "week", "all")
@@ -96,7 +96,7 @@ def kpi_report(warehouse: Warehouse, start: datetime, end: datetime, by: Sequenc
         shown = (f"SELECT {bucket.format(t='s.exposed_at')} AS period{dims}, s.* "
                  f"FROM (SELECT s.*, {segments[1]} FROM shown s {segments[0]}) s "
                  "WHERE s.item_id IS NOT NULL AND s.exposed_at >= $start")
-        group = ", ".join(["period", *by])
+        group = ", ".join(keys)
         by_item = _query(connection, f"""
             SELECT {group}, sum(n) AS impressions, count(*) AS distinct_items,
                    list(DISTINCT item_kind) AS kinds,
@@ -180,8 +180,8 @@ def _dates(moments: pd.Series) -> pd.Series:
 
 
 def _query(connection, sql: str, params: dict) -> pd.DataFrame:
-    """``sql``'s result, given the ``params`` it names (DuckDB refuses others)."""
-    return connection.execute(sql, {k: v for k, v in params.items() if f"${k}" in sql}).df()
+    """``sql``'s result, given the ``params`` it names."""
+    return connection.execute(sql, named(params, sql)).df()
 
 
 def _popularity(connection, end: datetime) -> None:

@@ -7,6 +7,8 @@ a figure open.
 
 from __future__ import annotations
 
+import base64
+import io
 from pathlib import Path
 
 from matplotlib.figure import Figure
@@ -33,3 +35,12 @@ def plot_evaluation(evaluation: Evaluation, title: str, path: Path) -> Path:
     figure.tight_layout()
     figure.savefig(path, dpi=110)
     return path
+
+
+def png_base64(figure: Figure) -> str:
+    """The figure as a base64 PNG, for an ``<img src="data:image/png;base64,...">`` in a page
+    that opens without internet (the KPI and experiment reports)."""
+    buffer = io.BytesIO()
+    figure.tight_layout()
+    figure.savefig(buffer, format="png", dpi=90)
+    return base64.b64encode(buffer.getvalue()).decode()
