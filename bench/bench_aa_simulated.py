@@ -88,7 +88,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as root:
         units = simulated_units(Path(root), args.customers, args.days, args.visits)
     simulated = time.perf_counter() - started
-    units = unit_metrics(units[units["variants"] == 1])
+    units = unit_metrics(units[~units["mixed"]])
     looks = pd.to_datetime(units["first_exposure"], utc=True).dt.floor("D").nunique()
     bounds = spending_boundaries([k / looks for k in range(1, looks + 1)], ALPHA)
     rates = {}

@@ -254,10 +254,13 @@ CUSTOMERS = TableContract(
 
 class ExposureType(StrEnum):
     """What put items in front of a customer: a ``recommend`` answer, or a message a trigger
-    decided."""
+    decided; or a consent the customer gave or withdrew, logged beside them so that the opt-outs
+    what nextbest showed and sent may have caused can be counted (experiments' opt-out
+    guardrail)."""
 
     RECOMMENDATION = "recommendation"
     MESSAGE = "message"
+    CONSENT = "consent"
 
 
 class ExposureStatus(StrEnum):
@@ -270,26 +273,34 @@ class ExposureStatus(StrEnum):
     FAILED = "failed"
     """The ranking failed for this request (the caller got a 5xx): what the error-rate
     guardrail counts."""
+    GRANTED = "granted"
+    """A consent row: the customer agreed to be contacted on ``channel``."""
+    WITHDRAWN = "withdrawn"
+    """A consent row: the customer withdrew consent on ``channel`` (an opt-out)."""
 
 
 EXPOSURES = TableContract(
     name="exposures",
     key="exposure_id",
     description="What nextbest put in front of each customer: one row per item of each answer or "
-                "message (one row with no item when there was none), written by nextbest itself.",
+                "message (one row with no item when there was none), and one row per consent "
+                "given or withdrawn; written by nextbest itself.",
     extras_column="context",
     columns=(
         Column("exposure_id", "string", "The answer's recommendation_id, or the message's "
                "decision_id: what outcome events carry to be attributed directly."),
-        Column("exposure_type", "string", "recommendation or message.",
+        Column("exposure_type", "string", "recommendation, message, or consent (a consent "
+               "given or withdrawn through POST /consent).",
                allowed=_values(ExposureType)),
         Column("customer_id", "string", "Who it was shown or sent to."),
         Column("timestamp", "timestamp", "When it was answered or decided (UTC)."),
-        Column("channel", "string", "Where it was shown or sent.", allowed=_values(Channel)),
+        Column("channel", "string", "Where it was shown or sent (for consent: the contact "
+               "channel).", allowed=_values(Channel)),
         Column("placement", "string", "The page or slot that asked (the request's placement, "
                "else its page_type, else 'default'); for messages the trigger's name."),
         Column("status", "string", "shown, sent, suppressed, or failed (the ranking raised; the "
-               "caller got an error).", allowed=_values(ExposureStatus)),
+               "caller got an error); granted or withdrawn for consent rows.",
+               allowed=_values(ExposureStatus)),
         Column("rule", "string", "Suppressed messages: the contact-policy rule that stopped it "
                "(consent, quiet_hours, cap, cooldown, nothing_to_send).", required=False,
                nullable=True),

@@ -42,6 +42,50 @@ INTERLEAVED = "interleaved"
 """The variant name of a customer in an interleaving experiment (they see both rankers)."""
 
 
+@dataclass(frozen=True)
+class Metric:
+    """What an experiment can be judged on, per customer from their first exposure on.
+
+    ``numerator`` (and ``denominator``) name per-customer counts the report computes
+    (``training.experiment_report``): a proportion is the share of customers whose numerator is
+    above zero, a mean is its average per customer (CUPED-adjusted when ``cuped``), a ratio is
+    sum(numerator) / sum(denominator) over customers (delta method)."""
+
+    description: str
+    kind: Literal["proportion", "mean", "ratio"]
+    numerator: str
+    denominator: str | None = None
+    lower_is_better: bool = False
+    cuped: bool = False
+    """Adjusted by the same count over the ``covariate_days`` before the first exposure."""
+
+
+METRICS: dict[str, Metric] = {
+    "conversion": Metric("share of customers who bought anything", "proportion", "purchases"),
+    "revenue": Metric("net revenue (purchases minus returns) per customer", "mean", "revenue",
+                      cuped=True),
+    "ctr": Metric("clicks credited to the experiment's exposures per item shown", "ratio",
+                  "clicks", "impressions"),
+    "purchases": Metric("purchased lines per customer", "mean", "purchases", cuped=True),
+    "orders": Metric("orders per customer (a session with a purchase, or a purchase outside "
+                     "one)", "mean", "orders", cuped=True),
+    "quantity": Metric("units bought per customer", "mean", "quantity", cuped=True),
+    "average_order_value": Metric("net revenue per order", "ratio", "revenue", "orders"),
+    "add_to_cart": Metric("share of customers who added anything to their cart", "proportion",
+                          "carts"),
+    "clicks": Metric("credited clicks per customer", "mean", "clicks"),
+    "views": Metric("product views per customer", "mean", "views", cuped=True),
+    "redemption": Metric("share of customers who redeemed an offer", "proportion",
+                         "redemptions"),
+    "return_rate": Metric("returned lines per purchased line", "ratio", "returns", "purchases",
+                          lower_is_better=True),
+    "opt_out": Metric("share of customers who withdrew consent on a contact channel",
+                      "proportion", "opt_outs", lower_is_better=True),
+}
+"""Every metric an experiment may name as primary or secondary."""
+MetricName = Literal[tuple(METRICS)]  # type: ignore[valid-type]
+
+
 def bucket(salt: str, unit: str) -> int:
     """The customer's bucket in [0, BUCKETS) under ``salt`` (see the module docstring)."""
     digest = hashlib.blake2b(f"{salt}:{unit}".encode(), digest_size=8).digest()
@@ -93,15 +137,18 @@ class Experiment(_Strict):
     variants: list[Variant] = Field(min_length=2)
     start: datetime | None = None
     stop: datetime | None = None
-    primary_metric: Literal["conversion", "revenue", "ctr"] = Field(
-        "conversion", description="What the verdict is about: conversion (bought after the "
-                                  "first exposure), revenue per customer, or click-through.")
-    secondary_metrics: list[Literal["conversion", "revenue", "ctr"]] = Field(default_factory=list)
-    guardrails: list[Literal["latency", "errors"]] = Field(
-        default_factory=lambda: ["latency", "errors"], description="Checked beside the "
-        "verdict: latency (a variant's p99 ranking time at most 20 % and 5 ms above the "
-        "control's) and errors (its share of failed requests not significantly above the "
-        "control's by more than 0.1 point).")
+    primary_metric: MetricName = Field(
+        "conversion", description="What the verdict is about: one of METRICS (conversion: "
+                                  "bought after the first exposure).")
+    secondary_metrics: list[MetricName] = Field(
+        default_factory=lambda: ["revenue", "ctr"], description="Also reported, and corrected "
+        "for together with the primary metric (Holm).")
+    guardrails: list[Literal["latency", "errors", "opt_outs"]] = Field(
+        default_factory=lambda: ["latency", "errors", "opt_outs"], description="Checked beside "
+        "the verdict: latency (a variant's p99 ranking time at most 20 % and 5 ms above the "
+        "control's), errors (its share of failed requests not significantly above the "
+        "control's by more than 0.1 point) and opt_outs (its share of customers who withdrew "
+        "consent not significantly above the control's by more than 0.1 point).")
     minimum_detectable_effect: float | None = Field(
         None, gt=0, description="Relative effect the power estimate is for, e.g. 0.05 (5 %).")
 
@@ -131,6 +178,11 @@ class Experiment(_Strict):
             raise ValueError(f"stop {self.stop.isoformat()} is not after start "
                              f"{self.start.isoformat()}")
         return self
+
+    @property
+    def metrics(self) -> list[str]:
+        """The primary metric, then the secondary ones, each once."""
+        return list(dict.fromkeys([self.primary_metric, *self.secondary_metrics]))
 
     @property
     def hash_salt(self) -> str:

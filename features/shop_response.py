@@ -14,7 +14,9 @@ simulated storefront can show a customer the service's real answer and draw what
   sensitivity + REDEEM_VALUE x value)``;
 * **messages**: opened with the channel's base rate, scaled by the customer's habit on it and
   cut by ``FATIGUE`` for every message they got in the previous week; an opened message's items
-  are then clicked like a shelf's.
+  are then clicked like a shelf's; **opt-out**: a message withdraws the customer's consent on
+  its channel with ``OPT_OUT_BASE``, times ``OPT_OUT_GROWTH`` for every message they got in the
+  previous week (what an opt-out guardrail must see when a variant sends more).
 
 Because the truth is known, a report's numbers can be checked against it, and a better ranking
 must show up as more clicks and revenue.
@@ -38,6 +40,7 @@ CART_BASE, CART_MATCH = 0.25, 0.35
 REDEEM_BIAS, REDEEM_SENSITIVITY, REDEEM_VALUE = -3.2, 0.9, 0.06
 OPEN_RATE = {"email": 0.25, "push": 0.35, "sms": 0.45}
 FATIGUE = 0.7
+OPT_OUT_BASE, OPT_OUT_GROWTH = 0.003, 1.5
 BUY_RATE = {channel.value: float(P_BUY[c]) for c, channel in enumerate(SESSION_CHANNELS)}
 
 
@@ -120,6 +123,10 @@ class ResponseModel:
         habit = 0.5 + (self.traits.at[customer, "app"] if channel == "push"
                        else self.traits.at[customer, "email"] if channel == "email" else 0.5)
         return min(1.0, OPEN_RATE.get(channel, 0.2) * habit) * FATIGUE ** messages_last_week
+
+    @staticmethod
+    def opt_out_probability(messages_last_week: int) -> float:
+        return min(1.0, OPT_OUT_BASE * OPT_OUT_GROWTH ** messages_last_week)
 
     # ------------------------------------------------------------------ visits
     def storefront_channel(self, customer: str, rng: np.random.Generator) -> str:

@@ -92,6 +92,16 @@ def suppressed_exposure(exposure_id: str, customer_id: str, trigger: str, channe
             "items": [], "context": {"reason": detail}, "variants": variants or {}}
 
 
+def consent_exposure(customer_id: str, channel: str, granted: bool, at: float) -> Exposure:
+    """A consent given or withdrawn, as the log keeps it (what the opt-out guardrail counts)."""
+    return {"exposure_id": f"{random.getrandbits(128):032x}",
+            "exposure_type": ExposureType.CONSENT.value, "customer_id": customer_id, "at": at,
+            "channel": channel, "placement": "consent",
+            "status": (ExposureStatus.GRANTED if granted else ExposureStatus.WITHDRAWN).value,
+            "rule": None, "model_versions": {}, "items": [], "context": None, "variants": {},
+            "latency_ms": None}
+
+
 class ExposureLog:
     """A bounded buffer of exposures and the thread that writes it to the online store."""
 

@@ -58,7 +58,13 @@ from features.warehouse import Warehouse
 from serving.accepting import accept_one_connection_per_turn, warn_unless_spread
 from serving.auth import TokenAuth, bearer, token_matches
 from serving.cors import Cors
-from serving.exposure_log import ExposureLog, answer_exposure, failed_exposure, placement
+from serving.exposure_log import (
+    ExposureLog,
+    answer_exposure,
+    consent_exposure,
+    failed_exposure,
+    placement,
+)
 from serving.health import HEALTH, Readiness
 from serving.http_errors import JsonErrors
 from serving.huge_pages import log_huge_pages, worker_envs
@@ -448,9 +454,13 @@ class NextBest:
         except OnlineStateUnavailable as error:
             raise ServiceUnavailable(f"{error}; nothing was recorded, retry later") from None
         granted, when = state.consent[request.channel]
+        recorded = (granted, when) == (request.granted, at)
+        if recorded and self.exposures is not None:
+            self.exposures.record(consent_exposure(request.customer_id, request.channel,
+                                                   request.granted, at))
         return {"customer_id": request.customer_id, "channel": request.channel,
                 "granted": granted, "as_of": datetime.fromtimestamp(when, UTC).isoformat(),
-                "recorded": (granted, when) == (request.granted, at)}
+                "recorded": recorded}
 
     @bentoml.api
     async def consent_status(self, request: ConsentStatusRequest, /) -> ConsentStatusAnswer:

@@ -6,7 +6,8 @@ for the home page's recommendations, and the customer clicks, carts, buys and re
 were shown with the response model's probabilities; some also find a product on their own
 (never one shown to them within the purchase window, so that what the simulator calls organic
 is what attribution must leave alone). Every hour the triggers run, and a message a customer
-opens is answered the same way. The outcome events go back through the real ingestion, with
+opens is answered the same way; a message may also make its customer withdraw consent on its
+channel (``/consent``). The outcome events go back through the real ingestion, with
 ``recommendation_id`` (or ``decision_id``) on ``tagged_share`` of them, as storefronts only
 partly tag clicks.
 
@@ -50,7 +51,7 @@ from features.settings import Settings
 from features.shop_response import ResponseModel
 from features.synthetic import HOUR_WEIGHT
 from features.warehouse import Warehouse
-from serving.exposure_log import ExposureLog, answer_exposure, placement
+from serving.exposure_log import ExposureLog, answer_exposure, consent_exposure, placement
 from serving.schemas import RecommendRequest
 from serving.triggers import TriggerEngine
 
@@ -92,6 +93,7 @@ class SimulationResult:
     impressions: Counter = field(default_factory=Counter)
     """Items shown or sent, by kind."""
     messages: int = 0
+    opt_outs: int = 0
     truth: list[dict] = field(default_factory=list)
     """Every outcome drawn: event_id, event_type, customer_id, item_id, kind, exposure_id
     (None: organic), revenue."""
@@ -122,6 +124,7 @@ class Storefront(Protocol):
     def recommend(self, body: dict, at: datetime) -> dict: ...
     def send(self, events: list[dict]) -> None: ...
     def tick(self, at: datetime) -> list[dict]: ...
+    def withdraw(self, customer: str, channel: str, at: datetime) -> None: ...
     def finish(self) -> None: ...
     def now(self, simulated: datetime) -> datetime: ...
 
@@ -182,6 +185,11 @@ class InProcessShop:
     def tick(self, at: datetime) -> list[dict]:
         return [o.decision for o in self.triggers.tick(at) if o.status == "fired"]
 
+    def withdraw(self, customer: str, channel: str, at: datetime) -> None:
+        """As ``POST /consent`` does: the online store first, then the log."""
+        self.online.record_consent(customer, channel, False, at.timestamp())
+        self.log.record(consent_exposure(customer, channel, False, at.timestamp()))
+
     def finish(self) -> None:
         self.log.write()
         warehouse = Warehouse(self.settings.data_dir / "warehouse")
@@ -228,6 +236,9 @@ class HttpShop:
     def tick(self, at: datetime) -> list[dict]:
         return []
 
+    def withdraw(self, customer: str, channel: str, at: datetime) -> None:
+        self._post("/consent", {"customer_id": customer, "channel": channel, "granted": False})
+
     def finish(self) -> None:
         pass
 
@@ -240,6 +251,8 @@ class Simulation:
         self.model = model
         self.config = config
         self.rng = np.random.default_rng(config.seed)
+        self.opt_out_rng = np.random.default_rng([config.seed, 1])
+        """Opt-outs draw apart, so that the other choices stay as they were without them."""
         self.end = config.end or datetime.now(UTC)
         self.start = self.end - timedelta(days=config.days)
         self.result = SimulationResult(self.start, self.end)
@@ -373,6 +386,9 @@ class Simulation:
             self._messages[customer] = [*recent, hour]
             for item in decision["items"]:
                 self._shown[customer][item["item_id"]] = hour
+            if self.opt_out_rng.random() < self.model.opt_out_probability(len(recent)):
+                self.shop.withdraw(customer, channel, self.shop.now(hour))
+                self.result.opt_outs += 1
             if self.rng.random() >= self.model.open_probability(customer, channel, len(recent)):
                 continue
             by_kind = {key: [i for i in decision["items"] if i["kind"] == kind]

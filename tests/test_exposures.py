@@ -3,11 +3,13 @@ what a crash can lose is bounded."""
 
 from __future__ import annotations
 
+import http.client
 import shutil
 import signal
 import threading
 import time
 import uuid
+from datetime import UTC, datetime
 
 import pytest
 
@@ -124,7 +126,7 @@ def test_kill_9_loses_at_most_the_last_flush_interval_of_exposures(serving_dir, 
         while not stopping.is_set():
             try:
                 status, body = post(f"{url}/recommend", {"customer_id": f"c{number % 300:07d}"})
-            except OSError:
+            except (OSError, http.client.HTTPException):  # the kill cut the answer off
                 return
             if status == 200:
                 answered.append((body["recommendation_id"], time.monotonic()))
@@ -164,3 +166,18 @@ def test_a_failed_ranking_is_logged_as_a_failed_exposure_with_its_variant(servic
     assert failed["status"] == "failed" and failed["items"] == []
     assert failed["variants"]["ranker"] in ("A", "B")
     assert "index out of range" in failed["context"]["error"]
+
+
+def test_a_consent_withdrawn_is_logged_once_and_an_older_one_not_at_all(service):
+    from serving.schemas import ConsentRequest
+
+    now = time.time()
+    service._consent(ConsentRequest(customer_id="c0000003", channel="email", granted=False))
+    service._consent(ConsentRequest(  # older than the one recorded: ignored, not logged
+        customer_id="c0000003", channel="email", granted=True,
+        timestamp=datetime.fromtimestamp(now - 3600, UTC)))
+    service.exposures.write()
+    [consent] = logged(service.online).values()
+    assert (consent["exposure_type"], consent["status"], consent["channel"]) == (
+        "consent", "withdrawn", "email")
+    assert consent["customer_id"] == "c0000003" and consent["items"] == []

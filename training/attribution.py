@@ -62,12 +62,16 @@ def attribute(connection: duckdb.DuckDBPyConnection, start: datetime, end: datet
     outcome_types = ", ".join(f"'{t.value}'" for t in (*OUTCOMES, EventType.RETURN))
     click, purchase = (f"INTERVAL {int(w.total_seconds())} SECOND"
                        for w in (rule.click_window, rule.purchase_window))
+    # ``shown`` is a view, not a table: each query that reads it scans the Parquet files with
+    # its own filters and columns, which costs less than materializing every exposure row once
+    # (docs/benchmarks.md, experiments). A view takes no parameters, so its bounds are literals
+    # (datetimes, formatted here, never text from a request).
     run(connection, f"""
-        CREATE OR REPLACE TEMP TABLE shown AS
+        CREATE OR REPLACE TEMP VIEW shown AS
         SELECT exposure_id, exposure_type, customer_id, timestamp AS exposed_at, channel,
                placement, model_versions, variants, item_kind, item_id, position, source, team
         FROM exposures
-        WHERE timestamp >= $lookback AND timestamp < $end
+        WHERE timestamp >= {_literal(lookback)} AND timestamp < {_literal(end)}
           AND status IN ('{ExposureStatus.SHOWN.value}', '{ExposureStatus.SENT.value}');
 
         CREATE OR REPLACE TEMP TABLE outcomes AS
@@ -77,7 +81,7 @@ def attribute(connection: duckdb.DuckDBPyConnection, start: datetime, end: datet
         FROM events e LEFT JOIN items i USING (item_id)
         WHERE e.timestamp >= $start AND e.timestamp < $window_end
           AND e.event_type IN ({outcome_types});
-    """, {"start": start, "end": end, "window_end": window_end, "lookback": lookback})
+    """, {"start": start, "end": end, "window_end": window_end})
     touch = "max" if rule.touch == "last_touch" else "min"
     # A touch is the whole exposure row as a struct, so that choosing one (arg_max) brings its
     # dimensions along and nothing joins the exposures a second time.
@@ -133,6 +137,13 @@ def attribute(connection: duckdb.DuckDBPyConnection, start: datetime, end: datet
         LEFT JOIN items i ON i.item_id = c.item_id
         WHERE c.touch.exposed_at >= $start
     """, {"start": start})
+
+
+def _literal(moment: datetime) -> str:
+    """A timezone-aware datetime as a DuckDB TIMESTAMPTZ literal."""
+    if moment.tzinfo is None:
+        raise ValueError(f"{moment!r} has no time zone; attribution works in UTC")
+    return f"TIMESTAMPTZ '{moment.isoformat()}'"
 
 
 def run(connection: duckdb.DuckDBPyConnection, script: str, params: dict | None = None) -> None:

@@ -501,7 +501,7 @@ def report_experiment(
     from features.experiments import load_plan, plan_path
     from features.warehouse import Warehouse
     from training.attribution import AttributionRule
-    from training.experiment_report import METRICS, experiment_report
+    from training.experiment_report import experiment_report
 
     settings = settings_with(data_dir)
     experiment = load_plan(plan_path(settings)).experiment(name)
@@ -533,13 +533,15 @@ def report_experiment(
         table = Table()
         for column in ("metric", "variant", "A", "B", "B/A-1", "95% CI", "p", "p seq."):
             table.add_column(column, justify="right")
-        for metric in METRICS:
-            for c in report.comparisons[metric]:
+        for metric, found in report.comparisons.items():
+            for c in found:
                 e = c.effect
                 table.add_row(metric, c.variant, f"{e.control:.4g}", f"{e.treatment:.4g}",
                               f"{e.relative:+.1%}", f"[{e.low:+.1%}, {e.high:+.1%}]",
                               f"{e.p_value:.3g}", f"{c.adjusted_p:.3g}")
         console.print(table)
+    if report.unmeasured:
+        console.print(f"nothing to compare yet on: {', '.join(report.unmeasured)}")
     for guardrail in report.guardrails:
         console.print(f"guardrail {guardrail}", highlight=False)
     console.print(f"verdict: {report.verdict}", highlight=False)
@@ -639,8 +641,11 @@ def create_experiment(
     layer: Annotated[str, typer.Option(help="Layer (experiments of one layer never share a "
                                        "customer).")] = "default",
     traffic: Annotated[float, typer.Option(help="Share of the layer's customers.")] = 1.0,
-    primary_metric: Annotated[str, typer.Option(help="conversion, revenue or ctr.")
-                              ] = "conversion",
+    primary_metric: Annotated[str, typer.Option(
+        help="What the verdict is about: conversion, revenue, ctr or another metric of "
+             "docs/experiments.md.")] = "conversion",
+    secondary_metrics: Annotated[str | None, typer.Option(
+        help="Also reported, comma-separated [default: revenue,ctr].")] = None,
     mde: Annotated[float | None, typer.Option(
         help="Minimum detectable relative effect, e.g. 0.05.")] = None,
     start_at: Annotated[str | None, typer.Option(
@@ -666,6 +671,9 @@ def create_experiment(
                    "variants": [{"name": n, "weight": w, **({"recommender": r.strip()}
                                                              if r.strip() else {})}
                                 for n, w, r in zip(names, weight_list, versions, strict=True)]}
+    if secondary_metrics is not None:
+        entry["secondary_metrics"] = [m.strip() for m in secondary_metrics.split(",")
+                                      if m.strip()]
     if mde is not None:
         entry["minimum_detectable_effect"] = mde
     begins = parse_time(start_at, "--start-at").to_pydatetime() if start_at else _now()

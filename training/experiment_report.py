@@ -3,13 +3,12 @@
 The unit is the customer. A customer counts from their first exposure in the experiment (the
 first answer or message that named its variant); only what they did after it counts, until the
 report's end. A customer seen in more than one variant is left out and counted (it means the
-assignment changed: a new salt, or a file edited mid-run). Per unit:
-
-* ``conversion``: bought anything after the first exposure (proportions);
-* ``revenue``: net revenue (purchases minus returns) after it, CUPED-adjusted by the revenue of
-  the ``covariate_days`` before it (means, Welch);
-* ``ctr``: clicks credited to the experiment's exposures over their impressions (a ratio
-  metric, delta method).
+assignment changed: a new salt, or a file edited mid-run). Per unit, the counts every metric of
+``features.experiments.METRICS`` is made of: purchases, orders, quantity and net revenue (and
+the same over the ``covariate_days`` before the first exposure, for CUPED), carts, views,
+offer redemptions, returns, consents withdrawn, credited clicks and impressions. Proportions are
+tested as proportions, means with Welch's test (CUPED-adjusted where the metric says so),
+ratios with the delta method.
 
 Each variant is compared with the first one (the control). The sample-ratio check comes first
 and blocks the verdict when it fails; effects are reported with fixed-horizon intervals and
@@ -27,10 +26,10 @@ from datetime import datetime, timedelta
 import numpy as np
 import pandas as pd
 
-from features.contracts import EventType, ExposureStatus
-from features.experiments import INTERLEAVED, Experiment
+from features.contracts import EventType, ExposureStatus, ExposureType
+from features.experiments import INTERLEAVED, METRICS, Experiment, Metric
 from features.warehouse import Warehouse
-from training.attribution import AttributionRule, attribute
+from training.attribution import AttributionRule, attribute, named, run
 from training.experiment_stats import (
     Effect,
     SampleRatio,
@@ -46,7 +45,7 @@ from training.experiment_stats import (
     units_needed,
 )
 
-METRICS = ("conversion", "revenue", "ctr")
+EPOCH = pd.Timestamp(0, tz="UTC")
 EFFECT_SCALE = 0.1
 """The mSPRT mixture's spread, relative to the control's level: effects of about 10 % are what
 it is most sensitive to (any mixture keeps the error rate; this one sets the power)."""
@@ -80,6 +79,8 @@ class ExperimentReport:
     """The primary metric's cumulative effect per day, with both intervals."""
     guardrails: list[str] = field(default_factory=list)
     """Each guardrail's reading, in words; a breached one says so."""
+    unmeasured: list[str] = field(default_factory=list)
+    """Metrics with nothing to compare yet (no purchases, say, for return_rate)."""
     planned: PlannedTest | None = None
     """With a planned stop (and two variants): the group-sequential reading the verdict uses."""
     breached: bool = False
@@ -94,7 +95,7 @@ def experiment_report(warehouse: Warehouse, experiment: Experiment, end: datetim
     units = warehouse.analyse(lambda c: _units(c, experiment.name, start, end,
                                                rule or AttributionRule(), covariate_days))
     variants = [v.name for v in experiment.variants]
-    mixed = units["variants"] > 1
+    mixed = units["mixed"]
     kept = unit_metrics(units[~mixed & units["variant"].isin(variants)])
     counts = {v: int((kept["variant"] == v).sum()) for v in variants}
     ratio = sample_ratio(counts, {v.name: v.weight for v in experiment.variants})
@@ -102,16 +103,20 @@ def experiment_report(warehouse: Warehouse, experiment: Experiment, end: datetim
     if min(counts.values(), default=0) < 2:
         report.verdict = f"not enough units yet: {counts}; keep running"
         return report
-    report.comparisons = _holm_adjusted(_compare(kept, variants, alpha), alpha)
+    comparisons = _compare(kept, variants, experiment.metrics, alpha)
+    report.unmeasured = [m for m, found in comparisons.items() if not found]
+    report.comparisons = _holm_adjusted(comparisons, alpha)
     report.daily = _daily(kept, variants, experiment.primary_metric, alpha)
     if len(variants) == 2:
         report.planned = planned_test(report.daily, experiment, end, alpha)
-    if "latency" in experiment.guardrails:
-        latency = warehouse.analyse(lambda c: _latency(c, experiment.name, start, end))
-        _latency_guardrail(report, latency, variants)
-    if "errors" in experiment.guardrails:
-        failures = warehouse.analyse(lambda c: _failures(c, experiment.name, start, end))
-        _error_guardrail(report, failures, variants)
+    if {"latency", "errors"} & set(experiment.guardrails):
+        requests = warehouse.analyse(lambda c: _requests(c, experiment.name, start, end))
+        if "latency" in experiment.guardrails:
+            _latency_guardrail(report, requests[requests["answers"] > 0], variants)
+        if "errors" in experiment.guardrails:
+            _error_guardrail(report, requests, variants)
+    if "opt_outs" in experiment.guardrails:
+        _opt_out_guardrail(report, variants)
     report.verdict = _verdict(report, experiment, alpha)
     return report
 
@@ -122,60 +127,71 @@ milliseconds above the control's (a millisecond more on a fast path is not a reg
 shopper feels)."""
 
 
-def _latency(connection, name: str, start: datetime, end: datetime) -> pd.DataFrame:
-    return connection.execute("""
-        SELECT variant, quantile_cont(latency, 0.99) AS p99, count(*) AS answers
-        FROM (SELECT regexp_extract(variants, $pattern, 2) AS variant,
+def _requests(connection, name: str, start: datetime, end: datetime) -> pd.DataFrame:
+    """Per variant, from one pass over its recommend exposures: failed requests, requests, and
+    the p99 ranking time over the answers timed."""
+    return connection.execute(f"""
+        SELECT regexp_extract(variants, $pattern, 2) AS variant, count_if(failed) AS failed,
+               count(*) AS requests, quantile_cont(latency, 0.99) AS p99,
+               count(latency) AS answers
+        FROM (SELECT any_value(variants) AS variants,
+                     bool_or(status = '{ExposureStatus.FAILED.value}') AS failed,
                      any_value(latency_ms) AS latency
               FROM exposures
-              WHERE timestamp >= $start AND timestamp < $end AND latency_ms IS NOT NULL
-                AND regexp_matches(variants, $pattern)
-              GROUP BY exposure_id, variants)
-        GROUP BY variant""", {"pattern": variant_pattern(name), "start": start,
-                              "end": end}).df().set_index("variant")
-
-
-ERROR_MARGIN = 0.001
-"""A variant's error rate breaches the guardrail when it is significantly (one-sided, 5 %)
-more than this above the control's."""
-
-
-def _failures(connection, name: str, start: datetime, end: datetime) -> pd.DataFrame:
-    return connection.execute(f"""
-        SELECT variant, count_if(failed) AS failed, count(*) AS requests
-        FROM (SELECT regexp_extract(variants, $pattern, 2) AS variant,
-                     bool_or(status = '{ExposureStatus.FAILED.value}') AS failed
-              FROM exposures
               WHERE timestamp >= $start AND timestamp < $end
-                AND exposure_type = 'recommendation' AND regexp_matches(variants, $pattern)
-              GROUP BY exposure_id, variants)
-        GROUP BY variant""", {"pattern": variant_pattern(name), "start": start,
-                              "end": end}).df().set_index("variant")
+                AND exposure_type = '{ExposureType.RECOMMENDATION.value}'
+                AND regexp_matches(variants, $pattern)
+              GROUP BY exposure_id)
+        GROUP BY ALL""", {"pattern": variant_pattern(name), "start": start,
+                          "end": end}).df().set_index("variant")
+
+
+RATE_MARGIN = 0.001
+"""A variant's error or opt-out rate breaches its guardrail when it is significantly (one-sided,
+5 %) more than this above the control's."""
 
 
 def _error_guardrail(report: ExperimentReport, failures: pd.DataFrame,
                      variants: list[str]) -> None:
+    """Failed requests per variant (``failures``: failed and requests by variant)."""
+    counts = {v: (int(failures.at[v, "failed"]), int(failures.at[v, "requests"]))
+              for v in variants if v in failures.index}
+    _rate_guardrail(report, "errors", counts, variants, "requests failed")
+
+
+def _opt_out_guardrail(report: ExperimentReport, variants: list[str]) -> None:
+    """Customers who withdrew consent on a contact channel after their first exposure."""
+    by_variant = report.units.groupby("variant")["opt_outs"]
+    counts = {v: (int((group > 0).sum()), len(group)) for v, group in by_variant}
+    _rate_guardrail(report, "opt-outs", counts, variants, "customers withdrew consent")
+
+
+def _rate_guardrail(report: ExperimentReport, label: str, counts: dict[str, tuple[int, int]],
+                    variants: list[str], what: str) -> None:
+    """Each variant's rate (hits, total) against the control's: breached when significantly
+    (one-sided, 5 %) more than ``RATE_MARGIN`` above it (statsmodels' test of two independent
+    proportions against a margin)."""
     from statsmodels.stats.proportion import test_proportions_2indep
 
     control = variants[0]
-    if control not in failures.index:
+    if control not in counts:
         return
-    base_failed, base_requests = (int(failures.at[control, k]) for k in ("failed", "requests"))
+    base_hits, base_total = counts[control]
     for name in variants[1:]:
-        if name not in failures.index:
+        if name not in counts:
             continue
-        failed, requests = int(failures.at[name, "failed"]), int(failures.at[name, "requests"])
-        rate, base = failed / requests, base_failed / base_requests
+        hits, total = counts[name]
+        rate, base = hits / total, base_hits / base_total
         p_value = 1.0
-        if failed:
+        if hits:
             p_value = float(test_proportions_2indep(
-                failed, requests, base_failed, base_requests, value=ERROR_MARGIN,
+                hits, total, base_hits, base_total, value=RATE_MARGIN,
                 alternative="larger").pvalue)
         over = p_value < 0.05
         report.breached |= over
         report.guardrails.append(
-            f"errors: {name} {rate:.2%} of {requests:,} requests failed vs {control} "
-            f"{base:.2%} (p = {p_value:.2g} that it is more than {ERROR_MARGIN:.1%} above) "
+            f"{label}: {name} {rate:.2%} of {total:,} {what} vs {control} {base:.2%} "
+            f"(p = {p_value:.2g} that it is more than {RATE_MARGIN:.1%} above) "
             + ("BREACHED" if over else "fine"))
 
 
@@ -206,93 +222,175 @@ def variant_pattern(experiment: str, variant: str = "[^|]+") -> str:
 
 
 def unit_metrics(units: pd.DataFrame) -> pd.DataFrame:
-    """Per-unit metrics derived from ``_units``' columns, once for every comparison and day:
-    whether the unit converted, and its CUPED-adjusted revenue (one theta over all units)."""
-    adjusted, _ = cuped(units["revenue"].to_numpy(), units["revenue_before"].to_numpy())
-    return units.assign(converted=(units["purchases"] > 0).astype(float),
-                        revenue_cuped=adjusted)
+    """Per-unit values derived once for every comparison and day: each CUPED metric's count
+    adjusted by the same count before the first exposure (one theta per metric, over all
+    units), as ``<count>_cuped``."""
+    adjusted = {}
+    for column in sorted({m.numerator for m in METRICS.values() if m.cuped}):
+        adjusted[f"{column}_cuped"], _ = cuped(units[column].to_numpy(),
+                                               units[f"{column}_before"].to_numpy())
+    return units.assign(**adjusted)
 
 
-def _difference(metric: str, control: pd.DataFrame, treated: pd.DataFrame
+def metric_values(metric: Metric, units: pd.DataFrame) -> np.ndarray:
+    """A proportion's or a mean's value per unit: 1.0/0.0 for "any", the (CUPED-adjusted)
+    count for a mean."""
+    if metric.kind == "proportion":
+        return (units[metric.numerator].to_numpy() > 0).astype(float)
+    column = f"{metric.numerator}_cuped" if metric.cuped else metric.numerator
+    return units[column].to_numpy(dtype=float)
+
+
+def metric_level(metric: Metric, units: pd.DataFrame) -> float:
+    """The metric over these units as a person reads it (a mean unadjusted by CUPED)."""
+    if metric.kind == "ratio":
+        denominator = units[metric.denominator].sum()
+        return float(units[metric.numerator].sum() / denominator) if denominator else math.nan
+    if metric.kind == "proportion":
+        return float((units[metric.numerator] > 0).mean())
+    return float(units[metric.numerator].mean())
+
+
+def _measurable(metric: Metric, control: pd.DataFrame, treated: pd.DataFrame) -> bool:
+    """Whether both arms hold something to compare (a ratio needs a denominator in each; a
+    proportion or mean some variation)."""
+    if metric.kind == "ratio":
+        return bool(control[metric.denominator].sum() > 0 and treated[metric.denominator].sum() > 0)
+    values = np.concatenate([metric_values(metric, control), metric_values(metric, treated)])
+    return bool(values.var() > 0)
+
+
+def _difference(name: str, control: pd.DataFrame, treated: pd.DataFrame
                 ) -> tuple[float, float, float]:
     """The control's level, treated minus control, and that difference's variance, for one
-    metric (means per unit, or the delta method for click-through)."""
-    if metric == "ctr":
-        level, var_a = ratio_and_variance(control["clicks"], control["impressions"].clip(lower=1))
-        other, var_b = ratio_and_variance(treated["clicks"], treated["impressions"].clip(lower=1))
+    metric (means per unit, or the delta method for ratios)."""
+    metric = METRICS[name]
+    if metric.kind == "ratio":
+        level, var_a = ratio_and_variance(control[metric.numerator], control[metric.denominator])
+        other, var_b = ratio_and_variance(treated[metric.numerator], treated[metric.denominator])
         return level, other - level, var_a + var_b
-    column = "converted" if metric == "conversion" else "revenue_cuped"
-    a, b = control[column].to_numpy(), treated[column].to_numpy()
+    a, b = metric_values(metric, control), metric_values(metric, treated)
     variance = float(a.var(ddof=1) / len(a) + b.var(ddof=1) / len(b))
     return float(a.mean()), float(b.mean() - a.mean()), variance
 
 
+def _effect(name: str, control: pd.DataFrame, treated: pd.DataFrame, alpha: float) -> Effect:
+    """The fixed-horizon effect of one metric with the test its kind calls for."""
+    metric = METRICS[name]
+    if metric.kind == "ratio":
+        return ratio_effect(name, (control[metric.numerator], treated[metric.numerator]),
+                            (control[metric.denominator], treated[metric.denominator]), alpha)
+    a, b = metric_values(metric, control), metric_values(metric, treated)
+    if metric.kind == "proportion":
+        return conversion_effect(name, (int(a.sum()), int(b.sum())), (len(a), len(b)), alpha)
+    return mean_effect(name, a, b, alpha)
+
+
+def better(name: str, difference: float) -> bool:
+    """Whether a difference (treatment minus control) is an improvement on this metric."""
+    return difference < 0 if METRICS[name].lower_is_better else difference > 0
+
+
 def _units(connection, name: str, start: datetime, end: datetime, rule: AttributionRule,
            covariate_days: int) -> pd.DataFrame:
+    """One row per customer exposed to the experiment: variant, whether they were seen in more
+    than one (``mixed``), first exposure, and every count of ``OUTCOMES``, plus credited clicks,
+    impressions and consents withdrawn. Built as temporary tables step by step: DuckDB plans
+    each step well on its own (plain GROUP BYs, no DISTINCT aggregates over a million
+    customers)."""
     attribute(connection, start, end, rule)
-    return connection.execute(f"""
-        WITH placed AS (
-            SELECT customer_id, exposure_id, timestamp, item_id,
-                   regexp_extract(variants, $pattern, 2) AS variant
-            FROM exposures
-            WHERE timestamp >= $start AND timestamp < $end
-              AND status IN ('{ExposureStatus.SHOWN.value}', '{ExposureStatus.SENT.value}')
-              AND regexp_matches(variants, $pattern)),
-        units AS (
-            SELECT customer_id, any_value(variant) AS variant,
-                   count(DISTINCT variant) AS variants, min(timestamp) AS first_exposure,
-                   count(item_id) AS impressions
-            FROM placed GROUP BY customer_id),
+    purchase, returned = EventType.PURCHASE.value, EventType.RETURN.value
+    params = {"pattern": variant_pattern(name), "start": start, "end": end,
+              "covariate_start": start - timedelta(days=covariate_days)}
+    run(connection, f"""
+        CREATE OR REPLACE TEMP TABLE units AS
+        SELECT customer_id, min(variant) AS variant, min(variant) <> max(variant) AS mixed,
+               min(timestamp) AS first_exposure, count(item_id) AS impressions
+        FROM (SELECT customer_id, timestamp, item_id,
+                     regexp_extract(variants, $pattern, 2) AS variant
+              FROM exposures
+              WHERE timestamp >= $start AND timestamp < $end
+                AND status IN ('{ExposureStatus.SHOWN.value}', '{ExposureStatus.SENT.value}')
+                AND regexp_matches(variants, $pattern))
+        GROUP BY customer_id;
+
+        CREATE OR REPLACE TEMP TABLE happened AS
+        SELECT u.customer_id, e.event_type, e.quantity, e.timestamp >= u.first_exposure AS after,
+               CASE WHEN e.event_type = '{purchase}' THEN coalesce(e.session_id, e.event_id)
+               END AS purchase_order,
+               CASE e.event_type WHEN '{purchase}' THEN 1 WHEN '{returned}' THEN -1 ELSE 0
+               END * e.quantity * coalesce(e.price, i.price, 0) AS money
+        FROM units u
+        JOIN (SELECT * FROM events
+              WHERE event_type IN ('{purchase}', '{returned}', '{EventType.ADD_TO_CART.value}',
+                                   '{EventType.VIEW.value}', '{EventType.OFFER_REDEEMED.value}')
+                AND timestamp >= $covariate_start AND timestamp < $end) e
+          ON e.customer_id = u.customer_id
+         AND e.timestamp >= u.first_exposure - INTERVAL {int(covariate_days)} DAY
+        LEFT JOIN items i ON i.item_id = e.item_id
+    """, params)
+    sql = f"""
+        WITH counted AS (
+            SELECT customer_id,
+                   count_if(after AND event_type = '{purchase}') AS purchases,
+                   count_if(NOT after AND event_type = '{purchase}') AS purchases_before,
+                   coalesce(sum(quantity) FILTER (after AND event_type = '{purchase}'), 0)
+                       AS quantity,
+                   coalesce(sum(quantity) FILTER (NOT after AND event_type = '{purchase}'), 0)
+                       AS quantity_before,
+                   coalesce(sum(money) FILTER (after), 0) AS revenue,
+                   coalesce(sum(money) FILTER (NOT after), 0) AS revenue_before,
+                   count_if(after AND event_type = '{EventType.ADD_TO_CART.value}') AS carts,
+                   count_if(after AND event_type = '{EventType.VIEW.value}') AS views,
+                   count_if(NOT after AND event_type = '{EventType.VIEW.value}') AS views_before,
+                   count_if(after AND event_type = '{EventType.OFFER_REDEEMED.value}')
+                       AS redemptions,
+                   count_if(after AND event_type = '{returned}') AS returns
+            FROM happened GROUP BY customer_id),
+        orders AS (  -- distinct rows first: a plain GROUP BY, not a DISTINCT aggregate
+            SELECT customer_id, count(*) FILTER (after) AS orders,
+                   count(*) FILTER (NOT after) AS orders_before
+            FROM (SELECT DISTINCT customer_id, after, purchase_order FROM happened
+                  WHERE purchase_order IS NOT NULL)
+            GROUP BY customer_id),
         clicks AS (
-            SELECT a.customer_id, count(*) AS clicks FROM attributed a
-            WHERE a.event_type = '{EventType.CLICK.value}'
-              AND a.exposure_id IN (SELECT exposure_id FROM placed)
-            GROUP BY a.customer_id),
-        money AS (
-            SELECT u.customer_id,
-                   count_if(e.event_type = '{EventType.PURCHASE.value}'
-                            AND e.timestamp >= u.first_exposure) AS purchases,
-                   coalesce(sum(CASE WHEN e.timestamp >= u.first_exposure
-                                     THEN sign * e.quantity * coalesce(e.price, i.price, 0)
-                                END), 0) AS revenue,
-                   coalesce(sum(CASE WHEN e.timestamp < u.first_exposure
-                                     THEN sign * e.quantity * coalesce(e.price, i.price, 0)
-                                END), 0) AS revenue_before
-            FROM units u
-            JOIN (SELECT *, CASE WHEN event_type = '{EventType.RETURN.value}' THEN -1 ELSE 1
-                                 END AS sign
-                  FROM events
-                  WHERE event_type IN ('{EventType.PURCHASE.value}', '{EventType.RETURN.value}')
-                    AND timestamp >= $covariate_start AND timestamp < $end) e
-              ON e.customer_id = u.customer_id
-             AND e.timestamp >= u.first_exposure - INTERVAL {int(covariate_days)} DAY
-            LEFT JOIN items i ON i.item_id = e.item_id
-            GROUP BY u.customer_id)
-        SELECT u.*, coalesce(c.clicks, 0) AS clicks, coalesce(m.purchases, 0) AS purchases,
-               coalesce(m.revenue, 0) AS revenue, coalesce(m.revenue_before, 0) AS revenue_before
-        FROM units u LEFT JOIN clicks c USING (customer_id) LEFT JOIN money m USING (customer_id)
-    """, {"pattern": variant_pattern(name), "start": start, "end": end,
-          "covariate_start": start - timedelta(days=covariate_days)}).df()
+            SELECT customer_id, count(*) AS clicks FROM attributed
+            WHERE event_type = '{EventType.CLICK.value}' AND regexp_matches(variants, $pattern)
+            GROUP BY customer_id),
+        opt_outs AS (
+            SELECT x.customer_id, count(*) AS opt_outs
+            FROM exposures x JOIN units u USING (customer_id)
+            WHERE x.exposure_type = '{ExposureType.CONSENT.value}'
+              AND x.status = '{ExposureStatus.WITHDRAWN.value}'
+              AND x.timestamp >= u.first_exposure AND x.timestamp < $end
+            GROUP BY x.customer_id)
+        SELECT u.*, coalesce(c.clicks, 0) AS clicks, coalesce(x.opt_outs, 0) AS opt_outs,
+               {", ".join(f"coalesce({'o' if 'orders' in column else 'n'}.{column}, 0) "
+                          f"AS {column}" for column in OUTCOMES)}
+        FROM units u LEFT JOIN clicks c USING (customer_id)
+        LEFT JOIN opt_outs x USING (customer_id) LEFT JOIN counted n USING (customer_id)
+        LEFT JOIN orders o USING (customer_id)"""
+    return connection.execute(sql, named(params, sql)).df()
 
 
-def _compare(units: pd.DataFrame, variants: list[str], alpha: float
+OUTCOMES = ("purchases", "purchases_before", "orders", "orders_before", "quantity",
+            "quantity_before", "revenue", "revenue_before", "carts", "views", "views_before",
+            "redemptions", "returns")
+"""The per-unit counts ``_units`` reads from the events."""
+
+
+def _compare(units: pd.DataFrame, variants: list[str], metrics: list[str], alpha: float
              ) -> dict[str, list[Comparison]]:
+    """Every treatment against the control on each metric both arms can measure (an empty
+    list where they cannot yet)."""
     control = units[units["variant"] == variants[0]]
-    found: dict[str, list[Comparison]] = {m: [] for m in METRICS}
+    found: dict[str, list[Comparison]] = {m: [] for m in metrics}
     for name in variants[1:]:
         treated = units[units["variant"] == name]
-        effects = {
-            "conversion": conversion_effect(
-                "conversion", (int(control["converted"].sum()), int(treated["converted"].sum())),
-                (len(control), len(treated)), alpha),
-            "revenue": mean_effect("revenue per customer", control["revenue_cuped"],
-                                   treated["revenue_cuped"], alpha),
-            "ctr": ratio_effect("click-through", (control["clicks"], treated["clicks"]),
-                                (control["impressions"].clip(lower=1),
-                                 treated["impressions"].clip(lower=1)), alpha)}
-        for metric, effect in effects.items():
-            found[metric].append(Comparison(name, effect, _sequential(
-                metric, control, treated, alpha)))
+        for metric in metrics:
+            if _measurable(METRICS[metric], control, treated):
+                found[metric].append(Comparison(name, _effect(metric, control, treated, alpha),
+                                                _sequential(metric, control, treated, alpha)))
     return found
 
 
@@ -300,10 +398,10 @@ def _holm_adjusted(comparisons: dict[str, list[Comparison]], alpha: float
                    ) -> dict[str, list[Comparison]]:
     """The comparisons with their always-valid p-values Holm-adjusted over every variant and
     metric read together."""
-    flat = [c for metric in METRICS for c in comparisons[metric]]
-    adjusted = iter(holm([c.sequential.p_value for c in flat], alpha))
-    return {metric: [replace(c, adjusted_p=next(adjusted)) for c in comparisons[metric]]
-            for metric in METRICS}
+    flat = [c for found in comparisons.values() for c in found]
+    adjusted = iter(holm([c.sequential.p_value for c in flat], alpha) if flat else [])
+    return {metric: [replace(c, adjusted_p=next(adjusted)) for c in found]
+            for metric, found in comparisons.items()}
 
 
 def _sequential(metric: str, control: pd.DataFrame, treated: pd.DataFrame, alpha: float
@@ -316,23 +414,72 @@ def _sequential(metric: str, control: pd.DataFrame, treated: pd.DataFrame, alpha
 def _daily(units: pd.DataFrame, variants: list[str], metric: str, alpha: float) -> pd.DataFrame:
     """The primary metric's difference, first treatment minus control, as it looked at the end
     of each day (units that had arrived by then; their outcomes to the report's end), with its
-    z statistic and both intervals."""
-    units = units.assign(day=pd.to_datetime(units["first_exposure"], utc=True).dt.floor("D"))
+    z statistic and both intervals. Each arm's running sums per day give every day's estimate
+    in one pass (the same numbers ``_difference`` computes from the units)."""
+    definition = METRICS[metric]
+    # whole UTC days since the epoch, as integers: grouping by them is fast, by Timestamps not
+    day = ((pd.to_datetime(units["first_exposure"], utc=True) - EPOCH)
+           // pd.Timedelta(days=1)).to_numpy()
+    days = np.unique(day)
+    arrived = np.cumsum(np.bincount(np.searchsorted(days, day), minlength=len(days)))
+    control, treated = (_running_sums(definition, units[mask], day[mask], days)
+                        for mask in (units["variant"].to_numpy() == v for v in variants[:2]))
+    level, var_a = _estimate(definition, control)
+    other, var_b = _estimate(definition, treated)
     rows = []
-    for day in sorted(units["day"].unique()):
-        seen = units[units["day"] <= day]
-        control, treated = (seen[seen["variant"] == v] for v in variants[:2])
-        if min(len(control), len(treated)) < 2:
+    for i, number in enumerate(days):
+        if not _measurable_sums(definition, control.iloc[i], treated.iloc[i]):
             continue
-        level, difference, variance = _difference(metric, control, treated)
-        sequential = msprt(difference, variance, _tau2(level, variance), alpha)
+        moment = EPOCH + pd.Timedelta(days=int(number))
+        difference, variance = other[i] - level[i], var_a[i] + var_b[i]
+        sequential = msprt(difference, variance, _tau2(level[i], variance), alpha)
         half = 1.959964 * math.sqrt(variance)
-        rows.append({"day": day, "units": len(seen), "difference": difference,
+        rows.append({"day": moment, "units": int(arrived[i]), "difference": difference,
                      "z": difference / math.sqrt(variance) if variance > 0 else 0.0,
                      "fixed_low": difference - half, "fixed_high": difference + half,
                      "sequential_low": sequential.low, "sequential_high": sequential.high,
                      "sequential_p": sequential.p_value})
     return pd.DataFrame(rows)
+
+
+def _running_sums(metric: Metric, arm: pd.DataFrame, day: np.ndarray, days: np.ndarray
+                  ) -> pd.DataFrame:
+    """Per day, sums over the arm's units that had arrived by its end: n, x and x * x (for a
+    ratio, x the numerator and y the denominator, with y * y and x * y)."""
+    if metric.kind == "ratio":
+        x = arm[metric.numerator].to_numpy(dtype=float)
+        y = arm[metric.denominator].to_numpy(dtype=float)
+        parts = {"x": x, "y": y, "xx": x * x, "yy": y * y, "xy": x * y}
+    else:
+        x = metric_values(metric, arm)
+        parts = {"x": x, "xx": x * x}
+    frame = pd.DataFrame({"n": np.ones(len(arm)), **parts})
+    return frame.groupby(day).sum().reindex(days, fill_value=0.0).cumsum()
+
+
+def _estimate(metric: Metric, sums: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
+    """Each day's level and the variance of its estimate, from running sums: a mean's sample
+    variance over n, or a ratio's delta-method variance (as ``ratio_and_variance``)."""
+    n = sums["n"].to_numpy()
+    with np.errstate(divide="ignore", invalid="ignore"):
+        var_x = (sums["xx"] - sums["x"] ** 2 / n).to_numpy() / (n - 1)
+        if metric.kind != "ratio":
+            return (sums["x"] / n).to_numpy(), var_x / n
+        mean_y = (sums["y"] / n).to_numpy()
+        ratio = sums["x"].to_numpy() / sums["y"].to_numpy()
+        var_y = (sums["yy"] - sums["y"] ** 2 / n).to_numpy() / (n - 1)
+        cov = (sums["xy"] - sums["x"] * sums["y"] / n).to_numpy() / (n - 1)
+        return ratio, (var_x - 2 * ratio * cov + ratio ** 2 * var_y) / (n * mean_y ** 2)
+
+
+def _measurable_sums(metric: Metric, control: pd.Series, treated: pd.Series) -> bool:
+    """``_measurable`` from one day's running sums."""
+    if min(control["n"], treated["n"]) < 2:
+        return False
+    if metric.kind == "ratio":
+        return bool(control["y"] > 0 and treated["y"] > 0)
+    n, x, xx = (control[k] + treated[k] for k in ("n", "x", "xx"))
+    return bool(xx - x * x / n > 1e-12 * max(1.0, xx))
 
 
 @dataclass(frozen=True)
@@ -376,6 +523,8 @@ def _verdict(report: ExperimentReport, experiment: Experiment, alpha: float) -> 
     if report.breached:
         return ("a guardrail is breached, so do not ship: " + "; ".join(
             g for g in report.guardrails if "BREACHED" in g))
+    if not report.comparisons.get(metric):
+        return f"nothing to compare on {metric} yet ({METRICS[metric].description}); keep running"
     if report.planned is not None:
         return _planned_verdict(report, experiment)
     lines = []
@@ -383,11 +532,11 @@ def _verdict(report: ExperimentReport, experiment: Experiment, alpha: float) -> 
         effect = comparison.effect
         interval = f"{effect.relative:+.1%} [{effect.low:+.1%}, {effect.high:+.1%}]"
         if comparison.adjusted_p < alpha:
-            better = comparison.sequential.difference > 0
-            lines.append(f"{comparison.variant} {'beats' if better else 'loses to'} {control} on "
-                         f"{metric} by {interval} (always-valid p = "
+            improves = better(metric, comparison.sequential.difference)
+            lines.append(f"{comparison.variant} {'beats' if improves else 'loses to'} {control} "
+                         f"on {metric} by {interval} (always-valid p = "
                          f"{comparison.adjusted_p:.2g}); "
-                         + ("guardrails fine; ready to ship" if better else f"keep {control}"))
+                         + ("guardrails fine; ready to ship" if improves else f"keep {control}"))
         else:
             lines.append(f"{comparison.variant} vs {control} on {metric}: {interval}, not "
                          f"significant yet (always-valid p = {comparison.adjusted_p:.2g}); "
@@ -403,11 +552,11 @@ def _planned_verdict(report: ExperimentReport, experiment: Experiment) -> str:
     planned = report.planned
     stop = f"planned to stop {experiment.stop:%Y-%m-%d}"
     if planned.crossed_on is not None:
-        better = planned.z > 0
-        return (f"{treatment} {'beats' if better else 'loses to'} {control} on {metric} by "
+        improves = better(metric, planned.z)
+        return (f"{treatment} {'beats' if improves else 'loses to'} {control} on {metric} by "
                 f"{interval} (group-sequential, {stop}: boundary crossed on "
                 f"{planned.crossed_on:%Y-%m-%d}); "
-                + ("guardrails fine; ready to ship" if better else f"keep {control}"))
+                + ("guardrails fine; ready to ship" if improves else f"keep {control}"))
     return (f"{treatment} vs {control} on {metric}: {interval}, not significant yet "
             f"(group-sequential, {stop}: z = {planned.z:.2f}, boundary {planned.bound:.2f} at "
             f"{planned.fraction:.0%} of the planned customers); keep running to the stop")
@@ -417,7 +566,7 @@ def _more_needed(report: ExperimentReport, experiment: Experiment, comparison: C
     if experiment.minimum_detectable_effect is None:
         return "keep running (set minimum_detectable_effect for how long)"
     base = comparison.effect.control
-    if not 0 < base < 1 or experiment.primary_metric != "conversion":
+    if not 0 < base < 1 or METRICS[experiment.primary_metric].kind != "proportion":
         return "keep running"
     needed = units_needed(base, experiment.minimum_detectable_effect)
     have = min(comparison.effect.units)
@@ -457,17 +606,18 @@ def write_html(report: ExperimentReport, path) -> object:
         axis.legend(fontsize=8)
     axis.set_title("the primary metric's difference (B - A) at the end of each day")
     chart = png_base64(figure)
-    per_variant = report.units.groupby("variant").agg(
-        units=("customer_id", "size"), conversion=("converted", "mean"),
-        revenue_per_customer=("revenue", "mean"), clicks=("clicks", "sum"),
-        impressions=("impressions", "sum"))
-    per_variant["ctr"] = per_variant["clicks"] / per_variant["impressions"]
+    per_variant = pd.DataFrame(
+        {variant: {"units": len(group), **{m: metric_level(METRICS[m], group)
+                                           for m in report.comparisons}}
+         for variant, group in report.units.groupby("variant")}).T
+    unmeasured = (f"<p>Nothing to compare yet on: {', '.join(report.unmeasured)}.</p>"
+                  if report.unmeasured else "")
     rows = "".join(
         f"<tr><td>{m}</td><td>{c.variant}</td><td>{c.effect.control:.4g}</td>"
         f"<td>{c.effect.treatment:.4g}</td><td>{c.effect.relative:+.1%}</td>"
         f"<td>[{c.effect.low:+.1%}, {c.effect.high:+.1%}]</td><td>{c.effect.p_value:.3g}</td>"
         f"<td>[{c.sequential.low:.4g}, {c.sequential.high:.4g}]</td><td>{c.adjusted_p:.3g}</td>"
-        "</tr>" for m in METRICS for c in report.comparisons.get(m, []))
+        "</tr>" for m, found in report.comparisons.items() for c in found)
     title = f"experiment {report.experiment}"
     page = f"""<!doctype html><html><head><meta charset="utf-8"><title>{html.escape(title)}</title>
 <style>body{{font-family:sans-serif;margin:2em}} td,th{{border:1px solid #ccc;padding:3px 8px}}
@@ -481,7 +631,7 @@ sample-ratio p = {report.ratio.p_value:.3g}{" — MISMATCH" if report.ratio.mism
 <h2>Effects against the control</h2><table><tr><th>metric</th><th>variant</th><th>control</th>
 <th>variant's</th><th>B/A - 1</th><th>95 % interval</th><th>p (fixed)</th>
 <th>always-valid sequence (difference)</th><th>p (always valid, Holm)</th></tr>{rows}</table>
-<img alt="cumulative effect" src="data:image/png;base64,{chart}">
+{unmeasured}<img alt="cumulative effect" src="data:image/png;base64,{chart}">
 <h2>Per variant</h2>{per_variant.to_html(float_format=lambda x: f"{x:,.4g}")}
 </body></html>"""
     path.write_text(page)
@@ -494,9 +644,13 @@ def winner(report: ExperimentReport, experiment: Experiment, alpha: float = 0.05
     mismatch."""
     if report.ratio.mismatch:
         return None
-    beating = [c for c in report.comparisons.get(experiment.primary_metric, [])
-               if c.adjusted_p < alpha and c.sequential.difference > 0]
-    return max(beating, key=lambda c: c.effect.relative).variant if beating else None
+    metric = experiment.primary_metric
+    beating = [c for c in report.comparisons.get(metric, [])
+               if c.adjusted_p < alpha and better(metric, c.sequential.difference)]
+    if not beating:
+        return None
+    return max(beating, key=lambda c: c.effect.relative * (-1 if METRICS[metric].lower_is_better
+                                                             else 1)).variant
 
 
 @dataclass(frozen=True)
