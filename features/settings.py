@@ -161,6 +161,10 @@ class Settings(BaseSettings):
     experiments_file: Path | None = Field(
         None, description="Experiments and the global holdout (YAML, docs/experiments.md). "
         "Default: <data_dir>/experiments.yaml; no file, no experiments.")
+    journeys_file: Path | None = Field(
+        None, description="Customer journeys (YAML, docs/journeys.md). Default: "
+        "<data_dir>/journeys.yaml if it exists, else the shipped examples "
+        "(features/journeys.default.yaml).")
     policy_file: Path | None = Field(
         None, description="Contact policy and trigger rules (YAML). Default: <data_dir>/policy.yaml if it "
         "exists, else the built-in policy (features/policy.default.yaml).")

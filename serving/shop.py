@@ -65,6 +65,8 @@ class ShopView:
     as_of: pd.Timestamp
     consents: dict[str, frozenset[str]] = field(default_factory=dict)
     """Customer -> the contact channels they agreed to (email, sms, push)."""
+    last_purchase: dict[str, float] = field(default_factory=dict)
+    """Customer -> their latest purchase in the warehouse, epoch seconds (lapsing journeys)."""
 
     def customer(self, customer_id: str) -> Behaviour:
         found = self.behaviour.get(customer_id)  # no default built for the customers we know
@@ -123,7 +125,14 @@ def load_shop(warehouse: Warehouse, events: pd.DataFrame | None = None,
     recent = events[events["timestamp"] >= as_of - pd.Timedelta(days=30)]
     return ShopView(items, segments, behaviour, _popular(recent, items, segments),
                     _popular_content(recent, items), _offer_rates(events),
-                    _new_products(items, as_of), as_of, consents)
+                    _new_products(items, as_of), as_of, consents, _last_purchase(events))
+
+
+def _last_purchase(events: pd.DataFrame) -> dict[str, float]:
+    bought = events[events["event_type"] == EventType.PURCHASE.value]
+    latest = bought.groupby("customer_id")["timestamp"].max()
+    seconds = (latest - pd.Timestamp(0, tz="UTC")).dt.total_seconds()
+    return dict(zip(seconds.index, seconds.to_numpy(), strict=True))
 
 
 def _consents(customers: pd.DataFrame) -> dict[str, frozenset[str]]:

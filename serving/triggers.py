@@ -14,7 +14,6 @@ and ``nextbest triggers run``.
 from __future__ import annotations
 
 import uuid
-from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import datetime
@@ -43,6 +42,7 @@ from serving.pipeline import (
     with_live_state,
 )
 from serving.schemas import RecommendRequest
+from serving.situations import abandoned_cart, category_interest
 
 
 @dataclass(frozen=True)
@@ -120,11 +120,13 @@ class TriggerEngine:
         if state is None:
             return None
         live = live if live is not None else self.store.customer(customer)
-        situation = (_abandoned_cart(rule, live, now) if isinstance(rule, CartAbandoned)
-                     else _category_interest(rule, live, state, now))
+        situation = (abandoned_cart(rule.after_minutes, live, now)
+                     if isinstance(rule, CartAbandoned)
+                     else category_interest(rule.views, rule.within_days, live, state, now))
         if situation is None:
             return None
         key, started, reason, category = situation
+        key = f"{rule.name}:{live.customer_id}:{key}"
         if now.timestamp() > started + rule.expires_after_hours * 3600:
             return Outcome(rule.name, customer, "expired", f"{reason}; too late to send")
         if key in live.fired:
@@ -208,48 +210,6 @@ class TriggerEngine:
             return rank_products(state, request, behaviour, rule.items, self.max_category_share,
                                  live)
         return _content_about(state, category, shown | set(behaviour.recent_views), rule.items)
-
-
-# ---------------------------------------------------------------------------- situations
-Situation = tuple[str, float, str, str | None]
-"""(firing key, when the situation started, human reason, category it is about)"""
-
-
-def _abandoned_cart(rule: CartAbandoned, live: CustomerState, now: datetime) -> Situation | None:
-    if not live.cart or live.cart_updated is None:
-        return None
-    if now.timestamp() < live.cart_updated + rule.after_minutes * 60:
-        return None
-    if live.last_purchase is not None and live.last_purchase >= live.cart_updated:
-        return None  # bought since the cart last grew
-    idle = (now.timestamp() - live.cart_updated) / 60
-    reason = f"cart of {len(live.cart)} item(s) left {idle:.0f} minutes ago without a purchase"
-    due = live.cart_updated + rule.after_minutes * 60
-    return f"{rule.name}:{live.customer_id}:{live.cart_updated:.3f}", due, reason, None
-
-
-def _category_interest(rule: CategoryBrowsing, live: CustomerState, state: ServingState,
-                       now: datetime) -> Situation | None:
-    since = now.timestamp() - rule.within_days * 86400
-    items = state.shop.items
-    views: dict[str, list[float]] = {}
-    for item_id, at in live.views:
-        item = items.get(item_id)
-        if at >= since and item is not None and item.kind == ItemKind.PRODUCT.value:
-            views.setdefault(item.top, []).append(at)
-    bought = Counter()
-    for item_id, at in live.purchased.items():
-        item = items.get(item_id)
-        if item is not None:
-            bought[item.top] = max(bought[item.top], at)
-    for top, moments in sorted(views.items(), key=lambda kv: -len(kv[1])):
-        moments = sorted(moments)
-        if len(moments) < rule.views or bought.get(top, 0) >= moments[0]:
-            continue
-        reached = moments[rule.views - 1]  # the view that made the count
-        reason = f"viewed {len(moments)} {top} products in {rule.within_days:g} days without buying"
-        return f"{rule.name}:{live.customer_id}:{top}:{reached:.3f}", reached, reason, top
-    return None
 
 
 def _content_about(state: ServingState, category: str | None, exclude: set[str],

@@ -265,3 +265,26 @@ def test_exposures_move_to_the_warehouse_once_in_the_order_logged(store, tmp_pat
 
 def test_the_log_id_stays_with_the_store(store):
     assert store.log_id == store.log_id and len(store.log_id) == 32
+
+
+def test_the_journey_index_and_a_commit_with_its_decisions(store):
+    """What the journey scheduler relies on, in both backends: an event makes its customer due
+    at once; a commit stores the run's next due time and its decisions together; a change that
+    returns None writes nothing."""
+    [view] = valid(event("view"))
+    store.ingest([view])
+    assert store.due_journeys(view["at"]) == ["c1"] and store.due_journeys(view["at"] - 1) == []
+    later = view["at"] + 3600
+    decision = {"firing_key": "welcome:c1:1", "customer_id": "c1", "channel": "email"}
+
+    def enter(state):
+        state.journey_check = None
+        state.journeys["welcome"] = {"step": 1, "due": later, "entered": view["at"], "key": "k",
+                                     "status": "active", "ended": None, "held_out": False}
+        return [decision]
+
+    assert store.commit("c1", enter) == [decision]
+    assert store.due_journeys(later - 1) == [] and store.due_journeys(later) == ["c1"]
+    assert [d for _, d in store.outbox()] == [decision]
+    assert store.commit("c1", lambda state: None) is None
+    assert store.customer("c1").journeys["welcome"]["due"] == later

@@ -37,7 +37,7 @@ CREATE TABLE IF NOT EXISTS seen (event_id TEXT PRIMARY KEY, received REAL NOT NU
 CREATE TABLE IF NOT EXISTS event_log (position INTEGER PRIMARY KEY AUTOINCREMENT,
                                       event TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS customers (customer_id TEXT PRIMARY KEY, state TEXT NOT NULL,
-                                      cart_updated REAL) WITHOUT ROWID;
+                                      cart_updated REAL, journey_due REAL) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS customers_open_carts ON customers (cart_updated)
     WHERE cart_updated IS NOT NULL;
 CREATE TABLE IF NOT EXISTS outbox (position INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -62,6 +62,17 @@ class EmbeddedStore(OnlineStore):
         self.dedup_window = dedup_window_days * 86400
         self._local = threading.local()
         self._db.executescript(SCHEMA)
+        self._migrate()
+
+    def _migrate(self) -> None:
+        """Files made before journeys lack ``journey_due``: add it (NULL: none due) and its
+        index, once."""
+        columns = {row[1] for row in self._db.execute("PRAGMA table_info(customers)")}
+        with self._write() as db:
+            if "journey_due" not in columns:
+                db.execute("ALTER TABLE customers ADD COLUMN journey_due REAL")
+            db.execute("CREATE INDEX IF NOT EXISTS customers_journeys_due ON customers "
+                       "(journey_due) WHERE journey_due IS NOT NULL")
 
     # ------------------------------------------------------------------ connections
     @property
@@ -130,9 +141,7 @@ class EmbeddedStore(OnlineStore):
                            [(logged[e["event_id"]],) for e in fresh])
             states = self._states(db, list({e["customer_id"] for e in fresh}))
             update_states(states, fresh)
-            db.executemany(
-                "INSERT OR REPLACE INTO customers VALUES (?, ?, ?)",
-                [(c, s.to_json(), s.cart_updated) for c, s in states.items()])
+            _put(db, states)
         return fresh, states
 
     def _states(self, db: sqlite3.Connection, customers: list[str]) -> dict[str, CustomerState]:
@@ -178,21 +187,27 @@ class EmbeddedStore(OnlineStore):
         with self._write() as db:
             state = self._state(db, customer_id)
             if change(state):
-                db.execute("INSERT OR REPLACE INTO customers VALUES (?, ?, ?)",
-                           (customer_id, state.to_json(), state.cart_updated))
+                _put(db, {customer_id: state})
         return state
 
-    def _commit_decision(self, decision: dict, change) -> bool:
-        customer = decision["customer_id"]
+    def commit(self, customer_id: str, change) -> list[dict] | None:
         with self._write() as db:
-            state = self._state(db, customer)
-            if not change(state):
-                return False
-            db.execute("INSERT OR REPLACE INTO customers VALUES (?, ?, ?)",
-                       (customer, state.to_json(), state.cart_updated))
-            db.execute("INSERT INTO outbox (firing_key, decision) VALUES (?, ?)",
-                       (decision["firing_key"], json.dumps(decision)))
-        return True
+            state = self._state(db, customer_id)
+            decisions = change(state)
+            if decisions is None:
+                return None
+            _put(db, {customer_id: state})
+            db.executemany("INSERT INTO outbox (firing_key, decision) VALUES (?, ?)",
+                           [(d["firing_key"], json.dumps(d)) for d in decisions])
+        return decisions
+
+    def due_journeys(self, now: float, limit: int = 10_000) -> list[str]:
+        try:
+            return [row[0] for row in self._db.execute(
+                "SELECT customer_id FROM customers WHERE journey_due IS NOT NULL "
+                "AND journey_due <= ? ORDER BY journey_due LIMIT ?", (now, limit))]
+        except sqlite3.Error as error:
+            raise OnlineStateUnavailable(f"cannot read {self.path}: {error}") from error
 
     def outbox(self, after: str | None = None, limit: int = 100) -> list[tuple[str, dict]]:
         rows = self._db.execute(
@@ -257,3 +272,10 @@ class EmbeddedStore(OnlineStore):
             lock.close()
             self._local.lock = None
 
+
+def _put(db: sqlite3.Connection, states: dict[str, CustomerState]) -> None:
+    """Store states with the columns the store indexes them by (open carts, journeys due)."""
+    db.executemany(
+        "INSERT OR REPLACE INTO customers (customer_id, state, cart_updated, journey_due) "
+        "VALUES (?, ?, ?, ?)",
+        [(c, s.to_json(), s.cart_updated, s.journey_due) for c, s in states.items()])

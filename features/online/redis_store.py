@@ -137,6 +137,12 @@ class RedisStore(OnlineStore):
             pipe.zadd(self._key("carts"), open_carts)
         if closed:
             pipe.zrem(self._key("carts"), *closed)
+        due = {c: s.journey_due for c, s in states.items() if s.journey_due is not None}
+        idle = [c for c, s in states.items() if s.journey_due is None]
+        if due:
+            pipe.zadd(self._key("journeys_due"), due)
+        if idle:
+            pipe.zrem(self._key("journeys_due"), *idle)
 
     # ------------------------------------------------------------------ customers
     def customers(self, customer_ids: list[str]) -> dict[str, CustomerState]:
@@ -169,22 +175,31 @@ class RedisStore(OnlineStore):
 
         return self._transaction([key], body)
 
-    def _commit_decision(self, decision: dict, change) -> bool:
-        customer = decision["customer_id"]
-        key = self._key("customer", customer)
+    def commit(self, customer_id: str, change) -> list[dict] | None:
+        key = self._key("customer", customer_id)
 
-        def body(pipe) -> bool:
+        def body(pipe) -> list[dict] | None:
             text = pipe.get(key)
-            state = CustomerState.from_json(text) if text else CustomerState(customer)
-            if not change(state):
-                return False
+            state = CustomerState.from_json(text) if text else CustomerState(customer_id)
+            decisions = change(state)
+            if decisions is None:
+                return None
             pipe.multi()
-            self._store_states(pipe, {customer: state})
-            pipe.xadd(self._key("outbox"), {"decision": json.dumps(decision)})
+            self._store_states(pipe, {customer_id: state})
+            for decision in decisions:
+                pipe.xadd(self._key("outbox"), {"decision": json.dumps(decision)})
             pipe.execute()
-            return True
+            return decisions
 
         return self._transaction([key], body)
+
+    def due_journeys(self, now: float, limit: int = 10_000) -> list[str]:
+        try:
+            members = self.client.zrangebyscore(self._key("journeys_due"), "-inf", now,
+                                                start=0, num=limit)
+        except (redis.ConnectionError, redis.TimeoutError) as error:
+            raise self._unavailable(error) from error
+        return [m.decode() for m in members]
 
     def outbox(self, after: str | None = None, limit: int = 100) -> list[tuple[str, dict]]:
         start = f"({after}" if after else "-"

@@ -4,7 +4,9 @@ Both online backends store a :class:`CustomerState` per customer and change it o
 :func:`apply_event`, so the embedded and the Redis backend cannot disagree on what an event
 means. The state holds what serving and the triggers read on every request or tick: recent
 views, the cart, purchases, redemptions, what was shown or sent (cross-channel memory), contacts
-made (frequency caps) and trigger firings (exactly once). Every collection in it is bounded
+made (frequency caps), trigger firings (exactly once), and where the customer is in each
+journey (``journeys``: a step is executed exactly once because the store commits it with this
+state). Every collection in it is bounded
 (``LIMITS``: the newest entries are kept) and old contacts, firings and showings are pruned, so
 a state stays small whatever a customer sends: a state is read on every ``recommend`` for that
 customer, on the event loop, and 50,000 distinct items added to one cart had made it 1.2 MB and
@@ -18,7 +20,7 @@ from dataclasses import dataclass, field
 
 import orjson
 
-from features.contracts import EventType
+from features.contracts import CONTACT_CHANNELS, EventType
 
 MAX_VIEWS = 50
 LIMITS = {"views": MAX_VIEWS, "cart": 200, "purchased": 500, "redemptions": 200, "shown": 500,
@@ -26,6 +28,11 @@ LIMITS = {"views": MAX_VIEWS, "cart": 200, "purchased": 500, "redemptions": 200,
 """Most entries each collection keeps; beyond them the oldest go. The cart's limit is the request's
 (``context.cart_items``); older purchases and redemptions are in the warehouse, which the
 service's snapshot reads at each reload."""
+CONTACT = frozenset(c.value for c in CONTACT_CHANNELS)
+JOURNEY_RUN = ("step", "due", "entered", "key", "status", "ended", "held_out")
+"""A journey run's fields: the index of the step to run next, when it is due (None: waiting for
+an event only), when and why (``key``, the situation) the customer entered, active / converted /
+exited / finished, when it ended, and whether the customer is in the journey's holdout."""
 RETENTION_SECONDS = 90 * 86400
 """Contacts, firings and shown items older than this are forgotten (longer than any cap)."""
 
@@ -53,8 +60,31 @@ class CustomerState:
     consent: dict[str, tuple[bool, float]] = field(default_factory=dict)
     """Contact channel -> (granted, when) as the shop last told us (``OnlineStore.record_consent``):
     newer than any customers table the service has loaded, so it wins over it. Never pruned."""
+    last_seen: dict[str, float] = field(default_factory=dict)
+    """Event type -> when the latest one happened (journeys' goals and branches)."""
+    engaged: dict[str, float] = field(default_factory=dict)
+    """Contact channel -> the latest event the customer sent from it (opened or clicked a
+    message there): journeys' best channel and ``engaged`` branches."""
+    journeys: dict[str, dict] = field(default_factory=dict)
+    """Journey name -> the customer's run (``JOURNEY_RUN``); finished runs stay, for the
+    re-entry rule; one per journey, so bounded by the journeys file."""
+    attributes: dict[str, str] = field(default_factory=dict)
+    """Set by journeys' update steps; read by their branches."""
+    journey_check: float | None = None
+    """When an event arrived that the journeys have not looked at yet (it may enter the
+    customer, reach a goal or end a wait): makes the customer due at once."""
 
     # ------------------------------------------------------------------ reading
+    @property
+    def journey_due(self) -> float | None:
+        """When the earliest active journey run is due next: the store indexes customers by
+        it, so the scheduler finds due customers without reading everyone."""
+        due = [run["due"] for run in self.journeys.values()
+               if run["status"] == "active" and run["due"] is not None]
+        if self.journey_check is not None:
+            due.append(self.journey_check)
+        return min(due) if due else None
+
     def recent_views(self, limit: int = 20) -> list[str]:
         """Distinct viewed items, newest first."""
         seen: dict[str, None] = {}
@@ -93,6 +123,10 @@ def apply_event(state: CustomerState, event: dict) -> None:
     kind, item, at, channel = event["event_type"], event["item_id"], event["at"], event["channel"]
     state.counts[kind] = state.counts.get(kind, 0) + 1
     state.last_event = max(at, state.last_event or at)
+    state.last_seen[kind] = max(at, state.last_seen.get(kind, at))
+    state.journey_check = min(at, state.journey_check or at)
+    if channel in CONTACT:
+        state.engaged[channel] = max(at, state.engaged.get(channel, at))
     if kind in (EventType.VIEW, EventType.CLICK):
         state.views.append((item, at))
         state.views.sort(key=lambda view: -view[1])

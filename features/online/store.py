@@ -20,7 +20,7 @@ have written nothing.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import orjson
@@ -84,14 +84,27 @@ class OnlineStore(ABC):
     # ------------------------------------------------------------------ decisions
     def record_decision(self, decision: dict, now: float) -> bool:
         """Write ``decision`` to the outbox unless its ``firing_key`` was written before."""
-        def change(state: CustomerState) -> bool:
+        def change(state: CustomerState) -> list[dict] | None:
             if decision["firing_key"] in state.fired:
-                return False
+                return None
             record_contact(state, decision["channel"], decision["trigger"],
                            [item["item_id"] for item in decision["items"]],
                            decision["firing_key"], now)
-            return True
-        return self._commit_decision(decision, change)
+            return [decision]
+        return self.commit(decision["customer_id"], change) is not None
+
+    @abstractmethod
+    def commit(self, customer_id: str, change: Callable[[CustomerState], list[dict] | None]
+               ) -> list[dict] | None:
+        """In one transaction: run ``change`` on the customer's state as stored now; unless it
+        returns None, store the state and append the decisions it returns to the outbox.
+        Return what ``change`` returned. A journey step is executed exactly once this way:
+        ``change`` checks that the run is still where the scheduler read it."""
+
+    @abstractmethod
+    def due_journeys(self, now: float, limit: int = 10_000) -> list[str]:
+        """Customers with a journey run due at or before ``now`` (``journey_due``), earliest
+        first."""
 
     def record_consent(self, customer_id: str, channel: str, granted: bool, at: float
                        ) -> CustomerState:
@@ -104,11 +117,6 @@ class OnlineStore(ABC):
     def _commit_state(self, customer_id: str, change) -> CustomerState:
         """In one transaction: run ``change`` on the customer's state and store it if it
         returns True; return the state."""
-
-    @abstractmethod
-    def _commit_decision(self, decision: dict, change) -> bool:
-        """In one transaction: run ``change`` on the customer's state; if it returns True, store
-        the state and append ``decision`` to the outbox."""
 
     @abstractmethod
     def outbox(self, after: str | None = None, limit: int = 100) -> list[tuple[str, dict]]:

@@ -1,0 +1,304 @@
+"""Journeys as data: multi-step, cross-channel sequences a marketer declares in a YAML file.
+
+A journey says who enters (``entry``), what happens to them step by step (``steps``), what ends
+it early as a success (``goal``), how often a customer may go through it again (``reentry``),
+which journey wins when two want the same customer's attention (``priority``), and what share
+of entrants is held out to measure it (``holdout``). The engine that runs them is
+``serving.journeys``; the per-customer progress it keeps is ``features.online.state.JourneyRun``.
+
+Steps run in order unless a ``branch`` jumps (``goto`` names a step) or an ``exit`` ends the
+journey; running past the last step ends it too. Step kinds:
+
+* ``wait``: a duration (``minutes``/``hours``/``days``), or ``until_event`` (an event type,
+  with ``timeout_hours``: the journey moves on at whichever comes first), or ``until_local``:
+  the next time the customer's local clock shows ``HH:MM``;
+* ``branch``: the first case whose condition holds jumps to its ``goto``; none: the next step.
+  Conditions: ``segment_in``, ``propensity_decile`` (``[low, high]``; 1 is the tenth most
+  likely to buy, as in the propensity export), ``event_since_entry`` (an event type),
+  ``attribute`` (``{name: value}`` set by an ``update`` step), ``engaged`` (a channel the
+  customer opened or clicked a message on);
+* ``message``: a ``channel`` (or ``best``: the customer's most engaged channel), what to
+  ``send`` (``offer``, ``products`` or ``content`` from the ranking pipeline), how many
+  ``items``, and the ``reason`` shown with it; the contact policy (consent, quiet hours, caps)
+  applies, and a message it stops is recorded as suppressed;
+* ``update``: set journey attributes on the customer (``{vip: "yes"}``), for later branches;
+* ``exit``: end the journey here.
+
+The shipped journeys (``journeys.default.yaml``) work on the built-in shop: cart recovery, VIP
+early access, win-back for lapsing customers, and post-purchase cross-sell.
+"""
+
+from __future__ import annotations
+
+from datetime import time
+from pathlib import Path
+from typing import Annotated, Literal
+
+import yaml
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+from features.contracts import CONTACT_CHANNELS, EventType
+from features.settings import Settings
+
+DEFAULT_JOURNEYS = Path(__file__).with_name("journeys.default.yaml")
+Name = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.-]+$")]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+# ---------------------------------------------------------------------------- entry
+class Entry(_Strict):
+    """Who enters, and when."""
+
+    when: Literal["event", "cart_abandoned", "category_browsing", "first_purchase", "lapsing"]
+    event: EventType | None = Field(None, description="when: event — the event type that "
+                                                      "enters the customer.")
+    after_minutes: float = Field(30.0, gt=0, description="cart_abandoned: the cart last grew "
+                                                         "this long ago, nothing bought since.")
+    views: int = Field(3, ge=1, description="category_browsing: views in one top-level "
+                                            "category ...")
+    within_days: float = Field(7.0, gt=0, description="... this recently, nothing bought in it.")
+    days_without_purchase: float = Field(60.0, gt=0, description="lapsing: no purchase for this "
+                                                                 "long (after at least one).")
+    segments: list[str] = Field(default_factory=list, description="Only customers of these "
+                                                                  "segments; empty: everyone.")
+    propensity_deciles: tuple[int, int] | None = Field(
+        None, description="Only customers whose purchase-propensity decile (1..10, 1 the tenth "
+                          "most likely to buy, as the propensity export has it) is within "
+                          "[low, high].")
+    expires_after_hours: float = Field(24.0, gt=0, description="A situation older than this "
+                                                               "does not enter anyone.")
+
+    @model_validator(mode="after")
+    def _event_named_when_needed(self) -> Entry:
+        if self.when == "event" and self.event is None:
+            raise ValueError("when: event needs 'event', the event type that enters a customer "
+                             f"({', '.join(e.value for e in EventType)})")
+        if self.propensity_deciles is not None:
+            low, high = self.propensity_deciles
+            if not 1 <= low <= high <= 10:
+                raise ValueError(f"propensity_deciles must be [low, high] with 1 <= low <= high "
+                                 f"<= 10, got [{low}, {high}]")
+        return self
+
+
+class Reentry(_Strict):
+    after_days: float | None = Field(7.0, ge=0, description="A customer may enter again this "
+                                     "long after their last run ended; null: never again.")
+
+
+class Goal(_Strict):
+    event: EventType = Field(EventType.PURCHASE, description="Reaching it ends the journey as "
+                                                             "converted.")
+
+
+# ---------------------------------------------------------------------------- steps
+class Wait(_Strict):
+    minutes: float = Field(0, ge=0)
+    hours: float = Field(0, ge=0)
+    days: float = Field(0, ge=0)
+    until_event: EventType | None = None
+    timeout_hours: float | None = Field(None, gt=0)
+    until_local: time | None = Field(None, description="The next time the customer's local "
+                                                       "clock shows this, e.g. '09:00'.")
+
+    @model_validator(mode="after")
+    def _one_kind_of_wait(self) -> Wait:
+        duration = self.minutes or self.hours or self.days
+        kinds = [name for name, used in (("a duration", duration),
+                                         ("until_event", self.until_event is not None),
+                                         ("until_local", self.until_local is not None)) if used]
+        if len(kinds) != 1:
+            raise ValueError("a wait is one of: a duration (minutes, hours, days), until_event "
+                             f"(with timeout_hours) or until_local; this one has "
+                             f"{' and '.join(kinds) or 'none'}")
+        if self.until_event is not None and self.timeout_hours is None:
+            raise ValueError("until_event needs timeout_hours: how long to wait at most")
+        return self
+
+    @property
+    def seconds(self) -> float:
+        return self.minutes * 60 + self.hours * 3600 + self.days * 86400
+
+
+class Condition(_Strict):
+    segment_in: list[str] | None = None
+    propensity_decile: tuple[int, int] | None = None
+    event_since_entry: EventType | None = None
+    attribute: dict[str, str] | None = None
+    engaged: Literal["email", "sms", "push"] | None = Field(
+        None, description="The customer opened or clicked a message on this channel in the "
+                          "last 30 days.")
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> Condition:
+        named = [k for k, v in self.__dict__.items() if v is not None]
+        if len(named) != 1:
+            raise ValueError("a condition names exactly one of segment_in, propensity_decile, "
+                             f"event_since_entry, attribute, engaged; got {named or 'none'}")
+        return self
+
+
+class Case(_Strict):
+    if_: Condition = Field(alias="if")
+    goto: Name
+
+
+class Message(_Strict):
+    channel: Literal["email", "sms", "push", "best"] = Field(
+        description="A contact channel, or best: the one this customer engages with most.")
+    send: Literal["offer", "products", "content"]
+    items: int = Field(3, ge=1, le=20)
+    reason: str | None = Field(None, max_length=200, description="Said with the message; "
+                               "default: the journey's entry reason.")
+
+
+class Step(_Strict):
+    name: Name | None = None
+    wait: Wait | None = None
+    branch: list[Case] | None = None
+    message: Message | None = None
+    update: dict[str, str] | None = None
+    exit: bool | None = None
+
+    @model_validator(mode="after")
+    def _one_kind(self) -> Step:
+        kinds = [k for k in ("wait", "branch", "message", "update", "exit")
+                 if getattr(self, k) is not None]
+        if len(kinds) != 1:
+            raise ValueError("a step is exactly one of wait, branch, message, update, exit; "
+                             f"this one has {', '.join(kinds) or 'none'}")
+        return self
+
+    @property
+    def kind(self) -> str:
+        return next(k for k in ("wait", "branch", "message", "update", "exit")
+                    if getattr(self, k) is not None)
+
+
+# ---------------------------------------------------------------------------- journeys
+class Journey(_Strict):
+    name: Name
+    priority: int = Field(0, description="When journeys want the same customer in the same "
+                                         "slot, the higher priority sends; the other is "
+                                         "recorded as suppressed (rule: priority).")
+    holdout: float = Field(0.0, ge=0, lt=1, description="Share of entrants held out: they enter "
+                           "(and are counted) but get no message, to measure the journey's lift.")
+    entry: Entry
+    reentry: Reentry = Field(default_factory=Reentry)
+    goal: Goal | None = Field(default_factory=Goal)
+    steps: list[Step] = Field(min_length=1)
+
+    @field_validator("steps")
+    @classmethod
+    def _named_steps(cls, steps: list[Step]) -> list[Step]:
+        """Every step gets a name (``step<N>``, from 1, when the file gives none); names are
+        unique and every goto names one."""
+        named = [s if s.name else s.model_copy(update={"name": f"step{i}"})
+                 for i, s in enumerate(steps, 1)]
+        names = [s.name for s in named]
+        repeated = sorted({n for n in names if names.count(n) > 1})
+        if repeated:
+            raise ValueError(f"step names must be unique; repeated: {', '.join(repeated)}")
+        for step in named:
+            for case in step.branch or []:
+                if case.goto not in names:
+                    raise ValueError(f"step {step.name!r}: goto {case.goto!r} names no step; the "
+                                     f"steps are {', '.join(names)}")
+        return named
+
+    def index(self, step: str) -> int:
+        return next(i for i, s in enumerate(self.steps) if s.name == step)
+
+    @property
+    def channels(self) -> set[str]:
+        return {s.message.channel for s in self.steps if s.message is not None}
+
+
+class JourneyPlan(_Strict):
+    journeys: list[Journey] = Field(default_factory=list)
+
+    @field_validator("journeys")
+    @classmethod
+    def _unique(cls, value: list[Journey]) -> list[Journey]:
+        names = [j.name for j in value]
+        repeated = sorted({n for n in names if names.count(n) > 1})
+        if repeated:
+            raise ValueError(f"journey names must be unique; repeated: {', '.join(repeated)}")
+        return value
+
+    def journey(self, name: str) -> Journey:
+        for journey in self.journeys:
+            if journey.name == name:
+                return journey
+        raise ValueError(f"no journey {name!r}; the journeys file has: "
+                         f"{', '.join(j.name for j in self.journeys) or 'none'} "
+                         "('nextbest journeys show')")
+
+    @property
+    def by_priority(self) -> list[Journey]:
+        """Highest priority first; ties in file order."""
+        return sorted(self.journeys, key=lambda j: -j.priority)
+
+
+class JourneysError(ValueError):
+    """The journeys file is missing or wrong; the message names the file, journey, step and
+    field."""
+
+
+def journeys_path(settings: Settings) -> Path:
+    if settings.journeys_file is not None:
+        return settings.journeys_file
+    local = settings.data_dir / "journeys.yaml"
+    return local if local.exists() else DEFAULT_JOURNEYS
+
+
+def load_journeys(path: Path) -> JourneyPlan:
+    try:
+        data = yaml.safe_load(Path(path).read_text())
+    except FileNotFoundError:
+        raise JourneysError(f"journeys file {path} does not exist") from None
+    except yaml.YAMLError as error:
+        raise JourneysError(f"{path} is not valid YAML: {error}") from None
+    try:
+        return JourneyPlan.model_validate(data or {})
+    except ValidationError as error:
+        lines = [f"  {_where(data, e['loc'])}: {e['msg'].removeprefix('Value error, ')}"
+                 + (f" (got {e['input']!r})" if not isinstance(e.get("input"), dict | list)
+                    else "")
+                 for e in error.errors()]
+        raise JourneysError(f"{path} has {len(lines)} problem(s):\n" + "\n".join(lines)) from None
+
+
+def _where(data, loc: tuple) -> str:
+    """A pydantic error location in the file's words: journeys.'cart_recovery'.steps.'email'.
+    message.channel (names instead of list positions where the entry has one)."""
+    parts, node = [], data
+    for part in loc:
+        if isinstance(part, int) and isinstance(node, list) and part < len(node):
+            node = node[part]
+            name = node.get("name") if isinstance(node, dict) else None
+            if name:
+                parts.append(f"'{name}'")
+            else:
+                parts[-1] += f"[{part + 1}]"
+        else:
+            parts.append(str(part))
+            node = node.get(part) if isinstance(node, dict) else None
+    return ".".join(parts)
+
+
+def channels_for(message: Message) -> list[str]:
+    """The contact channels a message step may use, in the order to try."""
+    if message.channel != "best":
+        return [message.channel]
+    return [c.value for c in CONTACT_CHANNELS]

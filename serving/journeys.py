@@ -1,0 +1,435 @@
+"""The journey engine: enters customers into the journeys of ``features.journeys`` and moves
+each one's run step by step, exactly once.
+
+Everything about one customer happens in one call of :meth:`JourneyEngine.advance`, as one
+transaction of the online store (``OnlineStore.commit``) on that customer's state, which holds
+their runs (``CustomerState.journeys``):
+
+1. a run whose goal event happened since it entered ends as ``converted``;
+2. journeys the customer's situation calls for (an abandoned cart, an event, lapsing, ...) that
+   they are not in, and may re-enter, start a run (holdout drawn by hash, as experiments are);
+3. every active run that is due executes its steps until one waits or the run ends.
+
+Because the store re-reads the state inside the transaction and writes the run's new step
+together with the messages it decided (to the outbox), a step is executed exactly once however
+many schedulers look at the customer and wherever one crashes: a crash before the commit leaves
+the run where it was, to be executed again; after it, the step is done. The store indexes
+customers by when their next step is due (``journey_due``; an event makes its customer due at
+once), so the scheduler reads only the customers with something to do.
+
+At most one journey message goes to a customer per slot (``slot_minutes``): the journey of
+highest priority due first sends, and a message another journey wants within the slot is
+recorded as suppressed with the rule ``priority``. Messages obey the contact policy (consent,
+quiet hours, caps, cross-channel memory); quiet hours postpone a message, the other rules
+suppress it, and both are logged as the triggers' are.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from zoneinfo import ZoneInfo
+
+import pandas as pd
+
+from features.contracts import ItemKind
+from features.experiments import BUCKETS, bucket
+from features.exposures import Exposure
+from features.journeys import Condition, Journey, JourneyPlan, Message, Step, channels_for
+from features.online.state import CustomerState, record_contact
+from features.online.store import OnlineStore
+from features.policy import ContactPolicy, contact_verdict, recently_shown, verdict_rule
+from serving.exposure_log import decision_exposure, suppressed_exposure
+from serving.pipeline import Candidate, ServingState, rank_offers, rank_products, with_live_state
+from serving.schemas import RecommendRequest
+from serving.situations import abandoned_cart, category_interest
+
+QUIET_RETRY = timedelta(minutes=15)
+"""A message due in quiet hours is looked at again this much later."""
+ENGAGED_DAYS = 30
+"""How far back an event from a contact channel counts as engagement on it."""
+
+
+@dataclass(frozen=True)
+class JourneyOutcome:
+    journey: str
+    customer_id: str
+    status: str
+    """entered | sent | suppressed | waiting | converted | exited | finished"""
+    step: str | None = None
+    detail: str = ""
+    decision: dict | None = None
+
+
+class JourneyEngine:
+    def __init__(self, plan: JourneyPlan, policy: ContactPolicy, store: OnlineStore,
+                 serving_state: Callable[[], ServingState | None],
+                 max_category_share: float = 0.5,
+                 record: Callable[[Exposure], None] | None = None,
+                 slot_minutes: float = 60.0, zone: str = "UTC") -> None:
+        self.plan = plan
+        self.policy = policy
+        self.store = store
+        self.serving_state = serving_state
+        self.max_category_share = max_category_share
+        self.record = record
+        """Where each message sent or suppressed goes (the exposure log); None: nowhere."""
+        self.slot = slot_minutes * 60
+        self.zone = ZoneInfo(zone)
+        """The local clock of ``until_local`` waits."""
+
+    # ------------------------------------------------------------------ entry points
+    def tick(self, now: datetime, limit: int = 10_000) -> list[JourneyOutcome]:
+        """Every customer with something to do now: runs due (events make their customer due
+        at once), carts abandoned long enough, customers lapsing."""
+        state = self.serving_state()
+        if state is None:
+            return []
+        customers = dict.fromkeys(self.store.due_journeys(now.timestamp(), limit))
+        carts = [j.entry.after_minutes for j in self.plan.journeys
+                 if j.entry.when == "cart_abandoned"]
+        if carts:
+            customers.update(dict.fromkeys(
+                self.store.open_carts(now.timestamp() - min(carts) * 60)))
+        lapsing = [j.entry.days_without_purchase for j in self.plan.journeys
+                   if j.entry.when == "lapsing"]
+        if lapsing:
+            horizon = now.timestamp() - min(lapsing) * 86400
+            customers.update(dict.fromkeys(
+                c for c, at in state.shop.last_purchase.items() if at <= horizon))
+        outcomes = []
+        for customer in customers:
+            outcomes.extend(self.advance(customer, now, state))
+        return outcomes
+
+    def advance(self, customer: str, now: datetime, state: ServingState | None = None
+                ) -> list[JourneyOutcome]:
+        """Goals, entries and due steps of one customer, committed in one transaction."""
+        state = state or self.serving_state()
+        if state is None:
+            return []
+        attempt: dict[str, list] = {}
+
+        def change(live: CustomerState) -> list[dict] | None:
+            attempt["outcomes"], attempt["exposures"] = [], []  # a retried commit starts over
+            return self._change(live, state, now, attempt["outcomes"], attempt["exposures"])
+
+        if self.store.commit(customer, change) is None:
+            return []
+        if self.record is not None:
+            for exposure in attempt["exposures"]:
+                self.record(exposure)
+        return attempt["outcomes"]
+
+    # ------------------------------------------------------------------ one customer
+    def _change(self, live: CustomerState, state: ServingState, now: datetime,
+                outcomes: list[JourneyOutcome], exposures: list[Exposure]) -> list[dict] | None:
+        moment = now.timestamp()
+        changed = live.journey_check is not None
+        live.journey_check = None
+        for journey in self.plan.journeys:
+            run = live.journeys.get(journey.name)
+            if run is not None and run["status"] == "active" and self._goal_reached(
+                    journey, run, live):
+                _end(run, "converted", moment)
+                outcomes.append(JourneyOutcome(journey.name, live.customer_id, "converted"))
+                changed = True
+        for journey in self.plan.by_priority:
+            entered = self._enter(journey, live, state, now)
+            if entered is not None:
+                outcomes.append(entered)
+                changed = True
+        decisions: list[dict] = []
+        for journey in self.plan.by_priority:
+            run = live.journeys.get(journey.name)
+            if run is not None and run["status"] == "active" and (
+                    run["due"] is None or run["due"] <= moment or _event_came(journey, run, live)):
+                self._run_steps(journey, run, live, state, now, outcomes, exposures, decisions)
+                changed = True
+        return decisions if changed else None
+
+    def _goal_reached(self, journey: Journey, run: dict, live: CustomerState) -> bool:
+        if journey.goal is None:
+            return False
+        return live.last_seen.get(journey.goal.event.value, float("-inf")) >= run["entered"]
+
+    def _enter(self, journey: Journey, live: CustomerState, state: ServingState,
+               now: datetime) -> JourneyOutcome | None:
+        run = live.journeys.get(journey.name)
+        if run is not None and (run["status"] == "active" or not _may_reenter(journey, run, now)):
+            return None
+        found = self._situation(journey, live, state, now)
+        if found is None:
+            return None
+        key, started, reason = found
+        if run is not None and run["key"] == key:
+            return None  # this very situation went through the journey already
+        if now.timestamp() > started + journey.entry.expires_after_hours * 3600:
+            return None
+        if not self._audience(journey, live.customer_id, state):
+            return None
+        held_out = bucket(f"journey:{journey.name}", live.customer_id) < journey.holdout * BUCKETS
+        live.journeys[journey.name] = {
+            "step": 0, "due": now.timestamp(), "entered": now.timestamp(), "key": key,
+            "status": "active", "ended": None, "held_out": held_out, "started": None,
+            "reason": reason}
+        return JourneyOutcome(journey.name, live.customer_id, "entered",
+                              detail=reason + (" (holdout)" if held_out else ""))
+
+    def _situation(self, journey: Journey, live: CustomerState, state: ServingState,
+                   now: datetime) -> tuple[str, float, str] | None:
+        """(key of this occurrence, when it began, reason) if the entry holds now."""
+        entry = journey.entry
+        if entry.when == "cart_abandoned":
+            found = abandoned_cart(entry.after_minutes, live, now)
+            return None if found is None else (f"cart:{found[0]}", found[1], found[2])
+        if entry.when == "category_browsing":
+            found = category_interest(entry.views, entry.within_days, live, state, now)
+            return None if found is None else (f"browsed:{found[0]}", found[1], found[2])
+        if entry.when == "event":
+            at = live.last_seen.get(entry.event.value)
+            return None if at is None else (f"{entry.event.value}:{at:.3f}", at,
+                                            f"{entry.event.value} at {_when(at)}")
+        if entry.when == "first_purchase":
+            at = live.last_seen.get("purchase")
+            if at is None or live.customer_id in state.shop.last_purchase \
+                    or live.counts.get("purchase", 0) != 1:
+                return None
+            return "first_purchase", at, "first purchase"
+        last = max(state.shop.last_purchase.get(live.customer_id, float("-inf")),
+                   live.last_purchase or float("-inf"))
+        if last == float("-inf"):
+            return None  # never bought: not lapsing, just not a customer yet
+        lapsed = last + entry.days_without_purchase * 86400
+        if now.timestamp() < lapsed:
+            return None
+        return (f"lapsing:{last:.0f}", now.timestamp(),  # it holds as long as they stay away
+                f"no purchase for {(now.timestamp() - last) / 86400:.0f} days")
+
+    def _audience(self, journey: Journey, customer: str, state: ServingState) -> bool:
+        entry = journey.entry
+        if entry.segments and state.shop.segments.get(customer) not in entry.segments:
+            return False
+        if entry.propensity_deciles is not None:
+            decile = _decile(state, customer)
+            low, high = entry.propensity_deciles
+            return decile is not None and low <= decile <= high
+        return True
+
+    # ------------------------------------------------------------------ steps
+    def _run_steps(self, journey: Journey, run: dict, live: CustomerState, state: ServingState,
+                   now: datetime, outcomes: list[JourneyOutcome], exposures: list[Exposure],
+                   decisions: list[dict]) -> None:
+        """Execute a due run's steps from where it is until one waits or the run ends."""
+        moment = now.timestamp()
+        for _ in range(len(journey.steps) + 1):  # a goto loop cannot spin within one pass
+            if run["step"] >= len(journey.steps):
+                _end(run, "finished", moment)
+                outcomes.append(JourneyOutcome(journey.name, live.customer_id, "finished"))
+                return
+            step = journey.steps[run["step"]]
+            if step.wait is not None:
+                if not self._waited(step, run, live, now):
+                    return
+                _next(run)
+            elif step.branch is not None:
+                target = next((case.goto for case in step.branch
+                               if self._holds(case.if_, run, live, state, now)), None)
+                run["step"] = journey.index(target) if target else run["step"] + 1
+                run["started"] = None
+            elif step.update is not None:
+                live.attributes.update(step.update)
+                _next(run)
+            elif step.exit:
+                _end(run, "exited", moment)
+                outcomes.append(JourneyOutcome(journey.name, live.customer_id, "exited",
+                                               step.name))
+                return
+            else:
+                if not self._message(journey, step, run, live, state, now, outcomes, exposures,
+                                     decisions):
+                    return  # postponed (quiet hours)
+                _next(run)
+        _end(run, "exited", moment)  # branches that loop back with no wait between them
+        outcomes.append(JourneyOutcome(journey.name, live.customer_id, "exited", None,
+                                       "its branches loop without a wait"))
+
+    def _waited(self, step: Step, run: dict, live: CustomerState, now: datetime) -> bool:
+        """Whether the wait is over; when it starts, set when the run is due next."""
+        wait = step.wait
+        moment = now.timestamp()
+        if run["started"] is None:
+            run["started"] = moment
+            if wait.until_local is not None:
+                run["due"] = _next_local(now, wait.until_local, self.zone).timestamp()
+            elif wait.until_event is not None:
+                run["due"] = moment + wait.timeout_hours * 3600
+            else:
+                run["due"] = moment + wait.seconds
+            return run["due"] <= moment
+        if wait.until_event is not None and live.last_seen.get(
+                wait.until_event.value, float("-inf")) >= run["started"]:
+            return True
+        return run["due"] <= moment
+
+    def _holds(self, condition: Condition, run: dict, live: CustomerState, state: ServingState,
+               now: datetime) -> bool:
+        if condition.segment_in is not None:
+            return state.shop.segments.get(live.customer_id) in condition.segment_in
+        if condition.propensity_decile is not None:
+            decile = _decile(state, live.customer_id)
+            low, high = condition.propensity_decile
+            return decile is not None and low <= decile <= high
+        if condition.event_since_entry is not None:
+            return live.last_seen.get(condition.event_since_entry.value,
+                                      float("-inf")) >= run["entered"]
+        if condition.attribute is not None:
+            return all(live.attributes.get(k) == v for k, v in condition.attribute.items())
+        return live.engaged.get(condition.engaged, float("-inf")) >= \
+            now.timestamp() - ENGAGED_DAYS * 86400
+
+    def _message(self, journey: Journey, step: Step, run: dict, live: CustomerState,
+                 state: ServingState, now: datetime, outcomes: list[JourneyOutcome],
+                 exposures: list[Exposure], decisions: list[dict]) -> bool:
+        """Send the step's message, or record why not; False when quiet hours postpone it."""
+        message = step.message
+        firing_key = f"{journey.name}:{live.customer_id}:{run['entered']:.3f}:{step.name}"
+
+        def suppressed(rule: str, detail: str, channel: str) -> bool:
+            outcomes.append(JourneyOutcome(journey.name, live.customer_id, "suppressed",
+                                           step.name, f"{rule}: {detail}"))
+            exposures.append(suppressed_exposure(
+                uuid.uuid5(uuid.NAMESPACE_URL, f"suppressed:{firing_key}").hex,
+                live.customer_id, journey.name, channel, rule, detail, now.timestamp()))
+            return True
+
+        channels = self._channel_order(message, live)
+        if run["held_out"]:
+            return suppressed("holdout", "in the journey's holdout", channels[0])
+        holder = self._slot_holder(live, journey, now, decisions)
+        if holder is not None:
+            return suppressed("priority", f"{holder} holds this customer's message slot",
+                              channels[0])
+        consents = state.shop.consents.get(live.customer_id, frozenset())
+        verdicts = {}
+        chosen = None
+        for channel in channels:
+            verdict = contact_verdict(self.policy, live, consents, channel, now)
+            if verdict is None:
+                chosen = channel
+                break
+            verdicts[channel] = verdict
+        if chosen is None:
+            detail = "; ".join(f"{c}: {v}" for c, v in verdicts.items())
+            if any(v.startswith("quiet hours") for v in verdicts.values()):
+                run["due"] = (now + QUIET_RETRY).timestamp()
+                outcomes.append(JourneyOutcome(journey.name, live.customer_id, "waiting",
+                                               step.name, detail))
+                return False
+            rules = "|".join(sorted({verdict_rule(v) for v in verdicts.values()}))
+            return suppressed(rules, detail, channels[0])
+        items = self._payload(message, live, state, chosen, now)
+        if not items:
+            return suppressed("nothing_to_send", "nothing eligible to send", chosen)
+        kind = ItemKind.OFFER.value if message.send == "offer" else (
+            ItemKind.PRODUCT.value if message.send == "products" else ItemKind.CONTENT.value)
+        decision = {
+            "decision_id": uuid.uuid4().hex, "firing_key": firing_key, "trigger": journey.name,
+            "journey": journey.name, "step": step.name, "customer_id": live.customer_id,
+            "channel": chosen, "action": message.send,
+            "items": [{"item_id": c.item_id, "title": state.shop.items[c.item_id].title,
+                       "kind": kind, "score": round(c.score, 6), "reason": c.reason,
+                       "source": c.source} for c in items],
+            "reason": message.reason or run.get("reason") or journey.name,
+            "recommendation_id": uuid.uuid4().hex,
+            "model_versions": dict(state.models.versions), "created_at": now.isoformat(),
+            "experiments": {}}
+        record_contact(live, chosen, journey.name, [c.item_id for c in items], firing_key,
+                       now.timestamp())
+        decisions.append(decision)
+        exposures.append(decision_exposure(decision, now.timestamp()))
+        outcomes.append(JourneyOutcome(journey.name, live.customer_id, "sent", step.name,
+                                       decision["reason"], decision))
+        return True
+
+    def _channel_order(self, message: Message, live: CustomerState) -> list[str]:
+        """The step's channel; for ``best``, the customer's channels by their latest
+        engagement, then the configured order."""
+        channels = channels_for(message)
+        if message.channel != "best":
+            return channels
+        return sorted(channels, key=lambda c: -live.engaged.get(c, float("-inf")))
+
+    def _slot_holder(self, live: CustomerState, journey: Journey, now: datetime,
+                     decisions: list[dict]) -> str | None:
+        """The journey that already has this customer's message slot, if another one does."""
+        if decisions:
+            return decisions[0]["journey"]
+        names = {j.name for j in self.plan.journeys} - {journey.name}
+        since = now.timestamp() - self.slot
+        recent = [(when, name) for _, name, when in live.contacts
+                  if name in names and when >= since]
+        return max(recent)[1] if recent else None
+
+    def _payload(self, message: Message, live: CustomerState, state: ServingState,
+                 channel: str, now: datetime) -> list[Candidate]:
+        shown = recently_shown(self.policy, live, now)
+        request = RecommendRequest(customer_id=live.customer_id, channel=channel,
+                                   n={ItemKind(k): 0 for k in ItemKind}, exclude=sorted(shown))
+        behaviour, request = with_live_state(state.shop.customer(live.customer_id), request,
+                                             live)
+        if message.send == "offer":
+            return rank_offers(state, request, behaviour, pd.Timestamp(now), message.items)
+        if message.send == "products":
+            return rank_products(state, request, behaviour, message.items,
+                                 self.max_category_share, live)
+        popularity = dict(state.shop.popular_content)
+        seen = shown | set(behaviour.recent_views)
+        ranked = sorted((i for i in state.shop.items.values()
+                         if i.kind == ItemKind.CONTENT.value and i.item_id not in seen),
+                        key=lambda i: -popularity.get(i.item_id, 0.0))[:message.items]
+        return [Candidate(i.item_id, popularity.get(i.item_id, 0.0), "popular with customers",
+                          "popular") for i in ranked]
+
+
+# ---------------------------------------------------------------------------- helpers
+def _next(run: dict) -> None:
+    run["step"] += 1
+    run["started"] = None
+
+
+def _end(run: dict, status: str, moment: float) -> None:
+    run.update(status=status, ended=moment, due=None)
+
+
+def _may_reenter(journey: Journey, run: dict, now: datetime) -> bool:
+    after = journey.reentry.after_days
+    return after is not None and now.timestamp() >= (run["ended"] or 0) + after * 86400
+
+
+def _event_came(journey: Journey, run: dict, live: CustomerState) -> bool:
+    """Whether the event a run waits for has happened since the wait began."""
+    if run["step"] >= len(journey.steps) or run["started"] is None:
+        return False
+    wait = journey.steps[run["step"]].wait
+    return wait is not None and wait.until_event is not None and live.last_seen.get(
+        wait.until_event.value, float("-inf")) >= run["started"]
+
+
+def _decile(state: ServingState, customer: str) -> int | None:
+    if state.propensity is None:
+        return None
+    found = state.propensity.deciles.get(customer)
+    return None if found is None or pd.isna(found) else int(found)
+
+
+def _next_local(now: datetime, at, zone: ZoneInfo) -> datetime:
+    local = now.astimezone(zone)
+    target = local.replace(hour=at.hour, minute=at.minute, second=0, microsecond=0)
+    return target if target > local else target + timedelta(days=1)
+
+
+def _when(at: float) -> str:
+    return datetime.fromtimestamp(at, UTC).strftime("%Y-%m-%d %H:%M UTC")

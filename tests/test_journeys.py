@@ -1,0 +1,251 @@
+"""Journeys: the file format, and the engine against real models and a real online store —
+entry, waits, branches, goals, holdout, priority between journeys, and each step exactly once."""
+
+from __future__ import annotations
+
+import dataclasses
+import uuid
+from datetime import UTC, datetime, time, timedelta
+
+import pytest
+import yaml
+
+from features.ingest import parse_events
+from features.journeys import DEFAULT_JOURNEYS, JourneyPlan, JourneysError, load_journeys
+from features.online.embedded import EmbeddedStore
+from features.policy import ContactPolicy, QuietHours
+from features.settings import Settings
+from serving.journeys import JourneyEngine
+from serving.pipeline import ServingState
+from serving.service import build_state
+
+NOON = datetime(2026, 3, 2, 12, 0, tzinfo=UTC)
+OPEN_POLICY = ContactPolicy()
+"""No quiet hours, no caps: each test adds the rule it is about."""
+
+
+def plan(*journeys: dict) -> JourneyPlan:
+    return JourneyPlan.model_validate({"journeys": list(journeys)})
+
+
+CART_RECOVERY = {
+    "name": "cart_recovery", "priority": 100,
+    "entry": {"when": "cart_abandoned", "after_minutes": 30},
+    "goal": {"event": "purchase"},
+    "steps": [{"name": "push", "message": {"channel": "push", "send": "products", "items": 2}},
+              {"wait": {"hours": 1}},
+              {"name": "email", "message": {"channel": "email", "send": "offer", "items": 1}}]}
+
+
+@pytest.fixture(scope="module")
+def served(serving_dir) -> ServingState:
+    """The registered models, with every offer open to anyone now."""
+    state = build_state(Settings(data_dir=serving_dir))
+    items = {i: (dataclasses.replace(item, valid_from=None, valid_to=None, segments=frozenset(),
+                                     channels=frozenset()) if item.kind == "offer" else item)
+             for i, item in state.shop.items.items()}
+    return dataclasses.replace(state, shop=dataclasses.replace(state.shop, items=items))
+
+
+def engine(served: ServingState, tmp_path, journeys: JourneyPlan,
+           consents: frozenset[str] = frozenset({"push", "email"}),
+           policy: ContactPolicy = OPEN_POLICY, store=None, **shop_changes) -> JourneyEngine:
+    shop = dataclasses.replace(served.shop, consents={"shopper": consents}, **shop_changes)
+    state = dataclasses.replace(served, shop=shop)
+    store = store or EmbeddedStore(tmp_path / "online.db")
+    return JourneyEngine(journeys, policy, store, lambda: state)
+
+
+def products(served: ServingState, n: int) -> list[str]:
+    return [i for i, item in served.shop.items.items() if item.kind == "product"][:n]
+
+
+def send(journeys: JourneyEngine, kind: str, item: str, at: datetime,
+         channel: str = "web") -> None:
+    parsed = parse_events([{"event_id": uuid.uuid4().hex, "customer_id": "shopper",
+                            "item_id": item, "event_type": kind, "timestamp": at.isoformat(),
+                            "channel": channel}])
+    assert not parsed.problems, parsed.problems
+    journeys.store.ingest(parsed.events)
+
+
+def statuses(outcomes) -> list[tuple[str, str, str | None]]:
+    return [(o.journey, o.status, o.step) for o in outcomes]
+
+
+# ---------------------------------------------------------------------------- the file
+def test_the_shipped_journeys_load():
+    shipped = load_journeys(DEFAULT_JOURNEYS)
+    assert [j.name for j in shipped.journeys] == [
+        "cart_recovery", "vip_early_access", "win_back", "post_purchase_cross_sell"]
+    assert shipped.journey("win_back").steps[2].branch[0].goto == "offer"
+
+
+@pytest.mark.parametrize(("journey", "message"), [
+    ({**CART_RECOVERY, "steps": [{"message": {"channel": "fax", "send": "offer"}}]},
+     r"journeys.'cart_recovery'.steps\[1\].message.channel: Input should be 'email', 'sms', "
+     r"'push' or 'best' \(got 'fax'\)"),
+    ({**CART_RECOVERY, "steps": [{"branch": [{"if": {"segment_in": ["vip"]}, "goto": "gone"}]}]},
+     r"goto 'gone' names no step; the steps are step1"),
+    ({**CART_RECOVERY, "steps": [{"wait": {"hours": 1, "until_local": "09:00"}}]},
+     r"steps\[1\].wait: a wait is one of: .* this one has a duration and until_local"),
+    ({**CART_RECOVERY, "entry": {"when": "event"}},
+     r"journeys.'cart_recovery'.entry: when: event needs 'event'"),
+    ({**CART_RECOVERY, "steps": [{"wait": {"hours": 1}, "exit": True}]},
+     r"a step is exactly one of wait, branch, message, update, exit; this one has wait, exit"),
+])
+def test_a_wrong_file_names_the_file_the_journey_the_step_and_the_field(tmp_path, journey,
+                                                                         message):
+    path = tmp_path / "journeys.yaml"
+    path.write_text(yaml.safe_dump({"journeys": [journey]}))
+    with pytest.raises(JourneysError, match=message) as caught:
+        load_journeys(path)
+    assert str(path) in str(caught.value)
+
+
+# ---------------------------------------------------------------------------- the engine
+def test_an_abandoned_cart_enters_sends_waits_and_sends_again(served, tmp_path):
+    journeys = engine(served, tmp_path, plan(CART_RECOVERY))
+    send(journeys, "add_to_cart", products(served, 1)[0], NOON)
+    assert journeys.tick(NOON + timedelta(minutes=29)) == []
+    first = journeys.tick(NOON + timedelta(minutes=31))
+    assert statuses(first) == [("cart_recovery", "entered", None),
+                               ("cart_recovery", "sent", "push")]
+    assert first[1].decision["channel"] == "push" and len(first[1].decision["items"]) == 2
+    assert journeys.tick(NOON + timedelta(minutes=50)) == []  # waiting the hour
+    second = journeys.tick(NOON + timedelta(minutes=92))
+    assert statuses(second) == [("cart_recovery", "sent", "email"),
+                                ("cart_recovery", "finished", None)]
+    assert [d["step"] for _, d in journeys.store.outbox()] == ["push", "email"]
+
+
+def test_a_purchase_ends_the_journey_as_converted_before_its_next_message(served, tmp_path):
+    journeys = engine(served, tmp_path, plan(CART_RECOVERY))
+    item = products(served, 1)[0]
+    send(journeys, "add_to_cart", item, NOON)
+    journeys.tick(NOON + timedelta(minutes=31))
+    send(journeys, "purchase", item, NOON + timedelta(minutes=40))
+    assert statuses(journeys.tick(NOON + timedelta(minutes=41))) == [
+        ("cart_recovery", "converted", None)]
+    assert journeys.tick(NOON + timedelta(minutes=95)) == []
+    assert len(journeys.store.outbox()) == 1
+
+
+def test_two_schedulers_execute_each_step_once(served, tmp_path):
+    first = engine(served, tmp_path, plan(CART_RECOVERY))
+    second = engine(served, tmp_path, plan(CART_RECOVERY), store=EmbeddedStore(
+        tmp_path / "online.db"))  # another process on the same store
+    send(first, "add_to_cart", products(served, 1)[0], NOON)
+    later = NOON + timedelta(minutes=31)
+    sent = [o for o in first.tick(later) + second.tick(later) if o.status == "sent"]
+    assert len(sent) == 1 and len(first.store.outbox()) == 1
+
+
+def test_a_step_the_commit_did_not_keep_runs_again_and_only_once(served, tmp_path):
+    """A scheduler that dies between deciding and committing leaves the run where it was."""
+    journeys = engine(served, tmp_path, plan(CART_RECOVERY))
+    send(journeys, "add_to_cart", products(served, 1)[0], NOON)
+    later = NOON + timedelta(minutes=31)
+    real_commit = journeys.store.commit
+
+    def crash(customer, change):
+        change(journeys.store.customer(customer))  # decided, then killed before the commit
+        raise KeyboardInterrupt
+
+    journeys.store.commit = crash
+    with pytest.raises(KeyboardInterrupt):
+        journeys.tick(later)
+    journeys.store.commit = real_commit
+    assert journeys.store.outbox() == []
+    assert [o.status for o in journeys.tick(later)] == ["entered", "sent"]
+    assert journeys.tick(later) == [] and len(journeys.store.outbox()) == 1
+
+
+def test_the_holdout_enters_and_is_counted_but_gets_no_message(served, tmp_path):
+    journeys = engine(served, tmp_path, plan({**CART_RECOVERY, "holdout": 0.9999}))
+    send(journeys, "add_to_cart", products(served, 1)[0], NOON)
+    outcomes = journeys.tick(NOON + timedelta(minutes=31))
+    assert statuses(outcomes) == [("cart_recovery", "entered", None),
+                                  ("cart_recovery", "suppressed", "push")]
+    assert outcomes[1].detail.startswith("holdout")
+    assert journeys.store.outbox() == []
+
+
+def test_the_higher_priority_journey_takes_the_slot_and_the_other_is_suppressed(served,
+                                                                                 tmp_path):
+    browsing = {"name": "browsing", "priority": 1,
+                "entry": {"when": "event", "event": "add_to_cart"}, "goal": None,
+                "steps": [{"name": "tip", "message": {"channel": "email", "send": "content"}}]}
+    journeys = engine(served, tmp_path, plan(browsing, CART_RECOVERY))
+    send(journeys, "add_to_cart", products(served, 1)[0], NOON)
+    outcomes = journeys.tick(NOON + timedelta(minutes=31))
+    assert ("cart_recovery", "sent", "push") in statuses(outcomes)
+    [lost] = [o for o in outcomes if o.journey == "browsing" and o.status == "suppressed"]
+    assert lost.detail == "priority: cart_recovery holds this customer's message slot"
+
+
+def test_a_branch_on_an_event_since_entry_and_an_update_step(served, tmp_path):
+    looked = {"name": "looked", "entry": {"when": "event", "event": "add_to_cart"},
+              "goal": None,
+              "steps": [{"wait": {"days": 1}},
+                        {"branch": [{"if": {"event_since_entry": "view"}, "goto": "keen"}]},
+                        {"exit": True},
+                        {"name": "keen", "update": {"keen": "yes"}}]}
+    journeys = engine(served, tmp_path, plan(looked))
+    item = products(served, 1)[0]
+    send(journeys, "add_to_cart", item, NOON)
+    journeys.tick(NOON + timedelta(minutes=1))
+    send(journeys, "view", item, NOON + timedelta(hours=2))
+    journeys.tick(NOON + timedelta(hours=2, minutes=1))  # the view makes it due; still waiting
+    assert statuses(journeys.tick(NOON + timedelta(days=1, minutes=2))) == [
+        ("looked", "finished", None)]
+    assert journeys.store.customer("shopper").attributes == {"keen": "yes"}
+
+
+def test_quiet_hours_postpone_a_message_and_consent_suppresses_it(served, tmp_path):
+    quiet = ContactPolicy(quiet_hours=QuietHours(start=time(21), end=time(8), timezone="UTC"))
+    journeys = engine(served, tmp_path, plan(CART_RECOVERY), policy=quiet)
+    late = NOON.replace(hour=21, minute=10)
+    send(journeys, "add_to_cart", products(served, 1)[0], late)
+    outcomes = journeys.tick(late + timedelta(minutes=31))
+    assert statuses(outcomes)[-1] == ("cart_recovery", "waiting", "push")
+    morning = late.replace(hour=8, minute=5) + timedelta(days=1)
+    assert ("cart_recovery", "sent", "push") in statuses(journeys.tick(morning))
+    unconsented = engine(served, tmp_path / "other", plan(CART_RECOVERY),
+                         consents=frozenset())
+    send(unconsented, "add_to_cart", products(served, 1)[0], NOON)
+    [_, stopped] = unconsented.tick(NOON + timedelta(minutes=31))
+    assert stopped.status == "suppressed" and stopped.detail.startswith("consent")
+
+
+def test_best_channel_is_where_the_customer_last_reacted(served, tmp_path):
+    best = {**CART_RECOVERY, "steps": [
+        {"name": "nudge", "message": {"channel": "best", "send": "products"}}]}
+    journeys = engine(served, tmp_path, plan(best))
+    item = products(served, 1)[0]
+    send(journeys, "click", item, NOON - timedelta(days=2), channel="email")
+    send(journeys, "add_to_cart", item, NOON)
+    sent = [o for o in journeys.tick(NOON + timedelta(minutes=31)) if o.status == "sent"]
+    assert sent[0].decision["channel"] == "email"
+
+
+def test_a_lapsing_customer_enters_once_per_lapse(served, tmp_path):
+    win_back = {"name": "win_back", "entry": {"when": "lapsing", "days_without_purchase": 30},
+                "steps": [{"name": "hello", "message": {"channel": "email",
+                                                         "send": "products"}}]}
+    bought = (NOON - timedelta(days=40)).timestamp()
+    journeys = engine(served, tmp_path, plan(win_back), last_purchase={"shopper": bought})
+    assert statuses(journeys.tick(NOON)) == [("win_back", "entered", None),
+                                             ("win_back", "sent", "hello"),
+                                             ("win_back", "finished", None)]
+    assert journeys.tick(NOON + timedelta(days=9)) == []  # re-entry needs a new lapse
+
+
+def test_the_due_index_finds_exactly_the_customers_with_something_to_do(tmp_path):
+    store = EmbeddedStore(tmp_path / "online.db")
+    parsed = parse_events([{"event_id": "e1", "customer_id": "a", "item_id": "p1",
+                            "event_type": "view", "timestamp": NOON.isoformat(),
+                            "channel": "web"}])
+    store.ingest(parsed.events)
+    assert store.due_journeys(NOON.timestamp()) == ["a"]
+    assert store.due_journeys(NOON.timestamp() - 1) == []
