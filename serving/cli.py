@@ -31,6 +31,7 @@ from features.cli import (
     settings_with,
     warehouse_at,
 )
+from serving.journeys_cli import journeys_app
 from serving.launch import version
 from serving.realtime_cli import events_app, policy_app, triggers_app
 from training.cli import experiments_app, models_app, report_app, scores_app, train_app
@@ -47,6 +48,7 @@ app.add_typer(scores_app, name="scores")
 app.add_typer(policy_app, name="policy")
 app.add_typer(events_app, name="events")
 app.add_typer(triggers_app, name="triggers")
+app.add_typer(journeys_app, name="journeys")
 app.add_typer(report_app, name="report")
 app.add_typer(experiments_app, name="experiments")
 

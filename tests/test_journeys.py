@@ -249,3 +249,22 @@ def test_the_due_index_finds_exactly_the_customers_with_something_to_do(tmp_path
     store.ingest(parsed.events)
     assert store.due_journeys(NOON.timestamp()) == ["a"]
     assert store.due_journeys(NOON.timestamp() - 1) == []
+
+
+def test_journeys_show_prints_each_journey_step_by_step(tmp_path):
+    from tests.test_cli import run
+
+    shown = run("journeys", "show", "--data-dir", str(tmp_path))
+    assert shown.exit_code == 0, shown.output
+    assert "cart_recovery (priority 100, 10% held out)" in shown.output
+    assert "3. looked: if event_since_entry view go to offer; else the next step" in shown.output
+
+
+def test_journeys_show_refuses_a_wrong_file_with_its_problems(tmp_path):
+    from tests.test_cli import run
+
+    (tmp_path / "journeys.yaml").write_text(yaml.safe_dump({"journeys": [
+        {**CART_RECOVERY, "priority": "high"}]}))
+    shown = run("journeys", "show", "--data-dir", str(tmp_path))
+    assert shown.exit_code == 2
+    assert "journeys.'cart_recovery'.priority: Input should be a valid integer" in shown.output
