@@ -55,7 +55,7 @@ def simulated_units(root: Path, customers: int, days: int, visits: int) -> pd.Da
     history_end = pd.Timestamp.now(tz="UTC").floor("D") - pd.Timedelta(days=days + 1)
     store_shop(Warehouse(root / "warehouse"), generate_shop(config.model_copy(
         update={"start": (history_end - pd.Timedelta(days=75)).to_pydatetime()})))
-    settings = Settings(data_dir=root, trigger_interval_seconds=0)
+    settings = Settings(data_dir=root)
     train_recommender(settings, "ease")
     start = datetime.now(UTC) - timedelta(days=days, minutes=1)
     (root / "experiments.yaml").write_text(yaml.safe_dump({"experiments": [{

@@ -66,7 +66,7 @@ def run(base: Path, root: Path, experiment: dict, days: int, visits: int) -> Pat
     data = root / experiment["name"]
     shutil.copytree(base, data)
     (data / "experiments.yaml").write_text(yaml.safe_dump({"experiments": [experiment]}))
-    simulate(Settings(data_dir=data, trigger_interval_seconds=0),
+    simulate(Settings(data_dir=data),
              SimulationConfig(days=days, visits_per_day=visits, seed=3))
     return data
 

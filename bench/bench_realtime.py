@@ -73,7 +73,7 @@ def serve(data_dir: Path, env: dict[str, str], workers: int) -> tuple[subprocess
     port = free_port()
     full_env = {**os.environ, "NEXTBEST_DATA_DIR": str(data_dir),
                 "NEXTBEST_RELOAD_INTERVAL_SECONDS": "0", "NEXTBEST_FLUSH_INTERVAL_SECONDS": "0",
-                "NEXTBEST_TRIGGER_INTERVAL_SECONDS": "0", "BENTOML_HOME": str(data_dir / "bentoml"),
+                "BENTOML_HOME": str(data_dir / "bentoml"),
                 "NEXTBEST_WORKERS": str(workers), **env}
     server = subprocess.Popen(
         [sys.executable, "-m", "bentoml", "serve", "serving.service:NextBest", "--port", str(port),

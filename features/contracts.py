@@ -253,7 +253,7 @@ CUSTOMERS = TableContract(
 )
 
 class ExposureType(StrEnum):
-    """What put items in front of a customer: a ``recommend`` answer, or a message a trigger
+    """What put items in front of a customer: a ``recommend`` answer, or a message a journey
     decided; or a consent the customer gave or withdrew, logged beside them so that the opt-outs
     what nextbest showed and sent may have caused can be counted (experiments' opt-out
     guardrail)."""
@@ -269,7 +269,7 @@ class ExposureStatus(StrEnum):
     SENT = "sent"
     """A message was decided and written to the outbox for the shop's sender."""
     SUPPRESSED = "suppressed"
-    """A trigger held but the contact policy stopped the message (``rule`` says which rule)."""
+    """A journey wanted to send but a rule stopped the message (``rule`` says which)."""
     FAILED = "failed"
     """The ranking failed for this request (the caller got a 5xx): what the error-rate
     guardrail counts."""
@@ -297,13 +297,14 @@ EXPOSURES = TableContract(
         Column("channel", "string", "Where it was shown or sent (for consent: the contact "
                "channel).", allowed=_values(Channel)),
         Column("placement", "string", "The page or slot that asked (the request's placement, "
-               "else its page_type, else 'default'); for messages the trigger's name."),
+               "else its page_type, else 'default'); for messages the journey's name; "
+               "'consent' for consent rows."),
         Column("status", "string", "shown, sent, suppressed, or failed (the ranking raised; the "
                "caller got an error); granted or withdrawn for consent rows.",
                allowed=_values(ExposureStatus)),
-        Column("rule", "string", "Suppressed messages: the contact-policy rule that stopped it "
-               "(consent, quiet_hours, cap, cooldown, nothing_to_send).", required=False,
-               nullable=True),
+        Column("rule", "string", "Suppressed messages: the rule that stopped it (consent, "
+               "quiet_hours, cap, holdout, experiment, priority, nothing_to_send).",
+               required=False, nullable=True),
         Column("model_versions", "string", "Registered model versions that answered, "
                "'name=version' joined by '|', e.g. 'recommender=3|propensity=2'.",
                required=False, nullable=True),
@@ -317,8 +318,8 @@ EXPOSURES = TableContract(
         Column("position", "int", "Its place in its kind's list, from 1.", required=False,
                nullable=True, min_value=1),
         Column("source", "string", "What placed it: for_you, similar, new, popular (products); "
-               "context, category, popular (content); expected_value (offers); the trigger's "
-               "action for messages.", required=False, nullable=True),
+               "context, category, popular (content); expected_value (offers); messages' items "
+               "the same way.", required=False, nullable=True),
         Column("latency_ms", "float", "How long nextbest took to rank the answer, in "
                "milliseconds (recommend answers; experiments' latency guardrail).",
                required=False, nullable=True, min_value=0),

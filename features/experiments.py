@@ -2,7 +2,7 @@
 
 An experiments file (YAML, like the contact policy) declares a global holdout and experiments
 in layers. Assignment is a pure function of the file and the customer id, evaluated locally
-wherever nextbest acts on a customer (``recommend``, the triggers, the propensity export), so
+wherever nextbest acts on a customer (``recommend``, the journeys, the propensity export), so
 every place agrees without asking anyone:
 
 * the **hash** is BLAKE2b (``hashlib.blake2b``, 8-byte digest) of ``"<salt>:<customer_id>"``,
@@ -10,7 +10,7 @@ every place agrees without asking anyone:
   (10,000). The same file and id give the same bucket in every process, after every restart and
   on every machine (Python's ``hash`` would not: it is salted per process);
 * the **global holdout** takes the customers whose bucket under the holdout's salt falls below
-  its share: they get no personalization and no triggered messages, to measure what nextbest
+  its share: they get no personalization and no journey messages, to measure what nextbest
   adds at all;
 * each **layer** (namespace) hashes with its own salt and gives disjoint ranges of buckets to
   its experiments, so experiments on different surfaces run side by side, independent of each

@@ -45,6 +45,7 @@ from pydantic import (
 )
 
 from features.contracts import CONTACT_CHANNELS, EventType
+from features.policy import CartAbandoned, CategoryBrowsing, load_policy, policy_path
 from features.settings import Settings
 
 DEFAULT_JOURNEYS = Path(__file__).with_name("journeys.default.yaml")
@@ -153,13 +154,28 @@ class Case(_Strict):
     goto: Name
 
 
+CONTACT = tuple(c.value for c in CONTACT_CHANNELS)
+
+
 class Message(_Strict):
-    channel: Literal["email", "sms", "push", "best"] = Field(
-        description="A contact channel, or best: the one this customer engages with most.")
+    channel: str | list[str] = Field(
+        description="A contact channel; a list of them, the first one the policy allows is used; "
+                    "or best: the ones this customer engages with, most recent first.")
     send: Literal["offer", "products", "content"]
     items: int = Field(3, ge=1, le=20)
     reason: str | None = Field(None, max_length=200, description="Said with the message; "
                                "default: the journey's entry reason.")
+
+    @field_validator("channel", mode="before")
+    @classmethod
+    def _contact_channels(cls, value):
+        """One error in the file's words, not one per branch of the type."""
+        named = value if isinstance(value, list) else [value]
+        wrong = [v for v in named if v not in CONTACT and not (v == "best" and value == "best")]
+        if wrong or not named:
+            raise ValueError(f"channel must be one of {', '.join(CONTACT)} or best, or a list "
+                             f"of {', '.join(CONTACT)}; got {value!r}")
+        return value
 
 
 class Step(_Strict):
@@ -298,7 +314,39 @@ def _where(data, loc: tuple) -> str:
 
 
 def channels_for(message: Message) -> list[str]:
-    """The contact channels a message step may use, in the order to try."""
+    """The contact channels a message step may use, in the order to try (before ``best``
+    reorders them by the customer's engagement)."""
+    if isinstance(message.channel, list):
+        return list(message.channel)
     if message.channel != "best":
         return [message.channel]
     return [c.value for c in CONTACT_CHANNELS]
+
+
+def from_trigger(rule: CartAbandoned | CategoryBrowsing) -> Journey:
+    """A contact policy's trigger rule as the one-step journey it is: enter on the situation,
+    send once, enter again after the cooldown."""
+    entry = {"when": rule.when, "expires_after_hours": rule.expires_after_hours}
+    if isinstance(rule, CartAbandoned):
+        entry["after_minutes"] = rule.after_minutes
+    else:
+        entry.update(views=rule.views, within_days=rule.within_days)
+    return Journey.model_validate({
+        "name": rule.name, "entry": entry, "goal": None,
+        "reentry": {"after_days": rule.cooldown_hours / 24},
+        "steps": [{"name": "send", "message": {
+            "channel": [c.value for c in rule.channels], "send": rule.action,
+            "items": rule.items}}]})
+
+
+def journeys_in_force(settings: Settings) -> JourneyPlan:
+    """The journeys file's journeys and the contact policy's trigger rules (one-step journeys):
+    what the scheduler runs. A trigger named like a journey is an error that names both files."""
+    plan = load_journeys(journeys_path(settings))
+    path = policy_path(settings)
+    triggers = [from_trigger(rule) for rule in load_policy(path).triggers]
+    clash = sorted({j.name for j in plan.journeys} & {t.name for t in triggers})
+    if clash:
+        raise JourneysError(f"{path} has trigger(s) named like journeys of "
+                            f"{journeys_path(settings)}: {', '.join(clash)}; rename one")
+    return JourneyPlan(journeys=[*plan.journeys, *triggers])

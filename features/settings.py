@@ -136,9 +136,12 @@ class Settings(BaseSettings):
     flush_interval_seconds: float = Field(
         60.0, ge=0, description="How often the service moves ingested events to the warehouse; 0 = never "
         "(use 'nextbest events flush').")
-    trigger_interval_seconds: float = Field(
-        60.0, ge=0, description="How often the service evaluates timed triggers (cart abandonment); "
-        "0 = never.")
+    journey_scheduler: bool = Field(
+        True, description="Whether 'nextbest serve' starts the journey scheduler beside the API "
+        "workers; false where it runs elsewhere ('nextbest journeys run': one per deployment).")
+    journey_interval_seconds: float = Field(
+        0.2, gt=0, description="How often the journey scheduler looks for customers with a step "
+        "due (an event makes its customer due at once).")
     exposure_logging: bool = Field(
         True, description="Record every recommend answer and message decision as an exposure "
         "(what attribution and KPIs count); off only to measure what it costs.")

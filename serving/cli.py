@@ -33,7 +33,7 @@ from features.cli import (
 )
 from serving.journeys_cli import journeys_app
 from serving.launch import version
-from serving.realtime_cli import events_app, policy_app, triggers_app
+from serving.realtime_cli import events_app, policy_app
 from training.cli import experiments_app, models_app, report_app, scores_app, train_app
 
 app = typer.Typer(
@@ -47,7 +47,6 @@ app.add_typer(models_app, name="models")
 app.add_typer(scores_app, name="scores")
 app.add_typer(policy_app, name="policy")
 app.add_typer(events_app, name="events")
-app.add_typer(triggers_app, name="triggers")
 app.add_typer(journeys_app, name="journeys")
 app.add_typer(report_app, name="report")
 app.add_typer(experiments_app, name="experiments")
@@ -243,14 +242,19 @@ def require_free_port(port: int, host: str) -> None:
 
 def run_service(data_dir: Path, port: int, example: dict | None = None,
                 host: str = "127.0.0.1") -> None:
-    """Start `bentoml serve` on the models of ``data_dir``, listening on ``host``, print one
-    example request and its answer, then keep serving until interrupted. Exits non-zero if the
-    service stops."""
+    """Start `bentoml serve` on the models of ``data_dir``, listening on ``host``, and the
+    journey scheduler beside it (unless NEXTBEST_JOURNEY_SCHEDULER=false), print one example
+    request and its answer, then keep serving until interrupted. Exits non-zero if the service
+    stops."""
     require_free_port(port, host)
     env = {**os.environ, "NEXTBEST_DATA_DIR": str(Path(data_dir).resolve())}
+    root = Path(__file__).resolve().parents[1]
     process = subprocess.Popen([sys.executable, "-m", "bentoml", "serve",
                                 "serving.service:NextBest", "--port", str(port), "--host", host],
-                               cwd=Path(__file__).resolve().parents[1], env=env)
+                               cwd=root, env=env)
+    scheduler = (subprocess.Popen([sys.executable, "-m", "serving.cli", "journeys", "run"],
+                                  cwd=root, env=env)
+                 if settings_with(data_dir).journey_scheduler else None)
     shown = "localhost" if host in ("127.0.0.1", "0.0.0.0", "::", "localhost") else host
     url = f"http://{shown}:{port}"
     # A SIGTERM (from a supervisor, or `timeout`) must also stop the server we started.
@@ -280,8 +284,10 @@ def run_service(data_dir: Path, port: int, example: dict | None = None,
     except KeyboardInterrupt:
         pass
     finally:
-        process.terminate()
-        process.wait(timeout=30)
+        for started in (process, scheduler):
+            if started is not None:
+                started.terminate()
+                started.wait(timeout=30)
 
 
 def _ready(url: str) -> bool:
@@ -308,7 +314,7 @@ def simulate(
     ] = "pipeline",
     url: Annotated[str | None, typer.Option(
         help="Ask the service running here (e.g. http://localhost:3000) instead of ranking in "
-             "this process; it records exposures and runs triggers itself, on its clock.")
+             "this process; it records exposures and its scheduler runs the journeys, on its clock.")
     ] = None,
     token: Annotated[str | None, typer.Option(
         help="Bearer token for --url, when the service needs one.")] = None,

@@ -81,13 +81,13 @@ def decision_exposure(decision: dict, at: float) -> Exposure:
             "variants": decision.get("experiments") or {}}
 
 
-def suppressed_exposure(exposure_id: str, customer_id: str, trigger: str, channel: str,
+def suppressed_exposure(exposure_id: str, customer_id: str, journey: str, channel: str,
                         rule: str, detail: str, at: float,
                         variants: dict[str, str] | None = None) -> Exposure:
-    """A message a trigger wanted to send and the contact policy (or the customer's place in
+    """A message a journey wanted to send and the contact policy (or the customer's place in
     an experiment) stopped, by ``rule``."""
     return {"exposure_id": exposure_id, "exposure_type": ExposureType.MESSAGE.value,
-            "customer_id": customer_id, "at": at, "channel": channel, "placement": trigger,
+            "customer_id": customer_id, "at": at, "channel": channel, "placement": journey,
             "status": ExposureStatus.SUPPRESSED.value, "rule": rule, "model_versions": {},
             "items": [], "context": {"reason": detail}, "variants": variants or {}}
 

@@ -21,7 +21,7 @@ At most one journey message goes to a customer per slot (``slot_minutes``): the 
 highest priority due first sends, and a message another journey wants within the slot is
 recorded as suppressed with the rule ``priority``. Messages obey the contact policy (consent,
 quiet hours, caps, cross-channel memory); quiet hours postpone a message, the other rules
-suppress it, and both are logged as the triggers' are.
+suppress it; a message sent or suppressed is logged as an exposure.
 """
 
 from __future__ import annotations
@@ -35,7 +35,7 @@ from zoneinfo import ZoneInfo
 import pandas as pd
 
 from features.contracts import ItemKind
-from features.experiments import BUCKETS, bucket
+from features.experiments import BUCKETS, Assignment, bucket
 from features.exposures import Exposure
 from features.journeys import Condition, Journey, JourneyPlan, Message, Step, channels_for
 from features.online.state import CustomerState, record_contact
@@ -44,7 +44,7 @@ from features.policy import ContactPolicy, contact_verdict, recently_shown, verd
 from serving.exposure_log import decision_exposure, suppressed_exposure
 from serving.pipeline import Candidate, ServingState, rank_offers, rank_products, with_live_state
 from serving.schemas import RecommendRequest
-from serving.situations import abandoned_cart, category_interest
+from serving.situations import Situation, abandoned_cart, category_interest
 
 QUIET_RETRY = timedelta(minutes=15)
 """A message due in quiet hours is looked at again this much later."""
@@ -68,6 +68,7 @@ class JourneyEngine:
                  serving_state: Callable[[], ServingState | None],
                  max_category_share: float = 0.5,
                  record: Callable[[Exposure], None] | None = None,
+                 assignment: Callable[[str, datetime], Assignment] | None = None,
                  slot_minutes: float = 60.0, zone: str = "UTC") -> None:
         self.plan = plan
         self.policy = policy
@@ -76,6 +77,9 @@ class JourneyEngine:
         self.max_category_share = max_category_share
         self.record = record
         """Where each message sent or suppressed goes (the exposure log); None: nowhere."""
+        self.assignment = assignment
+        """The customer's place in the experiments: the global holdout, and variants that turn
+        messages off, get none (recorded as suppressed, rule ``holdout`` or ``experiment``)."""
         self.slot = slot_minutes * 60
         self.zone = ZoneInfo(zone)
         """The local clock of ``until_local`` waits."""
@@ -163,7 +167,7 @@ class JourneyEngine:
         found = self._situation(journey, live, state, now)
         if found is None:
             return None
-        key, started, reason = found
+        key, started, reason, category = found
         if run is not None and run["key"] == key:
             return None  # this very situation went through the journey already
         if now.timestamp() > started + journey.entry.expires_after_hours * 3600:
@@ -174,30 +178,30 @@ class JourneyEngine:
         live.journeys[journey.name] = {
             "step": 0, "due": now.timestamp(), "entered": now.timestamp(), "key": key,
             "status": "active", "ended": None, "held_out": held_out, "started": None,
-            "reason": reason}
+            "reason": reason, "category": category}
         return JourneyOutcome(journey.name, live.customer_id, "entered",
                               detail=reason + (" (holdout)" if held_out else ""))
 
     def _situation(self, journey: Journey, live: CustomerState, state: ServingState,
-                   now: datetime) -> tuple[str, float, str] | None:
-        """(key of this occurrence, when it began, reason) if the entry holds now."""
+                   now: datetime) -> Situation | None:
+        """The entry's situation if it holds now (``serving.situations.Situation``)."""
         entry = journey.entry
         if entry.when == "cart_abandoned":
             found = abandoned_cart(entry.after_minutes, live, now)
-            return None if found is None else (f"cart:{found[0]}", found[1], found[2])
+            return None if found is None else (f"cart:{found[0]}", *found[1:])
         if entry.when == "category_browsing":
             found = category_interest(entry.views, entry.within_days, live, state, now)
-            return None if found is None else (f"browsed:{found[0]}", found[1], found[2])
+            return None if found is None else (f"browsed:{found[0]}", *found[1:])
         if entry.when == "event":
             at = live.last_seen.get(entry.event.value)
             return None if at is None else (f"{entry.event.value}:{at:.3f}", at,
-                                            f"{entry.event.value} at {_when(at)}")
+                                            f"{entry.event.value} at {_when(at)}", None)
         if entry.when == "first_purchase":
             at = live.last_seen.get("purchase")
             if at is None or live.customer_id in state.shop.last_purchase \
                     or live.counts.get("purchase", 0) != 1:
                 return None
-            return "first_purchase", at, "first purchase"
+            return "first_purchase", at, "first purchase", None
         last = max(state.shop.last_purchase.get(live.customer_id, float("-inf")),
                    live.last_purchase or float("-inf"))
         if last == float("-inf"):
@@ -206,7 +210,7 @@ class JourneyEngine:
         if now.timestamp() < lapsed:
             return None
         return (f"lapsing:{last:.0f}", now.timestamp(),  # it holds as long as they stay away
-                f"no purchase for {(now.timestamp() - last) / 86400:.0f} days")
+                f"no purchase for {(now.timestamp() - last) / 86400:.0f} days", None)
 
     def _audience(self, journey: Journey, customer: str, state: ServingState) -> bool:
         entry = journey.entry
@@ -297,17 +301,26 @@ class JourneyEngine:
         message = step.message
         firing_key = f"{journey.name}:{live.customer_id}:{run['entered']:.3f}:{step.name}"
 
+        placed = self.assignment(live.customer_id, now) if self.assignment else None
+        variants = placed.labels() if placed is not None else {}
+
         def suppressed(rule: str, detail: str, channel: str) -> bool:
             outcomes.append(JourneyOutcome(journey.name, live.customer_id, "suppressed",
                                            step.name, f"{rule}: {detail}"))
             exposures.append(suppressed_exposure(
                 uuid.uuid5(uuid.NAMESPACE_URL, f"suppressed:{firing_key}").hex,
-                live.customer_id, journey.name, channel, rule, detail, now.timestamp()))
+                live.customer_id, journey.name, channel, rule, detail, now.timestamp(),
+                variants))
             return True
 
         channels = self._channel_order(message, live)
         if run["held_out"]:
             return suppressed("holdout", "in the journey's holdout", channels[0])
+        if placed is not None and not placed.messages:
+            why = "holdout" if placed.held_out else "experiment"
+            return suppressed(why, f"the customer is in the {why} ("
+                              + ", ".join(f"{e}={v}" for e, v in variants.items()) + ")",
+                              channels[0])
         holder = self._slot_holder(live, journey, now, decisions)
         if holder is not None:
             return suppressed("priority", f"{holder} holds this customer's message slot",
@@ -330,7 +343,7 @@ class JourneyEngine:
                 return False
             rules = "|".join(sorted({verdict_rule(v) for v in verdicts.values()}))
             return suppressed(rules, detail, channels[0])
-        items = self._payload(message, live, state, chosen, now)
+        items = self._payload(message, run.get("category"), live, state, chosen, now)
         if not items:
             return suppressed("nothing_to_send", "nothing eligible to send", chosen)
         kind = ItemKind.OFFER.value if message.send == "offer" else (
@@ -345,7 +358,7 @@ class JourneyEngine:
             "reason": message.reason or run.get("reason") or journey.name,
             "recommendation_id": uuid.uuid4().hex,
             "model_versions": dict(state.models.versions), "created_at": now.isoformat(),
-            "experiments": {}}
+            "experiments": variants}
         record_contact(live, chosen, journey.name, [c.item_id for c in items], firing_key,
                        now.timestamp())
         decisions.append(decision)
@@ -373,8 +386,8 @@ class JourneyEngine:
                   if name in names and when >= since]
         return max(recent)[1] if recent else None
 
-    def _payload(self, message: Message, live: CustomerState, state: ServingState,
-                 channel: str, now: datetime) -> list[Candidate]:
+    def _payload(self, message: Message, category: str | None, live: CustomerState,
+                 state: ServingState, channel: str, now: datetime) -> list[Candidate]:
         shown = recently_shown(self.policy, live, now)
         request = RecommendRequest(customer_id=live.customer_id, channel=channel,
                                    n={ItemKind(k): 0 for k in ItemKind}, exclude=sorted(shown))
@@ -385,16 +398,27 @@ class JourneyEngine:
         if message.send == "products":
             return rank_products(state, request, behaviour, message.items,
                                  self.max_category_share, live)
-        popularity = dict(state.shop.popular_content)
-        seen = shown | set(behaviour.recent_views)
-        ranked = sorted((i for i in state.shop.items.values()
-                         if i.kind == ItemKind.CONTENT.value and i.item_id not in seen),
-                        key=lambda i: -popularity.get(i.item_id, 0.0))[:message.items]
-        return [Candidate(i.item_id, popularity.get(i.item_id, 0.0), "popular with customers",
-                          "popular") for i in ranked]
+        return _content(state, category, shown | set(behaviour.recent_views), message.items)
 
 
 # ---------------------------------------------------------------------------- helpers
+def _content(state: ServingState, category: str | None, exclude: set[str],
+             n: int) -> list[Candidate]:
+    """The most read articles about ``category`` (the one a browsing customer was looking
+    at), or across the catalog without one."""
+    popularity = dict(state.shop.popular_content)
+    if category is not None:
+        pool = state.shop.content_by_top.get(category, [])
+        reason, source = f"about {category}, which you have been browsing", "category"
+    else:
+        pool = [i for i in state.shop.items.values() if i.kind == ItemKind.CONTENT.value]
+        reason, source = "popular with customers", "popular"
+    ranked = sorted((i for i in pool if i.item_id not in exclude),
+                    key=lambda i: -popularity.get(i.item_id, 0.0))[:n]
+    return [Candidate(i.item_id, popularity.get(i.item_id, 0.0), reason, source)
+            for i in ranked]
+
+
 def _next(run: dict) -> None:
     run["step"] += 1
     run["started"] = None

@@ -2,25 +2,29 @@
 
 from __future__ import annotations
 
+import json
 import time
 from collections import Counter
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from features.cli import DataDir, command_group, console, friendly_errors, settings_with
-from features.journeys import Journey, JourneyPlan, Step
+
+if TYPE_CHECKING:  # the command line loads what a command uses when it runs
+    from features.journeys import Journey, JourneyPlan, Step
 
 journeys_app = command_group("Customer journeys: what is in force, and their scheduler.")
 
 
 def _plan(data_dir: Path | None) -> tuple[JourneyPlan, Path]:
-    from features.journeys import journeys_path, load_journeys
+    """The journeys file's journeys and the policy's trigger rules, and the journeys file."""
+    from features.journeys import journeys_in_force, journeys_path
 
-    path = journeys_path(settings_with(data_dir))
-    return load_journeys(path), path  # a JourneysError is a ValueError: reported, exit 2
+    settings = settings_with(data_dir)
+    return journeys_in_force(settings), journeys_path(settings)  # errors: reported, exit 2
 
 
 @journeys_app.command("show")
@@ -93,13 +97,16 @@ def _condition(condition) -> str:
 def run_journeys(
     once: Annotated[bool, typer.Option("--once", help="One pass over what is due, then exit.")
                     ] = False,
-    interval: Annotated[float, typer.Option(min=0.05, help="Seconds between passes.")] = 0.2,
+    interval: Annotated[float | None, typer.Option(
+        min=0.05, help="Seconds between passes [default: NEXTBEST_JOURNEY_INTERVAL_SECONDS, "
+                       "0.2].")] = None,
     data_dir: DataDir = None,
 ) -> None:
     """The journey scheduler: one process per deployment, beside the API workers. Every
     --interval seconds it advances the customers with something due; it reads the journeys file
     again when it changes and the models when the alias moves. Ctrl+C stops it."""
-    from features.journeys import JourneysError, journeys_path, load_journeys
+    from features.experiments import ExperimentsError, assign, load_plan, plan_path
+    from features.journeys import JourneysError, journeys_in_force, journeys_path
     from features.online import open_online_store
     from features.policy import load_policy, policy_path
     from serving.exposure_log import ExposureLog
@@ -108,13 +115,17 @@ def run_journeys(
     from serving.service import build_state, load_state
 
     settings = settings_with(data_dir)
+    interval = interval or settings.journey_interval_seconds
     plan, path = _plan(data_dir)
     store = open_online_store(settings)
     state = [build_state(settings)]
     log = ExposureLog(store, settings.exposure_buffer, settings.exposure_flush_ms).start()
+    experiments = [load_plan(plan_path(settings))]
     engine = JourneyEngine(plan, load_policy(policy_path(settings)), store, lambda: state[0],
-                           settings.max_category_share, log.record)
-    stamp, checked = _stamp(path), time.monotonic()
+                           settings.max_category_share, log.record,
+                           lambda customer, now: assign(experiments[0], customer, now))
+    files = [journeys_path(settings), policy_path(settings), plan_path(settings)]
+    stamps, checked = [_stamp(f) for f in files], time.monotonic()
     totals: Counter = Counter()
     console.print(f"journey scheduler: {', '.join(j.name for j in plan.journeys) or 'none'} "
                   f"from {path}, every {interval:g} s" + ("" if once else "; Ctrl+C stops"))
@@ -134,14 +145,16 @@ def run_journeys(
             time.sleep(interval)
             if time.monotonic() - checked >= settings.reload_interval_seconds:
                 checked = time.monotonic()
-                if _stamp(journeys_path(settings)) != stamp:
-                    stamp = _stamp(journeys_path(settings))
+                if [_stamp(f) for f in files] != stamps:
+                    stamps = [_stamp(f) for f in files]
                     try:
-                        engine.plan = load_journeys(journeys_path(settings))
-                        console.print("journeys file read again")
-                    except JourneysError as error:
-                        console.print(f"journeys file not applied, still running the previous "
-                                      f"one: {error}")
+                        engine.plan = journeys_in_force(settings)
+                        engine.policy = load_policy(policy_path(settings))
+                        experiments[0] = load_plan(plan_path(settings))
+                        console.print("journeys, policy and experiments read again")
+                    except (JourneysError, ExperimentsError, ValueError) as error:
+                        console.print(f"a changed file was not applied, still running the "
+                                      f"previous ones: {error}")
                 if resolve_versions(settings, settings.serving_alias) != \
                         state[0].models.versions:
                     state[0] = load_state(settings)
@@ -160,3 +173,31 @@ def _stamp(path: Path) -> tuple[int, int] | None:
     except FileNotFoundError:
         return None
     return stat.st_mtime_ns, stat.st_size
+
+
+@journeys_app.command("outbox")
+@friendly_errors
+def show_outbox(
+    after: Annotated[str | None, typer.Option(help="Only decisions after this position.")] = None,
+    limit: Annotated[int, typer.Option(min=1, max=10_000, help="How many to show.")] = 20,
+    as_json: Annotated[bool, typer.Option("--json", help="One JSON object per line.")] = False,
+    data_dir: DataDir = None,
+) -> None:
+    """Messages the journeys decided, oldest first, with their positions: what the shop's
+    sender reads (``after`` the last position it handled)."""
+    from rich.table import Table
+
+    from features.online import open_online_store
+
+    entries = open_online_store(settings_with(data_dir)).outbox(after, limit)
+    if as_json:
+        for position, decision in entries:
+            print(json.dumps({"position": position, **decision}))
+        return
+    table = Table("position", "created", "journey", "step", "customer", "channel", "items",
+                  "reason")
+    for position, d in entries:
+        table.add_row(position, d["created_at"][:19], d["trigger"], d.get("step", ""),
+                      d["customer_id"], d["channel"], ", ".join(i["item_id"] for i in d["items"]),
+                      d["reason"])
+    console.print(table)

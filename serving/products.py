@@ -100,7 +100,7 @@ class ProductIndex:
     def blocked_mask(self) -> np.ndarray:
         """This thread's per-product scratch mask for the rules (``serving.kernels.rank``):
         all False between uses, a byte per product (100 kB at 100k products) for each thread
-        that ranks, a worker's event loop and its trigger thread."""
+        that ranks: a worker's event loop and its threads, or the journey scheduler."""
         mask = getattr(self._scratch, "blocked", None)
         if mask is None:
             mask = self._scratch.blocked = np.zeros(len(self.ids), dtype=bool)

@@ -1,15 +1,13 @@
-"""``nextbest policy|events|triggers``: the real-time parts, from the command line.
+"""``nextbest policy|events``: the real-time parts, from the command line.
 
-``policy show`` prints the contact policy and trigger rules the service applies; ``events flush``
+``policy show`` prints the contact policy and trigger rules the journeys apply; ``events flush``
 moves ingested events to the warehouse (the service also does it on a timer); ``events delete``
-removes stored events that should never have been accepted; ``triggers run`` evaluates the timed
-triggers once, as the service's timer does, and ``triggers outbox`` lists the decisions written
-for other systems to send.
+removes stored events that should never have been accepted. The journeys and their outbox are
+``nextbest journeys`` (``serving.journeys_cli``).
 """
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
@@ -31,7 +29,6 @@ if TYPE_CHECKING:
 
 policy_app = command_group("The contact policy and trigger rules.")
 events_app = command_group("Events ingested in real time, and removing stored ones.")
-triggers_app = command_group("Behavioural triggers and their outbox.")
 
 
 def _policy(data_dir: Path | None) -> tuple[ContactPolicy, str]:
@@ -128,54 +125,3 @@ def delete_events(
     result = warehouse.delete_events(criteria)
     console.print(f"deleted {result.removed:,} event(s); they are kept in {result.kept_in} "
                   "(import it with 'nextbest data import events' to undo)")
-
-
-@triggers_app.command("run")
-@friendly_errors
-def run_triggers(data_dir: DataDir = None) -> None:
-    """Evaluate the timed triggers once now, and show what each one did."""
-    from datetime import UTC, datetime
-
-    from rich.table import Table
-
-    from features.online import open_online_store
-    from serving.service import build_state
-    from serving.triggers import TriggerEngine
-
-    settings = settings_with(data_dir)
-    policy, _ = _policy(data_dir)
-    state = build_state(settings)
-    engine = TriggerEngine(policy, open_online_store(settings), lambda: state,
-                           settings.max_category_share)
-    outcomes = engine.tick(datetime.now(UTC))
-    table = Table("trigger", "customer", "status", "detail")
-    for outcome in outcomes:
-        table.add_row(outcome.trigger, outcome.customer_id, outcome.status, outcome.detail)
-    console.print(table)
-    fired = sum(o.status == "fired" for o in outcomes)
-    console.print(f"{fired} decision(s) written to the outbox, {len(outcomes) - fired} not sent")
-
-
-@triggers_app.command("outbox")
-@friendly_errors
-def show_outbox(
-    after: Annotated[str | None, typer.Option(help="Only decisions after this position.")] = None,
-    limit: Annotated[int, typer.Option(min=1, max=10_000, help="How many to show.")] = 20,
-    as_json: Annotated[bool, typer.Option("--json", help="One JSON object per line.")] = False,
-    data_dir: DataDir = None,
-) -> None:
-    """Decisions the triggers wrote, oldest first, with their positions."""
-    from rich.table import Table
-
-    from features.online import open_online_store
-
-    entries = open_online_store(settings_with(data_dir)).outbox(after, limit)
-    if as_json:
-        for position, decision in entries:
-            print(json.dumps({"position": position, **decision}))
-        return
-    table = Table("position", "created", "trigger", "customer", "channel", "items", "reason")
-    for position, d in entries:
-        table.add_row(position, d["created_at"][:19], d["trigger"], d["customer_id"], d["channel"],
-                      ", ".join(i["item_id"] for i in d["items"]), d["reason"])
-    console.print(table)

@@ -8,9 +8,10 @@ swapped in, so a request in flight always finishes on the state it started with.
 
 Customers' latest events arrive on ``events`` and are recorded durably in the online store
 (embedded SQLite or Redis) before the call returns; every ``recommend`` reads the customer's
-live state from it, so the next answer reflects what they just did. A background thread
-evaluates the trigger rules for customers with new events and on a timer, and another moves
-ingested events to the warehouse for the next retrain. If the online store is unreachable,
+live state from it, so the next answer reflects what they just did; an event also makes its
+customer due for the journey scheduler (``nextbest journeys run``, one process per deployment
+beside the workers, started by ``nextbest serve``). A background thread moves ingested events
+to the warehouse for the next retrain. If the online store is unreachable,
 ``recommend`` answers from the models and the snapshot alone and says ``degraded``, and
 ``events`` answers 503 so that the caller retries.
 
@@ -110,7 +111,6 @@ from serving.scores import propensity_answer
 from serving.service_logs import show_service_logs
 from serving.shop import load_shop
 from serving.timeouts import cancel_timers_when_answered
-from serving.triggers import TriggerEngine
 from serving.validation_errors import ReadableValidationErrors
 from training.propensity.scoring import ScoredCustomers, customer_features
 
@@ -304,13 +304,6 @@ class NextBest:
         self.exposures = (ExposureLog(self.online, self.settings.exposure_buffer,
                                       self.settings.exposure_flush_ms, HEALTH.exposures).start()
                           if self.settings.exposure_logging else None)
-        self.triggers = TriggerEngine(self.policy, self.online, lambda: self.state,
-                                      self.settings.max_category_share,
-                                      self.exposures.record if self.exposures else None,
-                                      lambda customer, now: assign(self.plan, customer, now))
-        self._touched: dict[str, CustomerState] = {}
-        self._touched_lock = threading.Lock()
-        self._wake = threading.Event()
         self.breaker = Breaker()
         self._store_threads = ThreadPoolExecutor(STORE_THREADS, thread_name_prefix="store")
         try:
@@ -327,7 +320,6 @@ class NextBest:
             threading.Thread(target=self._poll, name="alias-poller", daemon=True).start()
         if self.settings.flush_interval_seconds > 0:
             threading.Thread(target=self._flush_loop, name="warehouse-flush", daemon=True).start()
-        threading.Thread(target=self._trigger_loop, name="triggers", daemon=True).start()
 
     # ------------------------------------------------------------------ health
     def __is_ready__(self) -> bool:
@@ -408,7 +400,8 @@ class NextBest:
         return await asyncio.get_running_loop().run_in_executor(self._store_threads, work, *args)
 
     def ingest(self, raw: list, single: bool = False, atomic: bool = False) -> tuple[int, dict]:
-        """What ``events`` does, as (HTTP status, answer): validate, record, wake the triggers."""
+        """What ``events`` does, as (HTTP status, answer): validate, then record (which makes
+        the customers due for the journey scheduler)."""
         limit = self.settings.max_batch_events
         if len(raw) > limit:
             return HTTPStatus.REQUEST_ENTITY_TOO_LARGE, {
@@ -426,14 +419,6 @@ class NextBest:
             log.error("ingestion refused: %s", error)
             return HTTPStatus.SERVICE_UNAVAILABLE, {
                 "error": f"{error}; nothing was recorded, retry later"}
-        reacting = self.triggers.event_types
-        touched = {c: result.states[c] for c in {e["customer_id"] for e in parsed.events
-                                                 if e["event_type"] in reacting}
-                   if c in result.states}
-        if touched:
-            with self._touched_lock:
-                self._touched.update(touched)
-            self._wake.set()
         return (HTTPStatus.MULTI_STATUS if parsed.problems else HTTPStatus.OK), {
             "accepted": result.accepted, "duplicates": result.duplicates + parsed.repeated,
             "rejected": parsed.rejected, "problems": problems}
@@ -441,7 +426,7 @@ class NextBest:
     @bentoml.api
     async def consent(self, request: ConsentRequest, /) -> ConsentAnswer:
         """Record a consent given or withdrawn on a contact channel (email, sms, push). It
-        applies at once to the triggers and to ``recommend``'s ``contact`` verdict, ahead of the
+        applies at once to the journeys and to ``recommend``'s ``contact`` verdict, ahead of the
         customers table (which applies to customers who never sent one). 503 means the online
         store is unreachable and nothing was recorded."""
         return await self._on_store_thread(json_answer, lambda: self._consent(request))
@@ -641,31 +626,6 @@ class NextBest:
                 log.error("warehouse flush failed, will retry: %s", error)
             if self._stop.wait(self.settings.flush_interval_seconds):
                 return
-
-    def _trigger_loop(self) -> None:
-        """Evaluate event-driven rules as soon as events arrive, and timed rules every interval."""
-        interval = self.settings.trigger_interval_seconds
-        next_tick = time.monotonic()
-        while not self._stop.is_set():
-            timeout = max(0.0, next_tick - time.monotonic()) if interval > 0 else None
-            self._wake.wait(timeout)
-            self._wake.clear()
-            with self._touched_lock:
-                touched, self._touched = self._touched, {}
-            now = datetime.now(UTC)
-            timed = interval > 0 and time.monotonic() >= next_tick
-            if timed:
-                next_tick = time.monotonic() + interval
-            try:
-                outcomes = self.triggers.on_events(touched, now) if touched else []
-                if timed:
-                    outcomes += self.triggers.tick(now)
-            except Exception as error:  # noqa: BLE001 - a bad tick must not stop the loop
-                log.error("trigger evaluation failed, will retry: %s", error)
-                continue
-            for outcome in outcomes:
-                log.info("trigger %s for %s: %s %s", outcome.trigger, outcome.customer_id,
-                         outcome.status, outcome.detail)
 
     @bentoml.on_shutdown
     def _write_exposures(self) -> None:

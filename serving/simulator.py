@@ -5,7 +5,7 @@ Day by day, visits are drawn by each customer's activity at the shop's busy hour
 for the home page's recommendations, and the customer clicks, carts, buys and redeems what they
 were shown with the response model's probabilities; some also find a product on their own
 (never one shown to them within the purchase window, so that what the simulator calls organic
-is what attribution must leave alone). Every hour the triggers run, and a message a customer
+is what attribution must leave alone). Every hour the journey scheduler runs, and a message a customer
 opens is answered the same way; a message may also make its customer withdraw consent on its
 channel (``/consent``). The outcome events go back through the real ingestion, with
 ``recommendation_id`` (or ``decision_id``) on ``tagged_share`` of them, as storefronts only
@@ -13,11 +13,11 @@ partly tag clicks.
 
 Two storefronts ask the same questions:
 
-* :class:`InProcessShop` runs the pipeline, the online store, the triggers and the exposure log
+* :class:`InProcessShop` runs the pipeline, the online store, the journeys and the exposure log
   in this process with the simulated clock (days replayed in seconds), then moves everything to
   the warehouse;
 * :class:`HttpShop` asks a running service over HTTP (``/recommend``, ``/events``): the service
-  records the exposures and runs its own triggers, on its own clock, so event times are the
+  records the exposures and its scheduler runs the journeys, on its own clock, so event times are the
   wall clock's too.
 
 Every outcome the simulator draws is kept with the exposure that caused it (``truth``), so
@@ -45,6 +45,7 @@ from features.contracts import EventType, ItemKind
 from features.event_time import TimeWindow
 from features.experiments import assign, load_plan, plan_path
 from features.ingest import parse_events
+from features.journeys import journeys_in_force
 from features.online import open_online_store
 from features.policy import load_policy, policy_path
 from features.settings import Settings
@@ -52,8 +53,8 @@ from features.shop_response import ResponseModel
 from features.synthetic import HOUR_WEIGHT
 from features.warehouse import Warehouse
 from serving.exposure_log import ExposureLog, answer_exposure, consent_exposure, placement
+from serving.journeys import JourneyEngine
 from serving.schemas import RecommendRequest
-from serving.triggers import TriggerEngine
 
 ORGANIC_SHARE = 0.3
 """Visits in which the customer also looks at a product on their own."""
@@ -130,7 +131,7 @@ class Storefront(Protocol):
 
 
 class InProcessShop:
-    """The pipeline, online store, triggers and exposure log of ``settings``, on the simulated
+    """The pipeline, online store, journeys and exposure log of ``settings``, on the simulated
     clock."""
 
     def __init__(self, settings: Settings, ranker: str = "pipeline") -> None:
@@ -147,7 +148,8 @@ class InProcessShop:
         self.plan = load_plan(plan_path(settings))
         self.variants = variant_states(settings, self.state, self.plan.recommender_versions)
         self.log = ExposureLog(self.online, capacity=1_000_000)
-        self.triggers = TriggerEngine(self.policy, self.online, lambda: self.state,
+        self.journeys = JourneyEngine(journeys_in_force(settings), self.policy, self.online,
+                                      lambda: self.state,
                                       settings.max_category_share, self.log.record,
                                       lambda customer, now: assign(self.plan, customer, now))
 
@@ -183,7 +185,7 @@ class InProcessShop:
         self.online.ingest(parsed.events)
 
     def tick(self, at: datetime) -> list[dict]:
-        return [o.decision for o in self.triggers.tick(at) if o.status == "fired"]
+        return [o.decision for o in self.journeys.tick(at) if o.status == "sent"]
 
     def withdraw(self, customer: str, channel: str, at: datetime) -> None:
         """As ``POST /consent`` does: the online store first, then the log."""
@@ -198,7 +200,7 @@ class InProcessShop:
 
 
 class HttpShop:
-    """A running service, asked over HTTP as a storefront would; its clock, its triggers."""
+    """A running service, asked over HTTP as a storefront would; its clock, its journeys."""
 
     def __init__(self, url: str, token: str | None = None, timeout: float = 10.0) -> None:
         self.url = url.rstrip("/")

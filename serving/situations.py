@@ -1,5 +1,6 @@
 """Situations a customer can be in that call for a message: a cart left without a purchase, a
-category browsed without buying. The triggers and the journeys' entries read them the same way.
+category browsed without buying: what the journeys' entries (and the trigger rules they run)
+read.
 
 Each is ``(key, started, reason, category)``: ``key`` names this occurrence (the cart as of when
 it last grew, say), so that it is acted on once; ``started`` is when it began to hold.

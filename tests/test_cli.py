@@ -255,7 +255,10 @@ def test_policy_show_prints_caps_quiet_hours_and_triggers(realtime_env):
     result = run("policy", "show")
     assert result.exit_code == 0
     assert "quiet hours: 21:00-08:00 Europe/London" in result.output
-    assert "cart_abandoned: on a cart idle 30 minutes" in result.output
+    assert "no triggers" in result.output  # the shipped ones are journeys now
+    (realtime_env / "policy.yaml").write_text(
+        "triggers:\n  - {name: cart, when: cart_abandoned, action: offer, channels: [email]}\n")
+    assert "cart: on a cart idle 30 minutes" in run("policy", "show").output
 
 
 def test_a_policy_file_in_the_data_dir_takes_over_and_its_mistakes_are_named(realtime_env):
@@ -273,7 +276,7 @@ def test_the_real_time_commands_take_a_data_dir(tmp_path):
     assert "│ sms     │ 9       │ 2 days │" in shown.output
     assert run("events", "flush", "--data-dir", str(tmp_path)).exit_code == 0
     assert (tmp_path / "online.db").exists()
-    assert run("triggers", "outbox", "--data-dir", str(tmp_path)).exit_code == 0
+    assert run("journeys", "outbox", "--data-dir", str(tmp_path)).exit_code == 0
 
 
 def test_events_flush_moves_ingested_events_to_the_warehouse(realtime_env):
@@ -298,7 +301,7 @@ def test_the_outbox_lists_decisions_as_json_lines(realtime_env):
     open_online_store(get_settings()).record_decision(
         {"firing_key": "k", "customer_id": "c1", "trigger": "cart", "channel": "email",
          "items": [{"item_id": "o1"}], "reason": "r", "created_at": "2026-01-01T10:00:00"}, 0.0)
-    result = run("triggers", "outbox", "--json")
+    result = run("journeys", "outbox", "--json")
     assert result.exit_code == 0
     assert '"position": "1"' in result.output and '"customer_id": "c1"' in result.output
 

@@ -42,7 +42,7 @@ def service(serving_dir, tmp_path, monkeypatch):
     data = tmp_path / "data"
     shutil.copytree(serving_dir, data)  # its own online store
     for name, value in (("DATA_DIR", str(data)), ("RELOAD_INTERVAL_SECONDS", "0"),
-                        ("FLUSH_INTERVAL_SECONDS", "0"), ("TRIGGER_INTERVAL_SECONDS", "0")):
+                        ("FLUSH_INTERVAL_SECONDS", "0")):
         monkeypatch.setenv(f"NEXTBEST_{name}", value)
     get_settings.cache_clear()
     service = NextBest()

@@ -11,9 +11,15 @@ import pytest
 import yaml
 
 from features.ingest import parse_events
-from features.journeys import DEFAULT_JOURNEYS, JourneyPlan, JourneysError, load_journeys
+from features.journeys import (
+    DEFAULT_JOURNEYS,
+    JourneyPlan,
+    JourneysError,
+    from_trigger,
+    load_journeys,
+)
 from features.online.embedded import EmbeddedStore
-from features.policy import ContactPolicy, QuietHours
+from features.policy import Cap, CartAbandoned, CategoryBrowsing, ContactPolicy, QuietHours
 from features.settings import Settings
 from serving.journeys import JourneyEngine
 from serving.pipeline import ServingState
@@ -77,14 +83,15 @@ def statuses(outcomes) -> list[tuple[str, str, str | None]]:
 def test_the_shipped_journeys_load():
     shipped = load_journeys(DEFAULT_JOURNEYS)
     assert [j.name for j in shipped.journeys] == [
-        "cart_recovery", "vip_early_access", "win_back", "post_purchase_cross_sell"]
+        "cart_recovery", "vip_early_access", "win_back", "post_purchase_cross_sell",
+        "category_browsing"]
     assert shipped.journey("win_back").steps[2].branch[0].goto == "offer"
 
 
 @pytest.mark.parametrize(("journey", "message"), [
     ({**CART_RECOVERY, "steps": [{"message": {"channel": "fax", "send": "offer"}}]},
-     r"journeys.'cart_recovery'.steps\[1\].message.channel: Input should be 'email', 'sms', "
-     r"'push' or 'best' \(got 'fax'\)"),
+     r"journeys.'cart_recovery'.steps\[1\].message.channel: channel must be one of email, sms, "
+     r"push or best, or a list of email, sms, push; got 'fax'"),
     ({**CART_RECOVERY, "steps": [{"branch": [{"if": {"segment_in": ["vip"]}, "goto": "gone"}]}]},
      r"goto 'gone' names no step; the steps are step1"),
     ({**CART_RECOVERY, "steps": [{"wait": {"hours": 1, "until_local": "09:00"}}]},
@@ -268,3 +275,139 @@ def test_journeys_show_refuses_a_wrong_file_with_its_problems(tmp_path):
     shown = run("journeys", "show", "--data-dir", str(tmp_path))
     assert shown.exit_code == 2
     assert "journeys.'cart_recovery'.priority: Input should be a valid integer" in shown.output
+
+
+# ---------------------------------------------------------------------------- trigger rules
+CART = CartAbandoned(name="cart", when="cart_abandoned", after_minutes=30, action="offer",
+                     channels=["push", "email"], expires_after_hours=24, cooldown_hours=72)
+BROWSING = CategoryBrowsing(name="browsing", when="category_browsing", views=3, within_days=7,
+                            action="content", channels=["email"])
+CAPPED = ContactPolicy(quiet_hours=QuietHours(start=time(21), end=time(8), timezone="UTC"),
+                       caps={"email": Cap(max=2, per_days=7)}, cross_channel_memory_hours=72)
+TRIGGERS = JourneyPlan(journeys=[from_trigger(CART), from_trigger(BROWSING)])
+
+
+def sent(outcomes) -> list:
+    return [o for o in outcomes if o.status == "sent"]
+
+
+def suppressed(outcomes) -> list:
+    return [o for o in outcomes if o.status == "suppressed"]
+
+
+def test_a_trigger_rule_is_a_one_step_journey_that_sends_once_per_cooldown(served, tmp_path):
+    journeys = engine(served, tmp_path, TRIGGERS, policy=CAPPED)
+    send(journeys, "add_to_cart", products(served, 1)[0], NOON)
+    [outcome] = sent(journeys.tick(NOON + timedelta(minutes=31)))
+    decision = outcome.decision
+    assert decision["channel"] == "push" and decision["action"] == "offer" and decision["items"]
+    assert "cart of 1 item(s)" in decision["reason"]
+    send(journeys, "add_to_cart", products(served, 2)[1], NOON + timedelta(hours=2))
+    assert sent(journeys.tick(NOON + timedelta(hours=3))) == []  # within the 72 h cooldown
+    assert len(journeys.store.outbox()) == 1
+
+
+def test_a_cart_bought_since_enters_no_one(served, tmp_path):
+    journeys = engine(served, tmp_path, TRIGGERS)
+    a, b = products(served, 2)
+    send(journeys, "add_to_cart", a, NOON)
+    send(journeys, "add_to_cart", b, NOON + timedelta(minutes=1))
+    send(journeys, "purchase", a, NOON + timedelta(minutes=5))
+    assert journeys.tick(NOON + timedelta(hours=1)) == []
+
+
+def test_the_first_channel_of_the_list_the_customer_consented_to_is_used(served, tmp_path):
+    journeys = engine(served, tmp_path, TRIGGERS, consents=frozenset({"email"}))
+    send(journeys, "add_to_cart", products(served, 1)[0], NOON)
+    [outcome] = sent(journeys.tick(NOON + timedelta(minutes=31)))
+    assert outcome.decision["channel"] == "email"
+
+
+def test_without_any_consent_the_message_is_suppressed_by_the_consent_rule(served, tmp_path):
+    journeys = engine(served, tmp_path, TRIGGERS, consents=frozenset())
+    send(journeys, "add_to_cart", products(served, 1)[0], NOON)
+    [outcome] = suppressed(journeys.tick(NOON + timedelta(minutes=31)))
+    assert "no consent for push" in outcome.detail
+    assert journeys.store.outbox() == []
+
+
+def test_a_reached_cap_stops_the_message(served, tmp_path):
+    journeys = engine(served, tmp_path, TRIGGERS, consents=frozenset({"email"}), policy=CAPPED)
+    for day in (1, 2):  # two emails this week already, the cap
+        journeys.store.record_decision(
+            {"firing_key": f"earlier:{day}", "customer_id": "shopper", "trigger": "earlier",
+             "channel": "email", "items": []}, (NOON - timedelta(days=day)).timestamp())
+    send(journeys, "add_to_cart", products(served, 1)[0], NOON)
+    [outcome] = suppressed(journeys.tick(NOON + timedelta(minutes=31)))
+    assert "cap reached" in outcome.detail
+
+
+def test_a_stale_cart_is_not_chased(served, tmp_path):
+    journeys = engine(served, tmp_path, TRIGGERS)
+    send(journeys, "add_to_cart", products(served, 1)[0], NOON)
+    assert journeys.tick(NOON + timedelta(days=2)) == []
+    assert journeys.store.outbox() == []
+
+
+def test_an_offer_just_shown_in_the_app_is_not_pushed_again(served, tmp_path):
+    journeys = engine(served, tmp_path, TRIGGERS)
+    send(journeys, "add_to_cart", products(served, 1)[0], NOON)
+    [first] = sent(journeys.tick(NOON + timedelta(minutes=31)))
+    shown = first.decision["items"][0]["item_id"]
+
+    again = engine(served, tmp_path / "again", TRIGGERS)
+    send(again, "offer_shown", shown, NOON, channel="app")
+    send(again, "add_to_cart", products(served, 1)[0], NOON)
+    [outcome] = sent(again.tick(NOON + timedelta(minutes=31)))
+    assert shown not in [item["item_id"] for item in outcome.decision["items"]]
+
+
+def test_browsing_one_category_without_buying_sends_content_about_it(served, tmp_path):
+    journeys = engine(served, tmp_path, TRIGGERS)
+    by_top: dict[str, list[str]] = {}
+    for item_id, item in served.shop.items.items():
+        if item.kind == "product" and item.top in served.shop.content_by_top:
+            by_top.setdefault(item.top, []).append(item_id)
+    top, items = next((t, i) for t, i in by_top.items() if len(i) >= 3)
+    for minutes, item in enumerate(items[:2]):
+        send(journeys, "view", item, NOON + timedelta(minutes=minutes))
+    assert sent(journeys.tick(NOON + timedelta(minutes=5))) == []
+    send(journeys, "view", items[2], NOON + timedelta(minutes=6))
+    [outcome] = sent(journeys.tick(NOON + timedelta(minutes=7)))
+    assert outcome.decision["channel"] == "email" and outcome.decision["action"] == "content"
+    assert all(served.shop.items[i["item_id"]].top == top for i in outcome.decision["items"])
+
+
+def test_the_experiments_holdout_gets_no_journey_message(served, tmp_path):
+    from features.experiments import ExperimentPlan, assign
+
+    everyone_held = ExperimentPlan.model_validate({"holdout": {"share": 0.9999}})
+    journeys = engine(served, tmp_path, TRIGGERS)
+    journeys.assignment = lambda customer, now: assign(everyone_held, customer, now)
+    send(journeys, "add_to_cart", products(served, 1)[0], NOON)
+    [outcome] = suppressed(journeys.tick(NOON + timedelta(minutes=31)))
+    assert outcome.detail.startswith("holdout: the customer is in the holdout")
+    assert journeys.store.outbox() == []
+
+
+def test_the_shipped_journeys_send_something_on_the_built_in_shop(serving_dir, tmp_path):
+    """Cart recovery as shipped, on the synthetic shop as generated (no offer opened up): some
+    consenting customer with an abandoned cart gets a message."""
+    from features.policy import DEFAULT_POLICY, load_policy
+
+    state = build_state(Settings(data_dir=serving_dir))
+    shipped = JourneyPlan(journeys=[load_journeys(DEFAULT_JOURNEYS).journey("cart_recovery")])
+    noon = state.shop.as_of.normalize().to_pydatetime() - timedelta(days=3) + timedelta(hours=12)
+    costly = sorted((i for i in state.shop.items.values() if i.kind == "product" and i.price),
+                    key=lambda i: -i.price)[:3]
+    store = EmbeddedStore(tmp_path / "online.db")
+    journeys = JourneyEngine(shipped, load_policy(DEFAULT_POLICY), store, lambda: state)
+    for customer in [c for c, channels in state.shop.consents.items() if "push" in channels][:40]:
+        for item in costly:
+            parsed = parse_events([{"event_id": uuid.uuid4().hex, "customer_id": customer,
+                                    "item_id": item.item_id, "event_type": "add_to_cart",
+                                    "timestamp": noon.isoformat(), "channel": "web"}])
+            store.ingest(parsed.events)
+    outcomes = journeys.tick(noon + timedelta(hours=1))
+    assert sent(outcomes), {o.detail for o in outcomes}
+    assert all(o.decision["items"] and o.decision["channel"] == "push" for o in sent(outcomes))

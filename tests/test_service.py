@@ -1202,7 +1202,7 @@ def test_a_redis_that_never_answers_stalls_no_endpoint(data_dir, tmp_path):
         server, url = start_server(
             data_dir, tmp_path, NEXTBEST_ONLINE_BACKEND="redis",
             NEXTBEST_REDIS_URL=f"redis://127.0.0.1:{silent.getsockname()[1]}/0",
-            NEXTBEST_FLUSH_INTERVAL_SECONDS="0", NEXTBEST_TRIGGER_INTERVAL_SECONDS="0")
+            NEXTBEST_FLUSH_INTERVAL_SECONDS="0")
         started = time.monotonic()
         with ThreadPoolExecutor(12) as pool:
             writes = [pool.submit(post, f"{url}/events", an_event(f"stall-{i}", "p000001"))

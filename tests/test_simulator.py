@@ -44,7 +44,7 @@ def shop_dir(tmp_path_factory) -> Path:
 def simulated(shop_dir: Path, tmp_path: Path, name: str, **options):
     data = tmp_path / name
     shutil.copytree(shop_dir, data)
-    settings = Settings(data_dir=data, trigger_interval_seconds=0)
+    settings = Settings(data_dir=data)
     config = SimulationConfig(**{"days": 1, "visits_per_day": 300, "seed": 3, **options})
     return data, simulate(settings, config)
 
@@ -135,7 +135,7 @@ def planted(tmp_path_factory):
     shop = a_shop(tmp_path_factory.mktemp("big"), 2000)
     data = with_experiments(shop, tmp_path_factory.mktemp("planted"), "data",
                             PERSONAL_VS_BEST_SELLERS)
-    settings = Settings(data_dir=data, trigger_interval_seconds=0)
+    settings = Settings(data_dir=data)
     result = simulate(settings, SimulationConfig(days=4, visits_per_day=700, seed=11))
     return data, result
 
@@ -239,7 +239,7 @@ def two_versions(shop_dir, tmp_path_factory):
                          "variants": [{"name": "champion", "weight": 1},
                                       {"name": "popularity", "weight": 1,
                                        "recommender": "2"}]}]})
-    settings = Settings(data_dir=data, trigger_interval_seconds=0)
+    settings = Settings(data_dir=data)
     assert train_recommender(settings, "popularity").version == "2"
     promote_by_hand(settings, settings.recommender_name, "1")  # whatever the gate said
     simulate(settings, SimulationConfig(days=1, visits_per_day=300, seed=4))
@@ -300,10 +300,11 @@ def test_interleaving_finds_the_ranker_customers_prefer(two_versions, tmp_path):
         "variants": [{"name": "ease", "weight": 1},
                      {"name": "popularity", "weight": 1, "recommender": "2"}]}]}))
     (data / "online.db").unlink()  # a new day of visits, not the A/B test's state
-    simulate(Settings(data_dir=data, trigger_interval_seconds=0),
+    simulate(Settings(data_dir=data),
              SimulationConfig(days=1, visits_per_day=300, seed=9))
     shown = Warehouse(data / "warehouse").exposures()
-    duel = shown[shown["variants"] == "duel=interleaved"]
+    duel = shown[(shown["variants"] == "duel=interleaved")
+                 & (shown["exposure_type"] == "recommendation")]  # messages are not interleaved
     assert set(duel.loc[duel["item_kind"] == "product", "team"]) == {"A", "B"}
     result = run("experiments", "report", "duel", "--data-dir", str(data))
     assert result.exit_code == 0, result.output
