@@ -261,6 +261,9 @@ class ExposureType(StrEnum):
     RECOMMENDATION = "recommendation"
     MESSAGE = "message"
     CONSENT = "consent"
+    JOURNEY = "journey"
+    """A customer's run through a journey: entered, converted, exited or finished (the
+    journey report's entries and funnel)."""
 
 
 class ExposureStatus(StrEnum):
@@ -277,6 +280,12 @@ class ExposureStatus(StrEnum):
     """A consent row: the customer agreed to be contacted on ``channel``."""
     WITHDRAWN = "withdrawn"
     """A consent row: the customer withdrew consent on ``channel`` (an opt-out)."""
+    ENTERED = "entered"
+    CONVERTED = "converted"
+    """A journey row: the run reached its goal."""
+    EXITED = "exited"
+    FINISHED = "finished"
+    """A journey row: the run went past its last step."""
 
 
 EXPOSURES = TableContract(
@@ -289,18 +298,20 @@ EXPOSURES = TableContract(
     columns=(
         Column("exposure_id", "string", "The answer's recommendation_id, or the message's "
                "decision_id: what outcome events carry to be attributed directly."),
-        Column("exposure_type", "string", "recommendation, message, or consent (a consent "
-               "given or withdrawn through POST /consent).",
+        Column("exposure_type", "string", "recommendation, message, consent (a consent "
+               "given or withdrawn through POST /consent), or journey (a customer entering, "
+               "converting in, exiting or finishing a journey).",
                allowed=_values(ExposureType)),
         Column("customer_id", "string", "Who it was shown or sent to."),
         Column("timestamp", "timestamp", "When it was answered or decided (UTC)."),
         Column("channel", "string", "Where it was shown or sent (for consent: the contact "
                "channel).", allowed=_values(Channel)),
         Column("placement", "string", "The page or slot that asked (the request's placement, "
-               "else its page_type, else 'default'); for messages the journey's name; "
-               "'consent' for consent rows."),
+               "else its page_type, else 'default'); for messages and journey rows the journey's "
+               "name; 'consent' for consent rows."),
         Column("status", "string", "shown, sent, suppressed, or failed (the ranking raised; the "
-               "caller got an error); granted or withdrawn for consent rows.",
+               "caller got an error); granted or withdrawn for consent rows; entered, converted, "
+               "exited or finished for journey rows.",
                allowed=_values(ExposureStatus)),
         Column("rule", "string", "Suppressed messages: the rule that stopped it (consent, "
                "quiet_hours, cap, holdout, experiment, priority, nothing_to_send).",
@@ -310,7 +321,8 @@ EXPOSURES = TableContract(
                required=False, nullable=True),
         Column("variants", "string", "Experiments the customer was in and their variant, "
                "'experiment=variant' joined by '|'; 'holdout=holdout' for the global holdout; "
-               "empty when in none.", required=False, nullable=True),
+               "'journey.<name>=treatment' or '=holdout' on a journey's rows; empty when in "
+               "none.", required=False, nullable=True),
         Column("item_kind", "string", "product, content or offer; empty on a row with no item.",
                required=False, nullable=True, allowed=_values(ItemKind)),
         Column("item_id", "string", "The item shown or sent; empty on a row with no item.",

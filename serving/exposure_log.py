@@ -77,19 +77,21 @@ def decision_exposure(decision: dict, at: float) -> Exposure:
             "rule": None, "model_versions": decision.get("model_versions") or {},
             "items": [(item["kind"], item["item_id"], item["source"])
                       for item in decision["items"]],
-            "context": {"reason": decision["reason"]},
+            "context": {"reason": decision["reason"], "step": decision.get("step")},
             "variants": decision.get("experiments") or {}}
 
 
 def suppressed_exposure(exposure_id: str, customer_id: str, journey: str, channel: str,
                         rule: str, detail: str, at: float,
-                        variants: dict[str, str] | None = None) -> Exposure:
+                        variants: dict[str, str] | None = None,
+                        step: str | None = None) -> Exposure:
     """A message a journey wanted to send and the contact policy (or the customer's place in
     an experiment) stopped, by ``rule``."""
     return {"exposure_id": exposure_id, "exposure_type": ExposureType.MESSAGE.value,
             "customer_id": customer_id, "at": at, "channel": channel, "placement": journey,
             "status": ExposureStatus.SUPPRESSED.value, "rule": rule, "model_versions": {},
-            "items": [], "context": {"reason": detail}, "variants": variants or {}}
+            "items": [], "context": {"reason": detail, "step": step},
+            "variants": variants or {}}
 
 
 def consent_exposure(customer_id: str, channel: str, granted: bool, at: float) -> Exposure:
@@ -100,6 +102,17 @@ def consent_exposure(customer_id: str, channel: str, granted: bool, at: float) -
             "status": (ExposureStatus.GRANTED if granted else ExposureStatus.WITHDRAWN).value,
             "rule": None, "model_versions": {}, "items": [], "context": None, "variants": {},
             "latency_ms": None}
+
+
+def journey_exposure(journey: str, customer_id: str, status: str, at: float,
+                     variants: dict[str, str], step: str | None = None,
+                     reason: str | None = None, channel: str = "email") -> Exposure:
+    """A customer entering, converting in, exiting or finishing a journey."""
+    return {"exposure_id": f"{random.getrandbits(128):032x}",
+            "exposure_type": ExposureType.JOURNEY.value, "customer_id": customer_id, "at": at,
+            "channel": channel, "placement": journey, "status": status, "rule": None,
+            "model_versions": {}, "items": [], "context": {"step": step, "reason": reason},
+            "variants": variants, "latency_ms": None}
 
 
 class ExposureLog:

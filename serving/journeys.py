@@ -28,20 +28,20 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from zoneinfo import ZoneInfo
 
 import pandas as pd
 
-from features.contracts import ItemKind
+from features.contracts import ExposureStatus, ItemKind
 from features.experiments import BUCKETS, Assignment, bucket
 from features.exposures import Exposure
 from features.journeys import Condition, Journey, JourneyPlan, Message, Step, channels_for
 from features.online.state import CustomerState, record_contact
 from features.online.store import OnlineStore
 from features.policy import ContactPolicy, contact_verdict, recently_shown, verdict_rule
-from serving.exposure_log import decision_exposure, suppressed_exposure
+from serving.exposure_log import decision_exposure, journey_exposure, suppressed_exposure
 from serving.pipeline import Candidate, ServingState, rank_offers, rank_products, with_live_state
 from serving.schemas import RecommendRequest
 from serving.situations import Situation, abandoned_cart, category_interest
@@ -61,6 +61,25 @@ class JourneyOutcome:
     step: str | None = None
     detail: str = ""
     decision: dict | None = None
+
+
+@dataclass
+class _Pass:
+    """One look at one customer: what the engine reads, and what it decided and will log."""
+
+    live: CustomerState
+    state: ServingState
+    now: datetime
+    placed: Assignment | None
+    outcomes: list[JourneyOutcome] = field(default_factory=list)
+    exposures: list[Exposure] = field(default_factory=list)
+    decisions: list[dict] = field(default_factory=list)
+
+    def variants(self, journey: Journey, run: dict) -> dict[str, str]:
+        """The customer's experiment variants, and their group in this journey."""
+        labels = self.placed.labels() if self.placed is not None else {}
+        return {**labels, f"journey.{journey.name}": "holdout" if run["held_out"]
+                else "treatment"}
 
 
 class JourneyEngine:
@@ -114,73 +133,84 @@ class JourneyEngine:
         state = state or self.serving_state()
         if state is None:
             return []
-        attempt: dict[str, list] = {}
+        placed = self.assignment(customer, now) if self.assignment is not None else None
+        attempt: list[_Pass] = []
 
         def change(live: CustomerState) -> list[dict] | None:
-            attempt["outcomes"], attempt["exposures"] = [], []  # a retried commit starts over
-            return self._change(live, state, now, attempt["outcomes"], attempt["exposures"])
+            attempt[:] = [_Pass(live, state, now, placed)]  # a retried commit starts over
+            return self._change(attempt[0])
 
         if self.store.commit(customer, change) is None:
             return []
         if self.record is not None:
-            for exposure in attempt["exposures"]:
+            for exposure in attempt[0].exposures:
                 self.record(exposure)
-        return attempt["outcomes"]
+        return attempt[0].outcomes
 
     # ------------------------------------------------------------------ one customer
-    def _change(self, live: CustomerState, state: ServingState, now: datetime,
-                outcomes: list[JourneyOutcome], exposures: list[Exposure]) -> list[dict] | None:
-        moment = now.timestamp()
+    def _change(self, p: _Pass) -> list[dict] | None:
+        live, moment = p.live, p.now.timestamp()
         changed = live.journey_check is not None
         live.journey_check = None
         for journey in self.plan.journeys:
             run = live.journeys.get(journey.name)
             if run is not None and run["status"] == "active" and self._goal_reached(
                     journey, run, live):
-                _end(run, "converted", moment)
-                outcomes.append(JourneyOutcome(journey.name, live.customer_id, "converted"))
+                self._end(journey, run, "converted", p)
                 changed = True
         for journey in self.plan.by_priority:
-            entered = self._enter(journey, live, state, now)
-            if entered is not None:
-                outcomes.append(entered)
-                changed = True
-        decisions: list[dict] = []
+            changed |= self._enter(journey, p)
         for journey in self.plan.by_priority:
             run = live.journeys.get(journey.name)
             if run is not None and run["status"] == "active" and (
                     run["due"] is None or run["due"] <= moment or _event_came(journey, run, live)):
-                self._run_steps(journey, run, live, state, now, outcomes, exposures, decisions)
+                self._run_steps(journey, run, p)
                 changed = True
-        return decisions if changed else None
+        return p.decisions if changed else None
 
     def _goal_reached(self, journey: Journey, run: dict, live: CustomerState) -> bool:
         if journey.goal is None:
             return False
         return live.last_seen.get(journey.goal.event.value, float("-inf")) >= run["entered"]
 
-    def _enter(self, journey: Journey, live: CustomerState, state: ServingState,
-               now: datetime) -> JourneyOutcome | None:
+    def _enter(self, journey: Journey, p: _Pass) -> bool:
+        live = p.live
         run = live.journeys.get(journey.name)
-        if run is not None and (run["status"] == "active" or not _may_reenter(journey, run, now)):
-            return None
-        found = self._situation(journey, live, state, now)
+        if run is not None and (run["status"] == "active" or not _may_reenter(journey, run,
+                                                                               p.now)):
+            return False
+        found = self._situation(journey, live, p.state, p.now)
         if found is None:
-            return None
+            return False
         key, started, reason, category = found
         if run is not None and run["key"] == key:
-            return None  # this very situation went through the journey already
-        if now.timestamp() > started + journey.entry.expires_after_hours * 3600:
-            return None
-        if not self._audience(journey, live.customer_id, state):
-            return None
+            return False  # this very situation went through the journey already
+        if p.now.timestamp() > started + journey.entry.expires_after_hours * 3600:
+            return False
+        if not self._audience(journey, live.customer_id, p.state):
+            return False
         held_out = bucket(f"journey:{journey.name}", live.customer_id) < journey.holdout * BUCKETS
-        live.journeys[journey.name] = {
-            "step": 0, "due": now.timestamp(), "entered": now.timestamp(), "key": key,
+        run = live.journeys[journey.name] = {
+            "step": 0, "due": p.now.timestamp(), "entered": p.now.timestamp(), "key": key,
             "status": "active", "ended": None, "held_out": held_out, "started": None,
             "reason": reason, "category": category}
-        return JourneyOutcome(journey.name, live.customer_id, "entered",
-                              detail=reason + (" (holdout)" if held_out else ""))
+        self._log(journey, run, ExposureStatus.ENTERED.value, p, None, reason)
+        return True
+
+    def _end(self, journey: Journey, run: dict, status: str, p: _Pass,
+             step: str | None = None, detail: str = "") -> None:
+        run.update(status=status, ended=p.now.timestamp(), due=None)
+        self._log(journey, run, status, p, step, detail)
+
+    def _log(self, journey: Journey, run: dict, status: str, p: _Pass, step: str | None,
+             detail: str) -> None:
+        """An outcome for the caller, and the journey row the report counts."""
+        p.outcomes.append(JourneyOutcome(journey.name, p.live.customer_id, status, step,
+                                         detail + (" (holdout)" if run["held_out"] and
+                                                   status == "entered" else "")))
+        p.exposures.append(journey_exposure(
+            journey.name, p.live.customer_id, status, p.now.timestamp(),
+            p.variants(journey, run), step, detail or None, _first_channel(journey)))
 
     def _situation(self, journey: Journey, live: CustomerState, state: ServingState,
                    now: datetime) -> Situation | None:
@@ -223,67 +253,59 @@ class JourneyEngine:
         return True
 
     # ------------------------------------------------------------------ steps
-    def _run_steps(self, journey: Journey, run: dict, live: CustomerState, state: ServingState,
-                   now: datetime, outcomes: list[JourneyOutcome], exposures: list[Exposure],
-                   decisions: list[dict]) -> None:
+    def _run_steps(self, journey: Journey, run: dict, p: _Pass) -> None:
         """Execute a due run's steps from where it is until one waits or the run ends."""
-        moment = now.timestamp()
         for _ in range(len(journey.steps) + 1):  # a goto loop cannot spin within one pass
             if run["step"] >= len(journey.steps):
-                _end(run, "finished", moment)
-                outcomes.append(JourneyOutcome(journey.name, live.customer_id, "finished"))
+                self._end(journey, run, ExposureStatus.FINISHED.value, p)
                 return
             step = journey.steps[run["step"]]
             if step.wait is not None:
-                if not self._waited(step, run, live, now):
+                if not self._waited(step, run, p):
                     return
                 _next(run)
             elif step.branch is not None:
                 target = next((case.goto for case in step.branch
-                               if self._holds(case.if_, run, live, state, now)), None)
+                               if self._holds(case.if_, run, p)), None)
                 run["step"] = journey.index(target) if target else run["step"] + 1
                 run["started"] = None
             elif step.update is not None:
-                live.attributes.update(step.update)
+                p.live.attributes.update(step.update)
                 _next(run)
             elif step.exit:
-                _end(run, "exited", moment)
-                outcomes.append(JourneyOutcome(journey.name, live.customer_id, "exited",
-                                               step.name))
+                self._end(journey, run, ExposureStatus.EXITED.value, p, step.name)
                 return
             else:
-                if not self._message(journey, step, run, live, state, now, outcomes, exposures,
-                                     decisions):
+                if not self._message(journey, step, run, p):
                     return  # postponed (quiet hours)
                 _next(run)
-        _end(run, "exited", moment)  # branches that loop back with no wait between them
-        outcomes.append(JourneyOutcome(journey.name, live.customer_id, "exited", None,
-                                       "its branches loop without a wait"))
+        self._end(journey, run, ExposureStatus.EXITED.value, p, None,
+                  "its branches loop without a wait")
 
-    def _waited(self, step: Step, run: dict, live: CustomerState, now: datetime) -> bool:
+    def _waited(self, step: Step, run: dict, p: _Pass) -> bool:
         """Whether the wait is over; when it starts, set when the run is due next."""
         wait = step.wait
-        moment = now.timestamp()
+        moment = p.now.timestamp()
         if run["started"] is None:
             run["started"] = moment
             if wait.until_local is not None:
-                run["due"] = _next_local(now, wait.until_local, self.zone).timestamp()
+                run["due"] = _next_local(p.now, wait.until_local, self.zone).timestamp()
             elif wait.until_event is not None:
                 run["due"] = moment + wait.timeout_hours * 3600
             else:
                 run["due"] = moment + wait.seconds
             return run["due"] <= moment
-        if wait.until_event is not None and live.last_seen.get(
+        if wait.until_event is not None and p.live.last_seen.get(
                 wait.until_event.value, float("-inf")) >= run["started"]:
             return True
         return run["due"] <= moment
 
-    def _holds(self, condition: Condition, run: dict, live: CustomerState, state: ServingState,
-               now: datetime) -> bool:
+    def _holds(self, condition: Condition, run: dict, p: _Pass) -> bool:
+        live = p.live
         if condition.segment_in is not None:
-            return state.shop.segments.get(live.customer_id) in condition.segment_in
+            return p.state.shop.segments.get(live.customer_id) in condition.segment_in
         if condition.propensity_decile is not None:
-            decile = _decile(state, live.customer_id)
+            decile = _decile(p.state, live.customer_id)
             low, high = condition.propensity_decile
             return decile is not None and low <= decile <= high
         if condition.event_since_entry is not None:
@@ -292,36 +314,33 @@ class JourneyEngine:
         if condition.attribute is not None:
             return all(live.attributes.get(k) == v for k, v in condition.attribute.items())
         return live.engaged.get(condition.engaged, float("-inf")) >= \
-            now.timestamp() - ENGAGED_DAYS * 86400
+            p.now.timestamp() - ENGAGED_DAYS * 86400
 
-    def _message(self, journey: Journey, step: Step, run: dict, live: CustomerState,
-                 state: ServingState, now: datetime, outcomes: list[JourneyOutcome],
-                 exposures: list[Exposure], decisions: list[dict]) -> bool:
+    def _message(self, journey: Journey, step: Step, run: dict, p: _Pass) -> bool:
         """Send the step's message, or record why not; False when quiet hours postpone it."""
+        live, state, now = p.live, p.state, p.now
         message = step.message
         firing_key = f"{journey.name}:{live.customer_id}:{run['entered']:.3f}:{step.name}"
-
-        placed = self.assignment(live.customer_id, now) if self.assignment else None
-        variants = placed.labels() if placed is not None else {}
+        variants = p.variants(journey, run)
 
         def suppressed(rule: str, detail: str, channel: str) -> bool:
-            outcomes.append(JourneyOutcome(journey.name, live.customer_id, "suppressed",
-                                           step.name, f"{rule}: {detail}"))
-            exposures.append(suppressed_exposure(
+            p.outcomes.append(JourneyOutcome(journey.name, live.customer_id, "suppressed",
+                                             step.name, f"{rule}: {detail}"))
+            p.exposures.append(suppressed_exposure(
                 uuid.uuid5(uuid.NAMESPACE_URL, f"suppressed:{firing_key}").hex,
                 live.customer_id, journey.name, channel, rule, detail, now.timestamp(),
-                variants))
+                variants, step.name))
             return True
 
         channels = self._channel_order(message, live)
         if run["held_out"]:
             return suppressed("holdout", "in the journey's holdout", channels[0])
-        if placed is not None and not placed.messages:
-            why = "holdout" if placed.held_out else "experiment"
+        if p.placed is not None and not p.placed.messages:
+            why = "holdout" if p.placed.held_out else "experiment"
             return suppressed(why, f"the customer is in the {why} ("
-                              + ", ".join(f"{e}={v}" for e, v in variants.items()) + ")",
-                              channels[0])
-        holder = self._slot_holder(live, journey, now, decisions)
+                              + ", ".join(f"{e}={v}" for e, v in p.placed.labels().items())
+                              + ")", channels[0])
+        holder = self._slot_holder(live, journey, now, p.decisions)
         if holder is not None:
             return suppressed("priority", f"{holder} holds this customer's message slot",
                               channels[0])
@@ -338,8 +357,8 @@ class JourneyEngine:
             detail = "; ".join(f"{c}: {v}" for c, v in verdicts.items())
             if any(v.startswith("quiet hours") for v in verdicts.values()):
                 run["due"] = (now + QUIET_RETRY).timestamp()
-                outcomes.append(JourneyOutcome(journey.name, live.customer_id, "waiting",
-                                               step.name, detail))
+                p.outcomes.append(JourneyOutcome(journey.name, live.customer_id, "waiting",
+                                                 step.name, detail))
                 return False
             rules = "|".join(sorted({verdict_rule(v) for v in verdicts.values()}))
             return suppressed(rules, detail, channels[0])
@@ -361,10 +380,10 @@ class JourneyEngine:
             "experiments": variants}
         record_contact(live, chosen, journey.name, [c.item_id for c in items], firing_key,
                        now.timestamp())
-        decisions.append(decision)
-        exposures.append(decision_exposure(decision, now.timestamp()))
-        outcomes.append(JourneyOutcome(journey.name, live.customer_id, "sent", step.name,
-                                       decision["reason"], decision))
+        p.decisions.append(decision)
+        p.exposures.append(decision_exposure(decision, now.timestamp()))
+        p.outcomes.append(JourneyOutcome(journey.name, live.customer_id, "sent", step.name,
+                                         decision["reason"], decision))
         return True
 
     def _channel_order(self, message: Message, live: CustomerState) -> list[str]:
@@ -424,8 +443,11 @@ def _next(run: dict) -> None:
     run["started"] = None
 
 
-def _end(run: dict, status: str, moment: float) -> None:
-    run.update(status=status, ended=moment, due=None)
+def _first_channel(journey: Journey) -> str:
+    """The channel a journey's rows name: where it first speaks to the customer."""
+    first = next((s.message for s in journey.steps if s.message is not None), None)
+    channels = channels_for(first) if first is not None else []
+    return channels[0] if channels else "email"
 
 
 def _may_reenter(journey: Journey, run: dict, now: datetime) -> bool:

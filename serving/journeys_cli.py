@@ -201,3 +201,60 @@ def show_outbox(
                       d["customer_id"], d["channel"], ", ".join(i["item_id"] for i in d["items"]),
                       d["reason"])
     console.print(table)
+
+
+@journeys_app.command("report")
+@friendly_errors
+def report_journey(
+    name: str,
+    start: Annotated[str | None, typer.Option(
+        "--from", help="Runs entered at or after this time (UTC, ISO 8601) [default: 30 days "
+                       "ago].")] = None,
+    end: Annotated[str | None, typer.Option(
+        "--to", help="... and before this one [default: now].")] = None,
+    file_format: Annotated[str, typer.Option("--format", help="table or html.")] = "table",
+    out: Annotated[Path | None, typer.Option(help="Where the HTML goes [default: "
+                                                  "<name>.html].")] = None,
+    data_dir: DataDir = None,
+) -> None:
+    """A journey's runs per group (entered, converted within the purchase window, how they
+    ended), its message steps (sent, suppressed by rule) and its lift over its holdout, from
+    the warehouse (run 'nextbest events flush' first for what the service holds)."""
+    from datetime import timedelta
+
+    from rich.table import Table
+
+    from features.cli import parse_time
+    from features.warehouse import Warehouse
+    from training.journey_report import journey_report, write_html
+
+    if file_format not in ("table", "html"):
+        raise ValueError(f"--format must be table or html, got {file_format!r}")
+    settings = settings_with(data_dir)
+    plan, _ = _plan(data_dir)
+    journey = plan.journey(name)
+    until = parse_time(end, "--to").to_pydatetime() if end else datetime.now(UTC)
+    since = parse_time(start, "--from").to_pydatetime() if start else until - timedelta(days=30)
+    if since >= until:
+        raise ValueError(f"--from {since.isoformat()} is not before --to {until.isoformat()}")
+    report = journey_report(Warehouse(settings.data_dir / "warehouse"), journey, since, until,
+                            settings.purchase_window_days)
+    if file_format == "html":
+        console.print(f"wrote {write_html(report, out or Path(f'{name}.html'))}")
+        return
+    runs = Table("group", "entered", f"converted ({report.window_days:g} d)", "reached goal",
+                 "exited", "finished")
+    for group, row in report.runs.iterrows():
+        runs.add_row(group, *(f"{int(row[c]):,}" for c in ("entered", "converted",
+                                                            "reached_goal", "exited",
+                                                            "finished")))
+    console.print(runs)
+    steps = Table("step", "sent", "suppressed", "holdout reached")
+    for row in report.steps.itertuples(index=False):
+        steps.add_row(row.step, f"{row.sent:,}", f"{row.suppressed:,}",
+                      f"{row.holdout_reached:,}")
+    console.print(steps)
+    for row in report.suppressions.itertuples(index=False):
+        console.print(f"suppressed at {row.step} by {row.rule}: {row.suppressed:,}",
+                      highlight=False)
+    console.print(f"verdict: {report.verdict}", highlight=False)

@@ -57,3 +57,16 @@ def test_logged_models_require_the_pins_of_pyproject():
     declared = tomllib.loads((root / "pyproject.toml").read_text())["project"]["dependencies"]
     assert requirements("mlflow", "redis") == [next(d for d in declared if d.startswith(name))
                                               for name in ("mlflow", "redis[")]
+
+
+def test_each_exposure_column_is_described_as_the_contract_says():
+    """nextbest's own table changes with the code: its rows in docs/data.md are the contract's
+    words (type, required, description, allowed values)."""
+    section = DOC.split("## Table `exposures`", 1)[1].split("\n#", 1)[0]
+    for column in EXPOSURES.columns:
+        text = column.description.replace("|", "\\|")
+        if column.allowed:
+            text += " One of: " + ", ".join(f"`{a}`" for a in column.allowed) + "."
+        row = (f"| `{column.name}` | {column.type} | {'yes' if column.required else 'no'} | "
+               f"{text} |")
+        assert row in section, column.name
