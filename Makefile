@@ -24,7 +24,7 @@ test: $(STAMP)
 lint: $(STAMP)
 	$(BIN)/ruff check features training serving tests bench
 
-## bench: data, recommender, propensity, command-line, KPI and experiment benchmarks; see docs/benchmarks.md
+## bench: data, recommender, propensity, command-line, KPI, experiment and journey benchmarks; see docs/benchmarks.md
 bench: $(STAMP)
 	$(BIN)/python bench/bench_cli.py
 	$(BIN)/python bench/bench_data.py
@@ -32,6 +32,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/bench_propensity.py
 	$(BIN)/python bench/bench_kpis.py
 	$(BIN)/python bench/bench_experiments.py
+	$(BIN)/python bench/bench_journeys.py
 	$(BIN)/python bench/bench_aa.py
 	$(BIN)/python bench/bench_aa_simulated.py
 	$(BIN)/python bench/bench_interleaving.py

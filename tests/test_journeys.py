@@ -153,16 +153,17 @@ def test_a_step_the_commit_did_not_keep_runs_again_and_only_once(served, tmp_pat
     journeys = engine(served, tmp_path, plan(CART_RECOVERY))
     send(journeys, "add_to_cart", products(served, 1)[0], NOON)
     later = NOON + timedelta(minutes=31)
-    real_commit = journeys.store.commit
+    real_commit = journeys.store.commit_many
 
-    def crash(customer, change):
-        change(journeys.store.customer(customer))  # decided, then killed before the commit
+    def crash(customers, change):
+        for customer in customers:  # decided, then killed before the commit
+            change(journeys.store.customer(customer))
         raise KeyboardInterrupt
 
-    journeys.store.commit = crash
+    journeys.store.commit_many = crash
     with pytest.raises(KeyboardInterrupt):
         journeys.tick(later)
-    journeys.store.commit = real_commit
+    journeys.store.commit_many = real_commit
     assert journeys.store.outbox() == []
     assert [o.status for o in journeys.tick(later)] == ["entered", "sent"]
     assert journeys.tick(later) == [] and len(journeys.store.outbox()) == 1

@@ -288,3 +288,17 @@ def test_the_journey_index_and_a_commit_with_its_decisions(store):
     assert [d for _, d in store.outbox()] == [decision]
     assert store.commit("c1", lambda state: None) is None
     assert store.customer("c1").journeys["welcome"]["due"] == later
+
+
+def test_commit_many_stores_only_the_customers_a_change_kept(store):
+    def change(state):
+        if state.customer_id == "c2":
+            return None
+        state.attributes["seen"] = "yes"
+        return [{"firing_key": f"k:{state.customer_id}", "customer_id": state.customer_id}]
+
+    done = store.commit_many(["c1", "c2", "c3"], change)
+    assert sorted(done) == ["c1", "c3"]
+    assert [d["customer_id"] for _, d in store.outbox()] == ["c1", "c3"]
+    assert store.customer("c2").attributes == {}
+    assert store.customer("c3").attributes == {"seen": "yes"}

@@ -190,16 +190,17 @@ class EmbeddedStore(OnlineStore):
                 _put(db, {customer_id: state})
         return state
 
-    def commit(self, customer_id: str, change) -> list[dict] | None:
+    def commit_many(self, customer_ids: list[str], change) -> dict[str, list[dict]]:
         with self._write() as db:
-            state = self._state(db, customer_id)
-            decisions = change(state)
-            if decisions is None:
-                return None
-            _put(db, {customer_id: state})
+            found = self._states(db, customer_ids)
+            states = {c: found.get(c) or CustomerState(c) for c in customer_ids}
+            done = {c: decisions for c, state in states.items()
+                    if (decisions := change(state)) is not None}
+            _put(db, {c: states[c] for c in done})
             db.executemany("INSERT INTO outbox (firing_key, decision) VALUES (?, ?)",
-                           [(d["firing_key"], json.dumps(d)) for d in decisions])
-        return decisions
+                           [(d["firing_key"], json.dumps(d))
+                            for decisions in done.values() for d in decisions])
+        return done
 
     def due_journeys(self, now: float, limit: int = 10_000) -> list[str]:
         try:

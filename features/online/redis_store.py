@@ -175,23 +175,24 @@ class RedisStore(OnlineStore):
 
         return self._transaction([key], body)
 
-    def commit(self, customer_id: str, change) -> list[dict] | None:
-        key = self._key("customer", customer_id)
+    def commit_many(self, customer_ids: list[str], change) -> dict[str, list[dict]]:
+        keys = [self._key("customer", c) for c in customer_ids]
 
-        def body(pipe) -> list[dict] | None:
-            text = pipe.get(key)
-            state = CustomerState.from_json(text) if text else CustomerState(customer_id)
-            decisions = change(state)
-            if decisions is None:
-                return None
-            pipe.multi()
-            self._store_states(pipe, {customer_id: state})
-            for decision in decisions:
-                pipe.xadd(self._key("outbox"), {"decision": json.dumps(decision)})
-            pipe.execute()
-            return decisions
+        def body(pipe) -> dict[str, list[dict]]:
+            states = {c: CustomerState.from_json(text) if text else CustomerState(c)
+                      for c, text in zip(customer_ids, pipe.mget(keys), strict=True)}
+            done = {c: decisions for c, state in states.items()
+                    if (decisions := change(state)) is not None}
+            if done:
+                pipe.multi()
+                self._store_states(pipe, {c: states[c] for c in done})
+                for decisions in done.values():
+                    for decision in decisions:
+                        pipe.xadd(self._key("outbox"), {"decision": json.dumps(decision)})
+                pipe.execute()
+            return done
 
-        return self._transaction([key], body)
+        return self._transaction(keys, body)
 
     def due_journeys(self, now: float, limit: int = 10_000) -> list[str]:
         try:

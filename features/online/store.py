@@ -93,13 +93,21 @@ class OnlineStore(ABC):
             return [decision]
         return self.commit(decision["customer_id"], change) is not None
 
-    @abstractmethod
     def commit(self, customer_id: str, change: Callable[[CustomerState], list[dict] | None]
                ) -> list[dict] | None:
         """In one transaction: run ``change`` on the customer's state as stored now; unless it
         returns None, store the state and append the decisions it returns to the outbox.
         Return what ``change`` returned. A journey step is executed exactly once this way:
         ``change`` checks that the run is still where the scheduler read it."""
+        return self.commit_many([customer_id], change).get(customer_id)
+
+    @abstractmethod
+    def commit_many(self, customer_ids: list[str],
+                    change: Callable[[CustomerState], list[dict] | None]
+                    ) -> dict[str, list[dict]]:
+        """``commit`` for many customers in one transaction (one commit, one disk sync, or one
+        Redis EXEC): what the journey scheduler needs to advance thousands of customers a
+        second. Returns the customers ``change`` stored, with their decisions."""
 
     @abstractmethod
     def due_journeys(self, now: float, limit: int = 10_000) -> list[str]:
