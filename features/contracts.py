@@ -75,6 +75,7 @@ class Column:
     ``default`` when absent. ``allowed`` restricts a string (or, with ``is_list``, every element
     of a ``|``-separated list) to a vocabulary. A timestamp ``in_event_window`` must lie in the
     times events may carry (``features.event_time``): not in the future, not before any shop.
+    A ``time_zone`` string must name an IANA zone.
     """
 
     name: str
@@ -87,6 +88,8 @@ class Column:
     min_value: float | None = None
     default: object = None
     in_event_window: bool = False
+    time_zone: bool = False
+    """The value must be an IANA time zone name (``zoneinfo``), such as Europe/London."""
 
 
 @dataclass(frozen=True)
@@ -241,6 +244,9 @@ CUSTOMERS = TableContract(
                default=LoyaltyTier.NONE.value, allowed=_values(LoyaltyTier)),
         Column("region", "string", "Where the customer lives (country, state, ...).",
                required=False, nullable=True),
+        Column("timezone", "string", "The customer's IANA time zone, e.g. Europe/London: "
+               "journeys keep quiet hours and local-time waits in it; empty: the contact "
+               "policy's zone.", required=False, nullable=True, time_zone=True),
         *(
             Column(f"consent_{channel.value}", "bool",
                    f"Whether the customer agreed to be contacted by {channel.value}.",

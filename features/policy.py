@@ -8,7 +8,7 @@ this item on this channel now?" with the rule that says no.
 
 from __future__ import annotations
 
-from datetime import datetime, time
+from datetime import UTC, datetime, time
 from pathlib import Path
 from typing import Annotated, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
@@ -42,8 +42,10 @@ class QuietHours(_Strict):
                              "'Europe/London' or 'UTC'") from None
         return value
 
-    def contains(self, moment: datetime) -> bool:
-        local = moment.astimezone(ZoneInfo(self.timezone)).time()
+    def contains(self, moment: datetime, zone: str | None = None) -> bool:
+        """Whether ``moment`` falls in the quiet hours on the customer's clock (``zone``, from
+        their profile), else on the policy's."""
+        local = moment.astimezone(ZoneInfo(zone or self.timezone)).time()
         if self.start <= self.end:
             return self.start <= local < self.end
         return local >= self.start or local < self.end  # wraps past midnight
@@ -91,9 +93,21 @@ class CategoryBrowsing(_Trigger):
 Trigger = Annotated[CartAbandoned | CategoryBrowsing, Field(discriminator="when")]
 
 
+class Fatigue(_Strict):
+    """A customer who stops reacting on a channel is rested on it: after ``after_unanswered``
+    messages in a row on the channel with no event from it since (no open, no click), at most
+    one more per ``rest_days``; any event from the channel restores the usual caps."""
+
+    after_unanswered: int = Field(3, ge=1, description="Unanswered messages in a row on a "
+                                                       "channel before it is rested.")
+    rest_days: float = Field(14.0, gt=0, description="While rested, at most one message per "
+                                                     "this many days on that channel.")
+
+
 class ContactPolicy(_Strict):
     quiet_hours: QuietHours | None = None
     caps: dict[Channel, Cap] = Field(default_factory=dict)
+    fatigue: Fatigue | None = None
     cross_channel_memory_hours: float = Field(72.0, ge=0)
     triggers: list[Trigger] = Field(default_factory=list)
 
@@ -143,32 +157,54 @@ def consent_in_force(state: CustomerState, consents: frozenset[str], channel: st
 
 
 def contact_verdict(policy: ContactPolicy, state: CustomerState, consents: frozenset[str],
-                    channel: str, now: datetime) -> str | None:
+                    channel: str, now: datetime, zone: str | None = None) -> str | None:
     """Why this customer may not be contacted on ``channel`` now, or None if they may.
 
     ``consents`` are the channels the loaded customers table allows; a consent the shop sent
-    since (``state.consent``) wins over it."""
+    since (``state.consent``) wins over it. ``zone`` is the customer's time zone, if known."""
     granted, when = consent_in_force(state, consents, channel)
     if not granted:
         return f"consent for {channel} withdrawn" if when is not None else f"no consent for {channel}"
-    if policy.quiet_hours is not None and policy.quiet_hours.contains(now):
+    if policy.quiet_hours is not None and policy.quiet_hours.contains(now, zone):
         q = policy.quiet_hours
-        return f"quiet hours ({q.start:%H:%M}-{q.end:%H:%M} {q.timezone})"
+        return f"quiet hours ({q.start:%H:%M}-{q.end:%H:%M} {zone or q.timezone})"
     cap = policy.caps.get(Channel(channel))
     if cap is not None:
         sent = state.contacts_since(channel, now.timestamp() - cap.per_days * 86400)
         if sent >= cap.max:
             return f"cap reached: {sent} {channel} message(s) in {cap.per_days:g} days (max {cap.max})"
+    if policy.fatigue is not None:
+        return _fatigued(policy.fatigue, state, channel, now)
     return None
 
 
+def unanswered(state: CustomerState, channel: str) -> list[float]:
+    """When each message on ``channel`` since the customer's last event from it was sent:
+    the messages they have not reacted to, in a row."""
+    reacted = state.engaged.get(channel, float("-inf"))
+    return [when for sent_on, _, when in state.contacts if sent_on == channel and when > reacted]
+
+
+def _fatigued(rule: Fatigue, state: CustomerState, channel: str, now: datetime) -> str | None:
+    ignored = unanswered(state, channel)
+    if len(ignored) < rule.after_unanswered:
+        return None
+    rested_until = max(ignored) + rule.rest_days * 86400
+    if now.timestamp() >= rested_until:
+        return None
+    return (f"fatigue: {len(ignored)} {channel} message(s) in a row without a reaction; "
+            f"resting {channel} until {datetime.fromtimestamp(rested_until, UTC):%Y-%m-%d %H:%M} UTC")
+
+
 def verdict_rule(verdict: str) -> str:
-    """The policy rule a ``contact_verdict`` names: consent, quiet_hours or cap (what the
+    """The policy rule a ``contact_verdict`` names: consent, quiet_hours, cap or fatigue (what the
     exposure log records for a suppressed message)."""
     if verdict.startswith("quiet hours"):
         return "quiet_hours"
     if verdict.startswith("cap reached"):
         return "cap"
+    if verdict.startswith("fatigue"):
+        return "fatigue"
     return "consent"
 
 

@@ -94,6 +94,10 @@ BRANDS = ("Northwind", "Acme", "Globex", "Initech", "Umbrella", "Hooli", "Vandel
           "Wayne", "Tyrell", "Soylent", "Cyberdyne", "Wonka", "Gringotts", "Oceanic", "Aperture")
 SEGMENTS = ("casual", "bargain_hunter", "loyal", "premium")
 REGIONS = ("north", "south", "east", "west", "central")
+REGION_ZONES = {"north": "Europe/London", "south": "Europe/Madrid", "east": "Europe/Warsaw",
+                "west": "America/New_York", "central": "Europe/Berlin"}
+"""The shop sells across time zones, so that quiet hours and local-time waits differ by
+customer."""
 SESSION_CHANNELS = (Channel.WEB, Channel.APP, Channel.EMAIL, Channel.STORE)
 
 # Channel habits, in SESSION_CHANNELS order: extra views beyond the first, the chance the last
@@ -369,12 +373,14 @@ def _make_customers(config: ShopConfig, categories: list[str], rng: np.random.Ge
     )
     tier = np.digitize(activity, np.quantile(activity, [0.4, 0.7, 0.9]))
     start = pd.Timestamp(config.start)
+    region = rng.choice(REGIONS, n)
     frame = pd.DataFrame({
         "customer_id": [f"c{i:07d}" for i in range(n)],
         "first_seen": start + pd.to_timedelta(first_day, unit="D"),
         "segment": np.array(SEGMENTS)[segment],
         "loyalty_tier": np.array([t.value for t in LoyaltyTier])[tier],
-        "region": rng.choice(REGIONS, n),
+        "region": region,
+        "timezone": [REGION_ZONES[r] for r in region],
         "consent_email": rng.random(n) < 0.6,
         "consent_sms": rng.random(n) < 0.25,
         "consent_push": (rng.random(n) < 0.6) & (channel_pref[:, 1] > 0.25),

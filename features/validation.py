@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import json
 import re
+import zoneinfo
 from dataclasses import dataclass, field
+from functools import cache
 
 import numpy as np
 import pandas as pd
@@ -227,6 +229,10 @@ def _as_string(raw: pd.Series, missing: np.ndarray, column: Column, collector: _
     if too_long.any():
         collector.rows(too_long, values.str.slice(0, 60), column.name,
                        f"at most {limit:,} bytes (NEXTBEST_MAX_CELL_BYTES)")
+    if column.time_zone:
+        bad = ~values.isin(_time_zones()).to_numpy(dtype=bool) & ~missing
+        collector.rows(bad, raw, column.name, "an IANA time zone such as Europe/London or "
+                       "America/New_York")
     if column.allowed is None:
         return values
     allowed = set(column.allowed)
@@ -383,3 +389,8 @@ def is_json_object(text: str) -> bool:
         return isinstance(json.loads(text), dict)
     except json.JSONDecodeError:
         return False
+
+
+@cache
+def _time_zones() -> frozenset[str]:
+    return frozenset(zoneinfo.available_timezones())

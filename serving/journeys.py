@@ -302,7 +302,9 @@ class JourneyEngine:
         if run["started"] is None:
             run["started"] = moment
             if wait.until_local is not None:
-                run["due"] = _next_local(p.now, wait.until_local, self.zone).timestamp()
+                zone = p.state.shop.timezones.get(p.live.customer_id)
+                run["due"] = _next_local(p.now, wait.until_local,
+                                         ZoneInfo(zone) if zone else self.zone).timestamp()
             elif wait.until_event is not None:
                 run["due"] = moment + wait.timeout_hours * 3600
             else:
@@ -345,7 +347,7 @@ class JourneyEngine:
                 variants, step.name))
             return True
 
-        channels = self._channel_order(message, live)
+        channels = self._channel_order(message, live, state)
         if run["held_out"]:
             return suppressed("holdout", "in the journey's holdout", channels[0])
         if p.placed is not None and not p.placed.messages:
@@ -361,7 +363,8 @@ class JourneyEngine:
         verdicts = {}
         chosen = None
         for channel in channels:
-            verdict = contact_verdict(self.policy, live, consents, channel, now)
+            verdict = contact_verdict(self.policy, live, consents, channel, now,
+                                      state.shop.timezones.get(live.customer_id))
             if verdict is None:
                 chosen = channel
                 break
@@ -399,13 +402,18 @@ class JourneyEngine:
                                          decision["reason"], decision))
         return True
 
-    def _channel_order(self, message: Message, live: CustomerState) -> list[str]:
-        """The step's channel; for ``best``, the customer's channels by their latest
-        engagement, then the configured order."""
+    def _channel_order(self, message: Message, live: CustomerState,
+                       state: ServingState) -> list[str]:
+        """The step's channel; for ``best``: the channels the customer reacted on, latest
+        first; then their segment's most engaged channels; then the configured order."""
         channels = channels_for(message)
         if message.channel != "best":
             return channels
-        return sorted(channels, key=lambda c: -live.engaged.get(c, float("-inf")))
+        own = sorted((c for c in channels if c in live.engaged),
+                     key=lambda c: -live.engaged[c])
+        segment = state.shop.segment_channels.get(
+            state.shop.segments.get(live.customer_id, ""), ())
+        return list(dict.fromkeys([*own, *(c for c in segment if c in channels), *channels]))
 
     def _slot_holder(self, live: CustomerState, journey: Journey, now: datetime,
                      decisions: list[dict]) -> str | None:

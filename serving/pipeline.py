@@ -207,7 +207,7 @@ def _apply_contact_policy(state: ServingState, request: RecommendRequest, live: 
         return request
     verdict = contact_verdict(policy, live, state.shop.consents.get(request.customer_id,
                                                                     frozenset()),
-                              channel, now)
+                              channel, now, state.shop.timezones.get(request.customer_id))
     answer["contact"] = {"channel": channel, "allowed": verdict is None, "reason": verdict}
     elsewhere = {item for item in recently_shown(policy, live, now)
                  if live.shown[item][0] != channel}

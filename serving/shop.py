@@ -67,6 +67,12 @@ class ShopView:
     """Customer -> the contact channels they agreed to (email, sms, push)."""
     last_purchase: dict[str, float] = field(default_factory=dict)
     """Customer -> their latest purchase in the warehouse, epoch seconds (lapsing journeys)."""
+    timezones: dict[str, str] = field(default_factory=dict)
+    """Customer -> their IANA time zone, where the customers table has one."""
+    segment_channels: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    """Segment -> the contact channels its customers send events from (opened or clicked a
+    message there), most engaged first: a journey's best channel for a customer who has not
+    reacted on any yet."""
 
     def customer(self, customer_id: str) -> Behaviour:
         found = self.behaviour.get(customer_id)  # no default built for the customers we know
@@ -125,7 +131,25 @@ def load_shop(warehouse: Warehouse, events: pd.DataFrame | None = None,
     recent = events[events["timestamp"] >= as_of - pd.Timedelta(days=30)]
     return ShopView(items, segments, behaviour, _popular(recent, items, segments),
                     _popular_content(recent, items), _offer_rates(events),
-                    _new_products(items, as_of), as_of, consents, _last_purchase(events))
+                    _new_products(items, as_of), as_of, consents, _last_purchase(events),
+                    _timezones(customers), _segment_channels(recent, segments))
+
+
+def _segment_channels(events: pd.DataFrame, segments: dict[str, str]
+                      ) -> dict[str, tuple[str, ...]]:
+    """Per segment, contact channels by the share of its customers with an event from them."""
+    contact = [c.value for c in CONTACT_CHANNELS]
+    reached = events[events["channel"].isin(contact)][["customer_id", "channel"]]
+    reached = reached.drop_duplicates().assign(segment=lambda f: f["customer_id"].map(segments))
+    sizes = pd.Series(segments).value_counts()
+    rates = reached.groupby(["segment", "channel"]).size().div(sizes, level="segment")
+    return {segment: tuple(group.droplevel("segment").sort_values(ascending=False).index)
+            for segment, group in rates.groupby(level="segment")}
+
+
+def _timezones(customers: pd.DataFrame) -> dict[str, str]:
+    known = customers[customers["timezone"].notna()]
+    return dict(zip(known["customer_id"], known["timezone"], strict=True))
 
 
 def _last_purchase(events: pd.DataFrame) -> dict[str, float]:

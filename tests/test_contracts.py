@@ -246,3 +246,12 @@ def test_a_cell_over_the_limit_and_a_context_too_large_are_problems_of_their_row
         load_table(path, EVENTS)
     assert "row 2, column 'context'" in str(error.value)
     assert "at most 4,096 bytes of context (NEXTBEST_MAX_CONTEXT_BYTES)" in str(error.value)
+
+
+def test_a_customer_time_zone_must_be_an_iana_name(tmp_path):
+    path = write(tmp_path, "customers.csv", "customer_id,first_seen,timezone",
+                 "c1,2024-01-01T00:00:00Z,Europe/London", "c2,2024-01-01T00:00:00Z,",
+                 "c3,2024-01-01T00:00:00Z,GMT+1 Paris")
+    assert problems_of(path, CUSTOMERS) == [
+        f"{path}, row 3, column 'timezone': got 'GMT+1 Paris', expected an IANA time zone such "
+        "as Europe/London or America/New_York"]

@@ -56,6 +56,7 @@ def served(serving_dir) -> ServingState:
 def engine(served: ServingState, tmp_path, journeys: JourneyPlan,
            consents: frozenset[str] = frozenset({"push", "email"}),
            policy: ContactPolicy = OPEN_POLICY, store=None, **shop_changes) -> JourneyEngine:
+    shop_changes.setdefault("timezones", {})  # the policy's zone unless a test sets one
     shop = dataclasses.replace(served.shop, consents={"shopper": consents}, **shop_changes)
     state = dataclasses.replace(served, shop=shop)
     store = store or EmbeddedStore(tmp_path / "online.db")
@@ -412,3 +413,65 @@ def test_the_shipped_journeys_send_something_on_the_built_in_shop(serving_dir, t
     outcomes = journeys.tick(noon + timedelta(hours=1))
     assert sent(outcomes), {o.detail for o in outcomes}
     assert all(o.decision["items"] and o.decision["channel"] == "push" for o in sent(outcomes))
+
+
+# ---------------------------------------------------------------------------- adaptive contact
+QUIET_LONDON = ContactPolicy(quiet_hours=QuietHours(start=time(21), end=time(8),
+                                                    timezone="Europe/London"))
+
+
+def test_quiet_hours_follow_the_customers_own_time_zone(served, tmp_path):
+    """07:30 UTC in March is 07:30 in London (quiet) but 08:30 in Warsaw (not)."""
+    morning = NOON.replace(hour=7, minute=0)
+    for zone, expected in (("Europe/London", "waiting"), ("Europe/Warsaw", "sent")):
+        journeys = engine(served, tmp_path / zone.replace("/", "_"), plan(CART_RECOVERY),
+                          policy=QUIET_LONDON, timezones={"shopper": zone})
+        send(journeys, "add_to_cart", products(served, 1)[0], morning - timedelta(minutes=31))
+        outcomes = journeys.tick(morning + timedelta(minutes=30))
+        assert outcomes[1].status == expected, (zone, outcomes)
+        if expected == "waiting":
+            assert "Europe/London" in outcomes[1].detail
+
+
+def test_a_local_time_wait_waits_for_the_customers_clock(served, tmp_path):
+    ten = {**CART_RECOVERY, "entry": {"when": "event", "event": "add_to_cart"},
+           "steps": [{"wait": {"until_local": "10:00"}},
+                     {"name": "hello", "message": {"channel": "email", "send": "products"}}]}
+    journeys = engine(served, tmp_path, plan(ten), timezones={"shopper": "America/New_York"})
+    send(journeys, "add_to_cart", products(served, 1)[0], NOON)
+    journeys.tick(NOON + timedelta(minutes=1))  # 07:01 in New York (EST, UTC-5)
+    assert sent(journeys.tick(NOON + timedelta(hours=2, minutes=59))) == []  # 09:59 there
+    assert sent(journeys.tick(NOON + timedelta(hours=3, minutes=1)))  # 10:01 there
+
+
+def test_fatigue_rests_a_channel_the_customer_ignores_and_a_reaction_restores_it(served,
+                                                                                tmp_path):
+    from features.policy import Fatigue
+
+    tired = ContactPolicy(fatigue=Fatigue(after_unanswered=2, rest_days=14))
+    weekly = {"name": "weekly", "entry": {"when": "event", "event": "view"}, "goal": None,
+              "reentry": {"after_days": 0},
+              "steps": [{"name": "news", "message": {"channel": "email", "send": "products"}}]}
+    journeys = engine(served, tmp_path, plan(weekly), policy=tired)
+    item = products(served, 1)[0]
+    outcomes = []
+    for day in range(3):  # a view a day, each entering the journey again; no reaction
+        moment = NOON + timedelta(days=day)
+        send(journeys, "view", item, moment)
+        outcomes += journeys.tick(moment + timedelta(minutes=1))
+    assert [o.status for o in outcomes if o.step == "news"] == ["sent", "sent", "suppressed"]
+    assert "fatigue: 2 email message(s) in a row" in outcomes[-2].detail
+    send(journeys, "click", item, NOON + timedelta(days=3), channel="email")  # a reaction
+    send(journeys, "view", item, NOON + timedelta(days=3, minutes=1))
+    assert sent(journeys.tick(NOON + timedelta(days=3, minutes=2)))
+
+
+def test_best_channel_falls_back_to_the_segments_most_engaged_channel(served, tmp_path):
+    best = {**CART_RECOVERY, "steps": [
+        {"name": "nudge", "message": {"channel": "best", "send": "products"}}]}
+    journeys = engine(served, tmp_path, plan(best), consents=frozenset({"email", "push"}),
+                      segments={"shopper": "loyal"},
+                      segment_channels={"loyal": ("push", "email")})
+    send(journeys, "add_to_cart", products(served, 1)[0], NOON)
+    [outcome] = sent(journeys.tick(NOON + timedelta(minutes=31)))
+    assert outcome.decision["channel"] == "push"  # no reaction of their own yet
