@@ -1,0 +1,152 @@
+"""Journeys on the simulated shop: does cart recovery lift conversion over its holdout, and does
+the fatigue rule cut messages to customers who never react without costing conversions?
+
+    python bench/bench_journeys_simulated.py                 # 30 simulated days, 3 runs
+    python bench/bench_journeys_simulated.py --days 10 --no-record
+
+A 2,000-customer synthetic shop with an EASE recommender; the simulator's customers visit, are
+answered by the real pipeline, abandon carts, and open, click and buy from the messages the
+journey scheduler sends them (``features.shop_response``), hour by hour, for ``--days`` days:
+
+1. **lift**: the shipped cart-recovery journey (push, wait an hour, email an offer) with half
+   of its entrants held out; ``nextbest journeys report``'s reading of it: conversion within 7
+   days of entering, treatment against holdout, with Newcombe's interval;
+2. **fatigue**: the shipped journeys and policy, once with the fatigue rule (3 unanswered in a
+   row, then one per 14 days) and once without, same seed: messages sent to customers who never
+   reacted to one (no event from a contact channel in the whole run), and the share of
+   customers who bought in the run, compared with a two-proportion test.
+
+Targets: the lift's interval excludes zero; fatigue cuts messages to non-responders by at least
+a third with no significant drop in conversion.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import sys
+import tempfile
+import time
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pandas as pd
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from features.journeys import DEFAULT_JOURNEYS, load_journeys  # noqa: E402
+from features.policy import DEFAULT_POLICY  # noqa: E402
+from features.settings import Settings  # noqa: E402
+from features.synthetic import ShopConfig, generate_shop, store_shop  # noqa: E402
+from features.warehouse import Warehouse  # noqa: E402
+from serving.simulator import SimulationConfig, simulate  # noqa: E402
+from training.journey_report import journey_report  # noqa: E402
+from training.recommender_job import train_recommender  # noqa: E402
+
+CONTACT = ("email", "sms", "push")
+
+
+def shop(root: Path, days: int, customers: int) -> None:
+    config = ShopConfig(n_customers=customers, n_products=150, days=75, seed=21)
+    history_end = pd.Timestamp.now(tz="UTC").floor("D") - pd.Timedelta(days=days + 1)
+    store_shop(Warehouse(root / "warehouse"), generate_shop(config.model_copy(
+        update={"start": (history_end - pd.Timedelta(days=75)).to_pydatetime()})))
+    train_recommender(Settings(data_dir=root), "ease")
+
+
+def run(base: Path, root: Path, journeys: dict, policy: dict, days: int, visits: int,
+        seed: int) -> dict:
+    """One simulated period of ``journeys`` under ``policy``, in a copy of the shop at ``base``
+    (its own warehouse and online store: runs cover the same days)."""
+    shutil.copytree(base, root)
+    (root / "journeys.yaml").write_text(yaml.safe_dump(journeys))
+    (root / "policy.yaml").write_text(yaml.safe_dump(policy))
+    started = datetime.now(UTC)
+    result = simulate(Settings(data_dir=root),
+                      SimulationConfig(days=days, visits_per_day=visits, seed=seed))
+    warehouse = Warehouse(root / "warehouse")
+    exposures = warehouse.exposures(start=result.start)
+    sent = exposures[(exposures["exposure_type"] == "message") & (exposures["status"] == "sent")]
+    sent = sent.drop_duplicates("exposure_id")
+    events = warehouse.events(start=result.start)
+    reacted = set(events.loc[events["channel"].isin(CONTACT), "customer_id"])
+    visitors = set(events["customer_id"])
+    buyers = set(events.loc[events["event_type"] == "purchase", "customer_id"])
+    return {"started": started, "start": result.start, "end": result.end,
+            "messages": len(sent),
+            "to_non_responders": int((~sent["customer_id"].isin(reacted)).sum()),
+            "customers": len(visitors), "buyers": len(buyers & visitors),
+            "suppressed_fatigue": int(((exposures["status"] == "suppressed")
+                                       & (exposures["rule"] == "fatigue")).sum())}
+
+
+def main() -> None:
+    from statsmodels.stats.proportion import test_proportions_2indep
+
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--days", type=int, default=30)
+    parser.add_argument("--customers", type=int, default=2000)
+    parser.add_argument("--visits", type=int, default=400)
+    parser.add_argument("--no-record", action="store_true")
+    args = parser.parse_args()
+    shipped = yaml.safe_load(DEFAULT_JOURNEYS.read_text())
+    policy = yaml.safe_load(DEFAULT_POLICY.read_text())
+    recovery = next(j for j in shipped["journeys"] if j["name"] == "cart_recovery")
+    clock = time.perf_counter()
+    with tempfile.TemporaryDirectory() as directory:
+        base = Path(directory) / "shop"
+        shop(base, args.days, args.customers)
+        lift_dir = Path(directory) / "lift"
+        lifted = run(base, lift_dir, {"journeys": [{**recovery, "holdout": 0.5}]}, policy,
+                     args.days, args.visits, seed=11)
+        journey = load_journeys(lift_dir / "journeys.yaml").journey("cart_recovery")
+        report = journey_report(Warehouse(lift_dir / "warehouse"), journey,
+                                lifted["start"] - timedelta(minutes=1),
+                                lifted["end"] + timedelta(minutes=1))
+        tired = run(base, Path(directory) / "fatigue", shipped, policy, args.days, args.visits,
+                    seed=12)
+        untired = run(base, Path(directory) / "no_fatigue", shipped,
+                      {k: v for k, v in policy.items() if k != "fatigue"}, args.days,
+                      args.visits, seed=12)
+    seconds = time.perf_counter() - clock
+    lift = report.lift
+    cut = 1 - tired["to_non_responders"] / max(untired["to_non_responders"], 1)
+    conversion = {name: r["buyers"] / r["customers"] for name, r in
+                  (("fatigue", tired), ("no_fatigue", untired))}
+    p_drop = float(test_proportions_2indep(
+        tired["buyers"], tired["customers"], untired["buyers"], untired["customers"],
+        compare="diff", alternative="smaller").pvalue)
+    runs = report.runs
+    text = "\n".join([
+        f"{args.days} simulated days, {args.visits} visits a day, {args.customers:,}-customer "
+        f"shop with an EASE recommender; three runs, {seconds:.0f} s in all.", "",
+        "| | measured | target |", "|---|---|---|",
+        f"| cart recovery: conversion within 7 days of entering, treatment vs holdout | "
+        f"{lift.treatment:.1%} of {int(runs.at['treatment', 'entered']):,} vs "
+        f"{lift.holdout:.1%} of {int(runs.at['holdout', 'entered']):,}: "
+        f"{lift.difference:+.1%} points [{lift.low:+.1%}, {lift.high:+.1%}], "
+        f"p = {lift.p_value:.2g} | interval excludes 0 |",
+        f"| fatigue: messages to customers who never reacted | {tired['to_non_responders']:,} "
+        f"with vs {untired['to_non_responders']:,} without ({cut:.0%} fewer; "
+        f"{tired['suppressed_fatigue']:,} suppressed by the rule) | >= 33 % fewer |",
+        f"| fatigue: customers who bought | {conversion['fatigue']:.1%} with vs "
+        f"{conversion['no_fatigue']:.1%} without (one-sided p of a drop = {p_drop:.2g}) | "
+        "no significant drop |", "",
+        f"Verdict of the journey report: {report.verdict}"])
+    print(text)
+    print(json.dumps({"bench": "journeys_simulated", "lift": lift.__dict__,
+                      "fatigue": {k: v for k, v in tired.items() if isinstance(v, int)},
+                      "no_fatigue": {k: v for k, v in untired.items() if isinstance(v, int)},
+                      "cut": cut, "p_drop": p_drop}, default=str))
+    if not args.no_record:
+        from bench.record import record_section
+
+        record_section("bench_journeys_simulated", "Journeys on the simulated shop",
+                       "python bench/bench_journeys_simulated.py", text)
+
+
+if __name__ == "__main__":
+    main()
