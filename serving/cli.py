@@ -170,10 +170,12 @@ def demo(
     from serving.simulator import SimulationConfig
 
     experiment = start_demo_experiment(settings)
-    _print_simulation(_simulate_with_progress(settings, SimulationConfig(
-        days=DEMO_DAYS, visits_per_day=DEMO_VISITS, seed=seed)))
+    simulated = _simulate_with_progress(settings, SimulationConfig(
+        days=DEMO_DAYS, visits_per_day=DEMO_VISITS, seed=seed))
+    _print_simulation(simulated)
     if experiment is not None:
         _print_experiment(settings, experiment)
+    _print_journeys(settings, simulated.start, simulated.end)
     if serve:
         console.rule("7. the service, on built-in data")
         example = {"customer_id": str(shop.events["customer_id"].iloc[-1]), "channel": "web",
@@ -225,6 +227,26 @@ def _print_experiment(settings, name: str) -> None:
     console.print(f"experiment '{name}', {sum(report.ratio.counts.values()):,} customers: "
                   f"{report.verdict}", highlight=False)
     console.print(f"see it with: nextbest experiments report {name}")
+
+
+def _print_journeys(settings, start, end) -> None:
+    """What each journey did in the simulated week, one line each."""
+    from datetime import timedelta
+
+    from features.journeys import journeys_in_force
+    from features.warehouse import Warehouse
+    from training.journey_report import journey_report
+
+    warehouse = Warehouse(settings.data_dir / "warehouse")
+    for journey in journeys_in_force(settings).journeys:
+        report = journey_report(warehouse, journey, start, end + timedelta(minutes=1),
+                                settings.purchase_window_days)
+        entered = int(report.runs["entered"].sum())
+        if entered:
+            console.print(f"journey {journey.name}: {entered:,} runs, "
+                          f"{int(report.steps['sent'].sum()):,} messages sent, "
+                          f"{int(report.steps['suppressed'].sum()):,} suppressed", highlight=False)
+    console.print("see one with: nextbest journeys report cart_recovery")
 
 
 def require_free_port(port: int, host: str) -> None:
