@@ -11,10 +11,11 @@ journey scheduler sends them (``features.shop_response``), hour by hour, for ``-
 1. **lift**: the shipped cart-recovery journey (push, wait an hour, email an offer) with half
    of its entrants held out; ``nextbest journeys report``'s reading of it: conversion within 7
    days of entering, treatment against holdout, with Newcombe's interval;
-2. **fatigue**: the shipped journeys and policy, once with the fatigue rule (3 unanswered in a
-   row, then one per 14 days) and once without, same seed: messages sent to customers who never
-   reacted to one (no event from a contact channel in the whole run), and the share of
-   customers who bought in the run, compared with a two-proportion test.
+2. **fatigue**: the shipped journeys and policy plus a frequent one (``daily_picks``: an email
+   of picks after a visit, at most daily, as many shops send), once with the fatigue rule (3
+   unanswered in a row, then one per 14 days) and once without, same seed: messages sent to
+   customers who never reacted to one (no event from a contact channel in the whole run), and
+   the share of customers who bought in the run, compared with a two-proportion test.
 
 Targets: the lift's interval excludes zero; fatigue cuts messages to non-responders by at least
 a third with no significant drop in conversion.
@@ -47,6 +48,10 @@ from training.journey_report import journey_report  # noqa: E402
 from training.recommender_job import train_recommender  # noqa: E402
 
 CONTACT = ("email", "sms", "push")
+DAILY_PICKS = {"name": "daily_picks", "entry": {"when": "event", "event": "view"},
+               "goal": None, "reentry": {"after_days": 1},
+               "steps": [{"name": "picks", "message": {"channel": "email", "send": "products",
+                                                       "items": 4}}]}
 
 
 def shop(root: Path, days: int, customers: int) -> None:
@@ -106,9 +111,10 @@ def main() -> None:
         report = journey_report(Warehouse(lift_dir / "warehouse"), journey,
                                 lifted["start"] - timedelta(minutes=1),
                                 lifted["end"] + timedelta(minutes=1))
-        tired = run(base, Path(directory) / "fatigue", shipped, policy, args.days, args.visits,
+        frequent = {"journeys": [*shipped["journeys"], DAILY_PICKS]}
+        tired = run(base, Path(directory) / "fatigue", frequent, policy, args.days, args.visits,
                     seed=12)
-        untired = run(base, Path(directory) / "no_fatigue", shipped,
+        untired = run(base, Path(directory) / "no_fatigue", frequent,
                       {k: v for k, v in policy.items() if k != "fatigue"}, args.days,
                       args.visits, seed=12)
     seconds = time.perf_counter() - clock

@@ -337,7 +337,8 @@ EXPOSURES = TableContract(
                nullable=True, min_value=1),
         Column("source", "string", "What placed it: for_you, similar, new, popular (products); "
                "context, category, popular (content); expected_value (offers); messages' items "
-               "the same way.", required=False, nullable=True),
+               "the same way, and cart for a journey's reminder of the cart.", required=False,
+               nullable=True),
         Column("latency_ms", "float", "How long nextbest took to rank the answer, in "
                "milliseconds (recommend answers; experiments' latency guardrail).",
                required=False, nullable=True, min_value=0),

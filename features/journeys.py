@@ -18,7 +18,8 @@ journey; running past the last step ends it too. Step kinds:
   ``attribute`` (``{name: value}`` set by an ``update`` step), ``engaged`` (a channel the
   customer opened or clicked a message on);
 * ``message``: a ``channel`` (or ``best``: the customer's most engaged channel), what to
-  ``send`` (``offer``, ``products`` or ``content`` from the ranking pipeline), how many
+  ``send`` (``offer``, ``products`` or ``content`` from the ranking pipeline, or the ``cart``'s
+  own products), how many
   ``items``, and the ``reason`` shown with it; the contact policy (consent, quiet hours, caps)
   applies, and a message it stops is recorded as suppressed;
 * ``update``: set journey attributes on the customer (``{vip: "yes"}``), for later branches;
@@ -161,7 +162,9 @@ class Message(_Strict):
     channel: str | list[str] = Field(
         description="A contact channel; a list of them, the first one the policy allows is used; "
                     "or best: the ones this customer engages with, most recent first.")
-    send: Literal["offer", "products", "content"]
+    send: Literal["offer", "products", "content", "cart"] = Field(
+        description="offer, products or content from the ranking pipeline; cart: the products "
+                    "in the customer's cart, latest added first.")
     items: int = Field(3, ge=1, le=20)
     reason: str | None = Field(None, max_length=200, description="Said with the message; "
                                "default: the journey's entry reason.")

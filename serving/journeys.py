@@ -381,8 +381,8 @@ class JourneyEngine:
         items = self._payload(message, run.get("category"), live, state, chosen, now)
         if not items:
             return suppressed("nothing_to_send", "nothing eligible to send", chosen)
-        kind = ItemKind.OFFER.value if message.send == "offer" else (
-            ItemKind.PRODUCT.value if message.send == "products" else ItemKind.CONTENT.value)
+        kind = {"offer": ItemKind.OFFER.value,
+                "content": ItemKind.CONTENT.value}.get(message.send, ItemKind.PRODUCT.value)
         decision = {
             "decision_id": uuid.uuid4().hex, "firing_key": firing_key, "trigger": journey.name,
             "journey": journey.name, "step": step.name, "customer_id": live.customer_id,
@@ -433,6 +433,8 @@ class JourneyEngine:
                                    n={ItemKind(k): 0 for k in ItemKind}, exclude=sorted(shown))
         behaviour, request = with_live_state(state.shop.customer(live.customer_id), request,
                                              live)
+        if message.send == "cart":
+            return _cart(state, live, message.items)
         if message.send == "offer":
             return rank_offers(state, request, behaviour, pd.Timestamp(now), message.items)
         if message.send == "products":
@@ -442,6 +444,14 @@ class JourneyEngine:
 
 
 # ---------------------------------------------------------------------------- helpers
+def _cart(state: ServingState, live: CustomerState, n: int) -> list[Candidate]:
+    """The products in the customer's cart that can still be bought, latest added first."""
+    items = state.shop.items
+    kept = [i for i, _ in sorted(live.cart.items(), key=lambda entry: -entry[1])
+            if i in items and items[i].kind == ItemKind.PRODUCT.value and items[i].in_stock]
+    return [Candidate(i, 1.0, "still in your cart", "cart") for i in kept[:n]]
+
+
 def _content(state: ServingState, category: str | None, exclude: set[str],
              n: int) -> list[Candidate]:
     """The most read articles about ``category`` (the one a browsing customer was looking

@@ -475,3 +475,15 @@ def test_best_channel_falls_back_to_the_segments_most_engaged_channel(served, tm
     send(journeys, "add_to_cart", products(served, 1)[0], NOON)
     [outcome] = sent(journeys.tick(NOON + timedelta(minutes=31)))
     assert outcome.decision["channel"] == "push"  # no reaction of their own yet
+
+
+def test_a_cart_message_sends_the_products_in_the_cart_latest_first(served, tmp_path):
+    reminder = {**CART_RECOVERY, "steps": [
+        {"name": "yours", "message": {"channel": "push", "send": "cart", "items": 3}}]}
+    journeys = engine(served, tmp_path, plan(reminder))
+    first, second = products(served, 2)
+    send(journeys, "add_to_cart", first, NOON)
+    send(journeys, "add_to_cart", second, NOON + timedelta(minutes=1))
+    [outcome] = sent(journeys.tick(NOON + timedelta(minutes=32)))
+    assert [i["item_id"] for i in outcome.decision["items"]] == [second, first]
+    assert {i["source"] for i in outcome.decision["items"]} == {"cart"}
