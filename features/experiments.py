@@ -21,7 +21,6 @@ every place agrees without asking anyone:
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 from bisect import bisect_right
 from dataclasses import dataclass
@@ -31,8 +30,9 @@ from pathlib import Path
 from typing import Literal
 
 import numpy as np
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from features.config_files import load_model
 
 BUCKETS = 10_000
 """Hash buckets: shares are honoured to 0.01 %."""
@@ -351,25 +351,5 @@ class ExperimentsError(ValueError):
 
 def load_plan(path: Path) -> ExperimentPlan:
     """The plan in ``path``; a file that does not exist is an empty plan (no experiments)."""
-    try:
-        data = yaml.safe_load(Path(path).read_text())
-    except FileNotFoundError:
-        return ExperimentPlan()
-    except yaml.YAMLError as error:
-        raise ExperimentsError(f"{path} is not valid YAML: {error}") from None
-    try:
-        return ExperimentPlan.model_validate(data or {})
-    except ValidationError as error:
-        raise ExperimentsError(f"{path} has {error.error_count()} problem(s):\n"
-                               + "\n".join(_described(e, data) for e in error.errors())) from None
-
-
-def _described(error: dict, data: object) -> str:
-    """One problem, naming the experiment by its name rather than its index where it can."""
-    location = [str(p) for p in error["loc"]]
-    if len(location) >= 2 and location[0] == "experiments" and location[1].isdigit():
-        with contextlib.suppress(KeyError, IndexError, TypeError):
-            location[1] = repr(data["experiments"][int(location[1])]["name"])
-    got = repr(error.get("input"))
-    shown = f" (got {got})" if len(got) <= 120 else ""  # not a whole list of experiments
-    return f"  {'.'.join(location)}: {error['msg']}{shown}"
+    return load_model(path, ExperimentPlan, ExperimentsError, "experiments file",
+                      missing=ExperimentPlan())

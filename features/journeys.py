@@ -35,16 +35,15 @@ from datetime import time
 from pathlib import Path
 from typing import Annotated, Literal
 
-import yaml
 from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
-    ValidationError,
     field_validator,
     model_validator,
 )
 
+from features.config_files import load_model
 from features.contracts import CONTACT_CHANNELS, EventType
 from features.policy import CartAbandoned, CategoryBrowsing, load_policy, policy_path
 from features.settings import Settings
@@ -282,38 +281,7 @@ def journeys_path(settings: Settings) -> Path:
 
 
 def load_journeys(path: Path) -> JourneyPlan:
-    try:
-        data = yaml.safe_load(Path(path).read_text())
-    except FileNotFoundError:
-        raise JourneysError(f"journeys file {path} does not exist") from None
-    except yaml.YAMLError as error:
-        raise JourneysError(f"{path} is not valid YAML: {error}") from None
-    try:
-        return JourneyPlan.model_validate(data or {})
-    except ValidationError as error:
-        lines = [f"  {_where(data, e['loc'])}: {e['msg'].removeprefix('Value error, ')}"
-                 + (f" (got {e['input']!r})" if not isinstance(e.get("input"), dict | list)
-                    else "")
-                 for e in error.errors()]
-        raise JourneysError(f"{path} has {len(lines)} problem(s):\n" + "\n".join(lines)) from None
-
-
-def _where(data, loc: tuple) -> str:
-    """A pydantic error location in the file's words: journeys.'cart_recovery'.steps.'email'.
-    message.channel (names instead of list positions where the entry has one)."""
-    parts, node = [], data
-    for part in loc:
-        if isinstance(part, int) and isinstance(node, list) and part < len(node):
-            node = node[part]
-            name = node.get("name") if isinstance(node, dict) else None
-            if name:
-                parts.append(f"'{name}'")
-            else:
-                parts[-1] += f"[{part + 1}]"
-        else:
-            parts.append(str(part))
-            node = node.get(part) if isinstance(node, dict) else None
-    return ".".join(parts)
+    return load_model(path, JourneyPlan, JourneysError, "journeys file")
 
 
 def channels_for(message: Message) -> list[str]:

@@ -13,9 +13,9 @@ from pathlib import Path
 from typing import Annotated, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from features.config_files import load_model
 from features.contracts import CONTACT_CHANNELS, Channel
 from features.online.state import CustomerState
 from features.settings import Settings
@@ -133,18 +133,7 @@ def policy_path(settings: Settings) -> Path:
 
 
 def load_policy(path: Path) -> ContactPolicy:
-    try:
-        data = yaml.safe_load(Path(path).read_text())
-    except FileNotFoundError:
-        raise PolicyError(f"policy file {path} does not exist") from None
-    except yaml.YAMLError as error:
-        raise PolicyError(f"{path} is not valid YAML: {error}") from None
-    try:
-        return ContactPolicy.model_validate(data or {})
-    except ValidationError as error:
-        lines = [f"  {'.'.join(str(p) for p in e['loc'])}: {e['msg']} (got {e.get('input')!r})"
-                 for e in error.errors()]
-        raise PolicyError(f"{path} has {len(lines)} problem(s):\n" + "\n".join(lines)) from None
+    return load_model(path, ContactPolicy, PolicyError, "policy file")
 
 
 def consent_in_force(state: CustomerState, consents: frozenset[str], channel: str
