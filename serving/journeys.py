@@ -1,9 +1,10 @@
 """The journey engine: enters customers into the journeys of ``features.journeys`` and moves
 each one's run step by step, exactly once.
 
-Everything about one customer happens in one call of :meth:`JourneyEngine.advance`, as one
-transaction of the online store (``OnlineStore.commit``) on that customer's state, which holds
-their runs (``CustomerState.journeys``):
+Everything about one customer happens in one pass over their state, which holds their runs
+(``CustomerState.journeys``), inside a transaction of the online store; a scheduler pass
+commits customers 200 at a time (:meth:`JourneyEngine.advance_many`,
+``OnlineStore.commit_many``). In each customer's pass:
 
 1. a run whose goal event happened since it entered ends as ``converted``;
 2. journeys the customer's situation calls for (an abandoned cart, an event, lapsing, ...) that
@@ -20,8 +21,10 @@ once), so the scheduler reads only the customers with something to do.
 At most one journey message goes to a customer per slot (``slot_minutes``): the journey of
 highest priority due first sends, and a message another journey wants within the slot is
 recorded as suppressed with the rule ``priority``. Messages obey the contact policy (consent,
-quiet hours, caps, cross-channel memory); quiet hours postpone a message, the other rules
-suppress it; a message sent or suppressed is logged as an exposure.
+quiet hours and fatigue, cross-channel memory); quiet hours postpone a message, the other
+rules suppress it. Every entry, end and message sent or suppressed is logged as an exposure,
+with the customer's group (``journey.<name>=treatment`` or ``=holdout``): what
+``training.journey_report`` reads.
 """
 
 from __future__ import annotations
