@@ -53,6 +53,8 @@ BATCH = 200
 """Customers advanced in one transaction: many per disk sync, and the write lock held for a
 bounded time (a message step ranks inside it)."""
 QUIET_RETRY = timedelta(minutes=15)
+CART_SWEEP, LAPSING_SWEEP = timedelta(minutes=1), timedelta(hours=1)
+"""How often a pass also looks at idle carts and lapsed customers (see ``_sweep``)."""
 """A message due in quiet hours is looked at again this much later."""
 ENGAGED_DAYS = 30
 """How far back an event from a contact channel counts as engagement on it."""
@@ -107,6 +109,7 @@ class JourneyEngine:
         messages off, get none (recorded as suppressed, rule ``holdout`` or ``experiment``)."""
         self.slot = slot_minutes * 60
         self.zone = ZoneInfo(zone)
+        self._swept: dict[str, datetime] = {}
         """The local clock of ``until_local`` waits."""
 
     # ------------------------------------------------------------------ entry points
@@ -119,12 +122,12 @@ class JourneyEngine:
         customers = dict.fromkeys(self.store.due_journeys(now.timestamp(), limit))
         carts = [j.entry.after_minutes for j in self.plan.journeys
                  if j.entry.when == "cart_abandoned"]
-        if carts:
+        if carts and self._sweep("carts", now, CART_SWEEP):
             customers.update(dict.fromkeys(
                 self.store.open_carts(now.timestamp() - min(carts) * 60)))
         lapsing = [j.entry.days_without_purchase for j in self.plan.journeys
                    if j.entry.when == "lapsing"]
-        if lapsing:
+        if lapsing and self._sweep("lapsing", now, LAPSING_SWEEP):
             horizon = now.timestamp() - min(lapsing) * 86400
             customers.update(dict.fromkeys(
                 c for c, at in state.shop.last_purchase.items() if at <= horizon))
@@ -133,6 +136,16 @@ class JourneyEngine:
         for first in range(0, len(ids), BATCH):
             outcomes.extend(self.advance_many(ids[first:first + BATCH], now, state))
         return outcomes
+
+    def _sweep(self, what: str, now: datetime, every: timedelta) -> bool:
+        """Whether the situations that time alone creates (carts going idle, customers
+        lapsing) are due for a look: they change slowly and their customers stay in the sweep
+        until they act, so every pass (5 a second) reading them all would be wasted work."""
+        last = self._swept.get(what)
+        if last is not None and now - last < every:
+            return False
+        self._swept[what] = now
+        return True
 
     def advance(self, customer: str, now: datetime, state: ServingState | None = None
                 ) -> list[JourneyOutcome]:

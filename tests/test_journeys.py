@@ -552,3 +552,18 @@ def served_items(data) -> tuple[list[str], list[str]]:
 
     items = Warehouse(data / "warehouse").items()
     return items["item_id"].tolist(), items["kind"].tolist()
+
+
+def test_idle_carts_are_swept_once_a_minute_not_on_every_pass(served, tmp_path):
+    journeys = engine(served, tmp_path, plan(CART_RECOVERY))
+    send(journeys, "add_to_cart", products(served, 1)[0], NOON)
+
+    def looked_at(state):  # the add's own check is done: only the sweep finds the idle cart
+        state.journey_check = None
+        return []
+
+    journeys.store.commit("shopper", looked_at)
+    assert journeys.tick(NOON + timedelta(minutes=29, seconds=50)) == []  # swept: not idle yet
+    assert journeys.tick(NOON + timedelta(minutes=30, seconds=30)) == []  # idle, not swept
+    assert statuses(journeys.tick(NOON + timedelta(minutes=31)))[0] == (
+        "cart_recovery", "entered", None)
