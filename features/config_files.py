@@ -59,3 +59,20 @@ def where(data: object, loc: tuple) -> str:
             parts.append(str(part))
             node = node.get(part) if isinstance(node, dict) else None
     return ".".join(parts)
+
+
+def unique_names(names: list[str], what: str) -> list[str]:
+    """``names``, or an error naming the repeated ones (``what``: variant, journey, ...)."""
+    repeated = sorted({n for n in names if names.count(n) > 1})
+    if repeated:
+        raise ValueError(f"{what} names must be unique; repeated: {', '.join(repeated)}")
+    return names
+
+
+def file_stamp(path: Path) -> tuple[int, int] | None:
+    """When and how big the file is (None: no file), to notice a change without reading it."""
+    try:
+        stat = Path(path).stat()
+    except FileNotFoundError:
+        return None
+    return stat.st_mtime_ns, stat.st_size

@@ -32,7 +32,7 @@ from typing import Literal
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from features.config_files import load_model
+from features.config_files import load_model, unique_names
 
 BUCKETS = 10_000
 """Hash buckets: shares are honoured to 0.01 %."""
@@ -92,13 +92,6 @@ def bucket(salt: str, unit: str) -> int:
     return int.from_bytes(digest, "big") % BUCKETS
 
 
-def _unique(names: list[str], what: str) -> list[str]:
-    repeated = sorted({n for n in names if names.count(n) > 1})
-    if repeated:
-        raise ValueError(f"{what} names must be unique; repeated: {', '.join(repeated)}")
-    return names
-
-
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -155,7 +148,7 @@ class Experiment(_Strict):
     @field_validator("variants")
     @classmethod
     def _unique_variants(cls, value: list[Variant]) -> list[Variant]:
-        names = _unique([v.name for v in value], "variant")
+        names = unique_names([v.name for v in value], "variant")
         if HOLDOUT in names:
             raise ValueError(f"'{HOLDOUT}' is the global holdout's name; call the variant "
                              "something else")
@@ -226,7 +219,7 @@ class ExperimentPlan(_Strict):
     @field_validator("experiments")
     @classmethod
     def _layers_fit(cls, value: list[Experiment]) -> list[Experiment]:
-        _unique([e.name for e in value], "experiment")
+        unique_names([e.name for e in value], "experiment")
         for layer in {e.layer for e in value}:
             taken = sum(e.traffic for e in value if e.layer == layer)
             if taken > 1 + 1e-9:

@@ -43,7 +43,7 @@ from pydantic import (
     model_validator,
 )
 
-from features.config_files import load_model
+from features.config_files import load_model, unique_names
 from features.contracts import CONTACT_CHANNELS, EventType
 from features.policy import CartAbandoned, CategoryBrowsing, load_policy, policy_path
 from features.settings import Settings
@@ -223,10 +223,7 @@ class Journey(_Strict):
         unique and every goto names one."""
         named = [s if s.name else s.model_copy(update={"name": f"step{i}"})
                  for i, s in enumerate(steps, 1)]
-        names = [s.name for s in named]
-        repeated = sorted({n for n in names if names.count(n) > 1})
-        if repeated:
-            raise ValueError(f"step names must be unique; repeated: {', '.join(repeated)}")
+        names = unique_names([s.name for s in named], "step")
         for step in named:
             for case in step.branch or []:
                 if case.goto not in names:
@@ -248,10 +245,7 @@ class JourneyPlan(_Strict):
     @field_validator("journeys")
     @classmethod
     def _unique(cls, value: list[Journey]) -> list[Journey]:
-        names = [j.name for j in value]
-        repeated = sorted({n for n in names if names.count(n) > 1})
-        if repeated:
-            raise ValueError(f"journey names must be unique; repeated: {', '.join(repeated)}")
+        unique_names([j.name for j in value], "journey")
         return value
 
     def journey(self, name: str) -> Journey:

@@ -15,7 +15,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from features.config_files import load_model
+from features.config_files import load_model, unique_names
 from features.contracts import CONTACT_CHANNELS, Channel
 from features.online.state import CustomerState
 from features.settings import Settings
@@ -114,10 +114,7 @@ class ContactPolicy(_Strict):
     @field_validator("triggers")
     @classmethod
     def _unique_names(cls, value: list) -> list:
-        names = [t.name for t in value]
-        repeated = sorted({n for n in names if names.count(n) > 1})
-        if repeated:
-            raise ValueError(f"trigger names must be unique; repeated: {', '.join(repeated)}")
+        unique_names([t.name for t in value], "trigger")
         return value
 
 

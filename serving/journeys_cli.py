@@ -105,6 +105,7 @@ def run_journeys(
     """The journey scheduler: one process per deployment, beside the API workers. Every
     --interval seconds it advances the customers with something due; it reads the journeys file
     again when it changes and the models when the alias moves. Ctrl+C stops it."""
+    from features.config_files import file_stamp
     from features.experiments import ExperimentsError, assign, load_plan, plan_path
     from features.journeys import JourneysError, journeys_in_force, journeys_path
     from features.online import open_online_store
@@ -125,7 +126,7 @@ def run_journeys(
                            settings.max_category_share, log.record,
                            lambda customer, now: assign(experiments[0], customer, now))
     files = [journeys_path(settings), policy_path(settings), plan_path(settings)]
-    stamps, checked = [_stamp(f) for f in files], time.monotonic()
+    stamps, checked = [file_stamp(f) for f in files], time.monotonic()
     totals: Counter = Counter()
     console.print(f"journey scheduler: {', '.join(j.name for j in plan.journeys) or 'none'} "
                   f"from {path}, every {interval:g} s" + ("" if once else "; Ctrl+C stops"))
@@ -145,8 +146,8 @@ def run_journeys(
             time.sleep(interval)
             if time.monotonic() - checked >= settings.reload_interval_seconds:
                 checked = time.monotonic()
-                if [_stamp(f) for f in files] != stamps:
-                    stamps = [_stamp(f) for f in files]
+                if [file_stamp(f) for f in files] != stamps:
+                    stamps = [file_stamp(f) for f in files]
                     try:
                         engine.plan = journeys_in_force(settings)
                         engine.policy = load_policy(policy_path(settings))
@@ -165,14 +166,6 @@ def run_journeys(
         log.close()
     console.print(f"done: {', '.join(f'{k} {v}' for k, v in sorted(totals.items())) or 'nothing'}",
                   highlight=False)
-
-
-def _stamp(path: Path) -> tuple[int, int] | None:
-    try:
-        stat = path.stat()
-    except FileNotFoundError:
-        return None
-    return stat.st_mtime_ns, stat.st_size
 
 
 @journeys_app.command("outbox")

@@ -47,6 +47,7 @@ from bentoml.exceptions import BentoMLException, InvalidArgument, ServiceUnavail
 from starlette.responses import Response
 from threadpoolctl import threadpool_limits
 
+from features.config_files import file_stamp
 from features.contracts import CONTACT_CHANNELS
 from features.event_time import TimeWindow
 from features.experiments import Assignment, ExperimentsError, assign, load_plan, plan_path
@@ -296,7 +297,7 @@ class NextBest:
         self.online = open_online_store(self.settings)
         self.policy = load_policy(policy_path(self.settings))
         self.plan = load_plan(plan_path(self.settings))
-        self._plan_stamp = _stamp(plan_path(self.settings))
+        self._plan_stamp = file_stamp(plan_path(self.settings))
         self.variants: dict[str, ServingState] = {}
         """Recommender version -> the state that answers the variants naming it."""
         self._variants_for: tuple[ServingState | None, set[str]] = (None, set())
@@ -571,7 +572,7 @@ class NextBest:
         """Read the experiments file again if it changed (``nextbest experiments start``, say);
         a file that does not validate leaves the plan in force, and says why."""
         path = plan_path(self.settings)
-        stamp = _stamp(path)
+        stamp = file_stamp(path)
         if stamp == self._plan_stamp:
             return False
         try:
@@ -641,15 +642,6 @@ class NextBest:
 
     def _versions(self) -> dict[str, str]:
         return dict(self.state.models.versions) if self.state is not None else {}
-
-
-def _stamp(path) -> tuple[int, int] | None:
-    """When and how big the file is, to notice a change without reading it."""
-    try:
-        stat = path.stat()
-    except FileNotFoundError:
-        return None
-    return stat.st_mtime_ns, stat.st_size
 
 
 def add_http_layers(service) -> None:
