@@ -522,8 +522,6 @@ def report_experiment(
 
         console.print(f"wrote {write_html(report, out or Path(f'{name}.html'))}")
         return
-    if file_format != "table":
-        raise ValueError(f"--format must be table, csv or html, got {file_format!r}")
     console.print(f"{name}: {report.start:%Y-%m-%d %H:%M} to {report.end:%Y-%m-%d %H:%M} UTC; "
                   f"units {report.ratio.counts}, {report.excluded} excluded (seen in two "
                   f"variants); sample ratio p = {report.ratio.p_value:.3g}. A: the control "
