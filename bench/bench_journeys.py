@@ -69,11 +69,11 @@ def views(customers: list[str], products: list[str], at: datetime, kind: str = "
 
 
 def throughput(root: Path, products: list[str], count: int) -> dict:
-    from features.journeys import JourneyPlan
     from features.online.embedded import EmbeddedStore
-    from features.policy import ContactPolicy
     from features.settings import Settings
-    from serving.journeys import BATCH, JourneyEngine
+    from serving.engagement.journeys import JourneyPlan
+    from serving.engagement.policy import ContactPolicy
+    from serving.engagement.scheduler import BATCH, JourneyEngine
     from serving.service import build_state
 
     state = build_state(Settings(data_dir=root))

@@ -40,11 +40,11 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from features.journeys import DEFAULT_JOURNEYS, load_journeys  # noqa: E402
-from features.policy import DEFAULT_POLICY  # noqa: E402
 from features.settings import Settings  # noqa: E402
 from features.synthetic import ShopConfig, generate_shop, store_shop  # noqa: E402
 from features.warehouse import Warehouse  # noqa: E402
+from serving.engagement.journeys import DEFAULT_JOURNEYS, load_journeys  # noqa: E402
+from serving.engagement.policy import DEFAULT_POLICY  # noqa: E402
 from serving.simulator import SimulationConfig, simulate  # noqa: E402
 from training.journey_report import journey_report  # noqa: E402
 from training.recommender_job import train_recommender  # noqa: E402
@@ -112,7 +112,7 @@ def main() -> None:
         lifted = run(base, lift_dir, {"journeys": [{**recovery, "holdout": 0.5}]}, policy,
                      args.days, args.lift_visits, seed=11)
         journey = load_journeys(lift_dir / "journeys.yaml").journey("cart_recovery")
-        report = journey_report(Warehouse(lift_dir / "warehouse"), journey,
+        report = journey_report(Warehouse(lift_dir / "warehouse"), journey.outline(),
                                 lifted["start"] - timedelta(minutes=1),
                                 lifted["end"] + timedelta(minutes=1))
         frequent = {"journeys": [*shipped["journeys"], DAILY_PICKS]}

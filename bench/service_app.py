@@ -34,8 +34,8 @@ import scipy.sparse as sp
 
 from features.ingest import parse_events
 from features.online.embedded import EmbeddedStore
-from features.policy import DEFAULT_POLICY, load_policy
 from features.settings import Settings
+from serving.engagement.policy import DEFAULT_POLICY, load_policy
 from serving.exposure_log import ExposureLog, answer_exposure, placement
 from serving.health import HEALTH
 from serving.huge_pages import worker_envs

@@ -167,10 +167,10 @@ class Settings(BaseSettings):
     journeys_file: Path | None = Field(
         None, description="Customer journeys (YAML, docs/journeys.md). Default: "
         "<data_dir>/journeys.yaml if it exists, else the shipped examples "
-        "(features/journeys.default.yaml).")
+        "(serving/engagement/journeys.default.yaml).")
     policy_file: Path | None = Field(
         None, description="Contact policy and trigger rules (YAML). Default: <data_dir>/policy.yaml if it "
-        "exists, else the built-in policy (features/policy.default.yaml).")
+        "exists, else the built-in policy (serving/engagement/policy.default.yaml).")
 
     @field_validator("earliest_event_time")
     @classmethod

@@ -31,9 +31,9 @@ from features.cli import (
     settings_with,
     warehouse_at,
 )
-from serving.journeys_cli import journeys_app
+from serving.engagement.cli import journeys_app, policy_app
 from serving.launch import version
-from serving.realtime_cli import events_app, policy_app
+from serving.realtime_cli import events_app
 from training.cli import experiments_app, models_app, report_app, scores_app, train_app
 
 app = typer.Typer(
@@ -233,13 +233,13 @@ def _print_journeys(settings, start, end) -> None:
     """What each journey did in the simulated week, one line each."""
     from datetime import timedelta
 
-    from features.journeys import journeys_in_force
     from features.warehouse import Warehouse
+    from serving.engagement.journeys import journeys_in_force
     from training.journey_report import journey_report
 
     warehouse = Warehouse(settings.data_dir / "warehouse")
     for journey in journeys_in_force(settings).journeys:
-        report = journey_report(warehouse, journey, start, end + timedelta(minutes=1),
+        report = journey_report(warehouse, journey.outline(), start, end + timedelta(minutes=1),
                                 settings.purchase_window_days)
         entered = int(report.runs["entered"].sum())
         if entered:

@@ -34,8 +34,8 @@ import scipy.sparse as sp
 from features.contracts import CONTACT_CHANNELS, EventType, ItemKind
 from features.experiments import Assignment
 from features.online.state import CustomerState
-from features.policy import ContactPolicy, contact_verdict, recently_shown
 from serving import kernels
+from serving.engagement.policy import ContactPolicy, contact_verdict, recently_shown
 from serving.models import LoadedModels
 from serving.offers import OfferScorer, OfferShelf, Shelved
 from serving.products import ProductIndex

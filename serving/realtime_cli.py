@@ -1,15 +1,13 @@
-"""``nextbest policy|events``: the real-time parts, from the command line.
+"""``nextbest events``: events ingested in real time, from the command line.
 
-``policy show`` prints the contact policy and trigger rules the journeys apply; ``events flush``
-moves ingested events to the warehouse (the service also does it on a timer); ``events delete``
-removes stored events that should never have been accepted. The journeys and their outbox are
-``nextbest journeys`` (``serving.journeys_cli``).
+``events flush`` moves ingested events to the warehouse (the service also does it on a timer);
+``events delete`` removes stored events that should never have been accepted. The contact policy
+and the journeys are ``nextbest policy`` and ``nextbest journeys`` (``serving.engagement.cli``).
 """
 
 from __future__ import annotations
 
-from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import Annotated
 
 import typer
 
@@ -24,50 +22,7 @@ from features.cli import (
     warehouse_at,
 )
 
-if TYPE_CHECKING:
-    from features.policy import ContactPolicy
-
-policy_app = command_group("The contact policy and trigger rules.")
 events_app = command_group("Events ingested in real time, and removing stored ones.")
-
-
-def _policy(data_dir: Path | None) -> tuple[ContactPolicy, str]:
-    from features.policy import load_policy, policy_path
-
-    path = policy_path(settings_with(data_dir))
-    return load_policy(path), str(path)  # a PolicyError is a ValueError: reported, exit 2
-
-
-@policy_app.command("show")
-@friendly_errors
-def show_policy(
-    as_json: Annotated[bool, typer.Option("--json", help="Print the policy as JSON.")] = False,
-    data_dir: DataDir = None,
-) -> None:
-    """Print the policy in force: quiet hours, caps, cross-channel memory, trigger rules."""
-    from rich.table import Table
-
-    policy, path = _policy(data_dir)
-    if as_json:
-        console.print_json(policy.model_dump_json())
-        return
-    console.print(f"[bold]contact policy[/] from {path}")
-    quiet = policy.quiet_hours
-    console.print("quiet hours: " + (f"{quiet.start:%H:%M}-{quiet.end:%H:%M} {quiet.timezone}"
-                                     if quiet else "none"))
-    console.print(f"cross-channel memory: {policy.cross_channel_memory_hours:g} hours")
-    caps = Table("channel", "at most", "per")
-    for channel, cap in policy.caps.items():
-        caps.add_row(channel.value, str(cap.max), f"{cap.per_days:g} days")
-    console.print(caps)
-    console.print("[bold]triggers[/]" if policy.triggers else "no triggers")
-    for rule in policy.triggers:
-        when = (f"a cart idle {rule.after_minutes:g} minutes" if rule.when == "cart_abandoned"
-                else f"{rule.views} views in one category within {rule.within_days:g} days")
-        console.print(f"  {rule.name}: on {when}, send {rule.items} {rule.action} item(s) by the "
-                      f"first allowed of {', '.join(c.value for c in rule.channels)}; expires "
-                      f"after {rule.expires_after_hours:g} h, at most once per "
-                      f"{rule.cooldown_hours:g} h", highlight=False)
 
 
 @events_app.command("flush")

@@ -54,12 +54,12 @@ from features.experiments import Assignment, ExperimentsError, assign, load_plan
 from features.ingest import parse_events
 from features.online import CustomerState, OnlineStateUnavailable, open_online_store
 from features.online.breaker import Breaker
-from features.policy import consent_in_force, load_policy, policy_path
 from features.settings import Settings, get_settings
 from features.warehouse import Warehouse
 from serving.accepting import accept_one_connection_per_turn, warn_unless_spread
 from serving.auth import TokenAuth, bearer, token_matches
 from serving.cors import Cors
+from serving.engagement.policy import consent_in_force, load_policy, policy_path
 from serving.exposure_log import (
     ExposureLog,
     answer_exposure,

@@ -45,15 +45,15 @@ from features.contracts import EventType, ItemKind
 from features.event_time import TimeWindow
 from features.experiments import assign, load_plan, plan_path
 from features.ingest import parse_events
-from features.journeys import journeys_in_force
 from features.online import open_online_store
-from features.policy import load_policy, policy_path
 from features.settings import Settings
 from features.shop_response import ResponseModel
 from features.synthetic import HOUR_WEIGHT
 from features.warehouse import Warehouse
+from serving.engagement.journeys import journeys_in_force
+from serving.engagement.policy import load_policy, policy_path
+from serving.engagement.scheduler import JourneyEngine
 from serving.exposure_log import ExposureLog, answer_exposure, consent_exposure, placement
-from serving.journeys import JourneyEngine
 from serving.schemas import RecommendRequest
 
 ORGANIC_SHARE = 0.3

@@ -3,16 +3,17 @@ suppressions by rule, and the lift over the holdout against Newcombe's worked ex
 
 from __future__ import annotations
 
+import dataclasses
 from datetime import timedelta
 
 import pytest
 
-from features.journeys import DEFAULT_JOURNEYS, load_journeys
+from serving.engagement.journeys import DEFAULT_JOURNEYS, load_journeys
 from serving.exposure_log import journey_exposure, suppressed_exposure
 from tests.test_attribution import DAY, T0, at, build, event
 from training.journey_report import journey_report
 
-JOURNEY = load_journeys(DEFAULT_JOURNEYS).journey("cart_recovery")
+JOURNEY = load_journeys(DEFAULT_JOURNEYS).journey("cart_recovery").outline()
 
 
 def entered(customer: str, group: str, hours: float = 0) -> dict:
@@ -99,7 +100,7 @@ def test_the_lift_interval_is_newcombes(tmp_path):
 
 def test_a_journey_without_a_holdout_says_how_to_measure_its_lift(tmp_path):
     warehouse = build(tmp_path, [entered("c1", "treatment")], [])
-    plain = JOURNEY.model_copy(update={"holdout": 0.0})
+    plain = dataclasses.replace(JOURNEY, holdout=0.0)
     assert "set holdout" in journey_report(warehouse, plain, T0 - DAY, T0 + DAY).verdict
 
 

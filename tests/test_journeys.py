@@ -11,17 +11,17 @@ import pytest
 import yaml
 
 from features.ingest import parse_events
-from features.journeys import (
+from features.online.embedded import EmbeddedStore
+from features.settings import Settings
+from serving.engagement.journeys import (
     DEFAULT_JOURNEYS,
     JourneyPlan,
     JourneysError,
     from_trigger,
     load_journeys,
 )
-from features.online.embedded import EmbeddedStore
-from features.policy import Cap, CartAbandoned, CategoryBrowsing, ContactPolicy, QuietHours
-from features.settings import Settings
-from serving.journeys import JourneyEngine
+from serving.engagement.policy import Cap, CartAbandoned, CategoryBrowsing, ContactPolicy, QuietHours
+from serving.engagement.scheduler import JourneyEngine
 from serving.pipeline import ServingState
 from serving.service import build_state
 
@@ -395,7 +395,7 @@ def test_the_experiments_holdout_gets_no_journey_message(served, tmp_path):
 def test_the_shipped_journeys_send_something_on_the_built_in_shop(serving_dir, tmp_path):
     """Cart recovery as shipped, on the synthetic shop as generated (no offer opened up): some
     consenting customer with an abandoned cart gets a message."""
-    from features.policy import DEFAULT_POLICY, load_policy
+    from serving.engagement.policy import DEFAULT_POLICY, load_policy
 
     state = build_state(Settings(data_dir=serving_dir))
     shipped = JourneyPlan(journeys=[load_journeys(DEFAULT_JOURNEYS).journey("cart_recovery")])
@@ -446,7 +446,7 @@ def test_a_local_time_wait_waits_for_the_customers_clock(served, tmp_path):
 
 def test_fatigue_rests_a_channel_the_customer_ignores_and_a_reaction_restores_it(served,
                                                                                 tmp_path):
-    from features.policy import Fatigue
+    from serving.engagement.policy import Fatigue
 
     tired = ContactPolicy(fatigue=Fatigue(after_unanswered=2, rest_days=14))
     weekly = {"name": "weekly", "entry": {"when": "event", "event": "view"}, "goal": None,

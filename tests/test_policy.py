@@ -9,7 +9,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from features.online.state import CustomerState
-from features.policy import (
+from serving.engagement.policy import (
     DEFAULT_POLICY,
     Cap,
     ContactPolicy,

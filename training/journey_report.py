@@ -21,11 +21,23 @@ import numpy as np
 import pandas as pd
 
 from features.contracts import EventType, ExposureStatus, ExposureType
-from features.journeys import Journey
 from features.warehouse import Warehouse
 from training.experiment_report import variant_pattern
 
 GROUPS = ("treatment", "holdout")
+
+
+@dataclass(frozen=True)
+class JourneyOutline:
+    """What the report needs of a journey. The journey itself is declared on the serving side
+    (``serving.engagement.journeys.Journey.outline()``), which builds on this layer, not the
+    reverse."""
+
+    name: str
+    goal: EventType
+    message_steps: tuple[str, ...]
+    """The names of its message steps, in order."""
+    holdout: float
 
 
 @dataclass(frozen=True)
@@ -60,12 +72,12 @@ class JourneyReport:
     verdict: str
 
 
-def journey_report(warehouse: Warehouse, journey: Journey, start: datetime, end: datetime,
+def journey_report(warehouse: Warehouse, journey: JourneyOutline, start: datetime, end: datetime,
                    window_days: float = 7.0, alpha: float = 0.05) -> JourneyReport:
     pattern = variant_pattern(f"journey\\.{journey.name}")
     params = {"name": journey.name, "pattern": pattern, "start": start, "end": end,
               "window": timedelta(days=window_days)}
-    goal = (journey.goal.event if journey.goal else EventType.PURCHASE).value
+    goal = journey.goal.value
 
     def read(connection) -> tuple[pd.DataFrame, pd.DataFrame]:
         runs = connection.execute(f"""
@@ -119,8 +131,8 @@ def journey_report(warehouse: Warehouse, journey: Journey, start: datetime, end:
                          _verdict(journey, runs, lift, alpha))
 
 
-def _steps(journey: Journey, messages: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
-    names = [s.name for s in journey.steps if s.message is not None]
+def _steps(journey: JourneyOutline, messages: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
+    names = list(journey.message_steps)
     treated = messages[messages["grp"] == "treatment"]
     held = messages[messages["grp"] == "holdout"]
     steps = pd.DataFrame({
@@ -156,7 +168,7 @@ def _lift(runs: pd.DataFrame, alpha: float) -> Lift | None:
                 p_value if math.isfinite(p_value) else 1.0)
 
 
-def _verdict(journey: Journey, runs: pd.DataFrame, lift: Lift | None, alpha: float) -> str:
+def _verdict(journey: JourneyOutline, runs: pd.DataFrame, lift: Lift | None, alpha: float) -> str:
     entered = int(runs["entered"].sum())
     if entered == 0:
         return "no customer entered this journey in the period"

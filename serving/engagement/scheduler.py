@@ -1,4 +1,4 @@
-"""The journey engine: enters customers into the journeys of ``features.journeys`` and moves
+"""The journey engine: enters customers into the journeys of ``serving.engagement.journeys`` and moves
 each one's run step by step, exactly once.
 
 Everything about one customer happens in one pass over their state, which holds their runs
@@ -40,14 +40,14 @@ import pandas as pd
 from features.contracts import ExposureStatus, ItemKind
 from features.experiments import BUCKETS, Assignment, bucket
 from features.exposures import Exposure
-from features.journeys import Condition, Journey, JourneyPlan, Message, Step, channels_for
 from features.online.state import CustomerState, record_contact
 from features.online.store import OnlineStore
-from features.policy import ContactPolicy, contact_verdict, recently_shown, verdict_rule
+from serving.engagement.journeys import Condition, Journey, JourneyPlan, Message, Step, channels_for
+from serving.engagement.policy import ContactPolicy, contact_verdict, recently_shown, verdict_rule
+from serving.engagement.situations import Situation, abandoned_cart, category_interest
 from serving.exposure_log import decision_exposure, journey_exposure, suppressed_exposure
 from serving.pipeline import Candidate, ServingState, rank_offers, rank_products, with_live_state
 from serving.schemas import RecommendRequest
-from serving.situations import Situation, abandoned_cart, category_interest
 
 BATCH = 200
 """Customers advanced in one transaction: many per disk sync, and the write lock held for a
@@ -243,7 +243,7 @@ class JourneyEngine:
 
     def _situation(self, journey: Journey, live: CustomerState, state: ServingState,
                    now: datetime) -> Situation | None:
-        """The entry's situation if it holds now (``serving.situations.Situation``)."""
+        """The entry's situation if it holds now (``serving.engagement.situations.Situation``)."""
         entry = journey.entry
         if entry.when == "cart_abandoned":
             found = abandoned_cart(entry.after_minutes, live, now)

@@ -1,4 +1,5 @@
-"""``nextbest journeys``: what is in force, and the one scheduler process that runs them."""
+"""``nextbest policy|journeys``: the contact policy and the journeys in force, the one scheduler
+process that runs them, its outbox and the journeys' reports."""
 
 from __future__ import annotations
 
@@ -14,14 +15,55 @@ import typer
 from features.cli import DataDir, command_group, console, friendly_errors, settings_with
 
 if TYPE_CHECKING:  # the command line loads what a command uses when it runs
-    from features.journeys import Journey, JourneyPlan, Step
+    from serving.engagement.journeys import Journey, JourneyPlan, Step
+    from serving.engagement.policy import ContactPolicy
 
+policy_app = command_group("The contact policy and trigger rules.")
 journeys_app = command_group("Customer journeys: what is in force, and their scheduler.")
+
+
+def _policy(data_dir: Path | None) -> tuple[ContactPolicy, str]:
+    from serving.engagement.policy import load_policy, policy_path
+
+    path = policy_path(settings_with(data_dir))
+    return load_policy(path), str(path)  # a PolicyError is a ValueError: reported, exit 2
+
+
+@policy_app.command("show")
+@friendly_errors
+def show_policy(
+    as_json: Annotated[bool, typer.Option("--json", help="Print the policy as JSON.")] = False,
+    data_dir: DataDir = None,
+) -> None:
+    """Print the policy in force: quiet hours, caps, cross-channel memory, trigger rules."""
+    from rich.table import Table
+
+    policy, path = _policy(data_dir)
+    if as_json:
+        console.print_json(policy.model_dump_json())
+        return
+    console.print(f"[bold]contact policy[/] from {path}")
+    quiet = policy.quiet_hours
+    console.print("quiet hours: " + (f"{quiet.start:%H:%M}-{quiet.end:%H:%M} {quiet.timezone}"
+                                     if quiet else "none"))
+    console.print(f"cross-channel memory: {policy.cross_channel_memory_hours:g} hours")
+    caps = Table("channel", "at most", "per")
+    for channel, cap in policy.caps.items():
+        caps.add_row(channel.value, str(cap.max), f"{cap.per_days:g} days")
+    console.print(caps)
+    console.print("[bold]triggers[/]" if policy.triggers else "no triggers")
+    for rule in policy.triggers:
+        when = (f"a cart idle {rule.after_minutes:g} minutes" if rule.when == "cart_abandoned"
+                else f"{rule.views} views in one category within {rule.within_days:g} days")
+        console.print(f"  {rule.name}: on {when}, send {rule.items} {rule.action} item(s) by the "
+                      f"first allowed of {', '.join(c.value for c in rule.channels)}; expires "
+                      f"after {rule.expires_after_hours:g} h, at most once per "
+                      f"{rule.cooldown_hours:g} h", highlight=False)
 
 
 def _plan(data_dir: Path | None) -> tuple[JourneyPlan, Path]:
     """The journeys file's journeys and the policy's trigger rules, and the journeys file."""
-    from features.journeys import journeys_in_force, journeys_path
+    from serving.engagement.journeys import journeys_in_force, journeys_path
 
     settings = settings_with(data_dir)
     return journeys_in_force(settings), journeys_path(settings)  # errors: reported, exit 2
@@ -107,11 +149,11 @@ def run_journeys(
     again when it changes and the models when the alias moves. Ctrl+C stops it."""
     from features.config_files import file_stamp
     from features.experiments import ExperimentsError, assign, load_plan, plan_path
-    from features.journeys import JourneysError, journeys_in_force, journeys_path
     from features.online import open_online_store
-    from features.policy import load_policy, policy_path
+    from serving.engagement.journeys import JourneysError, journeys_in_force, journeys_path
+    from serving.engagement.policy import load_policy, policy_path
+    from serving.engagement.scheduler import JourneyEngine
     from serving.exposure_log import ExposureLog
-    from serving.journeys import JourneyEngine
     from serving.models import resolve_versions
     from serving.service import build_state, load_state
 
@@ -230,7 +272,7 @@ def report_journey(
     since = parse_time(start, "--from").to_pydatetime() if start else until - timedelta(days=30)
     if since >= until:
         raise ValueError(f"--from {since.isoformat()} is not before --to {until.isoformat()}")
-    report = journey_report(Warehouse(settings.data_dir / "warehouse"), journey, since, until,
+    report = journey_report(Warehouse(settings.data_dir / "warehouse"), journey.outline(), since, until,
                             settings.purchase_window_days)
     if file_format == "html":
         console.print(f"wrote {write_html(report, out or Path(f'{name}.html'))}")

@@ -4,7 +4,7 @@ A journey says who enters (``entry``), what happens to them step by step (``step
 it early as a success (``goal``), how often a customer may go through it again (``reentry``),
 which journey wins when two want the same customer's attention (``priority``), and what share
 of entrants is held out to measure it (``holdout``). The engine that runs them is
-``serving.journeys``; the per-customer progress it keeps is ``features.online.state.JourneyRun``.
+``serving.engagement.scheduler``; the per-customer progress it keeps is ``features.online.state.JourneyRun``.
 
 Steps run in order unless a ``branch`` jumps (``goto`` names a step) or an ``exit`` ends the
 journey; running past the last step ends it too. Step kinds:
@@ -45,8 +45,9 @@ from pydantic import (
 
 from features.config_files import load_model, unique_names
 from features.contracts import CONTACT_CHANNELS, EventType
-from features.policy import CartAbandoned, CategoryBrowsing, load_policy, policy_path
 from features.settings import Settings
+from serving.engagement.policy import CartAbandoned, CategoryBrowsing, load_policy, policy_path
+from training.journey_report import JourneyOutline
 
 DEFAULT_JOURNEYS = Path(__file__).with_name("journeys.default.yaml")
 Name = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.-]+$")]
@@ -237,6 +238,12 @@ class Journey(_Strict):
     @property
     def channels(self) -> set[str]:
         return {s.message.channel for s in self.steps if s.message is not None}
+
+    def outline(self) -> JourneyOutline:
+        """What its report reads (``training.journey_report``)."""
+        return JourneyOutline(self.name, self.goal.event if self.goal else EventType.PURCHASE,
+                              tuple(s.name for s in self.steps if s.message is not None),
+                              self.holdout)
 
 
 class JourneyPlan(_Strict):
