@@ -17,7 +17,9 @@ from serving.engagement.policy import (
     QuietHours,
     contact_verdict,
     load_policy,
+    local_midnight,
     recently_shown,
+    verdict_rule,
 )
 
 NOON = datetime(2026, 3, 2, 12, 0, tzinfo=UTC)
@@ -99,3 +101,53 @@ def test_a_consent_given_since_the_customers_table_wins_over_it():
     state = CustomerState("c", consent={"email": (True, NOON.timestamp())})
     assert contact_verdict(POLICY, state, frozenset(), "email", NOON) is None
     assert contact_verdict(POLICY, state, frozenset(), "sms", NOON) == "no consent for sms"
+
+
+def test_a_daily_cap_counts_the_customers_own_calendar_day():
+    policy = ContactPolicy(daily_caps={"email": 1})
+    evening = datetime(2026, 3, 2, 14, 30, tzinfo=UTC)  # 23:30 in Tokyo, 14:30 in London
+    state = CustomerState("c", contacts=[("email", "t", evening.timestamp())])
+    later = evening + timedelta(hours=1)                 # 00:30 the next day in Tokyo
+    assert contact_verdict(policy, state, EVERYTHING, "email", later, "Asia/Tokyo") is None
+    verdict = contact_verdict(policy, state, EVERYTHING, "email", later, "Europe/London")
+    assert verdict.startswith("cap reached: 1 email message(s) today (max 1 a day, Europe/London)")
+    assert verdict_rule(verdict) == "cap"
+
+
+def test_a_daily_cap_on_all_channels_counts_every_channel():
+    policy = ContactPolicy(daily_caps={"all": 2, "sms": 5})
+    state = CustomerState("c", contacts=[("email", "t", NOON.timestamp() - 60),
+                                         ("push", "t", NOON.timestamp() - 30)])
+    assert "on all channels" in contact_verdict(policy, state, EVERYTHING, "sms", NOON)
+    assert contact_verdict(policy, state, EVERYTHING, "sms", NOON + timedelta(days=1)) is None
+
+
+def test_a_customer_without_a_zone_has_the_quiet_hours_day():
+    policy = ContactPolicy(quiet_hours=QuietHours(start=time(23), end=time(1),
+                                                  timezone="America/New_York"),
+                           daily_caps={"push": 1})
+    sent = datetime(2026, 3, 2, 3, 0, tzinfo=UTC)        # 22:00 on the 1st in New York
+    state = CustomerState("c", contacts=[("push", "t", sent.timestamp())])
+    assert contact_verdict(policy, state, EVERYTHING, "push", sent + timedelta(hours=4)) is None
+    assert contact_verdict(policy, state, EVERYTHING, "push",
+                           sent + timedelta(minutes=30)).startswith("cap reached")
+
+
+@given(st.integers(0, 4), st.integers(0, 6), st.sampled_from(["UTC", "Asia/Kolkata",
+                                                                "America/Los_Angeles"]))
+def test_a_daily_cap_is_never_exceeded_within_a_local_day(cap, sent, zone):
+    policy = ContactPolicy(daily_caps={"email": cap})
+    start = local_midnight(NOON, zone)
+    state = CustomerState("c", contacts=[("email", "t", (start + timedelta(minutes=1)).timestamp())]
+                          * sent)
+    allowed = contact_verdict(policy, state, EVERYTHING, "email", start + timedelta(hours=20),
+                              zone) is None
+    assert allowed == (sent < cap)
+
+
+def test_a_daily_cap_on_a_storefront_channel_is_refused(tmp_path):
+    path = tmp_path / "policy.yaml"
+    path.write_text("daily_caps: {web: 1, email: -2}\n")
+    with pytest.raises(PolicyError) as error:
+        load_policy(path)
+    assert "daily_caps" in str(error.value) and "web cannot carry a message" in str(error.value)

@@ -51,6 +51,13 @@ def show_policy(
     for channel, cap in policy.caps.items():
         caps.add_row(channel.value, str(cap.max), f"{cap.per_days:g} days")
     console.print(caps)
+    if policy.daily_caps:
+        days = ", ".join(f"{getattr(c, 'value', c)} {most}" for c, most in policy.daily_caps.items())
+        console.print(f"daily caps (the customer's own calendar day): {days}", highlight=False)
+    if policy.fatigue is not None:
+        console.print(f"fatigue: after {policy.fatigue.after_unanswered} unanswered messages in "
+                      f"a row on a channel, one per {policy.fatigue.rest_days:g} days there",
+                      highlight=False)
     console.print("[bold]triggers[/]" if policy.triggers else "no triggers")
     for rule in policy.triggers:
         when = (f"a cart idle {rule.after_minutes:g} minutes" if rule.when == "cart_abandoned"

@@ -1,14 +1,15 @@
 """Contact policy and trigger rules: what marketers set in a YAML file, checked as data.
 
-One policy is shared by the triggers and the service: frequency caps per channel and window,
-quiet hours, consent per channel, and cross-channel memory (an offer shown in the app is not
-pushed again by email for a while). :func:`contact_verdict` answers "may we send this customer
-this item on this channel now?" with the rule that says no.
+One policy is shared by the journeys and the service: frequency caps per channel and window,
+daily caps and quiet hours on each customer's own clock, consent per channel, fatigue, and
+cross-channel memory (an offer shown in the app is not pushed again by email for a while).
+:func:`contact_verdict` answers "may we send this customer this item on this channel now?" with
+the rule that says no.
 """
 
 from __future__ import annotations
 
-from datetime import UTC, datetime, time
+from datetime import UTC, datetime, time, timedelta
 from pathlib import Path
 from typing import Annotated, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
@@ -104,12 +105,37 @@ class Fatigue(_Strict):
                                                      "this many days on that channel.")
 
 
+ALL_CHANNELS = "all"
+"""The ``daily_caps`` key that counts messages on every channel together."""
+
+
 class ContactPolicy(_Strict):
     quiet_hours: QuietHours | None = None
     caps: dict[Channel, Cap] = Field(default_factory=dict)
+    daily_caps: dict[Channel | Literal["all"], int] = Field(
+        default_factory=dict, description="Most messages per calendar day on the customer's own "
+        "clock (the customers table's timezone, else the quiet hours' zone, else UTC), per "
+        "channel, or on all channels together ('all').")
     fatigue: Fatigue | None = None
     cross_channel_memory_hours: float = Field(72.0, ge=0)
     triggers: list[Trigger] = Field(default_factory=list)
+
+    @field_validator("daily_caps")
+    @classmethod
+    def _contact_channels(cls, value: dict) -> dict:
+        wrong = [str(getattr(c, "value", c)) for c, most in value.items()
+                 if c != ALL_CHANNELS and c not in CONTACT_CHANNELS]
+        if wrong:
+            raise ValueError(f"{', '.join(wrong)} cannot carry a message; cap "
+                             f"{', '.join(c.value for c in CONTACT_CHANNELS)} or all")
+        negative = [f"{getattr(c, 'value', c)}: {most}" for c, most in value.items() if most < 0]
+        if negative:
+            raise ValueError(f"{', '.join(negative)}: a daily cap is a count of messages, 0 or more")
+        return value
+
+    def zone_of(self, zone: str | None) -> str:
+        """The clock a customer's day and quiet hours run on: their own, else the policy's."""
+        return zone or (self.quiet_hours.timezone if self.quiet_hours else "UTC")
 
     @field_validator("triggers")
     @classmethod
@@ -159,8 +185,37 @@ def contact_verdict(policy: ContactPolicy, state: CustomerState, consents: froze
         sent = state.contacts_since(channel, now.timestamp() - cap.per_days * 86400)
         if sent >= cap.max:
             return f"cap reached: {sent} {channel} message(s) in {cap.per_days:g} days (max {cap.max})"
+    daily = _daily_cap(policy, state, channel, now, zone)
+    if daily is not None:
+        return daily
     if policy.fatigue is not None:
         return _fatigued(policy.fatigue, state, channel, now)
+    return None
+
+
+def local_midnight(now: datetime, zone: str) -> datetime:
+    """The start of ``now``'s calendar day in ``zone``."""
+    tz = ZoneInfo(zone)
+    return datetime.combine(now.astimezone(tz).date(), time(0), tzinfo=tz)
+
+
+def _daily_cap(policy: ContactPolicy, state: CustomerState, channel: str, now: datetime,
+               zone: str | None) -> str | None:
+    if not policy.daily_caps:
+        return None
+    local = policy.zone_of(zone)
+    midnight = local_midnight(now, local)
+    since = midnight.timestamp()
+    for key in (channel, ALL_CHANNELS):
+        most = policy.daily_caps.get(key)
+        if most is None:
+            continue
+        sent = sum(1 for c, _, when in state.contacts
+                   if when >= since and (key == ALL_CHANNELS or c == channel))
+        if sent >= most:
+            where = "message(s) on all channels" if key == ALL_CHANNELS else f"{channel} message(s)"
+            return (f"cap reached: {sent} {where} today (max {most} a day, {local}); "
+                    f"the next day starts {midnight + timedelta(days=1):%Y-%m-%d %H:%M %Z}")
     return None
 
 
