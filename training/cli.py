@@ -235,14 +235,16 @@ def train_propensity_command(
         help="Buy within this many days [default: $NEXTBEST_HORIZON_DAYS or 30; offers 7].")] = None,
     snapshots: Annotated[int, typer.Option(help="Training snapshots (rolling cutoffs).")] = 4,
     param: Annotated[list[str] | None, typer.Option(
-        help="LightGBM/calibration parameter name=value, e.g. --param num_leaves=63.")] = None,
+        help="Model parameter name=value, e.g. --param num_leaves=63; --param family=logistic "
+             "(or lightgbm, blend) skips the choice of family.")] = None,
     register: Annotated[bool, typer.Option(help="Register the model and run the gate.")] = True,
     data_dir: DataDir = None,
     tracking_uri: TrackingUri = None,
 ) -> None:
-    """Train a calibrated propensity model on rolling snapshots, compare it with the recency
-    and RFM baselines on a later snapshot, log it, register it and run the gate (it must beat
-    the champion and both baselines)."""
+    """Train a calibrated propensity model on rolling snapshots: each family (LightGBM, small-data
+    LightGBM, logistic RFM, a blend) is fitted and the one that ranks the validation snapshot
+    best is kept; compare it with the recency and RFM baselines on a later test snapshot, log
+    it, register it and run the gate (it must beat the champion and both baselines)."""
     from rich.table import Table
 
     from training.propensity_job import train_propensity
@@ -262,6 +264,12 @@ def train_propensity_command(
         m = outcome.metrics
         table.add_row(name, *(f"{m[key]:.4f}" for key in (
             name, f"uncalibrated/{name}", f"recency/{name}", f"rfm_logistic/{name}")))
+    validation = {k.split("/")[1]: v for k, v in outcome.metrics.items()
+                  if k.startswith("validation/")}
+    if len(validation) > 1:
+        console.print("chose " + outcome.chosen + " by ROC-AUC on the validation snapshot: "
+                      + ", ".join(f"{name} {auc:.4f}" for name, auc in validation.items()),
+                      highlight=False)
     console.print(table)
     if outcome.decision is not None:
         console.print(f"registered version {outcome.version}: {outcome.decision.reason}",

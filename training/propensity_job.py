@@ -1,14 +1,16 @@
 """The propensity training job: snapshots, fit, calibrate, evaluate, log, register, gate.
 
 ``nextbest train propensity --kind purchase|category|offer`` builds labeled snapshots at past
-cutoffs (features before each cutoff, labels in the horizon after it), fits LightGBM on the
-earlier ones, calibrates on the next, and evaluates on the latest complete one — a cutoff later
-than every training label. It compares against the recency and logistic-RFM baselines, logs
-everything with calibration and gain plots to MLflow, registers the model (``propensity``,
-``propensity-category``, ``propensity-offer``) and runs the same challenger/champion gate as
-the recommender: the champion's configuration is refitted on the same snapshots, and the
-model must beat it and both baselines. Features are computed with the settings' options
-(``FeatureOptions``), which the saved model carries for whoever scores it.
+cutoffs (features before each cutoff, labels in the horizon after it), fits each candidate
+family (free LightGBM, small-data LightGBM, logistic on transformed RFM, a blend; see
+``training.propensity.selection``) on the earlier ones, calibrates them on the next and keeps
+the one that ranks that validation snapshot best, then evaluates it on the latest complete one —
+a cutoff later than every training label, never used for the choice. It compares against the
+recency and logistic-RFM baselines, logs everything with calibration and gain plots to MLflow,
+registers the model (``propensity``, ``propensity-category``, ``propensity-offer``) and runs
+the same challenger/champion gate as the recommender: the champion's configuration is refitted
+on the same snapshots, and the model must beat it and both baselines. Features are computed with
+the settings' options (``FeatureOptions``), which the saved model carries for whoever scores it.
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ from training.propensity.baselines import BASELINES, FeatureLogistic
 from training.propensity.datasets import SNAPSHOTS, CutoffPlan, model_inputs, plan_cutoffs
 from training.propensity.evaluate import classification_metrics, lift_table, plot_propensity
 from training.propensity.model import PropensityModel
+from training.propensity.selection import Choice, candidates, choose
 from training.tracking import code_version, configure
 
 KINDS = tuple(SNAPSHOTS)
@@ -67,6 +70,8 @@ class PropensityOutcome:
     metrics: dict[str, float]
     version: str | None = None
     decision: registry.GateDecision | None = None
+    chosen: str = "lightgbm"
+    """The family that validated best (``training.propensity.selection``)."""
 
 
 def max_snapshots(events: pd.DataFrame, horizon_days: float, step_days: float) -> int:
@@ -104,6 +109,21 @@ def fit_and_score(params: dict[str, Any], snapshots: Snapshots
     return model, classification_metrics(y_test, scores), scores
 
 
+def fit_candidates(params: dict[str, Any], snapshots: Snapshots,
+                   progress: JobProgress | None = None) -> Choice:
+    """Every candidate family fitted on the training snapshots and calibrated on the validation
+    snapshot; the one that ranks it best."""
+    progress = progress or JobProgress()
+    X, y = model_inputs(snapshots.train)
+    X_validation, y_validation = model_inputs(snapshots.calibration)
+    fitted = {}
+    for name, family_params in candidates(params).items():
+        progress.stage(f"fitting {name} and calibrating it")
+        fitted[name] = (family_params, PropensityModel(**family_params).fit(
+            X, y, X_validation, y_validation, snapshots.options))
+    return choose(fitted, X_validation, y_validation)
+
+
 def train_propensity(settings: Settings, kind: str = "purchase", params: dict[str, Any] | None = None,
                      horizon_days: float | None = None, n_snapshots: int = 4,
                      step_days: float = 14.0, register: bool = True,
@@ -129,9 +149,12 @@ def train_propensity(settings: Settings, kind: str = "purchase", params: dict[st
     progress.stage(f"building {n_snapshots + 2} labelled snapshots")
     snapshots = build_snapshots(events, items, kind, horizon, n_snapshots, step_days,
                                 FeatureOptions.from_settings(settings))
-    progress.stage("fitting LightGBM and calibrating it")
-    model, metrics, scores = fit_and_score(params, snapshots)
+    choice = fit_candidates(params, snapshots, progress)
+    model, params = choice.model, choice.params
     X_test, y_test = model_inputs(snapshots.test)
+    scores = model.predict_proba(X_test)[:, 1]
+    metrics = classification_metrics(y_test, scores)
+    metrics |= {f"validation/{name}/roc_auc": auc for name, auc in choice.validation.items()}
     X, y = model_inputs(pd.concat([snapshots.train, snapshots.calibration]))
     uncalibrated = 1 / (1 + np.exp(-model.raw_score(X_test)))
     metrics |= {f"uncalibrated/{k}": v for k, v in classification_metrics(y_test, uncalibrated).items()}
@@ -145,7 +168,8 @@ def train_propensity(settings: Settings, kind: str = "purchase", params: dict[st
     progress.stage("logging the run and the model to MLflow")
     with mlflow.start_run(run_name=f"propensity {kind}") as run:
         mlflow.log_params({f"model.{k}": v for k, v in params.items()} | {
-            "kind": kind, "data.fingerprint": warehouse.fingerprint(),
+            "kind": kind, "model.chosen": choice.name,
+            "model.candidates": ",".join(choice.validation), "data.fingerprint": warehouse.fingerprint(),
             "data.train_rows": len(snapshots.train), "data.test_rows": len(snapshots.test),
             "model.best_iteration": model.best_iteration_,
             "model.calibration": model.calibration_method_, **snapshots.plan.describe(),
@@ -166,7 +190,7 @@ def train_propensity(settings: Settings, kind: str = "purchase", params: dict[st
                 pip_requirements=requirements("mlflow", "lightgbm", "scikit-learn", "numpy",
                                               "pandas", "pydantic"),
                 code_paths=[str(Path(__file__).resolve().parent)])
-        outcome = PropensityOutcome(run.info.run_id, kind, params, metrics)
+        outcome = PropensityOutcome(run.info.run_id, kind, params, metrics, chosen=choice.name)
         if register:
             progress.stage("registering and running the gate")
             outcome.version, outcome.decision = _register_and_gate(

@@ -1,6 +1,13 @@
-"""A calibrated, explainable propensity classifier: LightGBM, then calibration, then reasons.
+"""A calibrated, explainable propensity classifier: a scorer, then calibration, then reasons.
 
-* LightGBM learns with early stopping on a stratified slice of the training rows.
+* The scorer is one of three families (``family``): LightGBM with early stopping on a
+  stratified slice of the training rows (``monotone`` constrains it to rise with frequency and
+  money and fall with recency, which small shops need); a logistic model on transformed RFM
+  features (``training.propensity.linear``); or a blend, the weighted mean of the two's
+  log-odds. The training job picks the family that validates best
+  (``training.propensity.selection``).
+* With ``bgnbd``, BG/NBD's P(alive) and expected purchases (``training.propensity.rfm``),
+  fitted on the training rows, are two more inputs for every family.
 * Its probabilities are calibrated on rows it never trained on (the caller passes them — a later
   snapshot, in the jobs — or a held-out slice is used). With enough rows, by centered isotonic
   regression (Oron & Flournoy 2017): isotonic regression's blocks, each placed at the mean raw
@@ -10,10 +17,12 @@
   order. This map rises strictly, so scores keep the model's ranking, and each block's rate is
   shrunk toward the base rate by one row, so no score is ever 0 or 1. With few rows, Platt
   scaling alone.
-* Each score's reasons come from LightGBM's per-row contributions (SHAP values in log-odds):
-  they sum, with the bias, to the raw score, so the reasons are the model's own arithmetic.
+* Each score's reasons come from the scorer's per-row contributions in log-odds (LightGBM's SHAP
+  values, the logistic model's terms, their weighted sum for the blend): they sum, with the bias,
+  to the raw score, so the reasons are the model's own arithmetic.
 
-Saved as plain arrays: the booster's text model and the calibration map (no pickle).
+Saved as plain arrays: the booster's text model, the logistic model's arrays, BG/NBD's four
+parameters and the calibration map (no pickle).
 """
 
 from __future__ import annotations
@@ -31,6 +40,8 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.model_selection import train_test_split
 
 from features.point_in_time import FeatureOptions
+from training.propensity import rfm
+from training.propensity.linear import LinearScorer
 from training.recommenders.base import NotFittedError, _explain
 
 LOGIT_LIMIT = 30.0
@@ -40,6 +51,16 @@ LOGIT_LIMIT = 30.0
 class PropensityConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
+    family: Literal["lightgbm", "logistic", "blend"] = Field(
+        "lightgbm", description="The scorer: LightGBM, logistic on transformed RFM, or both "
+        "blended.")
+    monotone: bool = Field(False, description="LightGBM rises with purchase counts, orders, "
+                           "money and BG/NBD's features, and falls with days since.")
+    bgnbd: bool = Field(True, description="Add BG/NBD's P(alive) and expected purchases as "
+                        "inputs, where the features allow (purchase and category propensity).")
+    C: float = Field(1.0, gt=0, description="Inverse L2 strength of the logistic model.")
+    blend_weight: float = Field(0.5, gt=0, lt=1, description="LightGBM's share of the blend's "
+                                "log-odds.")
     n_estimators: int = Field(600, ge=1, le=20_000, description="Most boosting rounds.")
     learning_rate: float = Field(0.05, gt=0, le=1, description="Shrinkage per round.")
     num_leaves: int = Field(31, ge=2, le=4096, description="Leaves per tree.")
@@ -86,19 +107,39 @@ class PropensityModel:
                 X, y, test_size=c.calibration_fraction, stratify=y, random_state=c.random_state)
         y_calibration = _labels(y_calibration, "y_calibration")
         self.feature_names_ = list(X.columns)
-        fit_X, stop_X, fit_y, stop_y = train_test_split(
-            X, y, test_size=c.validation_fraction, stratify=y, random_state=c.random_state)
-        self.classifier_ = lgb.LGBMClassifier(
-            n_estimators=c.n_estimators, learning_rate=c.learning_rate, num_leaves=c.num_leaves,
-            min_child_samples=c.min_child_samples, subsample=c.subsample, subsample_freq=1,
-            colsample_bytree=c.colsample_bytree, reg_lambda=c.reg_lambda,
-            random_state=c.random_state, n_jobs=2, verbose=-1)
-        self.classifier_.fit(fit_X, fit_y, eval_X=stop_X, eval_y=stop_y,
-                             callbacks=[lgb.early_stopping(c.early_stopping_rounds, verbose=False)])
-        self.best_iteration_ = int(self.classifier_.best_iteration_ or c.n_estimators)
+        rows = X.to_numpy(dtype=float)
+        self.bgnbd_ = (rfm.BGNBDFeatures().fit(rows, self.feature_names_)
+                       if c.bgnbd and rfm.usable(self.feature_names_) else None)
+        self.inputs_ = [*self.feature_names_, *(rfm.NAMES if self.bgnbd_ else ())]
+        design = self._design(rows)
+        self.best_iteration_ = 0
+        self.booster_ = self._fit_lightgbm(design, y) if c.family != "logistic" else None
+        self.linear_ = (LinearScorer(c.C).fit(design, y, self.inputs_)
+                        if c.family != "lightgbm" else None)
         self.feature_options_ = feature_options or FeatureOptions()
         self._calibrate(self.raw_score(X_calibration), y_calibration)
         return self
+
+    def _fit_lightgbm(self, design: np.ndarray, y: np.ndarray) -> lgb.Booster:
+        c = self.config
+        fit_X, stop_X, fit_y, stop_y = train_test_split(
+            design, y, test_size=c.validation_fraction, stratify=y, random_state=c.random_state)
+        constraints = [_direction(name) for name in self.inputs_] if c.monotone else None
+        classifier = lgb.LGBMClassifier(
+            n_estimators=c.n_estimators, learning_rate=c.learning_rate, num_leaves=c.num_leaves,
+            min_child_samples=c.min_child_samples, subsample=c.subsample, subsample_freq=1,
+            colsample_bytree=c.colsample_bytree, reg_lambda=c.reg_lambda,
+            monotone_constraints=constraints, random_state=c.random_state, n_jobs=2, verbose=-1)
+        classifier.fit(fit_X, fit_y, eval_X=stop_X, eval_y=stop_y,
+                       callbacks=[lgb.early_stopping(c.early_stopping_rounds, verbose=False)])
+        self.best_iteration_ = int(classifier.best_iteration_ or c.n_estimators)
+        return classifier.booster_
+
+    def _design(self, rows: np.ndarray) -> np.ndarray:
+        """The scorer's inputs: the features, then BG/NBD's two where the model has them."""
+        if self.bgnbd_ is None:
+            return rows
+        return np.hstack([rows, self.bgnbd_.transform(rows, self.feature_names_)])
 
     def _calibrate(self, raw: np.ndarray, y: np.ndarray) -> None:
         """Fit the map from raw log-odds to probabilities (see the module docstring)."""
@@ -140,7 +181,16 @@ class PropensityModel:
     # ------------------------------------------------------------------ predict
     def raw_score(self, X: pd.DataFrame) -> np.ndarray:
         """Uncalibrated log-odds, the scale the contributions add up to."""
-        return self._booster().predict(self._matrix(X), raw_score=True)
+        return self._raw(self._design(self._matrix(X)))
+
+    def _raw(self, design: np.ndarray) -> np.ndarray:
+        w = self.config.blend_weight
+        if self.linear_ is None:
+            return self._booster().predict(design, raw_score=True)
+        if self.booster_ is None:
+            return self.linear_.raw_score(design)
+        return (w * self._booster().predict(design, raw_score=True)
+                + (1 - w) * self.linear_.raw_score(design))
 
     def predict_proba(self, X: pd.DataFrame) -> np.ndarray:
         return self.predict_proba_rows(self._matrix(X))
@@ -149,21 +199,35 @@ class PropensityModel:
         """``predict_proba`` for a float matrix whose columns are ``feature_names_`` in order:
         for the serving path, where building a DataFrame per request would cost more than
         the prediction."""
-        raw = self._booster().predict(rows, raw_score=True)
+        raw = self._raw(self._design(rows))
         p = 1 / (1 + np.exp(-self._calibrated_logit(raw)))
         return np.column_stack([1 - p, p])
 
+    def inputs(self, X: pd.DataFrame) -> pd.DataFrame:
+        """What the scorer reads for each row of ``X``: its features and BG/NBD's."""
+        return pd.DataFrame(self._design(self._matrix(X)), columns=self.inputs_, index=X.index)
+
     def contributions(self, X: pd.DataFrame) -> pd.DataFrame:
-        """Per-row contribution of each feature to the raw score, plus the ``bias`` column."""
-        values = self._booster().predict(self._matrix(X), pred_contrib=True)
-        return pd.DataFrame(values, columns=[*self.feature_names_, "bias"], index=X.index)
+        """Per-row contribution of each input to the raw score, plus the ``bias`` column."""
+        design = self._design(self._matrix(X))
+        w = self.config.blend_weight
+        parts = []
+        if self.booster_ is not None:
+            parts.append(self._booster().predict(design, pred_contrib=True))
+        if self.linear_ is not None:
+            parts.append(np.column_stack([self.linear_.terms(design),
+                                          np.full(len(design), self.linear_.intercept_)]))
+        values = parts[0] if len(parts) == 1 else w * parts[0] + (1 - w) * parts[1]
+        return pd.DataFrame(values, columns=[*self.inputs_, "bias"], index=X.index)
 
     def _booster(self) -> lgb.Booster:
         if not hasattr(self, "feature_names_"):
             raise NotFittedError("this PropensityModel is not fitted yet; call fit(X, y) first")
-        return self.booster_ if hasattr(self, "booster_") else self.classifier_.booster_
+        return self.booster_
 
     def _matrix(self, X: pd.DataFrame) -> np.ndarray:
+        if not hasattr(self, "feature_names_"):
+            raise NotFittedError("this PropensityModel is not fitted yet; call fit(X, y) first")
         missing = [f for f in self.feature_names_ if f not in X.columns]
         if missing:
             raise ValueError(f"X lacks feature(s) the model was trained on: {', '.join(missing)}")
@@ -171,31 +235,53 @@ class PropensityModel:
 
     # ------------------------------------------------------------------ persistence
     def save(self, path: str | Path) -> Path:
-        booster = self._booster()
+        self._matrix(pd.DataFrame(columns=self.feature_names_))  # fitted, or a clear error
         path = Path(path).with_suffix(".npz")
         header = {"params": self.get_params(), "features": self.feature_names_,
-                  "calibration": self.calibration_method_, "tail_slope": self.tail_slope_,
-                  "best_iteration": self.best_iteration_,
+                  "inputs": self.inputs_, "calibration": self.calibration_method_,
+                  "tail_slope": self.tail_slope_, "best_iteration": self.best_iteration_,
                   "feature_options": self.feature_options_.as_dict()}
-        np.savez(path, header=np.array(json.dumps(header)),
-                 booster=np.array(booster.model_to_string(num_iteration=self.best_iteration_)),
-                 calibration_map=self.calibration_map_)
+        booster = ("" if self.booster_ is None
+                   else self.booster_.model_to_string(num_iteration=self.best_iteration_))
+        np.savez(path, header=np.array(json.dumps(header)), booster=np.array(booster),
+                 calibration_map=self.calibration_map_,
+                 linear=self.linear_.to_arrays() if self.linear_ else np.empty((6, 0)),
+                 bgnbd=self.bgnbd_.params if self.bgnbd_ else np.empty(0))
         return path
 
     @classmethod
     def load(cls, path: str | Path) -> PropensityModel:
         with np.load(path, allow_pickle=False) as data:
             header = json.loads(str(data["header"]))
-            model = cls(**header["params"])
-            model.booster_ = lgb.Booster(model_str=str(data["booster"]))
+            params = header["params"]
+            # models saved before the families were LightGBM on the plain features
+            params.setdefault("bgnbd", False)
+            model = cls(**params)
+            booster = str(data["booster"])
+            model.booster_ = lgb.Booster(model_str=booster) if booster else None
             model.calibration_map_ = data["calibration_map"]
+            linear = data["linear"] if "linear" in data else np.empty((6, 0))
+            bgnbd = data["bgnbd"] if "bgnbd" in data else np.empty(0)
+        model.linear_ = LinearScorer.from_arrays(linear) if linear.shape[1] else None
+        model.bgnbd_ = rfm.BGNBDFeatures.from_params(bgnbd) if bgnbd.size else None
         model.feature_names_ = header["features"]
+        model.inputs_ = header.get("inputs", model.feature_names_)
         model.calibration_method_ = header["calibration"]
         model.tail_slope_ = header.get("tail_slope", 1.0)
         model.best_iteration_ = header["best_iteration"]
         # models saved before feature options were recorded used the defaults
         model.feature_options_ = FeatureOptions(**header.get("feature_options", {}))
         return model
+
+
+def _direction(name: str) -> int:
+    """LightGBM's monotone constraint for an input: recency lowers the odds, frequency, money
+    and BG/NBD's features raise them, the rest is free."""
+    if name.startswith("days_since"):
+        return -1
+    if name.startswith(("purchases_", "orders_", "revenue_", "bgnbd_")):
+        return 1
+    return 0
 
 
 def _labels(y, name: str) -> np.ndarray:

@@ -31,6 +31,10 @@ def feature_phrase(name: str) -> str:
         return f"share of activity on {name.removeprefix('channel_share_')}"
     if name == "category_affinity":
         return "interest in this category"
+    if name == "bgnbd_p_alive":
+        return "chance of still being an active customer"
+    if name == "bgnbd_expected_purchases_30d":
+        return "expected purchases in the next 30 days"
     match = _WINDOW.match(name)
     if match:
         return f"{match.group(1).replace('_', ' ')} in the last {match.group(2)} days"
@@ -43,7 +47,7 @@ def reasons(model: PropensityModel, X: pd.DataFrame, top: int = 3) -> list[list[
     values = contributions.to_numpy()
     order = np.argsort(-np.abs(values), axis=1)[:, :top]
     names = np.array(contributions.columns)
-    raw = X[contributions.columns].to_numpy(dtype=float)
+    raw = model.inputs(X)[contributions.columns].to_numpy(dtype=float)
     phrases = {name: feature_phrase(name) for name in names}
     out = []
     for row, picks in enumerate(order):
