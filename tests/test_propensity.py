@@ -130,6 +130,20 @@ def test_contributions_add_up_to_the_raw_score(fitted):
     np.testing.assert_allclose(contributions.sum(axis=1), model.raw_score(X), rtol=1e-6, atol=1e-6)
 
 
+def test_shapley_contributions_add_up_to_the_raw_score_too(fitted):
+    model, X = fitted
+    shap = model.contributions(X.head(50), method="shap")
+    np.testing.assert_allclose(shap.sum(axis=1), model.raw_score(X.head(50)), rtol=1e-6,
+                               atol=1e-6)
+
+
+def test_on_single_split_trees_path_attributions_are_the_shapley_values(inputs):
+    X, y, X_cal, y_cal = inputs
+    stumps = PropensityModel(num_leaves=2, n_estimators=50).fit(X, y, X_cal, y_cal)
+    np.testing.assert_allclose(stumps.contributions(X_cal), stumps.contributions(X_cal, "shap"),
+                               rtol=1e-6, atol=1e-9)
+
+
 def test_reasons_name_the_features_that_moved_the_score_most(fitted):
     model, X = fitted
     row = X.iloc[[0]]

@@ -17,9 +17,10 @@
   order. This map rises strictly, so scores keep the model's ranking, and each block's rate is
   shrunk toward the base rate by one row, so no score is ever 0 or 1. With few rows, Platt
   scaling alone.
-* Each score's reasons come from the scorer's per-row contributions in log-odds (LightGBM's SHAP
-  values, the logistic model's terms, their weighted sum for the blend): they sum, with the bias,
-  to the raw score, so the reasons are the model's own arithmetic.
+* Each score's reasons come from the scorer's per-row contributions in log-odds (LightGBM's path
+  attributions, or SHAP values on request; the logistic model's terms; their weighted sum for the
+  blend): they sum, with the bias, to the raw score, so the reasons are the model's own
+  arithmetic.
 
 Saved as plain arrays: the booster's text model, the logistic model's arrays, BG/NBD's four
 parameters and the calibration map (no pickle).
@@ -41,6 +42,7 @@ from sklearn.model_selection import train_test_split
 
 from features.point_in_time import FeatureOptions
 from training.propensity import rfm
+from training.propensity.attribution import PathAttribution
 from training.propensity.linear import LinearScorer
 from training.recommenders.base import NotFittedError, _explain
 
@@ -113,6 +115,7 @@ class PropensityModel:
         self.inputs_ = [*self.feature_names_, *(rfm.NAMES if self.bgnbd_ else ())]
         design = self._design(rows)
         self.best_iteration_ = 0
+        self._path_attribution = None
         self.booster_ = self._fit_lightgbm(design, y) if c.family != "logistic" else None
         self.linear_ = (LinearScorer(c.C).fit(design, y, self.inputs_)
                         if c.family != "lightgbm" else None)
@@ -207,18 +210,29 @@ class PropensityModel:
         """What the scorer reads for each row of ``X``: its features and BG/NBD's."""
         return pd.DataFrame(self._design(self._matrix(X)), columns=self.inputs_, index=X.index)
 
-    def contributions(self, X: pd.DataFrame) -> pd.DataFrame:
-        """Per-row contribution of each input to the raw score, plus the ``bias`` column."""
+    def contributions(self, X: pd.DataFrame, method: Literal["path", "shap"] = "path"
+                      ) -> pd.DataFrame:
+        """Per-row contribution of each input to the raw score, plus the ``bias`` column; they
+        add up to ``raw_score``. LightGBM's part is path attribution (fast, what reasons use;
+        ``training.propensity.attribution``) or TreeSHAP's Shapley values (``"shap"``)."""
+        if method not in ("path", "shap"):
+            raise ValueError(f"method must be 'path' or 'shap', got {method!r}")
         design = self._design(self._matrix(X))
         w = self.config.blend_weight
         parts = []
         if self.booster_ is not None:
-            parts.append(self._booster().predict(design, pred_contrib=True))
+            parts.append(self._booster().predict(design, pred_contrib=True) if method == "shap"
+                         else self._paths()(design))
         if self.linear_ is not None:
             parts.append(np.column_stack([self.linear_.terms(design),
                                           np.full(len(design), self.linear_.intercept_)]))
         values = parts[0] if len(parts) == 1 else w * parts[0] + (1 - w) * parts[1]
         return pd.DataFrame(values, columns=[*self.inputs_, "bias"], index=X.index)
+
+    def _paths(self) -> PathAttribution:
+        if getattr(self, "_path_attribution", None) is None:
+            self._path_attribution = PathAttribution(self._booster(), self.best_iteration_)
+        return self._path_attribution
 
     def _booster(self) -> lgb.Booster:
         if not hasattr(self, "feature_names_"):
