@@ -10,7 +10,9 @@ learn and a test can check against the ground truth it records:
 * sessions follow the weekly and yearly rhythm of a shop, start on a channel with its own
   habits, may begin by reading a content item of the category (readers convert more), move
   view → cart → purchase or are abandoned (sometimes with a remove_from_cart);
-* consumable categories are bought again and again (each customer has staple items there);
+* consumable categories are bought again and again: each customer has a staple item there, and
+  restocks it on their own cycle (the category's typical cycle, ``RESTOCK_DAYS``, times a
+  per-customer factor, give or take a few days each time), as in real shops;
 * offers are shown to eligible customers, and redeemed with a probability that depends on the
   customer's offer sensitivity and the offer's value, within a per-customer limit;
 * new customers arrive over the whole period and some existing ones lapse.
@@ -86,6 +88,12 @@ CATEGORY_TREE: dict[str, dict[str, tuple[str, ...]]] = {
 }
 REPEATABLE_TOPS = ("grocery",)
 REPEATABLE_CATEGORIES = ("beauty/skincare", "beauty/haircare")
+RESTOCK_DAYS = {"grocery": 14.0, "beauty/skincare": 30.0, "beauty/haircare": 40.0}
+"""The typical days between two restocks of a staple, by top-level category or category."""
+RESTOCK_BUY = 0.9
+"""A restock visit puts the staple in the cart, and buys the cart, with this probability each."""
+RESTOCK_MIN_TASTE = 0.04
+"""Customers restock a consumable category they care at least this much for (share of taste)."""
 TOP_PRICE = {"electronics": 180.0, "home": 70.0, "fashion": 55.0, "beauty": 25.0,
              "grocery": 12.0, "sports": 45.0}
 ADJECTIVES = ("classic", "pro", "eco", "compact", "deluxe", "essential", "smart", "premium",
@@ -132,7 +140,7 @@ class ShopConfig(BaseModel):
     def for_events(cls, n_events: int, seed: int = 42, days: int = 180) -> ShopConfig:
         """A config whose history has about ``n_events`` events.
 
-        From a hundred thousand events up the count lands within about 10% of the target;
+        From tens of thousands of events up the count lands within about 10% of the target;
         tiny shops vary more, since a handful of very active customers dominate them.
         """
         if n_events < 100:
@@ -150,7 +158,7 @@ class ShopConfig(BaseModel):
         )
 
 
-EVENTS_PER_CUSTOMER_PER_DAY = 0.45
+EVENTS_PER_CUSTOMER_PER_DAY = 0.595
 """Measured average of the default config; used by :meth:`ShopConfig.for_events`."""
 
 
@@ -224,6 +232,11 @@ def _nouns(category: str) -> tuple[str, ...]:
     return CATEGORY_TREE[top][sub]
 
 
+def _repeatable(categories: list[str]) -> np.ndarray:
+    return np.array([c.split("/")[0] in REPEATABLE_TOPS or c in REPEATABLE_CATEGORIES
+                     for c in categories])
+
+
 def _make_catalog(config: ShopConfig, categories: list[str], rng: np.random.Generator) -> _Catalog:
     n_cat = len(categories)
     category_weight = rng.dirichlet(np.full(n_cat, 3.0))
@@ -248,8 +261,7 @@ def _make_catalog(config: ShopConfig, categories: list[str], rng: np.random.Gene
     first_of_category = np.unique(product_category, return_index=True)[1]
     launch_day[first_of_category] = 0  # every category has something to sell from day one
     weight = np.where(launch_day > 0, weight * 3.0, weight)  # new items get attention
-    repeatable = np.array([c.split("/")[0] in REPEATABLE_TOPS or c in REPEATABLE_CATEGORIES
-                           for c in categories])
+    repeatable = _repeatable(categories)
     nouns = [_nouns(categories[c]) for c in product_category]
     adjectives = rng.choice(ADJECTIVES, config.n_products)
     brands = rng.choice(BRANDS, config.n_products)
@@ -396,6 +408,7 @@ class _Sessions:
     start_s: np.ndarray      # seconds since config.start
     channel: np.ndarray      # index into SESSION_CHANNELS
     category: np.ndarray
+    restock: np.ndarray      # a staple's restock, due on the customer's cycle
 
 
 def _season(day: np.ndarray, config: ShopConfig) -> np.ndarray:
@@ -423,8 +436,44 @@ def _make_sessions(config: ShopConfig, people: _People, rng: np.random.Generator
     start_s = day * 86400 + hour * 3600 + rng.integers(0, 3600, customer.size)
     channel = _sample_rows(people.channel_pref[customer], rng)
     category = _sample_rows(people.taste[customer], rng)
+    r_customer, r_start, r_category = _restocks(config, people, active_from)
+    r_channel = _sample_rows(people.channel_pref[r_customer], rng)
+    customer, start_s = np.r_[customer, r_customer], np.r_[start_s, r_start]
+    channel, category = np.r_[channel, r_channel], np.r_[category, r_category]
+    restock = np.r_[np.zeros(len(start_s) - len(r_start), bool), np.ones(len(r_start), bool)]
     order = np.argsort(start_s, kind="stable")
-    return _Sessions(customer[order], start_s[order], channel[order], category[order])
+    return _Sessions(customer[order], start_s[order], channel[order], category[order],
+                     restock[order])
+
+
+def _restocks(config: ShopConfig, people: _People, active_from: np.ndarray
+              ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(customer, start second, category) of every restock visit: for each customer and
+    consumable category they care for, a cycle of their own and a phase, then a visit each
+    cycle (give or take 12 %) while they are active. Drawn from a stream of their own, so the
+    other sessions stay as the seed made them."""
+    rng = np.random.default_rng([config.seed, 3])
+    categories = _category_list()
+    base = np.array([RESTOCK_DAYS.get(c, RESTOCK_DAYS.get(c.split("/")[0], 0.0))
+                     for c in categories])
+    consumable = np.flatnonzero(_repeatable(categories) & (base > 0))
+    taste = people.taste[:, consumable]
+    cares = (taste >= RESTOCK_MIN_TASTE) & (rng.random(taste.shape) < np.minimum(1, taste * 8))
+    who, which = np.nonzero(cares)
+    category = consumable[which]
+    cycle = base[category] * rng.lognormal(0.0, 0.35, who.size)
+    begin = active_from[who] + rng.random(who.size) * cycle
+    span = people.last_day[who] - begin
+    count = np.where(span > 0, np.floor(span / cycle).astype(np.int64) + 1, 0)
+    pair = np.repeat(np.arange(who.size), count)
+    k = _rank_within(pair)
+    day = begin[pair] + cycle[pair] * (k + rng.normal(0.0, 0.12, pair.size))
+    keep = (day >= active_from[who[pair]]) & (day < people.last_day[who[pair]]) & (day >= 0)
+    pair, day = pair[keep], day[keep]
+    hour_cdf = np.cumsum(HOUR_WEIGHT) / HOUR_WEIGHT.sum()
+    hour = np.searchsorted(hour_cdf, rng.random(pair.size))
+    start_s = (day.astype(np.int64) * 86400 + hour * 3600 + rng.integers(0, 3600, pair.size))
+    return who[pair], start_s, category[pair]
 
 
 def _sample_rows(probabilities: np.ndarray, rng: np.random.Generator, chunk: int = 1_000_000):
@@ -473,7 +522,8 @@ def _make_events(config: ShopConfig, categories: list[str], catalog: _Catalog, p
     staple_tier = _tier_from(people.tier_pref[cust], _hash_uniform(pair, 1))
     staple = _pick_products(catalog, cat, staple_tier, np.full(s_count, 10**6), rng,
                             u=_hash_uniform(pair, 2))
-    staple_mode = repeat_cat & (rng.random(s_count) < 0.6) & (catalog.launch_day[staple] <= day)
+    staple_mode = (repeat_cat & (sessions.restock | (rng.random(s_count) < 0.6))
+                   & (catalog.launch_day[staple] <= day))
 
     # Views: one or more per session, all in the session's category.
     extra = rng.poisson(EXTRA_VIEWS[chan])
@@ -503,8 +553,10 @@ def _make_events(config: ShopConfig, categories: list[str], catalog: _Catalog, p
     fit = people.tier_pref[cust, catalog.tier[focal]] * 3.0
     p_cart = np.clip(P_CART[chan] * (0.55 + 0.45 * fit) * np.where(reads, 1.4, 1.0)
                      * np.where(staple_mode, 2.5, 1.0), 0, 0.97)
+    p_cart = np.where(sessions.restock & staple_mode, RESTOCK_BUY, p_cart)  # they came to rebuy
     carted = rng.random(s_count) < p_cart
     p_buy = np.clip(P_BUY[chan] * np.where(staple_mode, 1.5, 1.0) * (1 + 0.6 * redeem_p), 0, 0.99)
+    p_buy = np.where(sessions.restock & staple_mode, RESTOCK_BUY, p_buy)
     bought = carted & (rng.random(s_count) < p_buy)
     bought &= ~_owned_already(cust, focal, bought, catalog.repeatable_category[catalog.category[focal]])
     redeemed = shown & bought & (rng.random(s_count) < redeem_p)

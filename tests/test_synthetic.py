@@ -28,11 +28,12 @@ def test_another_seed_gives_another_shop(tiny_shop):
     assert not other.events["item_id"].equals(tiny_shop.events["item_id"])
 
 
-@pytest.mark.parametrize("target", [300, 5_000, 50_000])
+@pytest.mark.parametrize("target", [50_000, 200_000])
 def test_for_events_sizes_the_history_close_to_the_target(target):
+    # as documented, from tens of thousands of events up; a few heavy customers (activity is
+    # lognormal) make a shop of a few dozen customers lumpy, whatever the rate
     events = generate_shop(ShopConfig.for_events(target, seed=1)).events
-    tolerance = 0.6 if target < 1000 else 0.2  # a few customers make tiny shops lumpy
-    assert abs(len(events) - target) / target < tolerance
+    assert abs(len(events) - target) / target < 0.15
 
 
 def test_a_tiny_config_is_refused_with_the_limit():
