@@ -10,6 +10,10 @@ simulated storefront can show a customer the service's real answer and draw what
   ``(BASE_CLICK + MATCH_CLICK x match) / log2(1 + position)``;
 * **add to cart** after a click: ``CART_BASE + CART_MATCH x match``; **purchase** of a cart: the
   channel's rate (the synthetic shop's ``P_BUY``);
+* **the customer's own cart**: an item they put in their cart and have not bought yet is
+  recognised when shown again, ``CART_RETURN_CLICK / log2(1 + position)``, and a click on it
+  goes straight to checkout (it is in the cart already): what makes a cart reminder work in real
+  shops, and what a cart-recovery journey's holdout must measure;
 * **offers**: redeemed when shown with ``sigmoid(REDEEM_BIAS + REDEEM_SENSITIVITY x
   sensitivity + REDEEM_VALUE x value)``;
 * **messages**: opened with the channel's base rate, scaled by the customer's habit on it and
@@ -37,6 +41,7 @@ from features.synthetic import P_BUY, SESSION_CHANNELS, TIER_FIT, TIER_NAMES, Sy
 BASE_CLICK = 0.01
 MATCH_CLICK = 0.30
 CART_BASE, CART_MATCH = 0.25, 0.35
+CART_RETURN_CLICK = 0.6
 REDEEM_BIAS, REDEEM_SENSITIVITY, REDEEM_VALUE = -3.2, 0.9, 0.06
 OPEN_RATE = {"email": 0.25, "push": 0.35, "sms": 0.45}
 FATIGUE = 0.7
@@ -98,10 +103,14 @@ class ResponseModel:
         return np.where(np.isin(kinds, [ItemKind.PRODUCT.value, ItemKind.CONTENT.value]),
                         liking * fit, 0.0)
 
-    def click_probability(self, customer: str, item_ids: list[str]) -> np.ndarray:
-        """For a list shown in this order (position 1 first)."""
+    def click_probability(self, customer: str, item_ids: list[str],
+                          carted: frozenset[str] | set[str] = frozenset()) -> np.ndarray:
+        """For a list shown in this order (position 1 first); ``carted``: the items in the
+        customer's cart, not bought yet."""
         positions = np.arange(1, len(item_ids) + 1)
-        return (BASE_CLICK + MATCH_CLICK * self.match(customer, item_ids)) / np.log2(1 + positions)
+        interest = BASE_CLICK + MATCH_CLICK * self.match(customer, item_ids)
+        in_cart = np.fromiter((i in carted for i in item_ids), bool, len(item_ids))
+        return np.where(in_cart, CART_RETURN_CLICK, interest) / np.log2(1 + positions)
 
     @staticmethod
     def cart_probability(match: float) -> float:

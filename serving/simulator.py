@@ -260,6 +260,8 @@ class Simulation:
         self.result = SimulationResult(self.start, self.end)
         self._shown: dict[str, dict[str, datetime]] = defaultdict(dict)
         self._messages: dict[str, list[datetime]] = defaultdict(list)
+        self._carts: dict[str, set[str]] = defaultdict(set)
+        """Each customer's cart: added, not bought yet."""
         self._events = 0
         self._run_id = f"{config.seed}-{self.start:%Y%m%d%H%M%S}"
 
@@ -326,13 +328,19 @@ class Simulation:
                                       EventType.OFFER_REDEEMED, exposure_id, id_field)
                 continue
             match = self.model.match(customer, items)
-            clicked = self.rng.random(len(items)) < self.model.click_probability(customer, items)
+            cart = self._carts[customer]
+            clicked = (self.rng.random(len(items))
+                       < self.model.click_probability(customer, items, cart))
             for item, fit in zip(np.array(items)[clicked], match[clicked], strict=True):
                 self._outcome(events, clock, customer, item, kind, channel, EventType.CLICK,
                               exposure_id, id_field)
                 if kind != ItemKind.PRODUCT.value:
                     continue
-                if self.rng.random() < self.model.cart_probability(fit):
+                if item in cart:  # back to their own cart: straight to checkout
+                    if self.rng.random() < self.model.purchase_probability(channel):
+                        self._outcome(events, clock, customer, item, kind, channel,
+                                      EventType.PURCHASE, exposure_id, id_field)
+                elif self.rng.random() < self.model.cart_probability(fit):
                     self._outcome(events, clock, customer, item, kind, channel,
                                   EventType.ADD_TO_CART, exposure_id, id_field)
                     if self.rng.random() < self.model.purchase_probability(channel):
@@ -371,6 +379,10 @@ class Simulation:
         if exposure_id is not None and self.rng.random() < self.config.tagged_share:
             event[id_field] = exposure_id
         events.append(event)
+        if event_type == EventType.ADD_TO_CART:
+            self._carts[customer].add(item)
+        elif event_type == EventType.PURCHASE:
+            self._carts[customer].discard(item)
         if event_type != EventType.VIEW:
             revenue = (price or 0.0) if event_type == EventType.PURCHASE else 0.0
             self.result.truth.append({"event_id": event_id, "event_type": event_type.value,

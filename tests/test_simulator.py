@@ -3,6 +3,7 @@ as their known tastes say; attribution and KPIs are checked against what really 
 
 from __future__ import annotations
 
+import math
 import shutil
 from datetime import timedelta
 from pathlib import Path
@@ -11,7 +12,7 @@ import pandas as pd
 import pytest
 
 from features.settings import Settings
-from features.shop_response import ResponseModel, TruthMissing
+from features.shop_response import CART_RETURN_CLICK, ResponseModel, TruthMissing
 from features.synthetic import ShopConfig, generate_shop, store_shop
 from features.warehouse import Warehouse
 from serving.simulator import SimulationConfig, simulate
@@ -88,6 +89,17 @@ def test_the_same_seed_draws_the_same_visits_and_choices(shop_dir, tmp_path, one
 def test_a_shop_without_synthetic_truth_is_refused_with_the_reason(tmp_path):
     with pytest.raises(TruthMissing, match="needs a data directory made by 'nextbest demo'"):
         ResponseModel.load(tmp_path, pd.DataFrame({"item_id": []}))
+
+
+def test_a_customer_recognises_their_own_cart_when_it_is_shown_again():
+    shop = generate_shop(ShopConfig(n_customers=30, n_products=40, days=10, seed=5))
+    model = ResponseModel.of(shop)
+    customer = model.tastes.index[0]
+    items = list(model.items.index[model.items["kind"] == "product"][:3])
+    plain = model.click_probability(customer, items)
+    carted = model.click_probability(customer, items, carted={items[1]})
+    assert carted[1] == pytest.approx(CART_RETURN_CLICK / math.log2(3))
+    assert carted[1] > plain[1] and list(carted[[0, 2]]) == list(plain[[0, 2]])
 
 
 def test_report_kpis_prints_csv_and_html(one_day, tmp_path):
