@@ -68,6 +68,15 @@ def test_runs_per_group_count_entries_conversions_in_the_window_and_how_runs_end
                     ].tolist() == [2, 1, 1, 1]
 
 
+def test_a_journeys_conversion_deadline_wins_over_the_purchase_window(tmp_path):
+    exposures = [entered("c1", "treatment"), entered("c2", "treatment")]
+    events = [event("e1", "c1", "p1", "purchase", 5), event("e2", "c2", "p2", "purchase", 20)]
+    warehouse = build(tmp_path, exposures, events)
+    half_day = dataclasses.replace(JOURNEY, conversion_days=0.5)
+    report = journey_report(warehouse, half_day, T0 - DAY, T0 + DAY, window_days=7)
+    assert report.window_days == 0.5 and report.runs.at["treatment", "converted"] == 1
+
+
 def test_the_step_funnel_follows_the_journeys_order(report):
     assert report.steps.to_dict("records") == [
         {"step": "push_reminder", "sent": 3, "suppressed": 1, "holdout_reached": 2},

@@ -4,9 +4,10 @@ made its customers convert more than its holdout did.
 Everything comes from the exposure log: the journey's rows (entered, converted, exited,
 finished) and its messages (sent, or suppressed with the rule), each naming the customer's
 group, ``journey.<name>=treatment`` or ``=holdout``. A run **converts** when its customer sends
-the journey's goal event (a purchase by default) within ``window_days`` of entering, whatever
-the journey did: the holdout, which entered the same way and got no message, converts by the
-same rule, so the difference is what the journey's messages added (intention to treat). The
+the journey's goal event (a purchase by default) within its conversion deadline (the goal's
+``within_days``, else ``window_days``) of entering, whatever the journey did: the holdout,
+which entered the same way and got no message, converts by the same rule, so the difference is
+what the journey's messages added (intention to treat). The
 interval of that difference is statsmodels' (``confint_proportions_2indep``, Newcombe's
 method), and the test of it a two-proportion z-test.
 """
@@ -38,6 +39,8 @@ class JourneyOutline:
     message_steps: tuple[str, ...]
     """The names of its message steps, in order."""
     holdout: float
+    conversion_days: float | None = None
+    """The journey's conversion deadline, if it sets one: it wins over ``window_days``."""
 
 
 @dataclass(frozen=True)
@@ -74,6 +77,7 @@ class JourneyReport:
 
 def journey_report(warehouse: Warehouse, journey: JourneyOutline, start: datetime, end: datetime,
                    window_days: float = 7.0, alpha: float = 0.05) -> JourneyReport:
+    window_days = journey.conversion_days or window_days
     pattern = variant_pattern(f"journey\\.{journey.name}")
     params = {"name": journey.name, "pattern": pattern, "start": start, "end": end,
               "window": timedelta(days=window_days)}

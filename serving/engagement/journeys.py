@@ -101,6 +101,10 @@ class Reentry(_Strict):
 class Goal(_Strict):
     event: EventType = Field(EventType.PURCHASE, description="Reaching it ends the journey as "
                                                              "converted.")
+    within_days: float | None = Field(None, gt=0, le=365, description="Conversion deadline: "
+                                      "the report counts a run as converted when its customer "
+                                      "reaches the goal this many days after entering at most "
+                                      "(default: NEXTBEST_PURCHASE_WINDOW_DAYS).")
 
 
 # ---------------------------------------------------------------------------- steps
@@ -243,7 +247,7 @@ class Journey(_Strict):
         """What its report reads (``training.journey_report``)."""
         return JourneyOutline(self.name, self.goal.event if self.goal else EventType.PURCHASE,
                               tuple(s.name for s in self.steps if s.message is not None),
-                              self.holdout)
+                              self.holdout, self.goal.within_days if self.goal else None)
 
 
 class JourneyPlan(_Strict):
