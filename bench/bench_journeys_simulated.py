@@ -9,18 +9,22 @@ answered by the real pipeline, abandon carts, and open, click and buy from the m
 journey scheduler sends them (``features.shop_response``), hour by hour, for ``--days`` days:
 
 1. **lift**: the shipped cart-recovery journey (push, wait an hour, email an offer) with half
-   of its entrants held out; ``nextbest journeys report``'s reading of it: conversion within 7
-   days of entering, treatment against holdout, with Newcombe's interval;
+   of its entrants held out; ``nextbest journeys report``'s reading of it: conversion within the
+   journey's conversion deadline (2 days), treatment against holdout, with Newcombe's interval;
 2. **fatigue**: the shipped journeys and policy plus a frequent one (``daily_picks``: an email
-   of picks after a visit, at most daily, as many shops send), once with the fatigue rule (3
-   unanswered in a row, then one per 14 days) and once without, same seed, both without the
+   of picks after a visit, at most daily, as many shops send), once with the shipped fatigue
+   rule (2 unanswered in a row, then one per 30 days) and once without, same seed, both without the
    email cap (a shop that emails daily: the cap alone would otherwise bound what fatigue can
    save): messages sent to customers who never reacted to one (no event from a contact channel
    in the whole run), and the share of customers who bought in the run, compared with a
    two-proportion test.
 
+3. **best channel**: a picks email after a visit (at most daily) sent by ``channel: best``,
+   once, and by the fixed order email, sms, push, once, same seed: the share of messages
+   followed by an event from their customer on their channel within 72 hours.
+
 Targets: the lift's interval excludes zero; fatigue cuts messages to non-responders by at least
-a third with no significant drop in conversion.
+a third with no significant drop in conversion; the best channel's engagement is higher.
 """
 
 from __future__ import annotations
@@ -83,11 +87,23 @@ def run(base: Path, root: Path, journeys: dict, policy: dict, days: int, visits:
     visitors = set(events["customer_id"])
     buyers = set(events.loc[events["event_type"] == "purchase", "customer_id"])
     return {"started": started, "start": result.start, "end": result.end,
-            "messages": len(sent),
+            "messages": len(sent), "engaged": engaged(sent, events),
             "to_non_responders": int((~sent["customer_id"].isin(reacted)).sum()),
             "customers": len(visitors), "buyers": len(buyers & visitors),
             "suppressed_fatigue": int(((exposures["status"] == "suppressed")
                                        & (exposures["rule"] == "fatigue")).sum())}
+
+
+def engaged(sent: pd.DataFrame, events: pd.DataFrame) -> int:
+    """Messages followed by an event from their customer on their channel within 72 hours (an
+    open that led to a click, or any visit from it)."""
+    reactions = events.loc[events["channel"].isin(CONTACT), ["customer_id", "channel",
+                                                             "timestamp"]]
+    pairs = sent[["exposure_id", "customer_id", "channel", "timestamp"]].merge(
+        reactions, on=["customer_id", "channel"], suffixes=("", "_event"))
+    after = pairs["timestamp_event"] - pairs["timestamp"]
+    hit = (after >= pd.Timedelta(0)) & (after <= pd.Timedelta(hours=72))
+    return int(pairs.loc[hit, "exposure_id"].nunique())
 
 
 def main() -> None:
@@ -122,6 +138,12 @@ def main() -> None:
         untired = run(base, Path(directory) / "no_fatigue", frequent,
                       {k: v for k, v in daily.items() if k != "fatigue"}, args.days,
                       args.visits, seed=12)
+        chosen = {}
+        for name, channel in (("best", "best"), ("fixed", list(CONTACT))):
+            picks = {**DAILY_PICKS, "steps": [{"name": "picks", "message": {
+                "channel": channel, "send": "products", "items": 4}}]}
+            chosen[name] = run(base, Path(directory) / f"channel_{name}",
+                               {"journeys": [picks]}, policy, args.days, args.visits, seed=13)
     seconds = time.perf_counter() - clock
     lift = report.lift
     cut = 1 - tired["to_non_responders"] / max(untired["to_non_responders"], 1)
@@ -130,13 +152,19 @@ def main() -> None:
     p_drop = float(test_proportions_2indep(
         tired["buyers"], tired["customers"], untired["buyers"], untired["customers"],
         compare="diff", alternative="smaller").pvalue)
+    rate = {name: r["engaged"] / max(r["messages"], 1) for name, r in chosen.items()}
+    p_channel = float(test_proportions_2indep(
+        chosen["best"]["engaged"], chosen["best"]["messages"], chosen["fixed"]["engaged"],
+        chosen["fixed"]["messages"], compare="diff", alternative="larger").pvalue)
     runs = report.runs
     text = "\n".join([
         f"{args.days} simulated days, {args.customers:,}-customer shop with an EASE recommender; "
         f"the lift run {args.lift_visits} visits a day, the fatigue runs {args.visits} (shipped "
-        f"journeys plus daily picks, no email cap); three runs, {seconds:.0f} s in all.", "",
+        f"journeys plus daily picks, no email cap) and the channel runs {args.visits}; five "
+        f"runs, {seconds:.0f} s in all.", "",
         "| | measured | target |", "|---|---|---|",
-        f"| cart recovery: conversion within 7 days of entering, treatment vs holdout | "
+        f"| cart recovery: conversion within {report.window_days:g} days of entering, treatment "
+        f"vs holdout | "
         f"{lift.treatment:.1%} of {int(runs.at['treatment', 'entered']):,} vs "
         f"{lift.holdout:.1%} of {int(runs.at['holdout', 'entered']):,}: "
         f"{lift.difference:+.1%} points [{lift.low:+.1%}, {lift.high:+.1%}], "
@@ -147,12 +175,17 @@ def main() -> None:
         f"| fatigue: customers who bought | {conversion['fatigue']:.1%} with vs "
         f"{conversion['no_fatigue']:.1%} without (one-sided p of a drop = {p_drop:.2g}) | "
         "no significant drop |", "",
+        f"| channel: messages followed by a reaction on their channel within 72 h, picks "
+        f"by the best channel vs the fixed order ({', '.join(CONTACT)}) | "
+        f"{rate['best']:.1%} of {chosen['best']['messages']:,} vs {rate['fixed']:.1%} of "
+        f"{chosen['fixed']['messages']:,} (one-sided p = {p_channel:.2g}) | best is higher |", "",
         f"Verdict of the journey report: {report.verdict}"])
     print(text)
     print(json.dumps({"bench": "journeys_simulated", "lift": lift.__dict__,
                       "fatigue": {k: v for k, v in tired.items() if isinstance(v, int)},
                       "no_fatigue": {k: v for k, v in untired.items() if isinstance(v, int)},
-                      "cut": cut, "p_drop": p_drop}, default=str))
+                      "cut": cut, "p_drop": p_drop, "engagement": rate,
+                      "p_channel": p_channel}, default=str))
     if not args.no_record:
         from bench.record import record_section
 
