@@ -30,7 +30,7 @@ from features.online.store import OnlineStateUnavailable, OnlineStore
 
 log = logging.getLogger("nextbest.exposures")
 KINDS = (("products", ItemKind.PRODUCT.value), ("content", ItemKind.CONTENT.value),
-         ("offers", ItemKind.OFFER.value))
+         ("offers", ItemKind.OFFER.value), ("buy_again", ItemKind.PRODUCT.value))
 MAX_BATCH = 5_000
 """Most exposures in one write: a larger backlog (after an outage) goes in several."""
 
@@ -51,7 +51,7 @@ def answer_exposure(answer: dict, channel: str, placement: str, at: float,
             "placement": placement, "status": ExposureStatus.SHOWN.value, "rule": None,
             "model_versions": answer["model_versions"],
             "items": [(kind, entry["item_id"], entry["source"], entry.get("team"))
-                      for key, kind in KINDS for entry in answer[key]],
+                      for key, kind in KINDS for entry in answer.get(key, ())],
             "context": context, "variants": answer.get("experiments") or {},
             "latency_ms": latency_ms}
 

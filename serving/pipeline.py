@@ -67,7 +67,7 @@ class Candidate:
 
 
 SOURCES = {
-    ItemKind.PRODUCT: ("for_you", "similar", "new", "popular"),
+    ItemKind.PRODUCT: ("for_you", "similar", "new", "popular", "buy_again"),
     ItemKind.CONTENT: ("context", "category", "popular"),
     ItemKind.OFFER: ("expected_value",),
 }
@@ -162,7 +162,28 @@ def recommend(state: ServingState, request: RecommendRequest, now: datetime,
     answer["products"] = [_entry(items[c.item_id], c) for c in products]
     answer["content"] = [_entry(items[c.item_id], c) for c in content]
     answer["offers"] = [_entry(items[c.item_id], c) for c in offers]
+    answer["buy_again"] = [_entry(items[c.item_id], c)
+                           for c in rank_buy_again(state, request, live, now)]
     return answer
+
+
+def rank_buy_again(state: ServingState, request: RecommendRequest, live: CustomerState | None,
+                   now: datetime) -> list[Candidate]:
+    """The customer's own past purchases that are due again (``BuyAgain.due_for``, with the
+    purchases since the snapshot from the live state), in stock and not excluded."""
+    model = state.shop.buy_again
+    if request.buy_again == 0 or model is None or request.customer_id == NOBODY:
+        return []
+    fresh = live.purchased if live is not None else None
+    excluded = set(request.exclude)
+    shelf = []
+    for item_id, score, reason in model.due_for(request.customer_id, pd.Timestamp(now),
+                                                request.buy_again + len(excluded), fresh):
+        item = state.shop.items.get(item_id)
+        if item is None or not item.in_stock or item_id in excluded:
+            continue
+        shelf.append(Candidate(item_id, score, reason, "buy_again"))
+    return shelf[:request.buy_again]
 
 
 NOBODY = "\x00nobody"

@@ -102,6 +102,10 @@ class RecommendRequest(_Request):
     filters: Filters = Field(default_factory=Filters)
     exclude: list[str] = Field(default_factory=list, max_length=1000,
                                description="Item ids never to return.")
+    buy_again: json_int(0, MAX_N) = Field(
+        0, description=f"How many of the customer's own past purchases to propose buying again "
+        f"(0..{MAX_N}), those due by their own or the item's cycle, in the answer's "
+        "``buy_again``; 0: none.")
 
     @field_validator("n")
     @classmethod
@@ -117,7 +121,7 @@ class RecommendedItem(_Answer):
     reason: str = Field(description="Why it is shown, in words a customer could read.")
     source: str = Field(description="What placed it: for_you, similar, new or popular "
                         "(products); context, category or popular (content); expected_value "
-                        "(offers).")
+                        "(offers); buy_again (the buy-again shelf).")
     team: Literal["A", "B"] | None = Field(
         None, description="In an interleaving experiment: which of the two rankers placed it.")
 
@@ -142,6 +146,10 @@ class RecommendAnswer(_Answer):
     products: list[RecommendedItem]
     content: list[RecommendedItem]
     offers: list[RecommendedItem]
+    buy_again: list[RecommendedItem] = Field(
+        default_factory=list, description="Asked for with ``buy_again``: products the customer "
+        "bought before and is due to buy again, with the cycle as the reason (source "
+        "buy_again).")
     degraded: bool = Field(description="True when the customer's live state could not be read.")
     degraded_reason: str | None = Field(None, description="Why, when degraded.")
 

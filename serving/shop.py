@@ -19,6 +19,7 @@ import pandas as pd
 from features.contracts import CONTACT_CHANNELS, LIST_SEPARATOR, EventType, ItemKind
 from features.point_in_time import INTERACTION_WEIGHTS
 from features.warehouse import Warehouse
+from training.recommenders.buy_again import BuyAgain
 
 POPULAR_KEEP = 300
 NEW_ITEM_DAYS = 30
@@ -73,6 +74,8 @@ class ShopView:
     """Segment -> the contact channels its customers send events from (opened or clicked a
     message there), most engaged first: a journey's best channel for a customer who has not
     reacted on any yet."""
+    buy_again: BuyAgain | None = None
+    """Each customer's purchases by item and the items' cycles: the buy-again shelf."""
 
     def customer(self, customer_id: str) -> Behaviour:
         found = self.behaviour.get(customer_id)  # no default built for the customers we know
@@ -132,7 +135,16 @@ def load_shop(warehouse: Warehouse, events: pd.DataFrame | None = None,
     return ShopView(items, segments, behaviour, _popular(recent, items, segments),
                     _popular_content(recent, items), _offer_rates(events),
                     _new_products(items, as_of), as_of, consents, _last_purchase(events),
-                    _timezones(customers), _segment_channels(recent, segments))
+                    _timezones(customers), _segment_channels(recent, segments),
+                    _buy_again(events, items_frame, as_of))
+
+
+def _buy_again(events: pd.DataFrame, items: pd.DataFrame, as_of: pd.Timestamp
+               ) -> BuyAgain | None:
+    purchases = events[events["event_type"] == EventType.PURCHASE.value]
+    if purchases.empty:
+        return None
+    return BuyAgain().fit(purchases, None, as_of + pd.Timedelta(microseconds=1), items)
 
 
 def _segment_channels(events: pd.DataFrame, segments: dict[str, str]

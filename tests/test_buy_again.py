@@ -67,6 +67,34 @@ def test_fitted_scores_are_the_live_scores_at_the_same_moment(shop):
         assert live.at[interactions.item_ids[column], "score"] == pytest.approx(score, rel=1e-6)
 
 
+def test_the_shelf_for_a_known_customer_matches_their_whole_history(shop):
+    model, _, events = shop
+    now = T0 + pd.Timedelta(days=28)
+    shelf = model.due_for("ann", now)
+    full = model.due(events[events["customer_id"] == "ann"], now)
+    assert [item for item, _, _ in shelf] == full["item_id"].tolist()
+    assert [score for _, score, _ in shelf] == pytest.approx(full["score"].tolist())
+    assert shelf[0][2] == "you buy this about every week"
+
+
+def test_a_purchase_since_the_snapshot_resets_the_items_clock(shop):
+    model, _, _ = shop
+    now = T0 + pd.Timedelta(days=29)  # a day after the snapshot
+    fresh = {"coffee": (T0 + pd.Timedelta(days=28.5)).timestamp()}
+    before = dict((item, score) for item, score, _ in model.due_for("ann", now))
+    after = dict((item, score) for item, score, _ in model.due_for("ann", now, fresh=fresh))
+    assert after["coffee"] < before["coffee"] / 10  # just bought: not due for a week
+
+
+def test_a_new_customers_first_purchase_is_proposed_on_the_items_cycle(shop):
+    model, _, _ = shop
+    fresh = {"coffee": (T0 + pd.Timedelta(days=30)).timestamp()}
+    shelf = model.due_for("newcomer", T0 + pd.Timedelta(days=37), fresh=fresh)
+    assert [(item, why) for item, _, why in shelf] == [
+        ("coffee", "often bought again after about a week")]
+    assert model.due_for("stranger", T0 + pd.Timedelta(days=28)) == []
+
+
 def test_in_the_new_items_view_buy_again_proposes_nothing(shop):
     model, interactions, _ = shop
     ids, scores = model.recommend(interactions.user_rows(["ann"])[0], N=3,

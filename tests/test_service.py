@@ -106,6 +106,28 @@ def test_a_known_customer_gets_each_kind_with_reasons_and_versions(state):
     assert len(answer["recommendation_id"]) == 32
 
 
+def restocker(state: ServingState) -> str:
+    """A customer with an item due again (bought on several days, the last a cycle ago)."""
+    model = state.shop.buy_again
+    for customer in model.history_.where:
+        shelf = model.due_for(customer, state.shop.as_of, 3)
+        if shelf and shelf[0][2].startswith("you buy this"):
+            return customer
+    raise AssertionError("the test shop has no customer with an item due again")
+
+
+def test_the_buy_again_shelf_holds_the_customers_own_items_due_again_with_the_cycle(state):
+    customer = restocker(state)
+    answer = recommend(state, RecommendRequest(customer_id=customer, buy_again=3),
+                       state.shop.as_of)
+    shelf = answer["buy_again"]
+    assert 1 <= len(shelf) <= 3 and {entry["source"] for entry in shelf} == {"buy_again"}
+    assert {entry["item_id"] for entry in shelf} <= state.shop.behaviour[customer].purchased
+    assert shelf[0]["reason"].startswith("you buy this about every")
+    assert recommend(state, RecommendRequest(customer_id=customer),
+                     state.shop.as_of)["buy_again"] == []  # only when asked for
+
+
 def test_fitted_customers_are_answered_from_the_registered_top_items_as_if_scored(state):
     """The training job registers each customer's top items; answering from them is exact."""
     bundle = state.models.recommender
@@ -358,6 +380,8 @@ def test_the_http_app_answers_a_flat_json_request(client):
     ({"customer_id": "c1", "n": {"gadget": 2}}, "gadget"),
     ({"customer_id": "c1", "n": {"product": 1000}}, "n.product"),
     ({"customer_id": "c1", "filters": {"max_price": -5}}, "max_price"),
+    ({"customer_id": "c1", "buy_again": -1}, "buy_again"),
+    ({"customer_id": "c1", "buy_again": "lots"}, "buy_again"),
 ])
 def test_bad_input_is_a_400_that_names_the_field(client, body, field):
     response = client.post("/recommend", json=body)

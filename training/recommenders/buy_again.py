@@ -17,12 +17,15 @@ For each item a customer bought (on distinct days, up to ``as_of``):
   read over the next weeks, as an email's is).
 
 The score is the product, in [0, 1]. Items marked not ``repeatable`` in the catalog are never
-proposed. The reason says the cycle: "you buy this about every 3 weeks", or "often bought
-again after about a month".
+proposed (where the catalog marks any item repeatable; otherwise the purchases decide). The
+reason says the cycle: "you buy this about every 3 weeks", or "often bought again after about
+a month".
 
 It keeps implicit's ``recommend(userid, user_items, N, filter_already_liked_items, ...)`` so the
 evaluation and the blend (``RankBlend``) treat it like any recommender; its scores are those at
-``as_of`` (fitted), while :meth:`BuyAgain.due` scores one customer's live purchase history.
+``as_of`` (fitted), while :meth:`BuyAgain.due_for` scores a customer of the fitted history with
+their purchases since (the service's buy-again shelf) and :meth:`BuyAgain.due` any purchase
+history.
 """
 
 from __future__ import annotations
@@ -62,6 +65,35 @@ class ItemCycles:
     shop_cycle_days: float
 
 
+@dataclass(frozen=True)
+class _History:
+    """The fitted (customer, item) pairs as arrays grouped by customer, with a customer's
+    slice found by one dictionary lookup."""
+
+    where: dict[str, tuple[int, int]]
+    items: np.ndarray
+    purchases: np.ndarray
+    last: np.ndarray
+    """POSIX days of the last purchase."""
+    own: np.ndarray
+    rate: np.ndarray
+    cycle: np.ndarray
+    """The item's typical cycle (the shop's where it has none)."""
+    allowed: np.ndarray
+
+    @classmethod
+    def of(cls, pairs: pd.DataFrame, rate: np.ndarray, cycle: np.ndarray,
+           not_repeatable: set[str]) -> _History:
+        customers = pairs["customer_id"].to_numpy()
+        names, first, counts = np.unique(customers, return_index=True, return_counts=True)
+        where = dict(zip(names.tolist(), zip((first).tolist(), (first + counts).tolist(),
+                                             strict=True), strict=True))
+        last = pairs["last"].to_numpy(dtype="datetime64[s]").astype(np.int64) / 86400.0
+        return cls(where, pairs["item_id"].to_numpy(), pairs["purchases"].to_numpy(float), last,
+                   pairs["own_cycle"].to_numpy(float), rate, cycle,
+                   ~pairs["item_id"].isin(not_repeatable).to_numpy())
+
+
 class BuyAgain:
     """scikit-learn style: hyperparameters in the constructor, ``fit`` returns ``self``."""
 
@@ -75,11 +107,11 @@ class BuyAgain:
         return self.config.model_dump()
 
     # ------------------------------------------------------------------ fit
-    def fit(self, purchases: pd.DataFrame, interactions: Interactions, as_of: pd.Timestamp,
-            items: pd.DataFrame | None = None) -> Self:
-        """Learn cycles from ``purchases`` (customer_id, item_id, timestamp) before ``as_of``
-        and score every (customer, item) bought, as of then, on ``interactions``' rows and
-        columns."""
+    def fit(self, purchases: pd.DataFrame, interactions: Interactions | None,
+            as_of: pd.Timestamp, items: pd.DataFrame | None = None) -> Self:
+        """Learn cycles from ``purchases`` (customer_id, item_id, timestamp) before ``as_of``;
+        with ``interactions``, also score every (customer, item) bought, as of then, on its
+        rows and columns (for ``recommend``)."""
         history = _purchase_days(purchases[purchases["timestamp"] < as_of])
         if history.empty:
             raise ValueError(f"there are no purchases before {as_of}; buy again learns from "
@@ -88,6 +120,10 @@ class BuyAgain:
         self.not_repeatable_ = _not_repeatable(items)
         pairs = _pairs(history)
         self.cycles_ = _item_cycles(pairs, self.config.prior_strength)
+        self.history_ = _History.of(pairs, *self._item_terms(pairs["item_id"]),
+                                    self.not_repeatable_)
+        if interactions is None:
+            return self
         scored = self._score_pairs(pairs, self.as_of_)
         rows = interactions.user_rows(scored["customer_id"].to_numpy())
         cols = interactions.item_columns(scored["item_id"].to_numpy())
@@ -100,23 +136,33 @@ class BuyAgain:
     def _score_pairs(self, pairs: pd.DataFrame, now: pd.Timestamp) -> pd.DataFrame:
         """``pairs`` (customer_id, item_id, purchases, last, own_cycle) with ``score``,
         ``cycle_days`` and ``own`` (the cycle is the customer's own)."""
-        c, cycles = self.config, self.cycles_
-        rate = cycles.repeat_rate.reindex(pairs["item_id"]).fillna(cycles.shop_rate).to_numpy()
-        item_cycle = cycles.cycle_days.reindex(pairs["item_id"]).to_numpy()
-        own = pairs["own_cycle"].to_numpy()
-        cycle = np.where(np.isfinite(own), own,
-                         np.where(np.isfinite(item_cycle), item_cycle, cycles.shop_cycle_days))
-        cycle = np.maximum(cycle, c.min_cycle_days)
-        n = pairs["purchases"].to_numpy()
-        rebuy = (n - 1 + c.prior_strength * rate) / (n - 1 + c.prior_strength)
-        since = np.maximum((now - pairs["last"]).to_numpy() / DAY, 0.0)
-        # the point of the window [since, since + horizon] nearest the cycle
-        nearest = np.clip(cycle, since, since + c.horizon_days)
-        ratio = np.maximum(nearest, 1e-3) / cycle
-        due = np.exp(-np.log(ratio) ** 2 / (2 * c.spread**2))
-        score = rebuy * due
+        rate, fallback = self._item_terms(pairs["item_id"])
+        own = pairs["own_cycle"].to_numpy(dtype=float)
+        since = (now - pairs["last"]).to_numpy() / DAY
+        score, cycle = self._scores(pairs["purchases"].to_numpy(dtype=float), since, own, rate,
+                                    fallback)
         score[pairs["item_id"].isin(self.not_repeatable_).to_numpy()] = 0.0
         return pairs.assign(score=score, cycle_days=cycle, own=np.isfinite(own))
+
+    def _item_terms(self, item_ids: pd.Series) -> tuple[np.ndarray, np.ndarray]:
+        """Each item's repeat rate and typical cycle (the shop's where it has none)."""
+        cycles = self.cycles_
+        rate = cycles.repeat_rate.reindex(item_ids).fillna(cycles.shop_rate).to_numpy()
+        cycle = cycles.cycle_days.reindex(item_ids).fillna(cycles.shop_cycle_days).to_numpy()
+        return rate, cycle
+
+    def _scores(self, purchases: np.ndarray, since_days: np.ndarray, own_cycle: np.ndarray,
+                rate: np.ndarray, item_cycle: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The module docstring's score, and the cycle it used, for arrays of pairs."""
+        c = self.config
+        cycle = np.maximum(np.where(np.isfinite(own_cycle), own_cycle, item_cycle),
+                           c.min_cycle_days)
+        rebuy = (purchases - 1 + c.prior_strength * rate) / (purchases - 1 + c.prior_strength)
+        since = np.maximum(since_days, 0.0)
+        # the point of the window [since, since + horizon] nearest the cycle
+        nearest = np.clip(cycle, since, since + c.horizon_days)
+        due = np.exp(-np.log(np.maximum(nearest, 1e-3) / cycle) ** 2 / (2 * c.spread**2))
+        return rebuy * due, cycle
 
     # ------------------------------------------------------------------ recommend
     def recommend(self, userid, user_items: sp.csr_matrix | None = None, N: int = 10,
@@ -151,9 +197,49 @@ class BuyAgain:
         if not hasattr(self, "cycles_"):
             raise NotFittedError("this BuyAgain is not fitted yet; call fit(...) first")
         history = _purchase_days(purchases.assign(customer_id="_")[purchases["timestamp"] <= now])
-        if history.empty:
+        return self._due(_pairs(history), pd.Timestamp(now), N)
+
+    def due_for(self, customer_id: str, now: pd.Timestamp, N: int = 10,
+                fresh: dict[str, float] | None = None) -> list[tuple[str, float, str]]:
+        """(item_id, score, reason), best first, for a customer of the fitted history, with
+        ``fresh`` purchases since (item -> POSIX seconds, the online state's): what the
+        service's buy-again shelf shows. Array lookups, no DataFrame: it runs per request."""
+        if not hasattr(self, "history_"):
+            raise NotFittedError("this BuyAgain is not fitted yet; call fit(...) first")
+        h = self.history_
+        start, end = h.where.get(customer_id, (0, 0))
+        items, purchases, last = list(h.items[start:end]), h.purchases[start:end].copy(), \
+            h.last[start:end].copy()
+        own, rate, cycle = h.own[start:end].copy(), h.rate[start:end], h.cycle[start:end]
+        allowed = h.allowed[start:end]
+        since_snapshot = self.as_of_.timestamp() / 86400.0
+        new = {i: w / 86400.0 for i, w in (fresh or {}).items() if w / 86400.0 > since_snapshot}
+        for item, day in new.items():
+            if item in items:
+                j = items.index(item)
+                own[j] = own[j] if np.isfinite(own[j]) else day - last[j]
+                purchases[j] += 1
+                last[j] = max(last[j], day)
+        extra = [i for i in new if i not in items and i not in self.not_repeatable_]
+        if extra:
+            extra_rate, extra_cycle = self._item_terms(pd.Series(extra))
+            items += extra
+            purchases = np.r_[purchases, np.ones(len(extra))]
+            last, own = np.r_[last, [new[i] for i in extra]], np.r_[own, np.full(len(extra), np.nan)]
+            rate, cycle = np.r_[rate, extra_rate], np.r_[cycle, extra_cycle]
+            allowed = np.r_[allowed, np.ones(len(extra), bool)]
+        if not items:
+            return []
+        score, used = self._scores(purchases, now.timestamp() / 86400.0 - last, own, rate, cycle)
+        score = np.where(allowed, score, 0.0)
+        best = [j for j in np.argsort(-score, kind="stable")[:N] if score[j] > 0]
+        return [(items[j], float(score[j]), reason(used[j], bool(np.isfinite(own[j]))))
+                for j in best]
+
+    def _due(self, pairs: pd.DataFrame, now: pd.Timestamp, N: int) -> pd.DataFrame:
+        if pairs.empty:
             return pd.DataFrame({"item_id": [], "score": [], "reason": []})
-        scored = self._score_pairs(_pairs(history), pd.Timestamp(now))
+        scored = self._score_pairs(pairs, now)
         scored = scored[scored["score"] > 0].nlargest(N, "score")
         return pd.DataFrame({"item_id": scored["item_id"].to_numpy(),
                              "score": scored["score"].to_numpy(),
@@ -208,7 +294,10 @@ def _item_cycles(pairs: pd.DataFrame, prior_strength: float) -> ItemCycles:
 
 
 def _not_repeatable(items: pd.DataFrame | None) -> set[str]:
-    if items is None or "repeatable" not in items.columns:
+    """Items the catalog says are not bought again, where it says so of any item: a catalog
+    that marks none repeatable (the column's default, and what imports write) has not said,
+    and the purchases decide."""
+    if items is None or "repeatable" not in items.columns or not items["repeatable"].any():
         return set()
     return set(items.loc[items["repeatable"].eq(False), "item_id"])
 
