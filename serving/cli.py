@@ -34,7 +34,14 @@ from features.cli import (
 from serving.engagement.cli import journeys_app, policy_app
 from serving.launch import version
 from serving.realtime_cli import events_app
-from training.cli import experiments_app, models_app, report_app, scores_app, train_app
+from training.cli import (
+    evaluate_command,
+    experiments_app,
+    models_app,
+    report_app,
+    scores_app,
+    train_app,
+)
 
 app = typer.Typer(
     help="nextbest: next best products, content and offers for every retail customer.",
@@ -50,6 +57,7 @@ app.add_typer(events_app, name="events")
 app.add_typer(journeys_app, name="journeys")
 app.add_typer(report_app, name="report")
 app.add_typer(experiments_app, name="experiments")
+app.command("evaluate")(friendly_errors(evaluate_command))
 
 Port = Annotated[int, typer.Option(min=1, max=65535, help="Port of the service.")]
 Host = Annotated[str | None, typer.Option(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pandas as pd
@@ -360,3 +361,26 @@ def test_delete_asks_before_it_deletes(generated):
                                  "--data-dir", str(generated)], input="n\n")
     assert result.exit_code == 1 and "nothing was deleted" in result.output
     assert len(stored_events(generated)) == len(before)
+
+
+@pytest.mark.parametrize("protocol", ["time", "stratified", "leave_last_out"])
+def test_evaluate_runs_each_protocol_and_says_how_many_customers_it_evaluated(generated,
+                                                                             protocol):
+    result = run("evaluate", "--model", "popularity", "--protocol", protocol, "--k", "5",
+                 "--k", "20", "--data-dir", str(generated), "--json")
+    assert result.exit_code == 0, result.output
+    body = json.loads(result.output)
+    assert body["split"]["split"] == protocol
+    for view in set(body["metrics"]):  # a view with nobody to evaluate says why instead
+        assert set(body["metrics"][view]) == {"5", "20"}
+        assert body["metrics"][view]["20"]["customers_evaluated"] >= 1
+        assert 0 <= body["metrics"][view]["20"]["recall@20"] <= 1
+    assert set(body["metrics"]) | set(body["not_evaluated"]) == {"new_items", "all_items"}
+    assert "all_items" in body["metrics"]
+
+
+def test_evaluate_names_a_wrong_protocol_and_the_right_ones(generated):
+    result = run("evaluate", "--protocol", "random", "--data-dir", str(generated))
+    assert result.exit_code == 2
+    assert "unknown protocol 'random'; expected one of: time, stratified, leave_last_out" in \
+        result.output

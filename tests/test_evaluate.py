@@ -8,7 +8,13 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from training.evaluate import _per_user_metrics, evaluate, stratified_split, time_split
+from training.evaluate import (
+    _per_user_metrics,
+    evaluate,
+    leave_last_out,
+    stratified_split,
+    time_split,
+)
 from training.interactions import build_interactions
 from training.recommenders.base import Recommender, RecommenderConfig
 
@@ -148,3 +154,58 @@ def test_metrics_stay_between_zero_and_one(rows, extra):
     table = _per_user_metrics(hits, n_relevant, k=5)
     for column in ("precision", "recall", "ndcg", "map", "hit_rate"):
         assert table[column].between(0, 1 + 1e-9).all(), column
+
+
+def viewed(customer: str, item: str, day: float) -> dict:
+    return dict(customer_id=customer, item_id=item, event_type="view",
+                timestamp=T0 + pd.Timedelta(days=day))
+
+
+def test_leave_last_out_tests_each_customers_last_purchase_and_trains_on_what_came_before():
+    events = pd.concat([purchases(("a", "x0", 0), ("a", "x1", 2), ("a", "x2", 5), ("b", "x0", 1),
+                                  ("c", "x3", 3)),
+                        pd.DataFrame([viewed("a", "x9", 1), viewed("a", "x8", 6),
+                                      viewed("d", "x0", 2)])], ignore_index=True)
+    split = leave_last_out(events)
+    assert sorted(zip(split.test["customer_id"], split.test["item_id"], strict=True)) == [
+        ("a", "x2"), ("b", "x0"), ("c", "x3")]
+    train = sorted(zip(split.train["customer_id"], split.train["item_id"], strict=True))
+    # a: everything before day 5 (not the view of x8 on day 6, after the held-out purchase);
+    # b and c: nothing before their only purchase; d bought nothing and only trains
+    assert train == [("a", "x0"), ("a", "x1"), ("a", "x9"), ("d", "x0")]
+
+
+def test_leave_last_out_keeps_the_session_that_led_to_the_held_out_purchase_out_of_training():
+    events = pd.concat([purchases(("a", "x0", 0), ("a", "x2", 5)),
+                        pd.DataFrame([viewed("a", "x2", 4.99), viewed("a", "x7", 3)])],
+                       ignore_index=True).assign(session_id=["s1", "s2", "s2", "s0"])
+    split = leave_last_out(events)
+    assert sorted(split.train["item_id"]) == ["x0", "x7"]  # not the view of x2 that led to it
+
+
+def test_leave_last_out_holds_out_the_last_n():
+    events = purchases(("a", "x0", 0), ("a", "x1", 2), ("a", "x2", 5), ("b", "x0", 1))
+    split = leave_last_out(events, n=2)
+    assert sorted(split.test["item_id"][split.test["customer_id"] == "a"]) == ["x1", "x2"]
+    assert split.train["item_id"].tolist() == ["x0"]
+
+
+def test_leave_last_out_evaluates_by_hand():
+    # a bought x1, x2, then x4 (held out); b bought x4, then x2 (held out)
+    events = purchases(("a", "x1", 0), ("a", "x2", 1), ("a", "x4", 3), ("b", "x4", 0),
+                       ("b", "x2", 4))
+    split = leave_last_out(events)
+    train = build_interactions(split.train)
+    columns = {item: i for i, item in enumerate(train.item_ids)}
+    model = Fixed([columns["x4"], columns["x1"], columns["x2"]]).fit(train.matrix)
+    metrics = evaluate(model, train, split.test, k=2, exclude_seen=True).metrics
+    # a: seen x1, x2 filtered -> [x4]: a hit at rank 1; b: seen x4 -> [x1, x2]: a hit at rank 2
+    assert metrics["recall@2"] == 1.0 and metrics["precision@2"] == 0.5
+    assert metrics["ndcg@2"] == pytest.approx((1 + 1 / np.log2(3)) / 2)
+    assert metrics["map@2"] == pytest.approx((1 + 0.5) / 2)
+    assert metrics["customers_evaluated"] == 2
+
+
+def test_leave_last_out_without_a_purchase_says_so():
+    with pytest.raises(ValueError, match="no purchase event to leave out"):
+        leave_last_out(pd.DataFrame([viewed("a", "x1", 0)]))

@@ -227,6 +227,86 @@ def rollback_model(
     console.print(f"{name}: champion rolled back from version {current} to version {previous}")
 
 
+class View(StrEnum):
+    new = "new"
+    all = "all"
+    both = "both"
+
+
+def evaluate_command(
+    model: Annotated[str, typer.Option(help=f"Which recommender: {', '.join(NAMES)}.")] = "ease",
+    param: Annotated[list[str] | None, typer.Option(
+        help="Hyperparameter name=value, repeatable, e.g. --param factors=128.")] = None,
+    protocol: Annotated[str, typer.Option(
+        help="time (the last --test-days), stratified (--ratio of each customer's events, "
+             "--seed) or leave_last_out (each customer's last --leave-out purchases).")] = "time",
+    k: Annotated[list[int] | None, typer.Option(
+        "--k", min=1, max=1000, help="List length(s), repeatable: --k 10 --k 20 [default: 10].")
+    ] = None,
+    items: Annotated[View, typer.Option(
+        help="new (items the customer never touched: discovery), all (repeats count), or "
+             "both.")] = View.both,
+    test_days: Annotated[float | None, typer.Option(
+        min=0.01, help="time: days of test [default: $NEXTBEST_TEST_DAYS or 14].")] = None,
+    cutoff: Annotated[str | None, typer.Option(
+        help="time: the test starts here (UTC, ISO 8601) [default: the last --test-days].")
+    ] = None,
+    ratio: Annotated[float, typer.Option(
+        min=0.01, max=0.99, help="stratified: share of each customer's events that trains.")
+    ] = 0.75,
+    seed: Annotated[int, typer.Option(help="stratified: the shuffle's seed.")] = 42,
+    leave_out: Annotated[int, typer.Option(
+        min=1, help="leave_last_out: purchases held out per customer.")] = 1,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the metrics as JSON.")] = False,
+    data_dir: DataDir = None,
+) -> None:
+    """Evaluate a recommender on the warehouse under any protocol, at any k, in either view,
+    without logging or registering it (what the benchmarks run; ``train recommender`` is the
+    job that registers)."""
+    from rich.table import Table
+
+    from training.recommender_job import ProtocolEvaluation, evaluate_protocol
+
+    settings = settings_with(data_dir)
+    if test_days is not None:
+        settings = settings.model_copy(update={"test_days": test_days})
+    views = {"new": ("new_items",), "all": ("all_items",), "both": ("new_items", "all_items")}
+    def run(progress: JobProgress) -> ProtocolEvaluation:
+        return evaluate_protocol(
+            settings, model, parse_pairs(param, "--param"), protocol, tuple(k or [10]),
+            views[items.value], parse_time(cutoff, "--cutoff") if cutoff else None, ratio, seed,
+            leave_out, progress=progress)
+
+    if as_json:  # nothing but the JSON on standard output
+        result = run(JobProgress())
+        console.print_json(json.dumps({"model": result.model, "params": result.params,
+                                       "split": result.split, "metrics": result.metrics,
+                                       "not_evaluated": result.missing}, default=str))
+        return
+    with job_progress() as bar:
+        progress = RichJobProgress(bar)
+        result = run(progress)
+        progress.finish()
+    split = ", ".join(f"{key} {value}" for key, value in result.split.items())
+    for view, by_k in result.metrics.items():
+        table = Table(title=f"{result.model}, {view.replace('_', ' ')} ({split})")
+        for column in ("k", "precision", "recall", "ndcg", "map", "hit rate", "coverage",
+                       "customers"):
+            table.add_column(column, justify="right")
+        for at, m in by_k.items():
+            table.add_row(str(at), *(f"{m[f'{name}@{at}']:.4f}" for name in
+                                     ("precision", "recall", "ndcg", "map", "hit_rate",
+                                      "coverage")), f"{int(m['customers_evaluated']):,}")
+        console.print(table)
+    evaluated = {view: int(next(iter(by_k.values()))["customers_evaluated"])
+                 for view, by_k in result.metrics.items()}
+    console.print("customers evaluated: " + ", ".join(
+        f"{count:,} ({view.replace('_', ' ')})" for view, count in evaluated.items()),
+        highlight=False)
+    for view, why in result.missing.items():
+        console.print(f"{view.replace('_', ' ')}: not evaluated: {why}", highlight=False)
+
+
 @train_app.command("propensity")
 @friendly_errors
 def train_propensity_command(

@@ -6,6 +6,9 @@ Splits
 * :func:`stratified_split` — the Microsoft Recommenders protocol for MovieLens
   (``python_stratified_split``): each customer's interactions are shuffled with a fixed seed and
   75% go to training, so every tested customer is known to the model.
+* :func:`leave_last_out` — each customer's last ``n`` relevant events (purchases) are the test,
+  and only what they did before them trains: the "next purchase" protocol of session and
+  sequential recommenders.
 
 Metrics (binary relevance, ``k`` recommendations per customer, averaged over customers with at
 least one relevant test item who are known to the model)
@@ -85,6 +88,45 @@ def stratified_split(events: pd.DataFrame, ratio: float = 0.75, seed: int = 42,
     in_train = rank < np.round(size * ratio)
     return Split(shuffled[in_train].sort_index(), shuffled[~in_train].sort_index(),
                  {"split": "stratified", "ratio": ratio, "seed": seed, "by": by})
+
+
+def leave_last_out(events: pd.DataFrame, n: int = 1,
+                   relevant_types: tuple[str, ...] = (EventType.PURCHASE.value,)) -> Split:
+    """Each customer's last ``n`` relevant events test; their events before the session of the
+    first of them train (the views and cart that led to it would give it away); whatever else
+    they did from then on is left out (it would tell the model the future). Customers with no
+    relevant event only train."""
+    if n < 1:
+        raise ValueError(f"n must be at least 1, got {n}")
+    if events.empty:
+        raise ValueError("there are no events to split; load or generate data first")
+    ordered = events.sort_values("timestamp", kind="stable")
+    relevant = ordered[ordered["event_type"].isin(relevant_types)]
+    if relevant.empty:
+        raise ValueError(f"no {', '.join(relevant_types)} event to leave out; leave-last-out "
+                         "tests on each customer's last ones")
+    last = relevant.groupby("customer_id", sort=False).tail(n)
+    held_from = _session_start(ordered, last).groupby(last["customer_id"]).min()
+    cut = ordered["customer_id"].map(held_from)
+    train = ordered[cut.isna() | (ordered["timestamp"] < cut)]
+    return Split(train.sort_index(), last.sort_index(),
+                 {"split": "leave_last_out", "n": n, "relevant": ",".join(relevant_types)})
+
+
+def _session_start(events: pd.DataFrame, held: pd.DataFrame) -> pd.Series:
+    """When the session of each held-out event began (its own time where it has no session):
+    the views and cart that led to a purchase belong to the test, not to training."""
+    if "session_id" not in events.columns:
+        return held["timestamp"]
+    starts = events.dropna(subset=["session_id"]).groupby(["customer_id", "session_id"])[
+        "timestamp"].min()
+    keys = pd.MultiIndex.from_frame(held[["customer_id", "session_id"]])
+    begun = pd.Series(starts.reindex(keys).to_numpy(), index=held.index)
+    return begun.where(begun.notna(), held["timestamp"])
+
+
+PROTOCOLS = ("time", "stratified", "leave_last_out")
+"""The splits ``nextbest evaluate`` runs, by name."""
 
 
 @dataclass

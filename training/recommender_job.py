@@ -33,7 +33,15 @@ from features.event_time import TimeWindow
 from features.settings import Settings
 from features.warehouse import Warehouse
 from training import registry
-from training.evaluate import Evaluation, Split, evaluate, time_split
+from training.evaluate import (
+    PROTOCOLS,
+    Evaluation,
+    Split,
+    evaluate,
+    leave_last_out,
+    stratified_split,
+    time_split,
+)
 from training.interactions import InteractionConfig, Interactions, build_interactions
 from training.plots import plot_evaluation
 from training.progress import JobProgress
@@ -121,6 +129,67 @@ def holdout_metrics(model: Recommender, train: Interactions, test: pd.DataFrame,
                     if name != "customers_evaluated"}
         first = first or new_items
     return metrics, first
+
+
+@dataclass
+class ProtocolEvaluation:
+    """``nextbest evaluate``'s answer: per view (``new_items``, ``all_items``) and k, the
+    metrics, with how the split was made and how many customers each view evaluated."""
+
+    model: str
+    params: dict[str, Any]
+    split: dict[str, object]
+    metrics: dict[str, dict[int, dict[str, float]]]
+    missing: dict[str, str] = field(default_factory=dict)
+    """Views nobody could be evaluated in, and why."""
+
+
+def evaluate_protocol(settings: Settings, model: str, params: dict[str, Any] | None = None,
+                      protocol: str = "time", ks: tuple[int, ...] = (K,),
+                      views: tuple[str, ...] = ("new_items", "all_items"),
+                      cutoff: pd.Timestamp | None = None, ratio: float = 0.75, seed: int = 42,
+                      leave_out: int = 1, warehouse: Warehouse | None = None,
+                      progress: JobProgress | None = None) -> ProtocolEvaluation:
+    """Fit ``model`` on a split of the warehouse made by ``protocol`` (``time``: the last
+    ``settings.test_days``; ``stratified``: ``ratio`` of each customer's events, shuffled with
+    ``seed``; ``leave_last_out``: each customer's last ``leave_out`` purchases) and evaluate it
+    at each k in each view. Nothing is logged or registered: this is for exploring."""
+    progress = progress or JobProgress()
+    params = dict(params or {})
+    make_recommender(model, **params)
+    if protocol not in PROTOCOLS:
+        raise ValueError(f"unknown protocol {protocol!r}; expected one of: {', '.join(PROTOCOLS)}")
+    wrong = [v for v in views if v not in ("new_items", "all_items")]
+    if wrong or not views:
+        raise ValueError(f"views must be new_items and/or all_items, got {', '.join(views)}")
+    if not ks or min(ks) < 1:
+        raise ValueError(f"every k must be at least 1, got {', '.join(map(str, ks))}")
+    warehouse = warehouse or Warehouse(settings.data_dir / "warehouse")
+    progress.stage("reading the warehouse")
+    events = warehouse.events_within(TimeWindow.current(settings), progress.warn)
+    if events.empty:
+        raise ValueError(f"the warehouse at {warehouse.root} has no events; run 'nextbest data "
+                         "generate' or import data first")
+    split = (time_split(events, cutoff, settings.test_days) if protocol == "time" else
+             stratified_split(events, ratio, seed) if protocol == "stratified" else
+             leave_last_out(events, leave_out))
+    progress.stage(f"fitting {model} on the {protocol} split's training part")
+    config = interaction_config(model, params, None, None)
+    recommender, train = fit_on(make_recommender(model, **params), split.train,
+                                warehouse.items(), config)
+    progress.stage("evaluating")
+    metrics: dict[str, dict[int, dict[str, float]]] = {}
+    missing: dict[str, str] = {}
+    for view in views:
+        try:
+            metrics[view] = {k: evaluate(recommender, train, split.test, k=k,
+                                         exclude_seen=view == "new_items").metrics
+                             for k in sorted(set(ks))}
+        except ValueError as error:  # nobody to evaluate in this view: say so, show the other
+            missing[view] = str(error)
+    if not metrics:
+        raise ValueError(next(iter(missing.values())))
+    return ProtocolEvaluation(model, params, split.description, metrics, missing)
 
 
 def train_recommender(
