@@ -55,17 +55,25 @@ class BGNBD:
 
     def fit(self, x, t_x, T) -> BGNBD:
         x, t_x, T = _check(x, t_x, T)
+        start = np.log([0.5, float(np.mean(T)) or 1.0, 1.0, 1.0])
+        # customers with the same history have the same likelihood: each distinct one is
+        # computed once and counted as often as it occurs (the same sum, far fewer terms)
+        histories, counts = np.unique(np.column_stack([x, t_x, T]), axis=0, return_counts=True)
+        x, t_x, T = histories.T
+        total = counts.sum()
 
         def negative(log_params: np.ndarray) -> float:
             params = BGNBDParams(*np.exp(log_params))
             penalty = self.penalizer * float(np.sum(np.exp(log_params) ** 2))
-            return -float(np.sum(log_likelihood(params, x, t_x, T))) / len(x) + penalty
+            return -float(counts @ log_likelihood(params, x, t_x, T)) / total + penalty
 
-        start = np.log([0.5, float(np.mean(T)) or 1.0, 1.0, 1.0])
-        result = minimize(negative, start, method="Nelder-Mead",
-                          options={"maxiter": 8000, "xatol": 1e-7, "fatol": 1e-10})
-        if not result.success:
-            result = minimize(negative, result.x, method="L-BFGS-B")
+        # the search passes through parameters whose likelihood overflows: those are infinite
+        # (rejected by the optimizer), not something to warn a user about
+        with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+            result = minimize(negative, start, method="Nelder-Mead",
+                              options={"maxiter": 8000, "xatol": 1e-7, "fatol": 1e-10})
+            if not result.success:
+                result = minimize(negative, result.x, method="L-BFGS-B")
         self.params_ = BGNBDParams(*np.exp(result.x))
         self.log_likelihood_ = -result.fun * len(x)
         return self

@@ -259,7 +259,7 @@ class PropensityModel:
                    else self.booster_.model_to_string(num_iteration=self.best_iteration_))
         np.savez(path, header=np.array(json.dumps(header)), booster=np.array(booster),
                  calibration_map=self.calibration_map_,
-                 linear=self.linear_.to_arrays() if self.linear_ else np.empty((6, 0)),
+                 linear=self.linear_.to_arrays() if self.linear_ else np.empty((9, 0)),
                  bgnbd=self.bgnbd_.params if self.bgnbd_ else np.empty(0))
         return path
 
@@ -274,7 +274,7 @@ class PropensityModel:
             booster = str(data["booster"])
             model.booster_ = lgb.Booster(model_str=booster) if booster else None
             model.calibration_map_ = data["calibration_map"]
-            linear = data["linear"] if "linear" in data else np.empty((6, 0))
+            linear = data["linear"] if "linear" in data else np.empty((9, 0))
             bgnbd = data["bgnbd"] if "bgnbd" in data else np.empty(0)
         model.linear_ = LinearScorer.from_arrays(linear) if linear.shape[1] else None
         model.bgnbd_ = rfm.BGNBDFeatures.from_params(bgnbd) if bgnbd.size else None

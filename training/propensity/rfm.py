@@ -35,7 +35,9 @@ def _history(rows: np.ndarray, columns: list[str]) -> tuple[np.ndarray, np.ndarr
     bought = np.isfinite(since_last) & (np.nan_to_num(orders) > 0) & (since_last <= T)
     x = np.where(bought, np.maximum(np.nan_to_num(orders) - 1, 0), 0.0)
     t_x = np.where(bought & (x > 0), T - np.nan_to_num(since_last), 0.0)
-    return x, np.clip(t_x, 0.0, T) / WEEK, T / WEEK
+    # to the day, as purchase histories are kept: customers with the same history then share
+    # one likelihood term when BG/NBD is fitted
+    return x, np.round(np.clip(t_x, 0.0, T)) / WEEK, np.round(T) / WEEK
 
 
 class BGNBDFeatures:

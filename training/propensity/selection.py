@@ -45,6 +45,8 @@ class Choice:
     model: PropensityModel
     validation: dict[str, float]
     """Each candidate's ROC-AUC on the validation snapshot."""
+    candidates: dict[str, PropensityModel]
+    """Every candidate fitted, the chosen one among them (to report, never to choose again)."""
 
 
 def choose(fitted: dict[str, tuple[dict[str, Any], PropensityModel]], X_validation, y_validation
@@ -55,4 +57,4 @@ def choose(fitted: dict[str, tuple[dict[str, Any], PropensityModel]], X_validati
               for name, (_, model) in fitted.items()}
     best = max(scores, key=lambda name: scores[name])
     params, model = fitted[best]
-    return Choice(best, params, model, scores)
+    return Choice(best, params, model, scores, {name: m for name, (_, m) in fitted.items()})
