@@ -81,8 +81,9 @@ class BGNBD:
     def probability_alive(self, x, t_x, T) -> np.ndarray:
         x, t_x, T = _check(x, t_x, T)
         p = self.params_
-        ratio = np.where(x > 0, (p.a / (p.b + x - 1)) * ((p.alpha + T) / (p.alpha + t_x)) ** (p.r + x),
-                         0.0)
+        with np.errstate(over="ignore"):  # a long-silent frequent buyer: ratio inf, P(alive) 0
+            ratio = np.where(x > 0, (p.a / (p.b + x - 1))
+                             * ((p.alpha + T) / (p.alpha + t_x)) ** (p.r + x), 0.0)
         return 1.0 / (1.0 + ratio)
 
     def expected_purchases(self, t: float, x, t_x, T) -> np.ndarray:
@@ -93,8 +94,9 @@ class BGNBD:
         head = (p.a + p.b + x - 1) / (p.a - 1) if p.a != 1 else np.inf
         body = 1 - ((p.alpha + T) / (p.alpha + T + t)) ** (p.r + x) * hyp2f1(
             p.r + x, p.b + x, p.a + p.b + x - 1, z)
-        tail = 1 + np.where(x > 0, p.a / (p.b + x - 1) * ((p.alpha + T) / (p.alpha + t_x))
-                            ** (p.r + x), 0.0)
+        with np.errstate(over="ignore"):  # as in probability_alive: inf tail, 0 expected
+            tail = 1 + np.where(x > 0, p.a / (p.b + x - 1) * ((p.alpha + T) / (p.alpha + t_x))
+                                ** (p.r + x), 0.0)
         return head * body / tail
 
     def probability_of_purchase(self, t: float, x, t_x, T) -> np.ndarray:
