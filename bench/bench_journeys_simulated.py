@@ -174,7 +174,7 @@ def main() -> None:
         f"{tired['suppressed_fatigue']:,} suppressed by the rule) | >= 33 % fewer |",
         f"| fatigue: customers who bought | {conversion['fatigue']:.1%} with vs "
         f"{conversion['no_fatigue']:.1%} without (one-sided p of a drop = {p_drop:.2g}) | "
-        "no significant drop |", "",
+        "no significant drop |",
         f"| channel: messages followed by a reaction on their channel within 72 h, picks "
         f"by the best channel vs the fixed order ({', '.join(CONTACT)}) | "
         f"{rate['best']:.1%} of {chosen['best']['messages']:,} vs {rate['fixed']:.1%} of "
