@@ -23,6 +23,10 @@ import lightgbm as lgb
 import numpy as np
 import scipy.sparse as sp
 
+CHUNK = 65_536
+"""Rows attributed at a time: each row's leaves make a sparse row of one entry per tree, and a
+chunk of them stays in cache where a million would not."""
+
 
 class PathAttribution:
     """Built from a booster's trees; ``__call__`` attributes rows of the booster's inputs."""
@@ -39,21 +43,28 @@ class PathAttribution:
             tables.append(leaves)
             self.offsets.append(start)
             start += tree["num_leaves"]
-        self.offsets = np.array(self.offsets, dtype=np.int64)
+        self.offsets = np.array(self.offsets, dtype=np.int32)
         self.table = np.vstack(tables) if tables else np.zeros((0, n_features))
         self.booster = booster
 
     def __call__(self, design: np.ndarray) -> np.ndarray:
         """(rows x features + 1): each feature's credit, then the bias column."""
-        leaves = self.booster.predict(design, pred_leaf=True, num_iteration=self.num_iteration)
-        leaves = np.asarray(leaves, dtype=np.int64).reshape(len(design), -1)
+        out = np.empty((len(design), self.table.shape[1] + 1))
+        out[:, -1] = self.bias
+        for start in range(0, len(design), CHUNK):
+            rows = design[start:start + CHUNK]
+            out[start:start + len(rows), :-1] = self._credits(rows)
+        return out
+
+    def _credits(self, rows: np.ndarray) -> np.ndarray:
+        leaves = self.booster.predict(rows, pred_leaf=True, num_iteration=self.num_iteration)
+        leaves = np.asarray(leaves).reshape(len(rows), -1)
         trees = leaves.shape[1]
-        columns = (leaves + self.offsets[:trees]).ravel()
-        onehot = sp.csr_matrix((np.ones(len(columns)), columns,
-                                np.arange(0, len(columns) + 1, max(trees, 1))[: len(design) + 1]),
-                               shape=(len(design), len(self.table)))
-        credits = onehot @ self.table
-        return np.column_stack([credits, np.full(len(design), self.bias)])
+        columns = (leaves + self.offsets[:trees]).astype(np.int32, copy=False).ravel()
+        onehot = sp.csr_matrix((np.ones(columns.size), columns,
+                                np.arange(0, columns.size + 1, max(trees, 1), dtype=np.int32)),
+                               shape=(len(rows), len(self.table)))
+        return onehot @ self.table
 
 
 def _expectations(root: dict) -> dict[int, float]:

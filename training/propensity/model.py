@@ -215,9 +215,16 @@ class PropensityModel:
         """Per-row contribution of each input to the raw score, plus the ``bias`` column; they
         add up to ``raw_score``. LightGBM's part is path attribution (fast, what reasons use;
         ``training.propensity.attribution``) or TreeSHAP's Shapley values (``"shap"``)."""
+        return self.explain(X, method)[0]
+
+    def explain(self, X: pd.DataFrame, method: Literal["path", "shap"] = "path"
+                ) -> tuple[pd.DataFrame, pd.DataFrame]:
+        """``contributions`` and ``inputs`` together, the inputs computed once (for reasons,
+        which name each input's value beside its effect)."""
         if method not in ("path", "shap"):
             raise ValueError(f"method must be 'path' or 'shap', got {method!r}")
         design = self._design(self._matrix(X))
+        inputs = pd.DataFrame(design, columns=self.inputs_, index=X.index)
         w = self.config.blend_weight
         parts = []
         if self.booster_ is not None:
@@ -227,7 +234,7 @@ class PropensityModel:
             parts.append(np.column_stack([self.linear_.terms(design),
                                           np.full(len(design), self.linear_.intercept_)]))
         values = parts[0] if len(parts) == 1 else w * parts[0] + (1 - w) * parts[1]
-        return pd.DataFrame(values, columns=[*self.inputs_, "bias"], index=X.index)
+        return pd.DataFrame(values, columns=[*self.inputs_, "bias"], index=X.index), inputs
 
     def _paths(self) -> PathAttribution:
         if getattr(self, "_path_attribution", None) is None:

@@ -52,10 +52,10 @@ def reason_columns(model: PropensityModel, X: pd.DataFrame, top: int = 3) -> pd.
     the largest, as "phrase: value (raises|lowers the score)"; empty where fewer inputs moved
     the score. Built column by column over all rows (a million in seconds): each phrase and
     each distinct value is put in words once."""
-    contributions = model.contributions(X).drop(columns=["bias"])
-    names = list(contributions.columns)
-    values = contributions.to_numpy()
-    raw = model.inputs(X)[names].to_numpy(dtype=float)
+    contributions, inputs = model.explain(X)
+    names = list(inputs.columns)
+    values = contributions[names].to_numpy()
+    raw = inputs.to_numpy(dtype=float)
     strength = np.abs(values)
     k = min(top, len(names))
     picks = np.argpartition(-strength, k - 1, axis=1)[:, :k] if k else np.empty((len(X), 0), int)
