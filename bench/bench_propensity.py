@@ -107,6 +107,15 @@ def run(cdnow: Path) -> dict:
     explained = reason_columns(model, million)
     score_seconds = time.perf_counter() - started
     assert len(ranks) == len(explained) == 1_000_000
+    # the baseline, in the same run: TreeSHAP's contributions (what reasons used before path
+    # attribution) on 20,000 of the rows, projected to the million
+    sample = million.head(20_000)
+    started = time.perf_counter()
+    shap = model.contributions(sample, method="shap")
+    shap_seconds = (time.perf_counter() - started) * len(million) / len(sample)
+    paths = model.contributions(sample)
+    agreement = float((shap.drop(columns="bias").abs().to_numpy().argmax(axis=1)
+                       == paths.drop(columns="bias").abs().to_numpy().argmax(axis=1)).mean())
 
     metrics = {"nextbest": classification_metrics(label, ours),
                "bgnbd": classification_metrics(label, bg_score.to_numpy())}
@@ -122,6 +131,7 @@ def run(cdnow: Path) -> dict:
         "full_params": {k: float(getattr(bgnbd.params_, k)) for k in PUBLISHED},
         "customers": len(rfm), "metrics": metrics, "by_group": by_group.reset_index(),
         "fit_seconds": fit_seconds, "score_1m_seconds": score_seconds,
+        "shap_1m_seconds": shap_seconds, "top_reason_agreement": agreement,
     }
 
 
@@ -177,7 +187,11 @@ def main() -> None:
                        f"{'met' if verdict['meets_target'] else 'not met'}. Features, folds and "
                        f"calibration took {result['fit_seconds']:.0f} s. Scoring 1,000,000 customers "
                        f"with deciles and three reasons each (the export's work after features): "
-                       f"{result['score_1m_seconds']:.0f} s.")
+                       f"{result['score_1m_seconds']:.1f} s (target 30 s); TreeSHAP's "
+                       f"contributions alone, timed on 20,000 of them in the same run, project "
+                       f"to {result['shap_1m_seconds']:.0f} s for the million. The reasons' "
+                       f"top feature agrees with TreeSHAP's for "
+                       f"{result['top_reason_agreement']:.1%} of those customers.")
 
 
 if __name__ == "__main__":

@@ -124,7 +124,7 @@ def plot(results: dict[str, pd.DataFrame], path: Path) -> Path:
                               ("lightgbm_auc", "free LightGBM"),
                               ("best_baseline_auc", "best baseline")):
             axis.plot(x, frame[column], marker="o", label=label)
-        axis.set_title(f"{name}: ROC-AUC at each 30-day test cutoff")
+        axis.set_title(f"{name}\nROC-AUC, 30-day horizon, by test cutoff", fontsize=10)
         axis.tick_params(axis="x", labelrotation=45)
         axis.legend()
     figure.tight_layout()
