@@ -29,7 +29,11 @@ from tests.conftest import require_service
 from training import registry
 from training.recommender_job import train_recommender
 
-SHOP = ShopConfig(n_customers=300, n_products=120, days=75, seed=11)
+SHOP = ShopConfig(n_customers=400, n_products=120, days=75, seed=11)
+"""A shop where item-kNN clearly beats popularity on new items (0.15 against 0.10 nDCG@10):
+the gate's tests need a model that deserves promotion. Most of a fortnight's purchases are
+restocks, which the new-items view leaves out, so a smaller shop evaluates too few customers
+to tell the two apart."""
 
 
 @pytest.fixture(scope="module")
