@@ -52,7 +52,7 @@ from serving.pipeline import (
 from serving.schemas import RecommendRequest
 from serving.service import NextBest, build_state
 from serving.shop import Behaviour, Item, ShopView
-from tests.conftest import require_program
+from tests.conftest import promote_by_hand, require_program
 from training import registry
 from training.propensity_job import train_propensity
 from training.recommender_job import train_recommender
@@ -423,7 +423,7 @@ def test_a_bad_consent_is_a_400_that_names_the_field(client, body, field):
 @pytest.mark.parametrize("endpoint, body, expected", [
     ("/recommend", {"customer_id": "c1", "chanel": "web"},
      "chanel: not a field here (did you mean 'channel'? the fields are customer_id, channel, "
-     "placement, n, context, filters, exclude)"),
+     "placement, n, context, filters, exclude, buy_again)"),
     ("/recommend", {"customer_id": "c1", "filters": {"colour": "red"}},
      "filters.colour: not a field here (the fields are category, min_price, max_price, "
      "in_stock_only)"),
@@ -1446,6 +1446,8 @@ def test_a_registered_offer_model_is_loaded_and_ranks_the_offers(data_dir, tmp_p
     settings = Settings(data_dir=copy)
     offer = train_propensity(settings, "offer", {"n_estimators": 50}, horizon_days=14,
                              n_snapshots=2)
+    if not offer.decision.promoted:  # the gate's business; here a champion is needed
+        promote_by_hand(settings, "propensity-offer", offer.version)
     state = build_state(settings)
     assert state.models.versions["propensity-offer"] == offer.version
     assert state.offers is not None and state.offers.version == offer.version
