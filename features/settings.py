@@ -117,6 +117,20 @@ class Settings(BaseSettings):
         "cut); normal = survives a killed process, the OS flushes later (faster single events).")
     redis_url: str = Field("redis://127.0.0.1:6379/0", description="Redis for online_backend=redis.")
     redis_prefix: str = Field("nextbest:", description="Prefix of every Redis key nextbest writes.")
+    stream_url: str | None = Field(
+        None, description="NATS server whose JetStream events 'nextbest events consume' reads "
+        "(e.g. nats://127.0.0.1:4222); unset: events arrive over HTTP only.")
+    stream_name: str = Field("NEXTBEST_EVENTS", pattern=r"^[A-Za-z0-9_-]+$",
+                             description="JetStream stream holding the events (created if missing).")
+    stream_subject: str = Field("nextbest.events", min_length=1,
+                                description="Subject the storefront publishes events on.")
+    stream_consumer: str = Field("nextbest-ingest", pattern=r"^[A-Za-z0-9_-]+$",
+                                 description="Durable consumer name shared by the consumers.")
+    stream_dead_letter: str = Field(
+        "nextbest.events.dead", min_length=1,
+        description="Subject a message or event that cannot be recorded is published on, with "
+        "the reason.")
+    stream_batch: int = Field(500, ge=1, le=10_000, description="Messages fetched at a time.")
     dedup_window_days: float = Field(
         7.0, gt=0, description="A re-sent event_id is recognised online this long; the warehouse "
         "deduplicates forever.")

@@ -1,7 +1,8 @@
 """``nextbest events``: events ingested in real time, from the command line.
 
 ``events flush`` moves ingested events to the warehouse (the service also does it on a timer);
-``events delete`` removes stored events that should never have been accepted. The contact policy
+``events delete`` removes stored events that should never have been accepted; ``events
+consume`` reads them from NATS JetStream (``serving.stream``). The contact policy
 and the journeys are ``nextbest policy`` and ``nextbest journeys`` (``serving.engagement.cli``).
 """
 
@@ -23,6 +24,57 @@ from features.cli import (
 )
 
 events_app = command_group("Events ingested in real time, and removing stored ones.")
+
+
+@events_app.command("consume")
+@friendly_errors
+def consume_events(
+    url: Annotated[str | None, typer.Option(
+        help="NATS server [default: $NEXTBEST_STREAM_URL].")] = None,
+    until_idle: Annotated[float | None, typer.Option(
+        min=0.1, help="Stop once nothing has arrived for this many seconds (drain a backlog); "
+                      "default: run until interrupted.")] = None,
+    data_dir: DataDir = None,
+) -> None:
+    """Record events published on NATS JetStream (NEXTBEST_STREAM_SUBJECT) into the online
+    store, as POST /events does: validated, deduplicated by event_id, acknowledged once
+    stored; what cannot be recorded goes to NEXTBEST_STREAM_DEAD_LETTER with the reason."""
+    import asyncio
+    import signal
+    import time
+
+    from features.online import open_online_store
+    from serving.stream import StreamConfig, consume
+
+    settings = settings_with(data_dir)
+    if url is not None:
+        settings = settings.model_copy(update={"stream_url": url})
+    if not settings.stream_url:
+        raise ValueError("no NATS server: pass --url nats://HOST:4222 or set NEXTBEST_STREAM_URL")
+    config = StreamConfig.from_settings(settings)
+    store = open_online_store(settings)
+    shown = [0.0]
+
+    def report(stats) -> None:
+        if time.monotonic() - shown[0] >= 5:
+            shown[0] = time.monotonic()
+            console.print(stats.line(), highlight=False)
+
+    async def run():
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        console.print(f"consuming {config.subject} from {config.url} (stream {config.stream}, "
+                      f"consumer {config.durable}); dead letters to {config.dead_letter}",
+                      highlight=False)
+        return await consume(store, config, stop, report, until_idle)
+
+    try:
+        stats = asyncio.run(run())
+    except ConnectionError as error:  # the server is not there
+        raise ValueError(str(error)) from None
+    console.print(stats.line(), highlight=False)
 
 
 @events_app.command("flush")

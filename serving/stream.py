@@ -1,0 +1,213 @@
+"""Events from a message bus: a NATS JetStream consumer feeding the same validation, dedup and
+online state as ``POST /events``.
+
+Many storefronts publish their events to a bus rather than calling an API. ``nextbest events
+consume`` reads them from a JetStream stream with a durable pull consumer, one process per
+deployment (JetStream shares a durable consumer's messages among the processes pulling from it,
+so more can be started where one is not enough):
+
+* **each message** is one event (a JSON object) or a batch (``{"events": [...]}``), as the
+  endpoint takes them;
+* **at least once, effectively once**: a batch is acknowledged (its last message, with
+  JetStream's ack-all policy) only once its events are committed to the online store (or
+  dead-lettered); a message redelivered after a crash brings
+  events whose ``event_id`` is already stored, which count as duplicates, as a re-sent event
+  does on ``/events``;
+* **bad input is kept, not lost**: a message that is not JSON, and each event the contract
+  refuses, is published to the dead-letter subject with the reason (the endpoint's message
+  naming the field and value) and the original payload, then acknowledged;
+* **an online store that is down** is not the message's fault: nothing is acknowledged, and
+  JetStream redelivers after ``ack_wait``;
+* **lag**: the consumer's pending messages are read from JetStream (:func:`consumer_lag`); the
+  service publishes them on ``/metrics`` as ``nextbest_stream_pending_messages``.
+
+The stream is created if it does not exist (file storage, the subject below); the dead-letter
+subject is outside it, so a shop can keep it in a stream of its own or just watch it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from features.ingest import parse_events
+from features.online.store import OnlineStateUnavailable, OnlineStore
+from features.settings import Settings
+
+log = logging.getLogger("nextbest.stream")
+
+
+@dataclass(frozen=True)
+class StreamConfig:
+    """Where the events come from; read from the settings (``NEXTBEST_STREAM_*``)."""
+
+    url: str
+    stream: str
+    subject: str
+    durable: str
+    dead_letter: str
+    batch: int = 500
+    ack_wait_seconds: float = 30.0
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> StreamConfig:
+        return cls(settings.stream_url, settings.stream_name, settings.stream_subject,
+                   settings.stream_consumer, settings.stream_dead_letter,
+                   settings.stream_batch)
+
+
+@dataclass
+class ConsumerStats:
+    messages: int = 0
+    accepted: int = 0
+    duplicates: int = 0
+    dead_lettered: int = 0
+    first: float | None = None
+    """When the first message arrived (monotonic seconds): the rate counts from there."""
+    last: float | None = None
+
+    @property
+    def rate(self) -> float:
+        """Events handled (recorded or found duplicate) per second between the first message
+        and the last batch."""
+        if self.first is None or self.last is None or self.last <= self.first:
+            return 0.0
+        return (self.accepted + self.duplicates) / (self.last - self.first)
+
+    def line(self) -> str:
+        rate = self.rate
+        return (f"{self.messages:,} messages: {self.accepted:,} events recorded, "
+                f"{self.duplicates:,} duplicates, {self.dead_lettered:,} dead-lettered "
+                f"({rate:,.0f} events/s)")
+
+
+def decode(data: bytes) -> tuple[list[object], str | None]:
+    """The events a message carries, or why it carries none."""
+    try:
+        body = json.loads(data)
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        return [], f"the message is not JSON ({error.msg if hasattr(error, 'msg') else error})"
+    if isinstance(body, dict) and "events" in body:
+        events = body["events"]
+        if not isinstance(events, list):
+            return [], f"events must be a list of events, got {type(events).__name__}"
+        return events, None
+    if isinstance(body, dict):
+        return [body], None
+    return [], f"a message is one event (an object) or {{\"events\": [...]}}, got {type(body).__name__}"
+
+
+async def connect(config: StreamConfig):
+    """A JetStream context on ``config.url``, the stream created if it does not exist."""
+    import nats
+    from nats.js.api import StorageType
+    from nats.js.api import StreamConfig as JetStreamConfig
+    from nats.js.errors import NotFoundError
+
+    try:
+        client = await nats.connect(config.url, connect_timeout=5, max_reconnect_attempts=1,
+                                    reconnect_time_wait=0.5, allow_reconnect=False,
+                                    error_cb=_logged)
+    except (OSError, nats.errors.Error) as error:
+        raise ConnectionError(f"cannot reach NATS at {config.url}: {error}") from None
+    jetstream = client.jetstream()
+    try:
+        await jetstream.stream_info(config.stream)
+    except NotFoundError:
+        await jetstream.add_stream(JetStreamConfig(name=config.stream, subjects=[config.subject],
+                                                   storage=StorageType.FILE))
+    return client, jetstream
+
+
+async def _logged(error: Exception) -> None:
+    """nats-py's errors go to our log (its default prints each to standard error)."""
+    log.debug("NATS: %s", error)
+
+
+async def consume(store: OnlineStore, config: StreamConfig, stop: asyncio.Event,
+                  on_batch: Callable[[ConsumerStats], None] | None = None,
+                  idle_seconds: float | None = None) -> ConsumerStats:
+    """Pull, validate, record and acknowledge until ``stop`` is set (or, with
+    ``idle_seconds``, until nothing has arrived for that long: to drain a backlog)."""
+    from nats.errors import TimeoutError as NatsTimeout
+    from nats.js.api import AckPolicy, ConsumerConfig
+
+    client, jetstream = await connect(config)
+    stats = ConsumerStats()
+    try:
+        subscription = await jetstream.pull_subscribe(
+            config.subject, durable=config.durable, stream=config.stream,
+            config=ConsumerConfig(ack_policy=AckPolicy.ALL,
+                                  ack_wait=config.ack_wait_seconds, max_ack_pending=-1))
+        last = time.monotonic()
+        while not stop.is_set():
+            try:
+                messages = await subscription.fetch(config.batch, timeout=0.5)
+            except (TimeoutError, NatsTimeout):  # nats-py 2.16 raises either
+                if idle_seconds is not None and time.monotonic() - last >= idle_seconds:
+                    break
+                continue
+            if not messages:
+                continue
+            last = time.monotonic()
+            if await _handle(messages, store, client, config, stats) and on_batch is not None:
+                on_batch(stats)
+    finally:
+        await client.close()
+    return stats
+
+
+async def _handle(messages: list, store: OnlineStore, client, config: StreamConfig,
+                  stats: ConsumerStats) -> bool:
+    """Record one fetched batch; False when the store is down (nothing acknowledged)."""
+    if stats.first is None:
+        stats.first = time.monotonic()
+    raw: list[object] = []
+    for message in messages:
+        events, problem = decode(message.data)
+        if problem is not None:
+            await _dead_letter(client, config, message.data, problem)
+            stats.dead_lettered += 1
+        raw.extend(events)
+    parsed = parse_events(raw, max_problems=len(raw))
+    reasons: dict[int, list[str]] = {}
+    for problem in parsed.problems:
+        reasons.setdefault(problem.index, []).append(str(problem))
+    for index in parsed.rejected:
+        payload = json.dumps(raw[index], default=str).encode()
+        await _dead_letter(client, config, payload, "; ".join(reasons.get(index, ["refused"])))
+    stats.dead_lettered += len(parsed.rejected)
+    try:
+        result = await asyncio.to_thread(store.ingest, parsed.events)
+    except OnlineStateUnavailable as error:
+        log.error("the online store is unavailable (%s); %d messages left for redelivery",
+                  error, len(messages))
+        return False
+    await messages[-1].ack()  # AckPolicy.ALL: acknowledges the whole batch, in one message
+    stats.messages += len(messages)
+    stats.last = time.monotonic()
+    stats.accepted += result.accepted
+    stats.duplicates += result.duplicates + parsed.repeated
+    return True
+
+
+async def _dead_letter(client, config: StreamConfig, payload: bytes, reason: str) -> None:
+    """The payload and why, on the dead-letter subject (JSON, and the reason as a header)."""
+    body = json.dumps({"reason": reason, "payload": payload.decode("utf-8", "replace")})
+    await client.publish(config.dead_letter, body.encode(),
+                         headers={"Nextbest-Reason": reason[:500].replace("\n", " ")})
+
+
+async def consumer_lag(config: StreamConfig) -> tuple[int, int]:
+    """(messages not yet delivered, delivered but not yet acknowledged) of the durable
+    consumer: what ``/metrics`` reports."""
+    client, jetstream = await connect(config)
+    try:
+        info = await jetstream.consumer_info(config.stream, config.durable)
+        return int(info.num_pending or 0), int(info.num_ack_pending or 0)
+    finally:
+        await client.close()
