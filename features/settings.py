@@ -130,7 +130,8 @@ class Settings(BaseSettings):
         "nextbest.events.dead", min_length=1,
         description="Subject a message or event that cannot be recorded is published on, with "
         "the reason.")
-    stream_batch: int = Field(500, ge=1, le=10_000, description="Messages fetched at a time.")
+    stream_batch: int = Field(2000, ge=1, le=10_000, description="Messages fetched, recorded "
+                              "in one transaction and acknowledged at a time.")
     dedup_window_days: float = Field(
         7.0, gt=0, description="A re-sent event_id is recognised online this long; the warehouse "
         "deduplicates forever.")

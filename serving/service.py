@@ -321,6 +321,8 @@ class NextBest:
             threading.Thread(target=self._poll, name="alias-poller", daemon=True).start()
         if self.settings.flush_interval_seconds > 0:
             threading.Thread(target=self._flush_loop, name="warehouse-flush", daemon=True).start()
+        if self.settings.stream_url:
+            threading.Thread(target=self._stream_lag_loop, name="stream-lag", daemon=True).start()
 
     # ------------------------------------------------------------------ health
     def __is_ready__(self) -> bool:
@@ -626,6 +628,19 @@ class NextBest:
             except Exception as error:  # noqa: BLE001 - events stay logged and are retried
                 log.error("warehouse flush failed, will retry: %s", error)
             if self._stop.wait(self.settings.flush_interval_seconds):
+                return
+
+    def _stream_lag_loop(self) -> None:
+        """The events consumer's lag on /metrics (``serving.stream``), read from JetStream."""
+        from serving.stream import StreamConfig, report_lag
+
+        config = StreamConfig.from_settings(self.settings)
+        while True:
+            try:
+                report_lag(config)
+            except Exception as error:  # noqa: BLE001 - the stream's trouble is not the API's
+                log.warning("could not read the event stream's lag: %s", error)
+            if self._stop.wait(max(self.settings.flush_interval_seconds, 5.0)):
                 return
 
     @bentoml.on_shutdown

@@ -8,9 +8,9 @@ so more can be started where one is not enough):
 
 * **each message** is one event (a JSON object) or a batch (``{"events": [...]}``), as the
   endpoint takes them;
-* **at least once, effectively once**: a batch is acknowledged (its last message, with
-  JetStream's ack-all policy) only once its events are committed to the online store (or
-  dead-lettered); a message redelivered after a crash brings
+* **at least once, effectively once**: a message is acknowledged only once its events are
+  committed to the online store (or dead-lettered), while the next batch is already being
+  fetched; a message redelivered after a crash brings
   events whose ``event_id`` is already stored, which count as duplicates, as a re-sent event
   does on ``/events``;
 * **bad input is kept, not lost**: a message that is not JSON, and each event the contract
@@ -28,11 +28,14 @@ subject is outside it, so a shop can keep it in a stream of its own or just watc
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+
+import orjson
 
 from features.ingest import parse_events
 from features.online.store import OnlineStateUnavailable, OnlineStore
@@ -88,9 +91,9 @@ class ConsumerStats:
 def decode(data: bytes) -> tuple[list[object], str | None]:
     """The events a message carries, or why it carries none."""
     try:
-        body = json.loads(data)
-    except (json.JSONDecodeError, UnicodeDecodeError) as error:
-        return [], f"the message is not JSON ({error.msg if hasattr(error, 'msg') else error})"
+        body = orjson.loads(data)
+    except orjson.JSONDecodeError as error:
+        return [], f"the message is not JSON ({error})"
     if isinstance(body, dict) and "events" in body:
         events = body["events"]
         if not isinstance(events, list):
@@ -141,21 +144,29 @@ async def consume(store: OnlineStore, config: StreamConfig, stop: asyncio.Event,
     try:
         subscription = await jetstream.pull_subscribe(
             config.subject, durable=config.durable, stream=config.stream,
-            config=ConsumerConfig(ack_policy=AckPolicy.ALL,
+            config=ConsumerConfig(ack_policy=AckPolicy.EXPLICIT,
                                   ack_wait=config.ack_wait_seconds, max_ack_pending=-1))
         last = time.monotonic()
+
+        def fetch() -> asyncio.Task:
+            return asyncio.create_task(subscription.fetch(config.batch, timeout=0.5))
+
+        upcoming = fetch()
         while not stop.is_set():
             try:
-                messages = await subscription.fetch(config.batch, timeout=0.5)
+                messages = await upcoming
             except (TimeoutError, NatsTimeout):  # nats-py 2.16 raises either
+                upcoming = fetch()
                 if idle_seconds is not None and time.monotonic() - last >= idle_seconds:
                     break
                 continue
+            upcoming = fetch()  # the next batch travels while this one is committed
             if not messages:
                 continue
             last = time.monotonic()
             if await _handle(messages, store, client, config, stats) and on_batch is not None:
                 on_batch(stats)
+        upcoming.cancel()
     finally:
         await client.close()
     return stats
@@ -187,7 +198,10 @@ async def _handle(messages: list, store: OnlineStore, client, config: StreamConf
         log.error("the online store is unavailable (%s); %d messages left for redelivery",
                   error, len(messages))
         return False
-    await messages[-1].ack()  # AckPolicy.ALL: acknowledges the whole batch, in one message
+    # Each message on its own: with ack-all, acknowledging a later batch after a failed one
+    # would acknowledge the failed one too, and its events would be lost.
+    for message in messages:
+        await message.ack()
     stats.messages += len(messages)
     stats.last = time.monotonic()
     stats.accepted += result.accepted
@@ -211,3 +225,26 @@ async def consumer_lag(config: StreamConfig) -> tuple[int, int]:
         return int(info.num_pending or 0), int(info.num_ack_pending or 0)
     finally:
         await client.close()
+
+
+@functools.cache
+def lag_gauges():
+    """The two gauges ``/metrics`` shows, created once per process, and only when asked for:
+    prometheus_client must be imported after BentoML has set up its multiprocess directory in
+    the worker (see ``bentoml.metrics``), and every worker reports the same figure (max)."""
+    from prometheus_client import Gauge
+
+    return (Gauge("nextbest_stream_pending_messages", "Events published on the stream that the "
+                  "consumer has not taken yet.", multiprocess_mode="max"),
+            Gauge("nextbest_stream_unacknowledged_messages", "Messages delivered to the "
+                  "consumer and not yet acknowledged (being recorded, or waiting for "
+                  "redelivery).", multiprocess_mode="max"))
+
+
+def report_lag(config: StreamConfig) -> tuple[int, int]:
+    """Read the consumer's lag from JetStream and set the gauges; the lag."""
+    pending, unacknowledged = asyncio.run(consumer_lag(config))
+    waiting, delivered = lag_gauges()
+    waiting.set(pending)
+    delivered.set(unacknowledged)
+    return pending, unacknowledged

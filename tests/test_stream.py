@@ -166,3 +166,16 @@ def test_the_consume_command_without_a_server_says_so(tmp_path):
                                       "--data-dir", str(tmp_path)])
     assert result.exit_code == 2
     assert "cannot reach NATS at nats://127.0.0.1:1" in result.output
+
+
+def test_the_lag_is_published_as_prometheus_gauges(settings):
+    from prometheus_client import REGISTRY
+
+    from serving.stream import report_lag
+
+    config = StreamConfig.from_settings(settings)
+    drain(open_online_store(settings), config, idle=0.1)
+    asyncio.run(publish(config, *(as_message(event(f"e{i}")) for i in range(3))))
+    assert report_lag(config) == (3, 0)
+    assert REGISTRY.get_sample_value("nextbest_stream_pending_messages") == 3
+    assert REGISTRY.get_sample_value("nextbest_stream_unacknowledged_messages") == 0
