@@ -459,17 +459,20 @@ def _running_sums(metric: Metric, arm: pd.DataFrame, day: np.ndarray, days: np.n
 
 def _estimate(metric: Metric, sums: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
     """Each day's level and the variance of its estimate, from running sums: a mean's sample
-    variance over n, or a ratio's delta-method variance (as ``ratio_and_variance``)."""
+    variance over n, or a ratio's delta-method variance (as ``ratio_and_variance``). Sums of
+    squares less squared sums cancel: where every value is (nearly) equal, rounding can leave a
+    variance a hair below zero, which is zero."""
     n = sums["n"].to_numpy()
     with np.errstate(divide="ignore", invalid="ignore"):
         var_x = (sums["xx"] - sums["x"] ** 2 / n).to_numpy() / (n - 1)
         if metric.kind != "ratio":
-            return (sums["x"] / n).to_numpy(), var_x / n
+            return (sums["x"] / n).to_numpy(), np.maximum(var_x / n, 0.0)
         mean_y = (sums["y"] / n).to_numpy()
         ratio = sums["x"].to_numpy() / sums["y"].to_numpy()
         var_y = (sums["yy"] - sums["y"] ** 2 / n).to_numpy() / (n - 1)
         cov = (sums["xy"] - sums["x"] * sums["y"] / n).to_numpy() / (n - 1)
-        return ratio, (var_x - 2 * ratio * cov + ratio ** 2 * var_y) / (n * mean_y ** 2)
+        variance = (var_x - 2 * ratio * cov + ratio ** 2 * var_y) / (n * mean_y ** 2)
+        return ratio, np.maximum(variance, 0.0)  # NaN (no rows yet) stays NaN
 
 
 def _measurable_sums(metric: Metric, control: pd.Series, treated: pd.Series) -> bool:

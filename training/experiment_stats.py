@@ -120,7 +120,8 @@ def ratio_effect(metric: str, numerators: tuple[np.ndarray, np.ndarray],
 
 def ratio_and_variance(numerator: np.ndarray, denominator: np.ndarray) -> tuple[float, float]:
     """sum(numerator) / sum(denominator) over units, and the variance of that estimate:
-    (var(N) - 2 R cov(N, D) + R^2 var(D)) / (n mean(D)^2)."""
+    (var(N) - 2 R cov(N, D) + R^2 var(D)) / (n mean(D)^2), at least 0 (the terms cancel
+    exactly when every unit has the same ratio, and rounding may leave a hair below)."""
     numerator, denominator = np.asarray(numerator, float), np.asarray(denominator, float)
     n = len(numerator)
     mean_n, mean_d = numerator.mean(), denominator.mean()
@@ -128,7 +129,7 @@ def ratio_and_variance(numerator: np.ndarray, denominator: np.ndarray) -> tuple[
     covariance = np.cov(numerator, denominator, ddof=1)
     variance = (covariance[0, 0] - 2 * ratio * covariance[0, 1]
                 + ratio ** 2 * covariance[1, 1]) / (n * mean_d ** 2)
-    return float(ratio), float(variance)
+    return float(ratio), max(float(variance), 0.0)
 
 
 def _relative(mean_a: float, mean_b: float, var_a: float, var_b: float) -> tuple[float, float]:
