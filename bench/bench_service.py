@@ -227,7 +227,7 @@ def plot(timings: dict[str, np.ndarray], result: dict, path: Path) -> Path:
 def multi_worker_rounds(server: subprocess.Popen, url: str, args, rounds: int = 3) -> list[dict]:
     """Throughput on several workers, in rounds of fresh connections, with how many workers
     the connections landed on: BentoML 1.4's workers share one listening socket, and without
-    ``serving/accepting.py`` the first worker to wake took all of a client's keep-alive
+    ``serving/workarounds/accepting.py`` the first worker to wake took all of a client's keep-alive
     connections (bentoml/BentoML#5426)."""
     workers = [p for p in psutil.Process(server.pid).children(recursive=True)
                if "worker" in " ".join(p.cmdline())]
@@ -317,8 +317,8 @@ def main() -> None:
                        "python bench/bench_service.py", text + "\n\nOne worker (the last rows: "
                        "one per core, in rounds of fresh connections; BentoML 1.4's workers "
                        "share one listening socket, and each accepts one connection per turn of "
-                       "its event loop, serving/accepting.py), access log off, the workers' heap "
-                       "on huge pages as the service's (serving/huge_pages.py), each customer's "
+                       "its event loop, serving/workarounds/accepting.py), access log off, the workers' heap "
+                       "on huge pages as the service's (serving/workarounds/huge_pages.py), each customer's "
                        "top 200 and the neighbour table precomputed (read from disk at start, as "
                        "the service reads the registered ones), "
                        "one read of the live customer state per request, both endpoints answering "

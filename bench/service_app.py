@@ -11,7 +11,8 @@ kept in ``NB_CACHE`` (default ``~/.cache/nextbest-bench``), from where every wor
 as the service reads a registered model's. Both endpoints answer through the service's output
 path (orjson bytes), take the request as the whole body and sit behind the service's
 middleware (``add_http_layers``: CORS, JSON errors, tokens, request limits, readable 400s, the
-docs and readiness pages); their workers' heap is on huge pages, as the service's (``serving/huge_pages.py``).
+docs and readiness pages); their workers' heap is on huge pages, as the service's
+(``serving/workarounds/huge_pages.py``).
 Access logging is off (one log line per request would be measured too). Used only
 by ``bench/bench_service.py``. Each worker applies the service's workarounds of BentoML first
 (``apply_framework_workarounds``: the request timeout, accepting connections one per turn, the
@@ -38,7 +39,6 @@ from features.settings import Settings
 from serving.engagement.policy import DEFAULT_POLICY, load_policy
 from serving.exposure_log import ExposureLog, answer_exposure, placement
 from serving.health import HEALTH
-from serving.huge_pages import worker_envs
 from serving.models import LoadedModels
 from serving.pipeline import ContentIndex, ServingState, recommend
 from serving.schemas import RecommendRequest
@@ -51,6 +51,7 @@ from serving.service import (
     smoke_check,
 )
 from serving.shop import Behaviour, Item, ShopView
+from serving.workarounds.huge_pages import worker_envs
 from training.interactions import Interactions
 from training.recommenders import make_recommender
 from training.tracking import TOP_ITEMS, Bundle

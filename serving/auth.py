@@ -16,7 +16,7 @@ from collections.abc import Iterable
 
 from features.settings import get_settings
 from serving.asgi import ASGI, Receive, Scope, Send, header
-from serving.http_errors import send_error
+from serving.workarounds.http_errors import send_error
 
 WRITES = ("/events", "/consent")
 READS = ("/recommend", "/similar_items", "/propensity", "/consent_status")

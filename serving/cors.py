@@ -14,7 +14,7 @@ from starlette.middleware.cors import CORSMiddleware
 
 from features.settings import get_settings
 from serving.asgi import ASGI, Receive, Scope, Send, header
-from serving.http_errors import send_error
+from serving.workarounds.http_errors import send_error
 
 
 class Cors:

@@ -15,7 +15,7 @@ import re
 
 from features.settings import get_settings
 from serving.asgi import ASGI, Message, Receive, Scope, Send, header
-from serving.http_errors import send_error
+from serving.workarounds.http_errors import send_error
 
 _TOKENS = re.compile(rb'["\\\[\]{}]')
 

@@ -56,7 +56,6 @@ from features.online import CustomerState, OnlineStateUnavailable, open_online_s
 from features.online.breaker import Breaker
 from features.settings import Settings, get_settings
 from features.warehouse import Warehouse
-from serving.accepting import accept_one_connection_per_turn, warn_unless_spread
 from serving.auth import TokenAuth, bearer, token_matches
 from serving.cors import Cors
 from serving.engagement.policy import consent_in_force, load_policy, policy_path
@@ -68,8 +67,6 @@ from serving.exposure_log import (
     placement,
 )
 from serving.health import HEALTH, Readiness
-from serving.http_errors import JsonErrors
-from serving.huge_pages import log_huge_pages, worker_envs
 from serving.interleaving import interleaved_answer, team_states
 from serving.launch import version as nextbest_version
 from serving.launch import with_data_dir_resolved
@@ -111,8 +108,11 @@ from serving.schemas import (
 from serving.scores import propensity_answer
 from serving.service_logs import show_service_logs
 from serving.shop import load_shop
-from serving.timeouts import cancel_timers_when_answered
-from serving.validation_errors import ReadableValidationErrors
+from serving.workarounds.accepting import accept_one_connection_per_turn, warn_unless_spread
+from serving.workarounds.http_errors import JsonErrors
+from serving.workarounds.huge_pages import log_huge_pages, worker_envs
+from serving.workarounds.timeouts import cancel_timers_when_answered
+from serving.workarounds.validation_errors import ReadableValidationErrors
 from training.propensity.scoring import ScoredCustomers, customer_features
 
 log = logging.getLogger("nextbest.serving")

@@ -17,7 +17,7 @@ CONNECTIONS = 16
 
 WORKER = """
 import asyncio, os, socket, sys, time
-from serving.accepting import accept_one_connection_per_turn
+from serving.workarounds.accepting import accept_one_connection_per_turn
 if sys.argv[2] == "one-per-turn":
     accept_one_connection_per_turn()
 listening = socket.socket(fileno=int(sys.argv[1]))
@@ -77,8 +77,8 @@ def test_a_clients_connections_spread_over_the_workers() -> None:
 
 
 def test_the_service_applies_it_when_a_worker_starts_it_not_when_it_is_imported() -> None:
-    probe = ("import serving.service as s; from serving.accepting import accepting_one_per_turn "
-             "as on; from bentoml._internal.server.http import traffic; import serving.timeouts "
+    probe = ("import serving.service as s; from serving.workarounds.accepting import accepting_one_per_turn "
+             "as on; from bentoml._internal.server.http import traffic; import serving.workarounds.timeouts "
              "as t; before = (on(), traffic.TimeoutMiddleware.__call__ is t._timed); "
              "s.apply_framework_workarounds(); "
              "print(before, (on(), traffic.TimeoutMiddleware.__call__ is t._timed))")
@@ -90,7 +90,7 @@ def test_the_service_applies_it_when_a_worker_starts_it_not_when_it_is_imported(
 def test_a_worker_applies_them_as_it_starts_the_service(serving_dir) -> None:
     import os
 
-    probe = ("import serving.service as s; from serving.accepting import accepting_one_per_turn "
+    probe = ("import serving.service as s; from serving.workarounds.accepting import accepting_one_per_turn "
              "as on; before = on(); s.NextBest(); print(before, on())")
     environment = {**os.environ, "NEXTBEST_DATA_DIR": str(serving_dir),
                    "NEXTBEST_RELOAD_INTERVAL_SECONDS": "0", "NEXTBEST_FLUSH_INTERVAL_SECONDS": "0"}
@@ -100,7 +100,7 @@ def test_a_worker_applies_them_as_it_starts_the_service(serving_dir) -> None:
 
 
 def test_a_worker_says_when_its_loop_takes_every_connection_at_once(monkeypatch, caplog) -> None:
-    from serving import accepting
+    from serving.workarounds import accepting
 
     async def start_worker(workers: int) -> None:
         accepting.warn_unless_spread(workers)

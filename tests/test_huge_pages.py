@@ -1,4 +1,4 @@
-"""The service's workers put their heap on huge pages (serving/huge_pages.py)."""
+"""The service's workers put their heap on huge pages (serving/workarounds/huge_pages.py)."""
 
 from __future__ import annotations
 
@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from serving import huge_pages
-from serving.huge_pages import WORKER_ENVS, huge_page_share, worker_envs
 from serving.service import NextBest
+from serving.workarounds import huge_pages
+from serving.workarounds.huge_pages import WORKER_ENVS, huge_page_share, worker_envs
 
 
 def test_the_workers_get_pythons_allocations_through_a_malloc_marked_for_huge_pages():

@@ -39,7 +39,6 @@ from starlette.testclient import TestClient
 
 from features.contracts import ItemKind
 from features.settings import Settings, get_settings
-from serving.huge_pages import WORKER_ENVS
 from serving.offers import OfferScorer, offer_is_eligible
 from serving.pipeline import (
     CANDIDATES,
@@ -52,6 +51,7 @@ from serving.pipeline import (
 from serving.schemas import RecommendRequest
 from serving.service import NextBest, build_state
 from serving.shop import Behaviour, Item, ShopView
+from serving.workarounds.huge_pages import WORKER_ENVS
 from tests.conftest import promote_by_hand, require_program
 from training import registry
 from training.propensity_job import train_propensity
@@ -1491,7 +1491,7 @@ def test_each_worker_takes_its_share_of_the_cores_for_blas():
 
 @pytest.mark.slow
 def test_the_workers_of_a_real_bentoml_serve_start_with_their_heap_on_huge_pages(data_dir, tmp_path):
-    """What serving/huge_pages.py sets reaches the worker processes BentoML starts."""
+    """What serving/workarounds/huge_pages.py sets reaches the worker processes BentoML starts."""
     server, _ = start_server(data_dir, tmp_path)
     try:
         workers = [p for p in psutil.Process(server.pid).children(recursive=True)

@@ -7,7 +7,7 @@ import asyncio
 
 from bentoml._internal.server.http.traffic import TimeoutMiddleware
 
-from serving.timeouts import cancel_timers_when_answered
+from serving.workarounds.timeouts import cancel_timers_when_answered
 
 cancel_timers_when_answered()
 
