@@ -72,13 +72,21 @@ def test_the_shelf_for_a_known_customer_matches_their_whole_history(shop):
     now = T0 + pd.Timedelta(days=28)
     shelf = model.due_for("ann", now)
     full = model.due(events[events["customer_id"] == "ann"], now)
+    full = full[full["score"] >= model.config.min_score]  # the shelf leaves out what is not due
     assert [item for item, _, _ in shelf] == full["item_id"].tolist()
     assert [score for _, score, _ in shelf] == pytest.approx(full["score"].tolist())
     assert shelf[0][2] == "you buy this about every week"
 
 
-def test_a_purchase_since_the_snapshot_resets_the_items_clock(shop):
+def test_the_shelf_leaves_out_what_is_not_due(shop):
     model, _, _ = shop
+    shelf = [item for item, _, _ in model.due_for("ann", T0 + pd.Timedelta(days=28))]
+    assert shelf == ["coffee"]  # shampoo, bought two days ago, is not due for weeks
+
+
+def test_a_purchase_since_the_snapshot_resets_the_items_clock(shop):
+    model, interactions, events = shop
+    model = BuyAgain(min_score=0).fit(events, interactions, model.as_of_)
     now = T0 + pd.Timedelta(days=29)  # a day after the snapshot
     fresh = {"coffee": (T0 + pd.Timedelta(days=28.5)).timestamp()}
     before = dict((item, score) for item, score, _ in model.due_for("ann", now))

@@ -53,6 +53,8 @@ class BuyAgainConfig(BaseModel):
     horizon_days: float = Field(0.0, ge=0, le=365, description="Due at any time in the next "
                                 "this many days counts as due now (0: due today).")
     min_cycle_days: float = Field(1.0, gt=0, description="Shortest cycle believed.")
+    min_score: float = Field(0.05, ge=0, le=1, description="The shelf (due_for) shows only "
+                             "items at least this likely to be bought again now.")
 
 
 @dataclass(frozen=True)
@@ -232,7 +234,8 @@ class BuyAgain:
             return []
         score, used = self._scores(purchases, now.timestamp() / 86400.0 - last, own, rate, cycle)
         score = np.where(allowed, score, 0.0)
-        best = [j for j in np.argsort(-score, kind="stable")[:N] if score[j] > 0]
+        floor = max(self.config.min_score, np.finfo(float).tiny)
+        best = [j for j in np.argsort(-score, kind="stable")[:N] if score[j] >= floor]
         return [(items[j], float(score[j]), reason(used[j], bool(np.isfinite(own[j]))))
                 for j in best]
 
