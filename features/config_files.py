@@ -76,3 +76,12 @@ def file_stamp(path: Path) -> tuple[int, int] | None:
     except FileNotFoundError:
         return None
     return stat.st_mtime_ns, stat.st_size
+
+
+def file_in_force(chosen: Path | None, data_dir: Path, name: str, default: Path) -> Path:
+    """Which hand-written file applies: the one a setting names, else ``name`` in the data
+    directory if it is there, else the built-in ``default``."""
+    if chosen is not None:
+        return chosen
+    local = data_dir / name
+    return local if local.exists() else default

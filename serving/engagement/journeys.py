@@ -43,7 +43,7 @@ from pydantic import (
     model_validator,
 )
 
-from features.config_files import load_model, unique_names
+from features.config_files import file_in_force, load_model, unique_names
 from features.contracts import CONTACT_CHANNELS, EventType
 from features.settings import Settings
 from serving.engagement.policy import CartAbandoned, CategoryBrowsing, load_policy, policy_path
@@ -279,10 +279,8 @@ class JourneysError(ValueError):
 
 
 def journeys_path(settings: Settings) -> Path:
-    if settings.journeys_file is not None:
-        return settings.journeys_file
-    local = settings.data_dir / "journeys.yaml"
-    return local if local.exists() else DEFAULT_JOURNEYS
+    return file_in_force(settings.journeys_file, settings.data_dir, "journeys.yaml",
+                         DEFAULT_JOURNEYS)
 
 
 def load_journeys(path: Path) -> JourneyPlan:

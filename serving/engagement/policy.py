@@ -16,7 +16,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from features.config_files import load_model, unique_names
+from features.config_files import file_in_force, load_model, unique_names
 from features.contracts import CONTACT_CHANNELS, Channel
 from features.online.state import CustomerState
 from features.settings import Settings
@@ -149,10 +149,7 @@ class PolicyError(ValueError):
 
 
 def policy_path(settings: Settings) -> Path:
-    if settings.policy_file is not None:
-        return settings.policy_file
-    local = settings.data_dir / "policy.yaml"
-    return local if local.exists() else DEFAULT_POLICY
+    return file_in_force(settings.policy_file, settings.data_dir, "policy.yaml", DEFAULT_POLICY)
 
 
 def load_policy(path: Path) -> ContactPolicy:
