@@ -53,9 +53,9 @@ BATCH = 200
 """Customers advanced in one transaction: many per disk sync, and the write lock held for a
 bounded time (a message step ranks inside it)."""
 QUIET_RETRY = timedelta(minutes=15)
+"""A message due in quiet hours is looked at again this much later."""
 CART_SWEEP, LAPSING_SWEEP = timedelta(minutes=1), timedelta(hours=1)
 """How often a pass also looks at idle carts and lapsed customers (see ``_sweep``)."""
-"""A message due in quiet hours is looked at again this much later."""
 ENGAGED_DAYS = 30
 """How far back an event from a contact channel counts as engagement on it."""
 
@@ -96,7 +96,7 @@ class JourneyEngine:
                  max_category_share: float = 0.5,
                  record: Callable[[Exposure], None] | None = None,
                  assignment: Callable[[str, datetime], Assignment] | None = None,
-                 slot_minutes: float = 60.0, zone: str = "UTC") -> None:
+                 slot_minutes: float = 60.0) -> None:
         self.plan = plan
         self.policy = policy
         self.store = store
@@ -108,9 +108,8 @@ class JourneyEngine:
         """The customer's place in the experiments: the global holdout, and variants that turn
         messages off, get none (recorded as suppressed, rule ``holdout`` or ``experiment``)."""
         self.slot = slot_minutes * 60
-        self.zone = ZoneInfo(zone)
         self._swept: dict[str, datetime] = {}
-        """The local clock of ``until_local`` waits."""
+        """When each sweep (``_sweep``) last ran."""
 
     # ------------------------------------------------------------------ entry points
     def tick(self, now: datetime, limit: int = 10_000) -> list[JourneyOutcome]:
@@ -318,9 +317,8 @@ class JourneyEngine:
         if run["started"] is None:
             run["started"] = moment
             if wait.until_local is not None:
-                zone = p.state.shop.timezones.get(p.live.customer_id)
-                run["due"] = _next_local(p.now, wait.until_local,
-                                         ZoneInfo(zone) if zone else self.zone).timestamp()
+                zone = self.policy.zone_of(p.state.shop.timezones.get(p.live.customer_id))
+                run["due"] = _next_local(p.now, wait.until_local, ZoneInfo(zone)).timestamp()
             elif wait.until_event is not None:
                 run["due"] = moment + wait.timeout_hours * 3600
             else:
