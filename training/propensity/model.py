@@ -206,10 +206,6 @@ class PropensityModel:
         p = 1 / (1 + np.exp(-self._calibrated_logit(raw)))
         return np.column_stack([1 - p, p])
 
-    def inputs(self, X: pd.DataFrame) -> pd.DataFrame:
-        """What the scorer reads for each row of ``X``: its features and BG/NBD's."""
-        return pd.DataFrame(self._design(self._matrix(X)), columns=self.inputs_, index=X.index)
-
     def contributions(self, X: pd.DataFrame, method: Literal["path", "shap"] = "path"
                       ) -> pd.DataFrame:
         """Per-row contribution of each input to the raw score, plus the ``bias`` column; they
@@ -219,8 +215,8 @@ class PropensityModel:
 
     def explain(self, X: pd.DataFrame, method: Literal["path", "shap"] = "path"
                 ) -> tuple[pd.DataFrame, pd.DataFrame]:
-        """``contributions`` and ``inputs`` together, the inputs computed once (for reasons,
-        which name each input's value beside its effect)."""
+        """``contributions`` and what the scorer read for each row (the features and BG/NBD's),
+        computed once: reasons name each input's value beside its effect."""
         if method not in ("path", "shap"):
             raise ValueError(f"method must be 'path' or 'shap', got {method!r}")
         design = self._design(self._matrix(X))

@@ -12,7 +12,6 @@ the model, so scoring computes the same features from the same columns.
 from __future__ import annotations
 
 import numpy as np
-import pandas as pd
 
 from training.propensity.bgnbd import BGNBD, BGNBDParams
 
@@ -69,8 +68,3 @@ class BGNBDFeatures:
         expected = self.model_.expected_purchases(30.0 / WEEK, x, t_x, T)
         return np.column_stack([alive, np.nan_to_num(expected, nan=0.0, posinf=0.0)])
 
-
-def with_bgnbd(X: pd.DataFrame, features: BGNBDFeatures) -> pd.DataFrame:
-    columns = list(X.columns)
-    derived = features.transform(X.to_numpy(dtype=float), columns)
-    return X.assign(**{name: derived[:, i] for i, name in enumerate(NAMES)})
