@@ -59,12 +59,16 @@ class BuyAgainConfig(BaseModel):
 
 @dataclass(frozen=True)
 class ItemCycles:
-    """Per item: repeat rate and typical cycle in days (NaN: none observed), and the shop's."""
+    """Per item: repeat rate and typical cycle in days (NaN: none observed), and the shop's;
+    also as dictionaries, for the one item at a time a request looks up (no pandas there)."""
 
     repeat_rate: pd.Series
     cycle_days: pd.Series
     shop_rate: float
     shop_cycle_days: float
+    rates: dict[str, float]
+    cycles: dict[str, float]
+    """``cycle_days`` where observed."""
 
 
 @dataclass(frozen=True)
@@ -132,7 +136,6 @@ class BuyAgain:
         known = (rows >= 0) & (cols >= 0) & (scored["score"].to_numpy() > 0)
         self.scores_ = sp.csr_matrix((scored["score"].to_numpy()[known],
                                       (rows[known], cols[known])), shape=interactions.shape)
-        self.n_items_ = interactions.shape[1]
         return self
 
     def _score_pairs(self, pairs: pd.DataFrame, now: pd.Timestamp) -> pd.DataFrame:
@@ -224,11 +227,12 @@ class BuyAgain:
                 last[j] = max(last[j], day)
         extra = [i for i in new if i not in items and i not in self.not_repeatable_]
         if extra:
-            extra_rate, extra_cycle = self._item_terms(pd.Series(extra))
+            c = self.cycles_
             items += extra
             purchases = np.r_[purchases, np.ones(len(extra))]
             last, own = np.r_[last, [new[i] for i in extra]], np.r_[own, np.full(len(extra), np.nan)]
-            rate, cycle = np.r_[rate, extra_rate], np.r_[cycle, extra_cycle]
+            rate = np.r_[rate, [c.rates.get(i, c.shop_rate) for i in extra]]
+            cycle = np.r_[cycle, [c.cycles.get(i, c.shop_cycle_days) for i in extra]]
             allowed = np.r_[allowed, np.ones(len(extra), bool)]
         if not items:
             return []
@@ -293,7 +297,8 @@ def _item_cycles(pairs: pd.DataFrame, prior_strength: float) -> ItemCycles:
     rate = (repeaters + prior_strength * shop_rate) / (buyers + prior_strength)
     cycle = pairs[repeated].groupby("item_id")["own_cycle"].median()
     return ItemCycles(rate, cycle.reindex(rate.index), shop_rate,
-                      shop_cycle if np.isfinite(shop_cycle) else 30.0)
+                      shop_cycle if np.isfinite(shop_cycle) else 30.0, rate.to_dict(),
+                      cycle.to_dict())
 
 
 def _not_repeatable(items: pd.DataFrame | None) -> set[str]:
