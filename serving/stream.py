@@ -16,8 +16,8 @@ so more can be started where one is not enough):
 * **bad input is kept, not lost**: a message that is not JSON, and each event the contract
   refuses, is published to the dead-letter subject with the reason (the endpoint's message
   naming the field and value) and the original payload, then acknowledged;
-* **an online store that is down** is not the message's fault: nothing is acknowledged, and
-  JetStream redelivers after ``ack_wait``;
+* **an online store that is down** is not the message's fault: nothing is acknowledged, the
+  consumer waits ``ack_wait`` rather than pull more, and JetStream redelivers the batch;
 * **lag**: the consumer's pending messages are read from JetStream (:func:`consumer_lag`); the
   service publishes them on ``/metrics`` as ``nextbest_stream_pending_messages``.
 
@@ -28,6 +28,7 @@ subject is outside it, so a shop can keep it in a stream of its own or just watc
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import json
 import logging
@@ -53,7 +54,7 @@ class StreamConfig:
     subject: str
     durable: str
     dead_letter: str
-    batch: int = 500
+    batch: int
     ack_wait_seconds: float = 30.0
 
     @classmethod
@@ -104,8 +105,9 @@ def decode(data: bytes) -> tuple[list[object], str | None]:
     return [], f"a message is one event (an object) or {{\"events\": [...]}}, got {type(body).__name__}"
 
 
-async def connect(config: StreamConfig):
-    """A JetStream context on ``config.url``, the stream created if it does not exist."""
+async def connect(config: StreamConfig, create: bool = True):
+    """A JetStream context on ``config.url``; with ``create``, the stream is created if it
+    does not exist (the consumer and publishers do; reading the lag does not)."""
     import nats
     from nats.js.api import StorageType
     from nats.js.api import StreamConfig as JetStreamConfig
@@ -118,6 +120,8 @@ async def connect(config: StreamConfig):
     except (OSError, nats.errors.Error) as error:
         raise ConnectionError(f"cannot reach NATS at {config.url}: {error}") from None
     jetstream = client.jetstream()
+    if not create:
+        return client, jetstream
     try:
         await jetstream.stream_info(config.stream)
     except NotFoundError:
@@ -164,8 +168,12 @@ async def consume(store: OnlineStore, config: StreamConfig, stop: asyncio.Event,
             if not messages:
                 continue
             last = time.monotonic()
-            if await _handle(messages, store, client, config, stats) and on_batch is not None:
-                on_batch(stats)
+            if await _handle(messages, store, client, config, stats):
+                if on_batch is not None:
+                    on_batch(stats)
+            else:  # the store is down: wait for the batch to come back rather than take more
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), config.ack_wait_seconds)
         upcoming.cancel()
     finally:
         await client.close()
@@ -219,7 +227,7 @@ async def _dead_letter(client, config: StreamConfig, payload: bytes, reason: str
 async def consumer_lag(config: StreamConfig) -> tuple[int, int]:
     """(messages not yet delivered, delivered but not yet acknowledged) of the durable
     consumer: what ``/metrics`` reports."""
-    client, jetstream = await connect(config)
+    client, jetstream = await connect(config, create=False)
     try:
         info = await jetstream.consumer_info(config.stream, config.durable)
         return int(info.num_pending or 0), int(info.num_ack_pending or 0)
