@@ -12,7 +12,7 @@ store (``synchronous=FULL``), in the same run:
    starts their waits. A day later a second pass finds them all due again and sends each a
    ranked email (products from the recommender, under the contact policy). Both are timed
    beside the floor: reading the same customers' states from the store in the same batches;
-2. **latency**: ``nextbest journeys run`` as its own process (a pass every 0.2 s, the default),
+2. **latency**: ``nextbest worker`` as its own process (a pass every 0.2 s, the default),
    and this process ingesting a view for a customer at a time: the clock runs from the
    acknowledged event until the store shows the journey's immediate first step done; p50/p99
    over ``--trials``.
@@ -111,7 +111,7 @@ def latency(root: Path, products: list[str], trials: int) -> dict:
     (root / "journeys.yaml").write_text(yaml.safe_dump(JOURNEYS))
     (root / "policy.yaml").write_text(yaml.safe_dump(OPEN_POLICY))
     env = {**os.environ, "NEXTBEST_DATA_DIR": str(root), "PYTHONPATH": str(ROOT)}
-    scheduler = subprocess.Popen([sys.executable, "-m", "serving.cli", "journeys", "run"],
+    scheduler = subprocess.Popen([sys.executable, "-m", "serving.cli", "worker"],
                                  cwd=ROOT, env=env, stdout=subprocess.PIPE,
                                  stderr=subprocess.STDOUT, text=True)
     store = EmbeddedStore(root / "online.db")
@@ -150,7 +150,7 @@ def main() -> None:
     text = "\n".join([
         f"{args.customers:,} due customers, embedded online store (synchronous=FULL), "
         f"item-kNN champion on a 2,000-customer shop; latency over {args.trials} trials with "
-        "`nextbest journeys run` as its own process (a pass every 0.2 s).", "",
+        "`nextbest worker` as its own process (a pass every 0.2 s).", "",
         "| | measured | baseline (read the same states) | target |", "|---|---|---|---|",
         f"| enter and start a wait (one pass) | {fast['enter_per_s']:,.0f} customers/s "
         f"({fast['enter_s']:.2f} s) | {fast['read_per_s']:,.0f} customers/s "

@@ -149,11 +149,12 @@ class Settings(BaseSettings):
         65_536, ge=256, description="Largest cell an imported file may have (a longer CSV line "
         "than the header's columns could hold is refused before it is read).")
     flush_interval_seconds: float = Field(
-        60.0, ge=0, description="How often the service moves ingested events to the warehouse; 0 = never "
-        "(use 'nextbest events flush').")
-    journey_scheduler: bool = Field(
-        True, description="Whether 'nextbest serve' starts the journey scheduler beside the API "
-        "workers; false where it runs elsewhere ('nextbest journeys run': one per deployment).")
+        60.0, ge=0, description="How often the background worker ('nextbest worker') moves ingested "
+        "events and exposures to the warehouse; 0 = never (use 'nextbest events flush').")
+    background_worker: bool = Field(
+        True, description="Whether 'nextbest serve' starts the background worker (journeys, trigger "
+        "rules, warehouse flush) beside the API workers; false where it runs elsewhere ('nextbest "
+        "worker': one per deployment).")
     journey_interval_seconds: float = Field(
         0.2, gt=0, description="How often the journey scheduler looks for customers with a step "
         "due (an event makes its customer due at once).")

@@ -273,7 +273,7 @@ def require_free_port(port: int, host: str) -> None:
 def run_service(data_dir: Path, port: int, example: dict | None = None,
                 host: str = "127.0.0.1") -> None:
     """Start `bentoml serve` on the models of ``data_dir``, listening on ``host``, and the
-    journey scheduler beside it (unless NEXTBEST_JOURNEY_SCHEDULER=false), print one example
+    background worker beside it (unless NEXTBEST_BACKGROUND_WORKER=false), print one example
     request and its answer, then keep serving until interrupted. Exits non-zero if the service
     stops."""
     require_free_port(port, host)
@@ -282,9 +282,9 @@ def run_service(data_dir: Path, port: int, example: dict | None = None,
     process = subprocess.Popen([sys.executable, "-m", "bentoml", "serve",
                                 "serving.service:NextBest", "--port", str(port), "--host", host],
                                cwd=root, env=env)
-    scheduler = (subprocess.Popen([sys.executable, "-m", "serving.cli", "journeys", "run"],
-                                  cwd=root, env=env)
-                 if settings_with(data_dir).journey_scheduler else None)
+    background = (subprocess.Popen([sys.executable, "-m", "serving.cli", "worker"],
+                                   cwd=root, env=env)
+                  if settings_with(data_dir).background_worker else None)
     shown = "localhost" if host in ("127.0.0.1", "0.0.0.0", "::", "localhost") else host
     url = f"http://{shown}:{port}"
     # A SIGTERM (from a supervisor, or `timeout`) must also stop the server we started.
@@ -314,7 +314,7 @@ def run_service(data_dir: Path, port: int, example: dict | None = None,
     except KeyboardInterrupt:
         pass
     finally:
-        for started in (process, scheduler):
+        for started in (process, background):
             if started is not None:
                 started.terminate()
                 started.wait(timeout=30)
@@ -393,6 +393,54 @@ def serve(port: Port = 3000, host: Host = None, data_dir: DataDir = None) -> Non
     """Serve recommendations with the registered champion models (bentoml serve)."""
     settings = settings_with(data_dir)
     run_service(settings.data_dir, port, host=host or settings.host)
+
+
+def _stop_as_interrupted(*_) -> None:
+    """SIGTERM (Kubernetes stopping a pod) ends a loop the way Ctrl+C does, through its cleanup."""
+    raise KeyboardInterrupt
+
+
+@app.command()
+@friendly_errors
+def worker(
+    once: Annotated[bool, typer.Option("--once", help="One pass over what is due, then exit.")
+                    ] = False,
+    interval: Annotated[float | None, typer.Option(
+        min=0.05, help="Seconds between passes of the journey scheduler [default: "
+                       "NEXTBEST_JOURNEY_INTERVAL_SECONDS, 0.2].")] = None,
+    data_dir: DataDir = None,
+) -> None:
+    """The background worker, one per deployment beside the API workers: the journey scheduler
+    (journeys and trigger rules) every --interval seconds, the warehouse flush every
+    NEXTBEST_FLUSH_INTERVAL_SECONDS; it reads changed journeys, policy and experiments files
+    again and follows the serving alias. Ctrl+C (or SIGTERM) stops it after a last flush."""
+    from serving.background import BackgroundWorker
+
+    settings = settings_with(data_dir)
+    signal.signal(signal.SIGTERM, _stop_as_interrupted)
+    background = BackgroundWorker(settings, interval)
+    plan = background.plan
+    flush = (f"flushing every {settings.flush_interval_seconds:g} s"
+             if settings.flush_interval_seconds > 0 else "not flushing (interval 0)")
+    console.print(f"background worker: journeys {', '.join(j.name for j in plan.journeys) or 'none'}"
+                  f" every {background.interval:g} s; {flush}"
+                  + ("" if once else "; Ctrl+C stops"), highlight=False)
+
+    def show(report) -> None:
+        if report.outcomes or once:
+            console.print(f"{time.strftime('%H:%M:%S')} {sum(report.outcomes.values())} "
+                          f"outcome(s) in {report.seconds:.2f} s: "
+                          + (", ".join(f"{k} {v}" for k, v in sorted(report.outcomes.items()))
+                             or "nothing due"), highlight=False)
+        if report.moved_events or report.moved_exposures:
+            console.print(f"moved {report.moved_events:,} event(s) and "
+                          f"{report.moved_exposures:,} exposure row(s) to the warehouse")
+        for note in report.notes:
+            console.print(note, highlight=False)
+
+    totals = background.run(once, show)
+    console.print(f"done: {', '.join(f'{k} {v}' for k, v in sorted(totals.items())) or 'nothing'}",
+                  highlight=False)
 
 
 def main() -> None:

@@ -9,9 +9,10 @@ swapped in, so a request in flight always finishes on the state it started with.
 Customers' latest events arrive on ``events`` and are recorded durably in the online store
 (embedded SQLite or Redis) before the call returns; every ``recommend`` reads the customer's
 live state from it, so the next answer reflects what they just did; an event also makes its
-customer due for the journey scheduler (``nextbest journeys run``, one process per deployment
-beside the workers, started by ``nextbest serve``). A background thread moves ingested events
-to the warehouse for the next retrain. If the online store is unreachable,
+customer due for the journey scheduler. The scheduler and the flush of ingested events to the
+warehouse run once per deployment, in the background worker (``serving.background``, started
+beside the API by ``nextbest serve``), never in the API workers. If the online store is
+unreachable,
 ``recommend`` answers from the models and the snapshot alone and says ``degraded``, and
 ``events`` answers 503 so that the caller retries.
 
@@ -293,7 +294,6 @@ class NextBest:
         self.detail = "loading"
         self._swap = threading.Lock()
         self._stop = threading.Event()
-        self.warehouse = Warehouse(self.settings.data_dir / "warehouse")
         self.online = open_online_store(self.settings)
         self.policy = load_policy(policy_path(self.settings))
         self.plan = load_plan(plan_path(self.settings))
@@ -319,8 +319,6 @@ class NextBest:
         self._report_health()
         if self.settings.reload_interval_seconds > 0:
             threading.Thread(target=self._poll, name="alias-poller", daemon=True).start()
-        if self.settings.flush_interval_seconds > 0:
-            threading.Thread(target=self._flush_loop, name="warehouse-flush", daemon=True).start()
         if self.settings.stream_url:
             threading.Thread(target=self._stream_lag_loop, name="stream-lag", daemon=True).start()
 
@@ -617,22 +615,9 @@ class NextBest:
                 log.warning("recommend degraded: %s", error)
             return None, f"{error}; answered from the models alone"
 
-    def _flush_loop(self) -> None:
-        while True:
-            try:
-                moved = self.online.flush_to(self.warehouse)
-                shown = self.online.flush_exposures_to(self.warehouse)
-                if moved or shown:
-                    log.info("moved %d ingested events and %d exposure rows to the warehouse",
-                             moved, shown)
-            except Exception as error:  # noqa: BLE001 - events stay logged and are retried
-                log.error("warehouse flush failed, will retry: %s", error)
-            if self._stop.wait(self.settings.flush_interval_seconds):
-                return
-
     def _stream_lag_loop(self) -> None:
         """The events consumer's lag on /metrics (``serving.stream``), read from JetStream."""
-        from serving.stream import StreamConfig, report_lag
+        from serving.stream import LAG_PERIOD_SECONDS, StreamConfig, report_lag
 
         config = StreamConfig.from_settings(self.settings)
         while True:
@@ -640,7 +625,7 @@ class NextBest:
                 report_lag(config)
             except Exception as error:  # noqa: BLE001 - the stream's trouble is not the API's
                 log.warning("could not read the event stream's lag: %s", error)
-            if self._stop.wait(max(self.settings.flush_interval_seconds, 5.0)):
+            if self._stop.wait(LAG_PERIOD_SECONDS):
                 return
 
     @bentoml.on_shutdown

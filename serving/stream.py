@@ -249,6 +249,10 @@ def lag_gauges():
                   "redelivery).", multiprocess_mode="max"))
 
 
+LAG_PERIOD_SECONDS = 5.0
+"""How often each API worker reads the consumer's lag for /metrics: one cheap JetStream request."""
+
+
 def report_lag(config: StreamConfig) -> tuple[int, int]:
     """Read the consumer's lag from JetStream and set the gauges; the lag."""
     pending, unacknowledged = asyncio.run(consumer_lag(config))

@@ -522,7 +522,7 @@ def test_kill_9_of_the_scheduler_loses_no_step_and_repeats_none(serving_dir, tmp
     env = {**os.environ, "NEXTBEST_DATA_DIR": str(data)}
 
     def scheduler() -> subprocess.Popen:
-        return subprocess.Popen([sys.executable, "-m", "serving.cli", "journeys", "run",
+        return subprocess.Popen([sys.executable, "-m", "serving.cli", "worker",
                                  "--interval", "0.05"], cwd=root, env=env,
                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 

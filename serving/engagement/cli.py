@@ -1,11 +1,9 @@
-"""``nextbest policy|journeys``: the contact policy and the journeys in force, the one scheduler
-process that runs them, its outbox and the journeys' reports."""
+"""``nextbest policy|journeys``: the contact policy and the journeys in force, the scheduler's
+outbox and the journeys' reports (the scheduler itself runs in ``nextbest worker``)."""
 
 from __future__ import annotations
 
 import json
-import time
-from collections import Counter
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
@@ -19,7 +17,7 @@ if TYPE_CHECKING:  # the command line loads what a command uses when it runs
     from serving.engagement.policy import ContactPolicy
 
 policy_app = command_group("The contact policy and trigger rules.")
-journeys_app = command_group("Customer journeys: what is in force, and their scheduler.")
+journeys_app = command_group("Customer journeys: what is in force, their outbox and reports.")
 
 
 def _policy(data_dir: Path | None) -> tuple[ContactPolicy, str]:
@@ -139,82 +137,6 @@ def _step(step: Step) -> str:
 def _condition(condition) -> str:
     (name, value), = ((k, v) for k, v in condition.__dict__.items() if v is not None)
     return f"{name} {value}"
-
-
-@journeys_app.command("run")
-@friendly_errors
-def run_journeys(
-    once: Annotated[bool, typer.Option("--once", help="One pass over what is due, then exit.")
-                    ] = False,
-    interval: Annotated[float | None, typer.Option(
-        min=0.05, help="Seconds between passes [default: NEXTBEST_JOURNEY_INTERVAL_SECONDS, "
-                       "0.2].")] = None,
-    data_dir: DataDir = None,
-) -> None:
-    """The journey scheduler: one process per deployment, beside the API workers. Every
-    --interval seconds it advances the customers with something due; it reads the journeys file
-    again when it changes and the models when the alias moves. Ctrl+C stops it."""
-    from features.config_files import file_stamp
-    from features.experiments import ExperimentsError, assign, load_plan, plan_path
-    from features.online import open_online_store
-    from serving.engagement.journeys import JourneysError, journeys_in_force, journeys_path
-    from serving.engagement.policy import load_policy, policy_path
-    from serving.engagement.scheduler import JourneyEngine
-    from serving.exposure_log import ExposureLog
-    from serving.models import resolve_versions
-    from serving.service import build_state, load_state
-
-    settings = settings_with(data_dir)
-    interval = interval or settings.journey_interval_seconds
-    plan, path = _plan(data_dir)
-    store = open_online_store(settings)
-    state = [build_state(settings)]
-    log = ExposureLog(store, settings.exposure_buffer, settings.exposure_flush_ms).start()
-    experiments = [load_plan(plan_path(settings))]
-    engine = JourneyEngine(plan, load_policy(policy_path(settings)), store, lambda: state[0],
-                           settings.max_category_share, log.record,
-                           lambda customer, now: assign(experiments[0], customer, now))
-    files = [journeys_path(settings), policy_path(settings), plan_path(settings)]
-    stamps, checked = [file_stamp(f) for f in files], time.monotonic()
-    totals: Counter = Counter()
-    console.print(f"journey scheduler: {', '.join(j.name for j in plan.journeys) or 'none'} "
-                  f"from {path}, every {interval:g} s" + ("" if once else "; Ctrl+C stops"))
-    try:
-        while True:
-            started = time.perf_counter()
-            outcomes = engine.tick(datetime.now(UTC))
-            passed = Counter(o.status for o in outcomes)
-            totals.update(passed)
-            if outcomes or once:
-                console.print(f"{datetime.now(UTC):%H:%M:%S} {len(outcomes)} outcome(s) in "
-                              f"{time.perf_counter() - started:.2f} s: "
-                              + (", ".join(f"{k} {v}" for k, v in sorted(passed.items()))
-                                 or "nothing due"), highlight=False)
-            if once:
-                break
-            time.sleep(interval)
-            if time.monotonic() - checked >= settings.reload_interval_seconds:
-                checked = time.monotonic()
-                if [file_stamp(f) for f in files] != stamps:
-                    stamps = [file_stamp(f) for f in files]
-                    try:
-                        engine.plan = journeys_in_force(settings)
-                        engine.policy = load_policy(policy_path(settings))
-                        experiments[0] = load_plan(plan_path(settings))
-                        console.print("journeys, policy and experiments read again")
-                    except (JourneysError, ExperimentsError, ValueError) as error:
-                        console.print(f"a changed file was not applied, still running the "
-                                      f"previous ones: {error}")
-                if resolve_versions(settings, settings.serving_alias) != \
-                        state[0].models.versions:
-                    state[0] = load_state(settings)
-                    console.print(f"models now {state[0].models.versions}")
-    except KeyboardInterrupt:
-        pass
-    finally:
-        log.close()
-    console.print(f"done: {', '.join(f'{k} {v}' for k, v in sorted(totals.items())) or 'nothing'}",
-                  highlight=False)
 
 
 @journeys_app.command("outbox")

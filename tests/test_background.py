@@ -1,0 +1,87 @@
+"""The background worker: journeys and the warehouse flush, once per deployment."""
+
+from __future__ import annotations
+
+import shutil
+import uuid
+from datetime import UTC, datetime
+
+import pytest
+import yaml
+
+from features.ingest import parse_events
+from features.online.embedded import EmbeddedStore
+from features.settings import Settings
+from features.warehouse import Warehouse
+from serving.background import BackgroundWorker
+
+
+@pytest.fixture
+def data(serving_dir, tmp_path):
+    copy = tmp_path / "data"
+    shutil.copytree(serving_dir, copy)
+    (copy / "policy.yaml").write_text("{}\n")
+    (copy / "journeys.yaml").write_text(yaml.safe_dump({"journeys": [{
+        "name": "welcome", "entry": {"when": "event", "event": "add_to_cart"}, "goal": None,
+        "reentry": {"after_days": None},
+        "steps": [{"name": "hello", "message": {"channel": "email", "send": "products"}}]}]}))
+    return copy
+
+
+def carts(store: EmbeddedStore, data, customers: list[str]) -> None:
+    items = Warehouse(data / "warehouse").items()
+    item = items.loc[items["kind"] == "product", "item_id"].iloc[0]
+    now = datetime.now(UTC)
+    for customer in customers:
+        store.record_consent(customer, "email", True, now.timestamp() - 60)
+    store.ingest(parse_events([{"event_id": uuid.uuid4().hex, "customer_id": c, "item_id": item,
+                                "event_type": "add_to_cart", "timestamp": now.isoformat(),
+                                "channel": "web"} for c in customers]).events)
+
+
+def test_a_pass_sends_the_due_journey_steps_and_the_stop_moves_events_to_the_warehouse(data):
+    store = EmbeddedStore(data / "online.db")
+    carts(store, data, ["b1", "b2", "b3"])
+    worker = BackgroundWorker(Settings(data_dir=data, flush_interval_seconds=60))
+
+    outcomes = worker.run(once=True)
+
+    assert sorted(d["customer_id"] for _, d in store.outbox()) == ["b1", "b2", "b3"]
+    assert outcomes["sent"] == 3
+    stored = Warehouse(data / "warehouse").events()
+    assert set(stored.loc[stored["event_type"] == "add_to_cart", "customer_id"]) >= {"b1", "b2",
+                                                                                    "b3"}
+    assert store.flush_to(Warehouse(data / "warehouse")) == 0, "nothing was left to move"
+
+
+def test_a_flush_interval_of_zero_leaves_the_events_in_the_online_store(data):
+    store = EmbeddedStore(data / "online.db")
+    carts(store, data, ["z1"])
+
+    BackgroundWorker(Settings(data_dir=data, flush_interval_seconds=0)).run(once=True)
+
+    assert store.flush_to(Warehouse(data / "warehouse")) == 1
+
+
+def test_the_flush_runs_on_its_interval_between_passes(data):
+    store = EmbeddedStore(data / "online.db")
+    worker = BackgroundWorker(Settings(data_dir=data, flush_interval_seconds=0.05))
+    carts(store, data, ["f1", "f2"])
+    worker.turn()  # the interval has not passed since the worker started
+    worker._flushed -= 1.0  # a second later
+
+    report = worker.turn()
+
+    assert report.moved_events == 2
+
+
+def test_the_liveness_check_passes_after_a_pass_and_fails_when_it_is_stale(data, monkeypatch,
+                                                                         tmp_path):
+    from serving import background
+
+    monkeypatch.setattr(background, "HEARTBEAT", tmp_path / "heartbeat")
+    assert background.main(["--max-age", "60"]) == 1, "no pass yet"
+    BackgroundWorker(Settings(data_dir=data, flush_interval_seconds=0)).turn()
+
+    assert background.main(["--max-age", "60"]) == 0
+    assert background.main(["--max-age", "0"]) == 1
