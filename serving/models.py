@@ -27,6 +27,7 @@ import json
 import logging
 import os
 import shutil
+import uuid
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -106,11 +107,18 @@ class ModelCache:
                         name, version)
             shutil.rmtree(target)
         downloaded = Path(mlflow.artifacts.download_artifacts(f"models:/{name}/{version}"))
-        staging = self.root / name / f".{version}.partial"
-        shutil.rmtree(staging, ignore_errors=True)
+        # Staged under a name of this process's own: API pods on a shared volume fetch the same
+        # version at the same moment, and each must neither clear nor publish another's copy.
+        staging = self.root / name / f".{version}.{os.getpid()}.{uuid.uuid4().hex[:8]}.partial"
         shutil.copytree(downloaded / "artifacts", staging)
         _write_json(staging / CHECKSUMS, _checksums(staging))
-        os.replace(staging, target)  # a half-copied version is never visible
+        try:
+            os.rename(staging, target)  # a half-copied version is never visible
+        except OSError:
+            if not self.verified(target):  # not another process's complete copy: a real error
+                shutil.rmtree(staging, ignore_errors=True)
+                raise
+            shutil.rmtree(staging, ignore_errors=True)  # another process published it first
         return target
 
     def verified(self, directory: Path) -> bool:
@@ -249,7 +257,7 @@ def _key(versions: dict[str, str]) -> str:
 
 def _write_json(path: Path, value: object) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(f".{path.name}.partial")
+    temporary = path.with_name(f".{path.name}.{os.getpid()}.partial")  # pods share the volume
     temporary.write_text(json.dumps(value, indent=1))
     os.replace(temporary, path)
 
