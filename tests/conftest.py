@@ -5,9 +5,15 @@ Tests never read ../shared: everything they use is generated here or written by 
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import socket
+import subprocess
+import sys
+import time
+import urllib.request
+import uuid
 from pathlib import Path
 
 import pandas as pd
@@ -107,3 +113,42 @@ def require_program(name: str) -> None:
     if os.environ.get("NEXTBEST_REQUIRE_SERVICES") == "1":
         pytest.fail(f"{message}, and NEXTBEST_REQUIRE_SERVICES=1 says it must be", pytrace=False)
     pytest.skip(f"{message}; install it to run this test")
+
+
+@contextlib.contextmanager
+def tracking_server_on_postgresql(directory: Path):
+    """A real `mlflow server` on a fresh database of the local PostgreSQL, artifacts under
+    ``directory``; yields its URL, and stops it and drops the database afterwards."""
+    require_service("PostgreSQL", "127.0.0.1", 5432)
+    import psycopg
+
+    database = f"nextbest_test_{uuid.uuid4().hex[:8]}"
+    admin = "postgresql://postgres@127.0.0.1:5432/postgres"
+    with psycopg.connect(admin, autocommit=True) as db:
+        db.execute(f"create database {database}")
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    server = subprocess.Popen(
+        [sys.executable, "-m", "mlflow", "server",
+         "--backend-store-uri", f"postgresql+psycopg://postgres@127.0.0.1:5432/{database}",
+         "--artifacts-destination", str(directory / "server-artifacts"),
+         "--host", "127.0.0.1", "--port", str(port), "--workers", "1"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env={**os.environ})
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                with urllib.request.urlopen(f"{url}/health", timeout=2):
+                    break
+            except OSError:
+                if server.poll() is not None or time.monotonic() > deadline:
+                    pytest.fail("mlflow server on PostgreSQL did not start", pytrace=False)
+                time.sleep(0.5)
+        yield url
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+        with psycopg.connect(admin, autocommit=True) as db:
+            db.execute(f"drop database if exists {database} with (force)")

@@ -4,13 +4,7 @@ an embedded SQLite store by default, and an MLflow server on the local PostgreSQ
 from __future__ import annotations
 
 import contextlib
-import os
 import socket
-import subprocess
-import sys
-import time
-import urllib.request
-import uuid
 from pathlib import Path
 
 import mlflow
@@ -25,7 +19,7 @@ from features.settings import Settings
 from features.synthetic import ShopConfig, generate_shop, store_shop
 from features.warehouse import Warehouse
 from serving.cli import app
-from tests.conftest import require_service
+from tests.conftest import tracking_server_on_postgresql
 from training import registry
 from training.recommender_job import train_recommender
 
@@ -273,38 +267,8 @@ def _free_port() -> int:
 
 @pytest.fixture
 def postgres_tracking_server(tmp_path):
-    """A real `mlflow server` on a fresh PostgreSQL database, torn down afterwards."""
-    require_service("PostgreSQL", "127.0.0.1", 5432)
-    import psycopg
-
-    database = f"nextbest_test_{uuid.uuid4().hex[:8]}"
-    with psycopg.connect("postgresql://postgres@127.0.0.1:5432/postgres", autocommit=True) as db:
-        db.execute(f"create database {database}")
-    port = _free_port()
-    server = subprocess.Popen(
-        [sys.executable, "-m", "mlflow", "server",
-         "--backend-store-uri", f"postgresql://postgres@127.0.0.1:5432/{database}",
-         "--artifacts-destination", str(tmp_path / "server-artifacts"),
-         "--host", "127.0.0.1", "--port", str(port), "--workers", "1"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env={**os.environ})
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 120
-        while True:
-            try:
-                with urllib.request.urlopen(f"{url}/health", timeout=2):
-                    break
-            except OSError:
-                if server.poll() is not None or time.monotonic() > deadline:
-                    pytest.fail("mlflow server on PostgreSQL did not start", pytrace=False)
-                time.sleep(0.5)
+    with tracking_server_on_postgresql(tmp_path) as url:
         yield url
-    finally:
-        server.terminate()
-        server.wait(timeout=30)
-        with psycopg.connect("postgresql://postgres@127.0.0.1:5432/postgres",
-                             autocommit=True) as db:
-            db.execute(f"drop database if exists {database} with (force)")
 
 
 @pytest.mark.services
