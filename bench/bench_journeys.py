@@ -74,7 +74,7 @@ def throughput(root: Path, products: list[str], count: int) -> dict:
     from serving.engagement.journeys import JourneyPlan
     from serving.engagement.policy import ContactPolicy
     from serving.engagement.scheduler import BATCH, JourneyEngine
-    from serving.service import build_state
+    from serving.state import build_state
 
     state = build_state(Settings(data_dir=root))
     consenting = {f"j{i:06d}": frozenset({"email"}) for i in range(count)}

@@ -40,17 +40,16 @@ from serving.engagement.policy import DEFAULT_POLICY, load_policy
 from serving.exposure_log import ExposureLog, answer_exposure, placement
 from serving.health import HEALTH
 from serving.models import LoadedModels
-from serving.pipeline import ContentIndex, ServingState, recommend
+from serving.pipeline import recommend
 from serving.schemas import RecommendRequest
 from serving.service import (
     add_http_layers,
     apply_framework_workarounds,
     json_response,
-    neighbour_table,
     share_blas_threads,
-    smoke_check,
 )
 from serving.shop import Behaviour, Item, ShopView
+from serving.state import ContentIndex, ServingState, neighbour_table, smoke_check
 from serving.workarounds.huge_pages import worker_envs
 from training.interactions import Interactions
 from training.recommenders import make_recommender

@@ -43,7 +43,7 @@ from serving.engagement.policy import load_policy, policy_path
 from serving.engagement.scheduler import JourneyEngine
 from serving.exposure_log import ExposureLog
 from serving.models import resolve_versions
-from serving.service import build_state, load_state
+from serving.state import build_state, load_state
 
 log = logging.getLogger("nextbest.worker")
 

@@ -24,8 +24,8 @@ import random
 from collections import Counter
 from dataclasses import dataclass
 from datetime import datetime
-from functools import cached_property
 from itertools import chain, islice
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
@@ -36,15 +36,15 @@ from features.experiments import Assignment
 from features.online.state import CustomerState
 from serving import kernels
 from serving.engagement.policy import ContactPolicy, contact_verdict, recently_shown
-from serving.models import LoadedModels
-from serving.offers import OfferScorer, OfferShelf, Shelved
+from serving.offers import Shelved
 from serving.products import ProductIndex
 from serving.schemas import MAX_N, RecommendRequest
 from serving.shop import Behaviour, Item, ShopView
 from training.interactions import InteractionConfig
-from training.propensity.scoring import ScoredCustomers
-from training.recommenders.content import ContentRecommender
 from training.tracking import TOP_ITEMS
+
+if TYPE_CHECKING:
+    from serving.state import ServingState
 
 PRODUCT, CONTENT, OFFER = ItemKind.PRODUCT.value, ItemKind.CONTENT.value, ItemKind.OFFER.value
 CANDIDATES = TOP_ITEMS
@@ -72,51 +72,6 @@ SOURCES = {
     ItemKind.OFFER: ("expected_value",),
 }
 """The candidate sources of each kind, as exposures and answers name them."""
-
-
-@dataclass(frozen=True)
-class ServingState:
-    """Models and shop view that are swapped together, so a request never sees a mix."""
-
-    models: LoadedModels
-    shop: ShopView
-    content: ContentIndex
-    propensity: ScoredCustomers | None = None
-    neighbours: tuple[np.ndarray, np.ndarray] | None = None
-    """Each item's nearest items by the recommender (columns, scores), precomputed at load for
-    factor models, so that "similar to" is a lookup rather than a pass over the catalog."""
-    offers: OfferScorer | None = None
-    """P(redeem) per customer and offer from the offer-response model, when one is registered."""
-
-    @cached_property
-    def offer_shelf(self) -> OfferShelf:
-        """The offers by audience; built on first use (the smoke check, at load)."""
-        return OfferShelf(self.shop)
-
-    @cached_property
-    def products(self) -> ProductIndex:
-        """The catalog's products as arrays; built on first use (the smoke check, at load)."""
-        return ProductIndex.build(self.shop, self.models.recommender.interactions)
-
-
-class ContentIndex:
-    """Text similarity over the whole catalog: reaches items no one has interacted with yet."""
-
-    def __init__(self, shop: ShopView) -> None:
-        catalog = [i for i in shop.items.values() if i.kind != ItemKind.OFFER.value]
-        self.item_ids = [i.item_id for i in catalog]
-        self.position = {item_id: p for p, item_id in enumerate(self.item_ids)}
-        info = pd.DataFrame({"title": [i.title for i in catalog], "description": "",
-                             "category": [i.category for i in catalog]})
-        empty = sp.csr_matrix((1, len(catalog)), dtype=np.float32)  # text only, no history
-        self.model = ContentRecommender(ngram_max=1).fit(empty, info) if catalog else None
-
-    def similar(self, item_id: str, n: int) -> list[tuple[str, float]]:
-        if self.model is None or item_id not in self.position:
-            return []
-        ids, scores = self.model.similar_items(self.position[item_id], N=n)
-        return [(self.item_ids[i], float(s)) for i, s in zip(ids, scores, strict=True)
-                if np.isfinite(s) and s > 0]
 
 
 # ---------------------------------------------------------------------------- entry point
@@ -351,17 +306,17 @@ class Blend:
         self._weights.append(SOURCE_WEIGHT[source])
         self._codes.append(code)
 
-    def arrays(self) -> tuple:
-        """The sources as ``serving.kernels.rank`` takes them, up to its ``product`` argument."""
-        index = self.index
+    def sources(self) -> kernels.Sources:
+        """The sources as ``serving.kernels.rank`` takes them."""
         extra = ((np.concatenate(self._positions, dtype=np.int64),
                   np.concatenate(self._scores, dtype=np.float64),
                   np.array(self._bounds, dtype=np.int64), np.array(self._weights),
                   np.array(self._codes, dtype=np.int64)) if self._positions else
                  (NO_ITEMS, NO_SCORES, NO_SOURCES, NO_SCORES, NO_ITEMS))
-        return (*self._for_you, np.array(self._anchor_columns, dtype=np.int64),
-                *self.neighbours, min(SIMILAR_PER_ANCHOR, self.neighbours[0].shape[1]),
-                index.new, index.new_top, self._liked, *self._popular, *extra, SOURCE_WEIGHTS)
+        return kernels.Sources(
+            *self._for_you, np.array(self._anchor_columns, dtype=np.int64), *self.neighbours,
+            min(SIMILAR_PER_ANCHOR, self.neighbours[0].shape[1]), self._liked, *self._popular,
+            *extra, SOURCE_WEIGHTS)
 
     def reason(self, code: int, position: int) -> str:
         if code == FOR_YOU:
@@ -537,14 +492,13 @@ def choose_products(index: ProductIndex, blend: Blend, request: RecommendRequest
     never = index.positions([*request.exclude, *context.cart_items,
                              *([context.current_item] if context.current_item else [])])
     price_filter = filters.min_price is not None or filters.max_price is not None
-    chosen, scores = kernels.rank(
-        *blend.arrays(), index.product, index.check_columns, n, max(1, math.ceil(max_share * n)),
-        index.top, len(index.tops), filters.in_stock_only, index.in_stock, price_filter, index.price,
+    rules = kernels.Rules(
+        n, max(1, math.ceil(max_share * n)), filters.in_stock_only, price_filter,
         -math.inf if filters.min_price is None else filters.min_price,
         math.inf if filters.max_price is None else filters.max_price,
-        index.category, index.category_filter(filters.category or ""),
-        np.array(bought + never, dtype=np.int64), len(bought), index.repeatable,
-        index.blocked_mask())
+        index.category_filter(filters.category or ""), np.array(bought + never, dtype=np.int64),
+        len(bought), index.blocked_mask())
+    chosen, scores = kernels.rank(kernels.RankInput(index.catalog, blend.sources(), rules))
     positions, reasons = chosen.tolist()
     return positions, scores.tolist(), reasons
 

@@ -21,10 +21,12 @@ from __future__ import annotations
 
 import threading
 from dataclasses import dataclass, field
+from functools import cached_property
 
 import numpy as np
 
 from features.contracts import ItemKind
+from serving.kernels import Catalog
 from serving.shop import ShopView
 from training.interactions import Interactions
 
@@ -96,6 +98,12 @@ class ProductIndex:
             product=np.array(is_product, dtype=bool),
             check_columns=not all(is_product[:len(columns)]), popular=popular, new=new,
             new_top=top[new])
+
+    @cached_property
+    def catalog(self) -> Catalog:
+        """The arrays the compiled ranking pass reads for every request."""
+        return Catalog(self.product, self.check_columns, self.top, len(self.tops), self.in_stock,
+                       self.price, self.category, self.repeatable, self.new, self.new_top)
 
     def blocked_mask(self) -> np.ndarray:
         """This thread's per-product scratch mask for the rules (``serving.kernels.rank``):

@@ -1,8 +1,8 @@
 """The nextbest BentoML service: ranked products, content and offers per customer.
 
 Models are loaded once per worker in ``__init__`` by MLflow alias (default ``champion``), with
-the shop view they are served with; both are held in one immutable ``ServingState`` that is
-replaced whole. A background thread polls the alias (``NEXTBEST_RELOAD_INTERVAL_SECONDS``) and
+the shop view they are served with; both are held in one immutable ``ServingState``
+(``serving/state.py``, which builds it) that is replaced whole. A background thread polls the alias (``NEXTBEST_RELOAD_INTERVAL_SECONDS``) and
 ``admin_reload`` forces a check; new models are loaded aside, smoke-checked, and only then
 swapped in, so a request in flight always finishes on the state it started with.
 
@@ -35,14 +35,12 @@ import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import replace
 from datetime import UTC, datetime
 from functools import partial
 from http import HTTPStatus
 
 import anyio.to_thread
 import bentoml
-import numpy as np
 import orjson
 from bentoml.exceptions import BentoMLException, InvalidArgument, ServiceUnavailable
 from starlette.responses import Response
@@ -50,13 +48,11 @@ from threadpoolctl import threadpool_limits
 
 from features.config_files import file_stamp
 from features.contracts import CONTACT_CHANNELS
-from features.event_time import TimeWindow
 from features.experiments import Assignment, ExperimentsError, assign, load_plan, plan_path
 from features.ingest import parse_events
 from features.online import CustomerState, OnlineStateUnavailable, open_online_store
 from features.online.breaker import Breaker
 from features.settings import Settings, get_settings
-from features.warehouse import Warehouse
 from serving.auth import TokenAuth, bearer, token_matches
 from serving.cors import Cors
 from serving.engagement.policy import consent_in_force, load_policy, policy_path
@@ -71,24 +67,9 @@ from serving.health import HEALTH, Readiness
 from serving.interleaving import interleaved_answer, team_states
 from serving.launch import version as nextbest_version
 from serving.launch import with_data_dir_resolved
-from serving.models import (
-    LoadedModels,
-    ModelCache,
-    RegistryUnavailable,
-    VersionsRefused,
-    load_last_good,
-    load_models,
-    offer_model_name,
-    resolve_versions,
-)
-from serving.offers import OfferScorer
+from serving.models import ModelCache, RegistryUnavailable, VersionsRefused, resolve_versions
 from serving.openapi import ENDPOINTS, ApiDocs
-from serving.pipeline import (
-    ContentIndex,
-    ServingState,
-    recommend,
-    similar_products,
-)
+from serving.pipeline import recommend, similar_products
 from serving.request_limits import RequestLimits
 from serving.schemas import (
     ConsentAnswer,
@@ -108,17 +89,19 @@ from serving.schemas import (
 )
 from serving.scores import propensity_answer
 from serving.service_logs import show_service_logs
-from serving.shop import load_shop
+from serving.state import (
+    ServingState,
+    build_state,
+    load_state,
+    variant_states,
+)
 from serving.workarounds.accepting import accept_one_connection_per_turn, warn_unless_spread
 from serving.workarounds.http_errors import JsonErrors
 from serving.workarounds.huge_pages import log_huge_pages, worker_envs
 from serving.workarounds.timeouts import cancel_timers_when_answered
 from serving.workarounds.validation_errors import ReadableValidationErrors
-from training.propensity.scoring import ScoredCustomers, customer_features
 
 log = logging.getLogger("nextbest.serving")
-NEIGHBOURS = 50
-"""Neighbours kept per item; similar_items asking for more scores the catalog instead."""
 STORE_THREADS = 4
 """Threads of a worker for the online store's I/O: writes wait on a disk or a network, and must
 hold neither the event loop nor BentoML's thread for the other endpoints."""
@@ -126,58 +109,6 @@ hold neither the event loop nor BentoML's thread for the other endpoints."""
 
 class Forbidden(BentoMLException):
     error_code = HTTPStatus.FORBIDDEN
-
-
-def build_state(settings: Settings, models: LoadedModels | None = None) -> ServingState:
-    """A serving state to start with: the aliased versions (or ``models``, when given) if they
-    load and answer, else the last good versions from the cache, saying why."""
-    if models is not None:
-        return assemble_state(settings, models)
-    try:
-        return load_state(settings)
-    except (RegistryUnavailable, VersionsRefused) as error:
-        return assemble_state(settings, load_last_good(settings, str(error)))
-
-
-def load_state(settings: Settings, retry_refused: bool = False) -> ServingState:
-    """The state of the versions the alias names now, loaded from the registry. A set that does
-    not load or does not answer is remembered as refused (``ModelCache``) and raised as
-    :class:`VersionsRefused`; a set that works becomes the last good one."""
-    models = load_models(settings, settings.serving_alias, retry_refused)
-    cache = ModelCache(settings)
-    try:
-        state = assemble_state(settings, models)
-    except Exception as error:  # noqa: BLE001 - whatever a broken model raises, it is refused
-        reason = f"versions {models.versions} fail with the shop: {type(error).__name__}: {error}"
-        cache.refuse(models.versions, reason)
-        raise VersionsRefused(models.versions, reason) from None
-    cache.remember_good(models.versions)
-    return state
-
-
-def assemble_state(settings: Settings, models: LoadedModels) -> ServingState:
-    """Models and the shop view as one state, checked to answer."""
-    warehouse = Warehouse(settings.data_dir / "warehouse")
-    # read once for everything below; an event stored with a date no shop has (before such
-    # events were refused) must neither stop the start nor move the shop's clock
-    events = warehouse.events_within(TimeWindow.current(settings), log.warning)
-    items = warehouse.items()
-    shop = load_shop(warehouse, events, items)
-    scores = None
-    if models.propensity is not None:
-        scores = ScoredCustomers.score(models.propensity,
-                                       models.versions[settings.propensity_name], events, items)
-    offers = None
-    if models.offer is not None:
-        options = models.offer.feature_options_
-        features = (scores.features if scores is not None
-                    and scores.model.feature_options_ == options
-                    else customer_features(events, items, options=options)[1])
-        offers = OfferScorer(models.offer, models.versions[offer_model_name(settings)], features)
-    state = ServingState(models, shop, ContentIndex(shop), scores,
-                         neighbour_table(models.recommender.model, settings), offers)
-    smoke_check(state)
-    return state
 
 
 def ranked_answer(state: ServingState, variants: dict[str, ServingState], settings: Settings,
@@ -193,39 +124,6 @@ def ranked_answer(state: ServingState, variants: dict[str, ServingState], settin
     if placed.recommender is not None:
         state = variants.get(placed.recommender, state)
     return recommend(state, request, now, settings.max_category_share, live, policy, placed)
-
-
-def variant_states(settings: Settings, state: ServingState, versions: set[str]
-                   ) -> dict[str, ServingState]:
-    """A serving state per recommender version the experiments name, sharing everything but
-    the recommender (and what is derived from it) with ``state``: each costs one more copy of
-    a recommender's tables and arrays in every worker (docs/experiments.md)."""
-    states = {}
-    cache = ModelCache(settings)
-    name = settings.recommender_name
-    for version in sorted(versions - {state.models.versions.get(name)}):
-        cache.fetch(name, version)
-        loaded = cache.read({name: version}, "registry", verify=False)
-        models = replace(state.models, recommender=loaded.recommender,
-                         versions={**state.models.versions, name: version})
-        variant = replace(state, models=models,
-                          neighbours=neighbour_table(loaded.recommender.model, settings))
-        smoke_check(variant)
-        states[version] = variant
-    if state.models.versions.get(name) in versions:
-        states[state.models.versions[name]] = state
-    return states
-
-
-def neighbour_table(model, settings: Settings) -> tuple[np.ndarray, np.ndarray] | None:
-    """Every item's nearest items, precomputed for factor models up to a catalog size (the cost
-    grows with its square); other models score similarity per request."""
-    if model.n_items_ > settings.neighbour_table_max_items:
-        return None
-    try:
-        return model.item_neighbours(N=NEIGHBOURS)
-    except ValueError:  # sparse or wide item vectors (item-kNN, EASE): scored per request
-        return None
 
 
 def json_response(body: dict, status: int = HTTPStatus.OK,
@@ -256,22 +154,6 @@ def share_blas_threads(workers: int | str) -> int:
     share = max(1, cores // max(1, count))
     threadpool_limits(share, user_api="blas")
     return share
-
-
-def smoke_check(state: ServingState) -> None:
-    """A model that cannot answer a known customer, an unknown one and one with events newer
-    than the model is never swapped in. It also builds what a request would otherwise build
-    first (the product arrays, the compiled loops)."""
-    interactions = state.models.recommender.interactions
-    known = next(iter(interactions.user_ids), "smoke-unknown")
-    viewed = next(iter(interactions.item_ids), None)
-    fresh = CustomerState("smoke-fresh", views=[(str(viewed), 0.0)] if viewed is not None else [],
-                          last_event=0.0)
-    for customer, live in ((str(known), None), ("smoke-unknown", None), ("smoke-fresh", fresh)):
-        answer = recommend(state, RecommendRequest(customer_id=customer), state.shop.as_of,
-                           live=live)
-        if not answer["products"]:
-            raise RuntimeError(f"smoke check failed: no products for customer {customer}")
 
 
 def apply_framework_workarounds() -> None:

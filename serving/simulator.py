@@ -136,7 +136,8 @@ class InProcessShop:
 
     def __init__(self, settings: Settings, ranker: str = "pipeline") -> None:
         # as the service loads and ranks (imported here: the service module brings BentoML)
-        from serving.service import build_state, ranked_answer, variant_states
+        from serving.service import ranked_answer
+        from serving.state import build_state, variant_states
 
         self.ranked_answer = ranked_answer
 

@@ -3,8 +3,10 @@
 
 from __future__ import annotations
 
+import inspect
 import math
 import os
+import re
 import subprocess
 import sys
 from collections import Counter
@@ -12,10 +14,12 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pytest
 import scipy.sparse as sp
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from serving import kernels
 from serving.pipeline import (
     FOR_YOU,
     NEW,
@@ -287,3 +291,19 @@ def test_the_index_puts_the_recommenders_columns_first_and_knows_which_are_produ
     assert index.new.tolist() == [3]
     assert index.tops[index.top[0]] == "b" and not index.in_stock[0]
     assert not ProductIndex.build(shop, columns(["p2", "p1"])).check_columns
+
+
+@pytest.mark.parametrize("structure,name", [(kernels.Catalog, "catalog"),
+                                            (kernels.Rules, "rules")])
+def test_the_compiled_passes_unpack_each_structure_in_its_declared_order(structure, name):
+    """The compiled passes take ``Catalog`` and ``Rules`` as plain tuples and unpack them by
+    position (``kernels.rank`` says why): each unpacking names the fields as declared."""
+    source = re.sub(r"[\s\\\\()]+", " ", inspect.getsource(kernels))
+    unpacked = re.findall(rf"((?:\w+, )+\w+) = {name}\b", source)
+    assert unpacked and all(u.split(", ") == list(structure._fields) for u in unpacked)
+
+
+def test_the_compiled_pass_unpacks_the_sources_in_their_declared_order():
+    source = re.sub(r"[\s\\\\()]+", " ", inspect.getsource(kernels))
+    unpacked = re.findall(r"((?:\w+, )+\w+) = sources\b", source)
+    assert unpacked == [", ".join(kernels.Sources._fields)]

@@ -22,8 +22,7 @@ from serving.engagement.journeys import (
 )
 from serving.engagement.policy import Cap, CartAbandoned, CategoryBrowsing, ContactPolicy, QuietHours
 from serving.engagement.scheduler import JourneyEngine
-from serving.pipeline import ServingState
-from serving.service import build_state
+from serving.state import ServingState, build_state
 
 NOON = datetime(2026, 3, 2, 12, 0, tzinfo=UTC)
 OPEN_POLICY = ContactPolicy()

@@ -40,17 +40,11 @@ from starlette.testclient import TestClient
 from features.contracts import ItemKind
 from features.settings import Settings, get_settings
 from serving.offers import OfferScorer, offer_is_eligible
-from serving.pipeline import (
-    CANDIDATES,
-    ContentIndex,
-    ServingState,
-    rank_offers,
-    recommend,
-    similar_products,
-)
+from serving.pipeline import CANDIDATES, rank_offers, recommend, similar_products
 from serving.schemas import RecommendRequest
-from serving.service import NextBest, build_state
+from serving.service import NextBest
 from serving.shop import Behaviour, Item, ShopView
+from serving.state import ContentIndex, ServingState, build_state
 from serving.workarounds.huge_pages import WORKER_ENVS
 from tests.conftest import promote_by_hand, require_program
 from training import registry
@@ -186,7 +180,7 @@ def test_every_kind_of_request_hands_the_compiled_call_the_same_types(state):
 
     def types(blend: Blend) -> tuple:
         return tuple((a.dtype, a.ndim) if isinstance(a, np.ndarray) else type(a)
-                     for a in blend.arrays())
+                     for a in blend.sources())
 
     seen = set()
     for customer_id, context, live in asks:

@@ -46,8 +46,9 @@ from serving.engagement.journeys import Condition, Journey, JourneyPlan, Message
 from serving.engagement.policy import ContactPolicy, contact_verdict, recently_shown, verdict_rule
 from serving.engagement.situations import Situation, abandoned_cart, category_interest
 from serving.exposure_log import decision_exposure, journey_exposure, suppressed_exposure
-from serving.pipeline import Candidate, ServingState, rank_offers, rank_products, with_live_state
+from serving.pipeline import Candidate, rank_offers, rank_products, with_live_state
 from serving.schemas import RecommendRequest
+from serving.state import ServingState
 
 BATCH = 200
 """Customers advanced in one transaction: many per disk sync, and the write lock held for a

@@ -13,7 +13,7 @@ from datetime import datetime
 
 from features.contracts import ItemKind
 from features.online.state import CustomerState
-from serving.pipeline import ServingState
+from serving.state import ServingState
 
 Situation = tuple[str, float, str, str | None]
 """(key of this occurrence, when it started to hold, human reason, category it is about)"""
