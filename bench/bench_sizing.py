@@ -38,13 +38,14 @@ TARGET_PSS_GB = 1.5
 TARGET_START_S = 30.0
 
 
-def pss_and_rss(pid: int) -> tuple[float, float]:
-    """The process's PSS and RSS in bytes, from smaps_rollup (kB)."""
+def rollup(pid: int) -> dict[str, float]:
+    """The process's memory from smaps_rollup, in bytes: Pss, Pss_Anon (its own heap),
+    Pss_File (its share of mapped files), Rss."""
     fields = {}
     for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines()[1:]:
         name, value = line.split(":", 1)
         fields[name] = float(value.split()[0]) * 1024
-    return fields["Pss"], fields["Rss"]
+    return fields
 
 
 def workers_of(server) -> list[psutil.Process]:
@@ -53,10 +54,12 @@ def workers_of(server) -> list[psutil.Process]:
 
 
 def memory(server) -> dict:
-    measured = [pss_and_rss(p.pid) for p in workers_of(server)]
-    return {"pss_gb": sum(m[0] for m in measured) / 1e9,
-            "rss_gb": sum(m[1] for m in measured) / 1e9,
-            "per_worker_pss_gb": [round(m[0] / 1e9, 3) for m in measured]}
+    measured = [rollup(p.pid) for p in workers_of(server)]
+    return {"pss_gb": sum(m["Pss"] for m in measured) / 1e9,
+            "anon_gb": sum(m["Pss_Anon"] for m in measured) / 1e9,
+            "file_gb": sum(m["Pss_File"] for m in measured) / 1e9,
+            "rss_gb": sum(m["Rss"] for m in measured) / 1e9,
+            "per_worker_pss_gb": [round(m["Pss"] / 1e9, 3) for m in measured]}
 
 
 def warm(url: str, customers: int, requests: int) -> None:
@@ -90,6 +93,8 @@ def main() -> None:
               "workers": args.workers, "ready_s": round(ready_s, 1),
               "pss_gb_at_ready": round(at_ready["pss_gb"], 3),
               "pss_gb_after_requests": round(served["pss_gb"], 3),
+              "anon_gb_after_requests": round(served["anon_gb"], 3),
+              "file_gb_after_requests": round(served["file_gb"], 3),
               "rss_gb_after_requests": round(served["rss_gb"], 3),
               "per_worker_pss_gb": served["per_worker_pss_gb"]}
     rows = [
@@ -99,6 +104,8 @@ def main() -> None:
         (f"workers' total PSS after {args.requests:,} requests", f"{served['pss_gb']:.2f} GB",
          f"<= {TARGET_PSS_GB:g} GB",
          "met" if served["pss_gb"] <= TARGET_PSS_GB else "not met"),
+        ("of which their own heaps (anonymous) / shared mapped files",
+         f"{served['anon_gb']:.2f} / {served['file_gb']:.2f} GB", "", ""),
         ("workers' total RSS (double-counts shared pages)", f"{served['rss_gb']:.2f} GB", "", ""),
     ]
     table = "| | measured | target | |\n|---|---|---|---|\n" + "\n".join(
@@ -107,7 +114,7 @@ def main() -> None:
     print(json.dumps(result))
     if not args.no_record:
         record_section(f"sizing_{args.customers}", f"API memory and start-up: {args.customers:,} "
-                       f"customers", "python bench/bench_sizing.py " + " ".join(sys.argv[1:]),
+                       f"customers", "python bench/bench_sizing.py " + " ".join(sys.argv[1:]).strip(),
                        f"{args.items:,} items, {args.customers:,} customers, 64 factors, "
                        f"{args.workers} workers (bench/service_app.py's state, its tables already "
                        f"on disk).\n\n{table}\n")

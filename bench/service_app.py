@@ -51,6 +51,7 @@ from serving.service import (
 from serving.shop import Behaviour, Item, ShopView
 from serving.state import ContentIndex, ServingState, neighbour_table, smoke_check
 from serving.workarounds.huge_pages import worker_envs
+from training.artifacts import mapped
 from training.interactions import Interactions
 from training.recommenders import make_recommender
 from training.tracking import TOP_ITEMS, Bundle
@@ -63,10 +64,16 @@ def synthetic_state(n_items: int, n_customers: int, factors: int = 64, seed: int
     rng = np.random.default_rng(seed)
     item_ids = np.array([f"p{i:06d}" for i in range(n_items)], dtype=object)
     user_ids = np.array([f"c{i:07d}" for i in range(n_customers)], dtype=object)
+    cache = Path(os.environ.get("NB_CACHE", Path.home() / ".cache" / "nextbest-bench"))
+    cache /= f"{n_items}x{n_customers}x{factors}-seed{seed}"
     model = make_recommender("als", factors=factors)
     model.n_items_ = n_items
-    model._restore({"user_factors": rng.normal(0, 0.1, (n_customers, factors)).astype(np.float32),
-                    "item_factors": rng.normal(0, 0.1, (n_items, factors)).astype(np.float32)})
+    # drawn every time, so that the draws after them (the histories, the catalog) are the ones
+    # the cached tables were built with; mapped from the file, as the service maps its factors
+    drawn = (rng.normal(0, 0.1, (n_customers, factors)).astype(np.float32),
+             rng.normal(0, 0.1, (n_items, factors)).astype(np.float32))
+    user_factors, item_factors = cached_arrays(cache / "factors", lambda: drawn)
+    model._restore({"user_factors": user_factors, "item_factors": item_factors})
     per_user = 5
     columns = rng.integers(0, n_items, n_customers * per_user)
     rows = np.repeat(np.arange(n_customers), per_user)
@@ -112,8 +119,6 @@ def synthetic_state(n_items: int, n_customers: int, factors: int = 64, seed: int
                     [(a, float(1000 - k)) for k, a in enumerate(content[:300])],
                     {f"o{k:03d}": 0.05 + 0.01 * k for k in range(20)},
                     [i.item_id for i in new], as_of)
-    cache = Path(os.environ.get("NB_CACHE", Path.home() / ".cache" / "nextbest-bench"))
-    cache /= f"{n_items}x{n_customers}x{factors}-seed{seed}"
     top_items = cached_arrays(cache / "top", lambda: model.recommend_all(matrix, N=TOP_ITEMS))
     neighbours = cached_arrays(cache / "neighbours", lambda: neighbour_table(model, Settings()))
     models = LoadedModels(Bundle(model, interactions, popularity, top_items),
@@ -132,7 +137,7 @@ def cached_arrays(prefix: Path, build) -> tuple[np.ndarray, np.ndarray]:
             with partial.open("wb") as file:  # np.save would add ".npy" to a bare path
                 np.save(file, array)
             os.replace(partial, path)
-    return tuple(np.load(path) for path in (first, second))  # read, as the service reads them
+    return tuple(mapped(path) for path in (first, second))  # mapped, as the service maps them
 
 
 def fresh_events(n_items: int, customers: int) -> list[dict]:

@@ -7,8 +7,10 @@ direct lookup).
 The local copy (``<data_dir>/serving-cache/``, :class:`ModelCache`) is what a service starts
 from when the registry is unreachable, so it must never hold anything but models that worked:
 
-* each version is downloaded aside, with a checksum of every file, and renamed into place
-  whole; a cached version whose files no longer match their checksums is fetched again;
+* each version is downloaded aside, with the recommender's arrays unpacked one per file for
+  the workers to map (``training.artifacts.MAPPED_DIR``) and a checksum of every file, and
+  renamed into place whole; a cached version whose files no longer match their checksums is
+  fetched again;
 * the manifest names the *last good* set of versions, and is written only after those versions
   loaded and answered the smoke check (``remember_good``);
 * a set that fails to load or to answer is remembered as refused, with the reason
@@ -37,7 +39,13 @@ from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 
 from features.settings import Settings
-from training.artifacts import IDS_FILE, PROPENSITY_FILE, RECOMMENDER_FILE
+from training.artifacts import (
+    IDS_FILE,
+    MAPPED_DIR,
+    PROPENSITY_FILE,
+    RECOMMENDER_FILE,
+    unpack_arrays,
+)
 from training.propensity.model import PropensityModel
 from training.tracking import Bundle, configure, load_bundle
 
@@ -111,6 +119,8 @@ class ModelCache:
         # version at the same moment, and each must neither clear nor publish another's copy.
         staging = self.root / name / f".{version}.{os.getpid()}.{uuid.uuid4().hex[:8]}.partial"
         shutil.copytree(downloaded / "artifacts", staging)
+        if (staging / RECOMMENDER_FILE).exists():  # mapped by every worker, not read by each
+            unpack_arrays(staging / RECOMMENDER_FILE, staging / MAPPED_DIR)
         _write_json(staging / CHECKSUMS, _checksums(staging))
         try:
             os.rename(staging, target)  # a half-copied version is never visible

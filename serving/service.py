@@ -2,9 +2,10 @@
 
 Models are loaded once per worker in ``__init__`` by MLflow alias (default ``champion``), with
 the shop view they are served with; both are held in one immutable ``ServingState``
-(``serving/state.py``, which builds it) that is replaced whole. A background thread polls the alias (``NEXTBEST_RELOAD_INTERVAL_SECONDS``) and
-``admin_reload`` forces a check; new models are loaded aside, smoke-checked, and only then
-swapped in, so a request in flight always finishes on the state it started with.
+(``serving/state.py``, which builds it) that is replaced whole. A background thread polls the
+alias (``NEXTBEST_RELOAD_INTERVAL_SECONDS``) and ``admin_reload`` forces a check; new models
+are loaded aside, smoke-checked, and only then swapped in, so a request in flight always
+finishes on the state it started with.
 
 Customers' latest events arrive on ``events`` and are recorded durably in the online store
 (embedded SQLite or Redis) before the call returns; every ``recommend`` reads the customer's

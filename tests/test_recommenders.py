@@ -14,6 +14,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from features.synthetic import ShopConfig, generate_shop
+from training.artifacts import unpack_arrays
 from training.evaluate import evaluate, time_split
 from training.interactions import InteractionConfig, build_interactions
 from training.recommender_job import fit_model
@@ -96,6 +97,18 @@ class RecommenderContract:
         loaded = Recommender.load(path)
         assert type(loaded) is type(model)
         assert loaded.get_params() == model.get_params()
+        for user in range(6):
+            a = model.recommend(user, TINY[user], N=3)
+            b = loaded.recommend(user, TINY[user], N=3)
+            np.testing.assert_array_equal(a[0], b[0])
+            np.testing.assert_allclose(a[1], b[1], rtol=1e-6)
+
+    def test_loading_from_the_unpacked_arrays_gives_the_same_answers(self, tmp_path):
+        """The service maps a version's arrays from their unpacked copy (one file each)."""
+        model = self.fitted()
+        path = model.save(tmp_path / "model")
+        unpack_arrays(path, tmp_path / "mapped")
+        loaded = Recommender.load(path, tmp_path / "mapped")
         for user in range(6):
             a = model.recommend(user, TINY[user], N=3)
             b = loaded.recommend(user, TINY[user], N=3)
@@ -289,3 +302,19 @@ def test_top_n_is_the_exact_partial_sort_whatever_the_scores(seed, n, columns, f
     assert np.array_equal(top[0], expected)
     assert np.array_equal(scores[0, ids[0]], top[0])
     assert len(set(ids[0].tolist())) == len(ids[0])
+
+
+def test_a_factor_model_loaded_from_unpacked_arrays_maps_its_factors(tmp_path):
+    """Mapped, every worker serving the version shares one copy of them in the page cache."""
+    import mmap
+
+    model = make_recommender("als", factors=8, iterations=2).fit(TINY)
+    path = model.save(tmp_path / "model")
+    unpack_arrays(path, tmp_path / "mapped")
+    arrays = Recommender.load(path, tmp_path / "mapped")._arrays()
+
+    for name in ("user_factors", "item_factors"):
+        base = arrays[name]
+        while not isinstance(base, mmap.mmap) and getattr(base, "base", None) is not None:
+            base = base.base
+        assert isinstance(base, mmap.mmap), f"{name} is a copy"

@@ -63,10 +63,6 @@ def data_dir(serving_dir) -> Path:
 def env(data_dir, monkeypatch):
     monkeypatch.setenv("NEXTBEST_DATA_DIR", str(data_dir))
     monkeypatch.setenv("NEXTBEST_RELOAD_INTERVAL_SECONDS", "0")
-    # No timer moving ingested events into the shared warehouse: they would arrive mid-suite,
-    # at today's date, in the data other tests copy and train on (the offer-model test then
-    # found no redemptions in its last snapshot). Flushing is tested on its own data.
-    monkeypatch.setenv("NEXTBEST_FLUSH_INTERVAL_SECONDS", "0")
     monkeypatch.setenv("NEXTBEST_ADMIN_TOKEN", TOKEN)
     get_settings.cache_clear()
     yield get_settings()
@@ -179,7 +175,7 @@ def test_every_kind_of_request_hands_the_compiled_call_the_same_types(state):
             ("nobody-we-know", {"current_item": text_only}, None)]
 
     def types(blend: Blend) -> tuple:
-        return tuple((a.dtype, a.ndim) if isinstance(a, np.ndarray) else type(a)
+        return tuple((a.dtype, a.ndim, a.flags.writeable) if isinstance(a, np.ndarray) else type(a)
                      for a in blend.sources())
 
     seen = set()
@@ -909,6 +905,21 @@ def test_a_stored_event_dated_9999_does_not_stop_the_service_from_starting(own_r
     assert service.__is_ready__()
     assert service.state.shop.as_of < pd.Timestamp("2100-01-01", tz="UTC")
     assert any("from-9999 at 9999-12-31" in r.getMessage() for r in caplog.records)
+
+
+def is_mapped(array) -> bool:
+    """Is the array a view of a memory-mapped file (shared through the page cache)?"""
+    import mmap
+
+    while not isinstance(array, mmap.mmap) and getattr(array, "base", None) is not None:
+        array = array.base
+    return isinstance(array, mmap.mmap)
+
+
+def test_the_served_top_items_table_is_mapped_from_the_cache_not_copied(state):
+    top_items, top_scores = state.models.recommender.top_items
+    assert is_mapped(top_items) and is_mapped(top_scores)
+    assert top_items.flags.writeable, "typed as the arrays a request builds (no recompiling)"
 
 
 def test_a_cached_copy_that_no_longer_matches_its_checksums_is_fetched_again(own_registry,

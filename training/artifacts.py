@@ -13,6 +13,8 @@ import tomllib
 from importlib import metadata
 from pathlib import Path
 
+import numpy as np
+
 RECOMMENDER_FILE = "recommender.npz"
 """The recommender's arrays (``Recommender.save``)."""
 IDS_FILE = "ids.npz"
@@ -21,6 +23,10 @@ TOP_ITEMS_FILE, TOP_SCORES_FILE = "top_items.npy", "top_scores.npy"
 """Each fitted customer's best items and their scores."""
 PROPENSITY_FILE = "propensity.npz"
 """A propensity model's booster, calibration map and feature options (``PropensityModel.save``)."""
+MAPPED_DIR = "mapped"
+"""The recommender's arrays unpacked one per ``.npy`` file (``unpack_arrays``), so that every
+process serving the version maps them from one copy in the page cache instead of reading its
+own: written once, by whoever caches the version for serving."""
 
 _NAME = re.compile(r"^\s*([A-Za-z0-9][A-Za-z0-9._-]*)")
 
@@ -47,3 +53,22 @@ def _project_requirements() -> list[str]:
 
 def _normalized(name: str) -> str:
     return re.sub(r"[-_.]+", "-", name).lower()
+
+
+def unpack_arrays(npz: Path, directory: Path) -> None:
+    """Write each array of ``npz`` to ``directory/<name>.npy`` (see ``MAPPED_DIR``)."""
+    directory.mkdir(parents=True, exist_ok=True)
+    with np.load(npz, allow_pickle=False) as data:
+        for name in data.files:
+            np.save(directory / f"{name}.npy", data[name])
+
+
+def mapped(path: Path) -> np.ndarray:
+    """The ``.npy`` file's array, mapped rather than read: its pages are the page cache's, shared
+    by every process that maps the file, and read from disk only when first touched.
+
+    Mapped copy-on-write (``mmap_mode="c"``): the array is writable as far as numpy and numba
+    can tell, so it has the type of the arrays a request builds, and the compiled ranking pass
+    is compiled once for both (a read-only array is another type, compiled again); nothing
+    writes to it, so no page is ever copied."""
+    return np.asarray(np.load(path, mmap_mode="c", allow_pickle=False))

@@ -25,9 +25,11 @@ from mlflow.types import ColSpec, Schema
 from features.settings import Settings
 from training.artifacts import (
     IDS_FILE,
+    MAPPED_DIR,
     RECOMMENDER_FILE,
     TOP_ITEMS_FILE,
     TOP_SCORES_FILE,
+    mapped,
     requirements,
 )
 from training.interactions import Interactions
@@ -155,18 +157,23 @@ def save_bundle(model: Recommender, interactions: Interactions, directory: Path)
 def load_bundle(model_path: str | Path, ids_path: str | Path,
                 top_items_dir: str | Path | None = None) -> Bundle:
     """Read the arrays written by :func:`save_bundle` (no pickle, no MLflow), with the top-items
-    table when ``top_items_dir`` holds one. The table is read into memory, not memory-mapped:
-    a request reads one random row, and a mapped row is a page fault on first touch (11 µs) or,
-    once the kernel has evicted the cold page, a disk read (p99 3.9 ms at 1M customers)."""
-    model = Recommender.load(model_path)
+    table when ``top_items_dir`` holds one, and the recommender's arrays from their unpacked copy
+    there (``MAPPED_DIR``) when it has one.
+
+    The large tables are mapped, not read (``training.artifacts.mapped``): every worker serving
+    the version shares one copy through the page cache (the top-items table alone is 1.6 GB at
+    a million customers), and a worker starts without reading it. A request touches one row of
+    each; a page is read from the page cache the first time a worker touches it (a minor fault;
+    docs/benchmarks.md has what that does to latency)."""
+    directory = Path(top_items_dir) if top_items_dir is not None else None
+    model = Recommender.load(model_path, directory / MAPPED_DIR if directory else None)
     with np.load(ids_path, allow_pickle=False) as data:
         arrays = {k: data[k] for k in data.files}
     interactions = Interactions(sp.csr_matrix(sparse_from("history", arrays)),
                                 arrays["user_ids"].astype(object), arrays["item_ids"].astype(object))
     top_items = None
-    if top_items_dir is not None and (Path(top_items_dir) / TOP_ITEMS_FILE).exists():
-        top_items = tuple(np.load(Path(top_items_dir) / name)
-                          for name in (TOP_ITEMS_FILE, TOP_SCORES_FILE))
+    if directory is not None and (directory / TOP_ITEMS_FILE).exists():
+        top_items = tuple(mapped(directory / name) for name in (TOP_ITEMS_FILE, TOP_SCORES_FILE))
         if top_items[0].shape[0] != len(interactions.user_ids):
             raise ValueError(f"{top_items_dir}: the top-items table has {top_items[0].shape[0]} "
                              f"rows for {len(interactions.user_ids)} customers")

@@ -28,6 +28,8 @@ import scipy.sparse as sp
 from pydantic import BaseModel, ConfigDict, ValidationError
 from threadpoolctl import threadpool_limits
 
+from training.artifacts import mapped
+
 
 class NotFittedError(RuntimeError):
     """Raised when a model is used before ``fit``."""
@@ -233,13 +235,19 @@ class Recommender(ABC):
         return path
 
     @classmethod
-    def load(cls, path: str | Path) -> Recommender:
-        """Read a model written by ``save``; the file says which class it is."""
+    def load(cls, path: str | Path, unpacked: Path | None = None) -> Recommender:
+        """Read a model written by ``save``; the file says which class it is. With ``unpacked``,
+        a directory holding its arrays one per file (``training.artifacts.unpack_arrays``),
+        they are mapped from there instead of read into this process's memory."""
         from training.recommenders import recommender_class
 
         with np.load(Path(path), allow_pickle=False) as data:
             header = json.loads(str(data["__header__"]))
-            arrays = {k: data[k] for k in data.files if k != "__header__"}
+            if unpacked is not None and unpacked.is_dir():
+                arrays = {k: mapped(unpacked / f"{k}.npy") for k in data.files
+                          if k != "__header__"}
+            else:
+                arrays = {k: data[k] for k in data.files if k != "__header__"}
         model_class = recommender_class(header["model"])
         if cls is not Recommender and not issubclass(model_class, cls):
             raise TypeError(f"{path} holds a {model_class.__name__}, not a {cls.__name__}")
