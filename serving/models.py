@@ -120,7 +120,10 @@ class ModelCache:
         staging = self.root / name / f".{version}.{os.getpid()}.{uuid.uuid4().hex[:8]}.partial"
         shutil.copytree(downloaded / "artifacts", staging)
         if (staging / RECOMMENDER_FILE).exists():  # mapped by every worker, not read by each
-            unpack_arrays(staging / RECOMMENDER_FILE, staging / MAPPED_DIR)
+            try:
+                unpack_arrays(staging / RECOMMENDER_FILE, staging / MAPPED_DIR)
+            except Exception:  # noqa: BLE001 - a corrupt artifact: loading it (read) says so
+                shutil.rmtree(staging / MAPPED_DIR, ignore_errors=True)  # and refuses it
         _write_json(staging / CHECKSUMS, _checksums(staging))
         try:
             os.rename(staging, target)  # a half-copied version is never visible
