@@ -17,9 +17,9 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	$(BIN)/nextbest demo --port $(PORT)
 
-## test: install, then run the whole test suite
+## test: install, then run the whole test suite (two processes, each test file in one of them)
 test: $(STAMP)
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -n 2 --dist loadfile
 
 lint: $(STAMP)
 	$(BIN)/ruff check features training serving tests bench

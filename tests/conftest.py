@@ -75,6 +75,13 @@ def serving_dir(tmp_path_factory) -> Path:
     return root
 
 
+def copy_of_served(source: Path, target: Path) -> Path:
+    """A copy of a served data directory (warehouse, registry, serving cache) with an online
+    store of its own, empty: the source's holds whatever the tests that served from it sent."""
+    shutil.copytree(source, target, ignore=shutil.ignore_patterns("online.db*"))
+    return target
+
+
 def promote_by_hand(settings, name: str, version: str) -> None:
     """Make a version champion whatever the gate said, as a person overruling it would: for
     tests about what is done with a champion, on shops too small for the model to win."""

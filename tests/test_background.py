@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import shutil
 import uuid
 from datetime import UTC, datetime
 
@@ -14,12 +13,13 @@ from features.online.embedded import EmbeddedStore
 from features.settings import Settings
 from features.warehouse import Warehouse
 from serving.background import BackgroundWorker
+from tests.conftest import copy_of_served
 
 
 @pytest.fixture
 def data(serving_dir, tmp_path):
     copy = tmp_path / "data"
-    shutil.copytree(serving_dir, copy)
+    copy_of_served(serving_dir, copy)
     (copy / "policy.yaml").write_text("{}\n")
     (copy / "journeys.yaml").write_text(yaml.safe_dump({"journeys": [{
         "name": "welcome", "entry": {"when": "event", "event": "add_to_cart"}, "goal": None,

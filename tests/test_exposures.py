@@ -4,7 +4,6 @@ what a crash can lose is bounded."""
 from __future__ import annotations
 
 import http.client
-import shutil
 import signal
 import threading
 import time
@@ -20,7 +19,7 @@ from features.settings import get_settings
 from features.warehouse import Warehouse
 from serving.exposure_log import ExposureLog
 from serving.schemas import RecommendRequest
-from tests.conftest import require_service
+from tests.conftest import copy_of_served, require_service
 from tests.test_service import post, start_server, stop
 
 
@@ -40,7 +39,7 @@ def service(serving_dir, tmp_path, monkeypatch):
     from serving.service import NextBest
 
     data = tmp_path / "data"
-    shutil.copytree(serving_dir, data)  # its own online store
+    copy_of_served(serving_dir, data)
     for name, value in (("DATA_DIR", str(data)), ("RELOAD_INTERVAL_SECONDS", "0"),
                         ("FLUSH_INTERVAL_SECONDS", "0")):
         monkeypatch.setenv(f"NEXTBEST_{name}", value)
@@ -114,7 +113,7 @@ def test_kill_9_loses_at_most_the_last_flush_interval_of_exposures(serving_dir, 
     """Requests answered one after another; the service is killed (every process, SIGKILL).
     Every answer older than the flush interval (plus the time one write takes) is in the log."""
     data = tmp_path / "data"
-    shutil.copytree(serving_dir, data)
+    copy_of_served(serving_dir, data)
     interval = 0.2
     server, url = start_server(data, tmp_path, NEXTBEST_FLUSH_INTERVAL_SECONDS="0",
                                NEXTBEST_EXPOSURE_FLUSH_MS=str(int(interval * 1000)))

@@ -23,6 +23,7 @@ from serving.engagement.journeys import (
 from serving.engagement.policy import Cap, CartAbandoned, CategoryBrowsing, ContactPolicy, QuietHours
 from serving.engagement.scheduler import JourneyEngine
 from serving.state import ServingState, build_state
+from tests.conftest import copy_of_served
 
 NOON = datetime(2026, 3, 2, 12, 0, tzinfo=UTC)
 OPEN_POLICY = ContactPolicy()
@@ -494,7 +495,6 @@ def test_kill_9_of_the_scheduler_loses_no_step_and_repeats_none(serving_dir, tmp
     """600 customers enter at once; the scheduler process is killed with SIGKILL after its
     first batch lands, then started again: every customer gets their message exactly once."""
     import os
-    import shutil
     import signal
     import subprocess
     import sys
@@ -502,7 +502,7 @@ def test_kill_9_of_the_scheduler_loses_no_step_and_repeats_none(serving_dir, tmp
     from pathlib import Path
 
     data = tmp_path / "data"
-    shutil.copytree(serving_dir, data)
+    copy_of_served(serving_dir, data)
     (data / "journeys.yaml").write_text(yaml.safe_dump({"journeys": [{
         "name": "welcome", "entry": {"when": "event", "event": "add_to_cart"}, "goal": None,
         "reentry": {"after_days": None},

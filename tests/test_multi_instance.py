@@ -28,7 +28,15 @@ from features.settings import Settings
 from features.synthetic import ShopConfig, generate_shop, store_shop
 from features.warehouse import Warehouse
 from tests.conftest import require_program, require_service, tracking_server_on_postgresql
-from tests.test_service import _free_port, an_event, post, private_redis, start_server, stop
+from tests.test_service import (
+    _free_port,
+    an_event,
+    post,
+    private_redis,
+    spawn_server,
+    stop,
+    wait_until_ready,
+)
 from training.recommender_job import train_recommender
 
 pytestmark = [pytest.mark.services, pytest.mark.slow]
@@ -77,14 +85,15 @@ def deployment(tmp_path_factory):
                             redis_url=redis_url, redis_prefix="nextbest:two:")
         spare = train_recommender(settings, "popularity").version
         assert train_recommender(settings, "itemknn").decision.promoted
-        instances = [start_server(data, root / f"api{k}", **env) for k in range(2)]
-        for server, _ in instances:
+        spawned = [spawn_server(data, root / f"api{k}", **env) for k in range(2)]
+        for server, _ in spawned:
             stack.callback(stop, server)
         worker = subprocess.Popen([sys.executable, "-m", "serving.cli", "worker"],
                                   cwd=Path(__file__).resolve().parents[1],
                                   env={**os.environ, "NEXTBEST_DATA_DIR": str(data), **env},
                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         stack.callback(lambda: (worker.terminate(), worker.wait(timeout=60)))
+        instances = [wait_until_ready(*started) for started in spawned]  # they start together
         balancer = stack.enter_context(haproxy(root, [url for _, url in instances]))
         yield Deployment(settings, env, instances, balancer, spare)
 

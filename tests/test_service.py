@@ -46,7 +46,7 @@ from serving.service import NextBest
 from serving.shop import Behaviour, Item, ShopView
 from serving.state import ContentIndex, ServingState, build_state
 from serving.workarounds.huge_pages import WORKER_ENVS
-from tests.conftest import promote_by_hand, require_program
+from tests.conftest import copy_of_served, promote_by_hand, require_program
 from training import registry
 from training.propensity_job import train_propensity
 from training.recommender_job import train_recommender
@@ -837,7 +837,7 @@ def test_with_the_registry_down_it_starts_from_the_last_loaded_models(env, monke
 def own_registry(data_dir, tmp_path, monkeypatch):
     """A copy of the served data directory and registry that a test may break."""
     copy = tmp_path / "data"
-    shutil.copytree(data_dir, copy)
+    copy_of_served(data_dir, copy)
     shutil.rmtree(copy / "serving-cache", ignore_errors=True)
     for name, value in {"NEXTBEST_DATA_DIR": str(copy), "NEXTBEST_RELOAD_INTERVAL_SECONDS": "0",
                         "NEXTBEST_FLUSH_INTERVAL_SECONDS": "0",
@@ -1020,6 +1020,11 @@ def _free_port() -> int:
 def start_server(data_dir: Path, tmp_path: Path, **env: str) -> tuple[subprocess.Popen, str]:
     """``bentoml serve`` in a subprocess, returned once /readyz answers 200; the workers' memory
     settings are the service's own, whatever this process runs with."""
+    return wait_until_ready(*spawn_server(data_dir, tmp_path, **env))
+
+
+def spawn_server(data_dir: Path, tmp_path: Path, **env: str) -> tuple[subprocess.Popen, str]:
+    """``start_server`` without the wait: several start at once (``wait_until_ready`` each)."""
     port = _free_port()
     inherited = {k: v for k, v in os.environ.items() if k not in WORKER_ENVS}
     env = {**inherited, "NEXTBEST_DATA_DIR": str(data_dir),
@@ -1030,16 +1035,16 @@ def start_server(data_dir: Path, tmp_path: Path, **env: str) -> tuple[subprocess
         [sys.executable, "-m", "bentoml", "serve", "serving.service:NextBest", "--port", str(port),
          "--host", "127.0.0.1"], cwd=root, env=env, stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE, text=True, start_new_session=True)
-    return server, wait_until_ready(server, f"http://127.0.0.1:{port}")
+    return server, f"http://127.0.0.1:{port}"
 
 
-def wait_until_ready(server: subprocess.Popen, url: str) -> str:
+def wait_until_ready(server: subprocess.Popen, url: str) -> tuple[subprocess.Popen, str]:
     deadline = time.monotonic() + 120
     while True:
         try:
             with urllib.request.urlopen(f"{url}/readyz", timeout=2) as ready:
                 if ready.status == 200:
-                    return url
+                    return server, url
         except OSError:
             if server.poll() is not None or time.monotonic() > deadline:
                 server.kill()
@@ -1133,7 +1138,7 @@ def test_kill_9_under_concurrent_batches_loses_and_doubles_no_acknowledged_event
     from features.warehouse import Warehouse
 
     online = tmp_path / "data"
-    shutil.copytree(data_dir, online)  # its own online store; the models and warehouse as served
+    copy_of_served(data_dir, online)  # the models and warehouse as served
     with contextlib.ExitStack() as stack:
         env = {"NEXTBEST_FLUSH_INTERVAL_SECONDS": "0", "NEXTBEST_ONLINE_BACKEND": backend}
         if backend == "redis":
@@ -1266,7 +1271,7 @@ def test_the_built_bento_serves_the_models_of_the_directory_it_is_started_from(d
     tag = built.stdout.strip().splitlines()[-1].removeprefix("__tag__:")
     [bento] = (home / "bentos" / "nextbest").glob("*/bento.yaml")
     shop = tmp_path / "shop"
-    shutil.copytree(data_dir, shop / ".nextbest")
+    copy_of_served(data_dir, shop / ".nextbest")
     port = _free_port()
     inherited = {k: v for k, v in os.environ.items()
                  if k not in WORKER_ENVS and not k.startswith("NEXTBEST_")}
@@ -1277,7 +1282,7 @@ def test_the_built_bento_serves_the_models_of_the_directory_it_is_started_from(d
              "NEXTBEST_RELOAD_INTERVAL_SECONDS": "0", "NEXTBEST_FLUSH_INTERVAL_SECONDS": "0"},
         start_new_session=True)
     try:
-        url = wait_until_ready(server, f"http://127.0.0.1:{port}")
+        _, url = wait_until_ready(server, f"http://127.0.0.1:{port}")
         status, body = post(f"{url}/recommend", {"customer_id": "c0000001", "n": {"product": 3}})
         assert status == 200 and body["model_versions"]["recommender"] == "1"
         assert not list(bento.parent.rglob("mlflow.db"))  # nothing written inside the Bento
@@ -1447,7 +1452,7 @@ def test_a_model_without_offer_terms_is_not_an_offer_model(state):
 
 def test_a_registered_offer_model_is_loaded_and_ranks_the_offers(data_dir, tmp_path):
     copy = tmp_path / "data"
-    shutil.copytree(data_dir, copy)  # its own registry, so the shared one keeps two models
+    copy_of_served(data_dir, copy)  # its own registry, so the shared one keeps two models
     settings = Settings(data_dir=copy)
     offer = train_propensity(settings, "offer", {"n_estimators": 50}, horizon_days=14,
                              n_snapshots=2)
