@@ -33,6 +33,8 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
+from mlflow.exceptions import MlflowException
+
 from features.config_files import file_stamp
 from features.experiments import ExperimentsError, assign, load_plan, plan_path
 from features.online import open_online_store
@@ -42,8 +44,8 @@ from serving.engagement.journeys import JourneysError, journeys_in_force, journe
 from serving.engagement.policy import load_policy, policy_path
 from serving.engagement.scheduler import JourneyEngine
 from serving.exposure_log import ExposureLog
-from serving.models import resolve_versions
-from serving.state import build_state, load_state
+from serving.models import RegistryUnavailable, VersionsRefused, resolve_versions
+from serving.state import ServingState, build_state, load_state
 
 log = logging.getLogger("nextbest.worker")
 
@@ -71,7 +73,9 @@ class BackgroundWorker:
         self.store = open_online_store(settings)
         self.warehouse = Warehouse(settings.data_dir / "warehouse")
         self.plan = journeys_in_force(settings)
-        self.state = build_state(settings)
+        self.state: ServingState | None = None
+        self.waiting_for = self._load()
+        """Why there are no models to run journeys with yet (None once there are)."""
         self.exposures = ExposureLog(self.store, settings.exposure_buffer,
                                      settings.exposure_flush_ms).start()
         self.experiments = load_plan(plan_path(settings))
@@ -86,7 +90,9 @@ class BackgroundWorker:
     def turn(self, now: datetime | None = None) -> PassReport:
         """One pass of the scheduler, then the flush and the reloads when they are due."""
         started = time.perf_counter()
-        report = PassReport(Counter(o.status for o in self.engine.tick(now or datetime.now(UTC))))
+        report = PassReport()
+        if self.state is not None:  # journeys need models; the flush does not
+            report.outcomes.update(o.status for o in self.engine.tick(now or datetime.now(UTC)))
         every = self.settings.flush_interval_seconds
         if every > 0 and time.monotonic() - self._flushed >= every:
             self._flushed = time.monotonic()
@@ -122,11 +128,28 @@ class BackgroundWorker:
             except (JourneysError, ExperimentsError, ValueError) as error:
                 notes.append(f"a changed file was not applied, still running the previous "
                              f"ones: {error}")
-        if resolve_versions(self.settings, self.settings.serving_alias) != \
-                self.state.models.versions:
-            self.state = load_state(self.settings)
-            notes.append(f"models now {self.state.models.versions}")
+        if self.state is None:
+            self.waiting_for = self._load()
+            notes.append(f"models loaded: {self.state.models.versions}" if self.state is not None
+                         else f"still no models, journeys wait: {self.waiting_for}")
+            return notes
+        try:
+            moved = resolve_versions(self.settings, self.settings.serving_alias) != \
+                self.state.models.versions
+            if moved:
+                self.state = load_state(self.settings)
+                notes.append(f"models now {self.state.models.versions}")
+        except (MlflowException, OSError, RegistryUnavailable, VersionsRefused) as error:
+            notes.append(f"kept models {self.state.models.versions}: {error}")
         return notes
+
+    def _load(self) -> str | None:
+        """Load the models the alias names (or the last good ones); why not, when neither."""
+        try:
+            self.state = build_state(self.settings)
+        except (RegistryUnavailable, VersionsRefused) as error:
+            return str(error)
+        return None
 
     def run(self, once: bool = False, show: Callable[[PassReport], None] = lambda _: None,
             ) -> Counter:

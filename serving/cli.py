@@ -419,6 +419,11 @@ def worker(
     settings = settings_with(data_dir)
     signal.signal(signal.SIGTERM, _stop_as_interrupted)
     background = BackgroundWorker(settings, interval)
+    if background.waiting_for is not None:
+        if once:
+            raise ValueError(f"no models to run the journeys with: {background.waiting_for}")
+        console.print(f"no models yet, journeys wait (flushing goes on): {background.waiting_for}",
+                      highlight=False)
     plan = background.plan
     flush = (f"flushing every {settings.flush_interval_seconds:g} s"
              if settings.flush_interval_seconds > 0 else "not flushing (interval 0)")

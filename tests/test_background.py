@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 import uuid
 from datetime import UTC, datetime
 
@@ -65,10 +66,10 @@ def test_a_flush_interval_of_zero_leaves_the_events_in_the_online_store(data):
 
 def test_the_flush_runs_on_its_interval_between_passes(data):
     store = EmbeddedStore(data / "online.db")
-    worker = BackgroundWorker(Settings(data_dir=data, flush_interval_seconds=0.05))
+    worker = BackgroundWorker(Settings(data_dir=data, flush_interval_seconds=60))
     carts(store, data, ["f1", "f2"])
-    worker.turn()  # the interval has not passed since the worker started
-    worker._flushed -= 1.0  # a second later
+    assert worker.turn().moved_events == 0, "the interval has not passed since it started"
+    worker._flushed -= 61  # a minute later
 
     report = worker.turn()
 
@@ -85,3 +86,39 @@ def test_the_liveness_check_passes_after_a_pass_and_fails_when_it_is_stale(data,
 
     assert background.main(["--max-age", "60"]) == 0
     assert background.main(["--max-age", "0"]) == 1
+
+
+def test_without_models_it_waits_flushing_and_loads_them_once_registered(data):
+    from mlflow import MlflowClient
+
+    settings = Settings(data_dir=data, flush_interval_seconds=60, serving_alias="launch")
+    shutil.rmtree(data / "serving-cache", ignore_errors=True)  # nothing served before either
+    store = EmbeddedStore(data / "online.db")
+    carts(store, data, ["w1"])
+    worker = BackgroundWorker(settings)
+    assert worker.state is None and "has no 'launch' version" in worker.waiting_for
+    worker._flushed -= 61
+
+    waiting = worker.turn()
+
+    assert waiting.moved_events == 1 and not waiting.outcomes, "flushed; no journey ran"
+    MlflowClient(settings.resolved_tracking_uri()).set_registered_model_alias(
+        settings.recommender_name, "launch", "1")
+    assert worker.reload() == ["models loaded: {'recommender': '1'}"]
+    carts(store, data, ["w2"])
+    assert worker.turn().outcomes["sent"] >= 1
+
+
+def test_a_single_pass_without_models_says_why(data, monkeypatch):
+    from features.settings import get_settings
+    from tests.test_cli import run
+
+    shutil.rmtree(data / "serving-cache", ignore_errors=True)
+    monkeypatch.setenv("NEXTBEST_SERVING_ALIAS", "launch")
+    get_settings.cache_clear()
+
+    result = run("worker", "--once", "--data-dir", str(data))
+    get_settings.cache_clear()
+
+    assert result.exit_code == 2
+    assert "no models to run the journeys with" in " ".join(result.output.split())
