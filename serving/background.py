@@ -72,14 +72,14 @@ class BackgroundWorker:
         self.interval = interval or settings.journey_interval_seconds
         self.store = open_online_store(settings)
         self.warehouse = Warehouse(settings.data_dir / "warehouse")
-        self.plan = journeys_in_force(settings)
         self.state: ServingState | None = None
         self.waiting_for = self._load()
         """Why there are no models to run journeys with yet (None once there are)."""
         self.exposures = ExposureLog(self.store, settings.exposure_buffer,
                                      settings.exposure_flush_ms).start()
         self.experiments = load_plan(plan_path(settings))
-        self.engine = JourneyEngine(self.plan, load_policy(policy_path(settings)), self.store,
+        self.engine = JourneyEngine(journeys_in_force(settings),
+                                    load_policy(policy_path(settings)), self.store,
                                     lambda: self.state, settings.max_category_share,
                                     self.exposures.record,
                                     lambda customer, now: assign(self.experiments, customer, now))
@@ -121,7 +121,7 @@ class BackgroundWorker:
         if stamps != self._stamps:
             self._stamps = stamps
             try:
-                self.engine.plan = self.plan = journeys_in_force(self.settings)
+                self.engine.plan = journeys_in_force(self.settings)
                 self.engine.policy = load_policy(policy_path(self.settings))
                 self.experiments = load_plan(plan_path(self.settings))
                 notes.append("journeys, policy and experiments read again")

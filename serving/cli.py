@@ -424,7 +424,7 @@ def worker(
             raise ValueError(f"no models to run the journeys with: {background.waiting_for}")
         console.print(f"no models yet, journeys wait (flushing goes on): {background.waiting_for}",
                       highlight=False)
-    plan = background.plan
+    plan = background.engine.plan
     flush = (f"flushing every {settings.flush_interval_seconds:g} s"
              if settings.flush_interval_seconds > 0 else "not flushing (interval 0)")
     console.print(f"background worker: journeys {', '.join(j.name for j in plan.journeys) or 'none'}"

@@ -128,10 +128,9 @@ class ModelCache:
         try:
             os.rename(staging, target)  # a half-copied version is never visible
         except OSError:
+            shutil.rmtree(staging, ignore_errors=True)
             if not self.verified(target):  # not another process's complete copy: a real error
-                shutil.rmtree(staging, ignore_errors=True)
                 raise
-            shutil.rmtree(staging, ignore_errors=True)  # another process published it first
         return target
 
     def verified(self, directory: Path) -> bool:

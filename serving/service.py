@@ -13,9 +13,8 @@ live state from it, so the next answer reflects what they just did; an event als
 customer due for the journey scheduler. The scheduler and the flush of ingested events to the
 warehouse run once per deployment, in the background worker (``serving.background``, started
 beside the API by ``nextbest serve``), never in the API workers. If the online store is
-unreachable,
-``recommend`` answers from the models and the snapshot alone and says ``degraded``, and
-``events`` answers 503 so that the caller retries.
+unreachable, ``recommend`` answers from the models and the snapshot alone and says
+``degraded``, and ``events`` answers 503 so that the caller retries.
 
 The loaded state (millions of small objects at a million customers) is moved out of the
 garbage collector's sight with ``gc.freeze()``: a full collection over it took 0.34 s at 200k

@@ -82,6 +82,28 @@ def copy_of_served(source: Path, target: Path) -> Path:
     return target
 
 
+def with_welcome_journey(data_dir: Path) -> Path:
+    """``data_dir`` with one journey, an email on every add-to-cart, and a policy that lets
+    every message through: a step each cart makes due at once, to count."""
+    import yaml
+
+    (data_dir / "journeys.yaml").write_text(yaml.safe_dump({"journeys": [{
+        "name": "welcome", "entry": {"when": "event", "event": "add_to_cart"}, "goal": None,
+        "reentry": {"after_days": None},
+        "steps": [{"name": "hello", "message": {"channel": "email", "send": "products"}}]}]}))
+    (data_dir / "policy.yaml").write_text("{}\n")
+    return data_dir
+
+
+def is_mapped(array) -> bool:
+    """Is the array a view of a memory-mapped file (shared through the page cache)?"""
+    import mmap
+
+    while not isinstance(array, mmap.mmap) and getattr(array, "base", None) is not None:
+        array = array.base
+    return isinstance(array, mmap.mmap)
+
+
 def promote_by_hand(settings, name: str, version: str) -> None:
     """Make a version champion whatever the gate said, as a person overruling it would: for
     tests about what is done with a champion, on shops too small for the model to win."""

@@ -7,26 +7,18 @@ import uuid
 from datetime import UTC, datetime
 
 import pytest
-import yaml
 
 from features.ingest import parse_events
 from features.online.embedded import EmbeddedStore
 from features.settings import Settings
 from features.warehouse import Warehouse
 from serving.background import BackgroundWorker
-from tests.conftest import copy_of_served
+from tests.conftest import copy_of_served, with_welcome_journey
 
 
 @pytest.fixture
 def data(serving_dir, tmp_path):
-    copy = tmp_path / "data"
-    copy_of_served(serving_dir, copy)
-    (copy / "policy.yaml").write_text("{}\n")
-    (copy / "journeys.yaml").write_text(yaml.safe_dump({"journeys": [{
-        "name": "welcome", "entry": {"when": "event", "event": "add_to_cart"}, "goal": None,
-        "reentry": {"after_days": None},
-        "steps": [{"name": "hello", "message": {"channel": "email", "send": "products"}}]}]}))
-    return copy
+    return with_welcome_journey(copy_of_served(serving_dir, tmp_path / "data"))
 
 
 def carts(store: EmbeddedStore, data, customers: list[str]) -> None:

@@ -23,7 +23,7 @@ from serving.engagement.journeys import (
 from serving.engagement.policy import Cap, CartAbandoned, CategoryBrowsing, ContactPolicy, QuietHours
 from serving.engagement.scheduler import JourneyEngine
 from serving.state import ServingState, build_state
-from tests.conftest import copy_of_served
+from tests.conftest import copy_of_served, with_welcome_journey
 
 NOON = datetime(2026, 3, 2, 12, 0, tzinfo=UTC)
 OPEN_POLICY = ContactPolicy()
@@ -501,13 +501,7 @@ def test_kill_9_of_the_scheduler_loses_no_step_and_repeats_none(serving_dir, tmp
     import time
     from pathlib import Path
 
-    data = tmp_path / "data"
-    copy_of_served(serving_dir, data)
-    (data / "journeys.yaml").write_text(yaml.safe_dump({"journeys": [{
-        "name": "welcome", "entry": {"when": "event", "event": "add_to_cart"}, "goal": None,
-        "reentry": {"after_days": None},
-        "steps": [{"name": "hello", "message": {"channel": "email", "send": "products"}}]}]}))
-    (data / "policy.yaml").write_text("{}\n")
+    data = with_welcome_journey(copy_of_served(serving_dir, tmp_path / "data"))
     store = EmbeddedStore(data / "online.db")
     customers = [f"k{i:04d}" for i in range(600)]
     now = datetime.now(UTC)

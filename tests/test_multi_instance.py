@@ -18,16 +18,21 @@ import time
 import urllib.error
 import urllib.request
 import uuid
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-import yaml
 
 from features.online import open_online_store
 from features.settings import Settings
 from features.synthetic import ShopConfig, generate_shop, store_shop
 from features.warehouse import Warehouse
-from tests.conftest import require_program, require_service, tracking_server_on_postgresql
+from tests.conftest import (
+    require_program,
+    require_service,
+    tracking_server_on_postgresql,
+    with_welcome_journey,
+)
 from tests.test_service import (
     _free_port,
     an_event,
@@ -41,24 +46,16 @@ from training.recommender_job import train_recommender
 
 pytestmark = [pytest.mark.services, pytest.mark.slow]
 
-WELCOME = {"journeys": [{
-    "name": "welcome", "entry": {"when": "event", "event": "add_to_cart"}, "goal": None,
-    "reentry": {"after_days": None},
-    "steps": [{"name": "hello", "message": {"channel": "email", "send": "products"}}]}]}
-
-
+@dataclass
 class Deployment:
     """What the module's tests share: the instances' URLs, the balancer's, the settings."""
 
-    def __init__(self, settings: Settings, env: dict[str, str], instances: list, balancer: str,
-                 spare: str) -> None:
-        self.settings = settings
-        self.spare = spare
-        """A registered recommender version that is not the champion."""
-        self.env = env
-        self.instances = instances
-        """(process, url) of each API instance."""
-        self.balancer = balancer
+    settings: Settings
+    instances: list[tuple[subprocess.Popen, str]]
+    """(process, url) of each API instance."""
+    balancer: str
+    spare: str
+    """A registered recommender version that is not the champion."""
 
     @property
     def store(self):
@@ -73,8 +70,7 @@ def deployment(tmp_path_factory):
     data = root / "data"
     store_shop(Warehouse(data / "warehouse"),
                generate_shop(ShopConfig(n_customers=300, n_products=120, days=75, seed=21)))
-    (data / "journeys.yaml").write_text(yaml.safe_dump(WELCOME))
-    (data / "policy.yaml").write_text("{}\n")
+    with_welcome_journey(data)
     with contextlib.ExitStack() as stack:
         tracking = stack.enter_context(tracking_server_on_postgresql(root))
         redis_url = stack.enter_context(private_redis())
@@ -95,7 +91,7 @@ def deployment(tmp_path_factory):
         stack.callback(lambda: (worker.terminate(), worker.wait(timeout=60)))
         instances = [wait_until_ready(*started) for started in spawned]  # they start together
         balancer = stack.enter_context(haproxy(root, [url for _, url in instances]))
-        yield Deployment(settings, env, instances, balancer, spare)
+        yield Deployment(settings, instances, balancer, spare)
 
 
 @contextlib.contextmanager

@@ -14,6 +14,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from features.synthetic import ShopConfig, generate_shop
+from tests.conftest import is_mapped
 from training.artifacts import unpack_arrays
 from training.evaluate import evaluate, time_split
 from training.interactions import InteractionConfig, build_interactions
@@ -306,15 +307,10 @@ def test_top_n_is_the_exact_partial_sort_whatever_the_scores(seed, n, columns, f
 
 def test_a_factor_model_loaded_from_unpacked_arrays_maps_its_factors(tmp_path):
     """Mapped, every worker serving the version shares one copy of them in the page cache."""
-    import mmap
-
     model = make_recommender("als", factors=8, iterations=2).fit(TINY)
     path = model.save(tmp_path / "model")
     unpack_arrays(path, tmp_path / "mapped")
     arrays = Recommender.load(path, tmp_path / "mapped")._arrays()
 
     for name in ("user_factors", "item_factors"):
-        base = arrays[name]
-        while not isinstance(base, mmap.mmap) and getattr(base, "base", None) is not None:
-            base = base.base
-        assert isinstance(base, mmap.mmap), f"{name} is a copy"
+        assert is_mapped(arrays[name]), f"{name} is a copy"

@@ -46,7 +46,7 @@ from serving.service import NextBest
 from serving.shop import Behaviour, Item, ShopView
 from serving.state import ContentIndex, ServingState, build_state
 from serving.workarounds.huge_pages import WORKER_ENVS
-from tests.conftest import copy_of_served, promote_by_hand, require_program
+from tests.conftest import copy_of_served, is_mapped, promote_by_hand, require_program
 from training import registry
 from training.propensity_job import train_propensity
 from training.recommender_job import train_recommender
@@ -905,15 +905,6 @@ def test_a_stored_event_dated_9999_does_not_stop_the_service_from_starting(own_r
     assert service.__is_ready__()
     assert service.state.shop.as_of < pd.Timestamp("2100-01-01", tz="UTC")
     assert any("from-9999 at 9999-12-31" in r.getMessage() for r in caplog.records)
-
-
-def is_mapped(array) -> bool:
-    """Is the array a view of a memory-mapped file (shared through the page cache)?"""
-    import mmap
-
-    while not isinstance(array, mmap.mmap) and getattr(array, "base", None) is not None:
-        array = array.base
-    return isinstance(array, mmap.mmap)
 
 
 def test_the_served_top_items_table_is_mapped_from_the_cache_not_copied(state):
