@@ -89,24 +89,26 @@ def check_event(entry: dict, index: int = 0, window: TimeWindow | None = None,
     max_context_bytes = max_context_bytes or get_settings().max_context_bytes
     record: dict = {}
     problems: list[EventProblem] = []
-    for column in EVENTS.columns:
-        value = entry.get(column.name)
-        if column.name == EVENTS.extras_column and isinstance(value, dict):
+    for name, convert, column, required, plain in _PLAN:
+        value = entry.get(name)
+        if plain and type(value) is str and (text := value.strip()):  # ids: most values
+            record[name] = text
+            continue
+        if name == EVENTS.extras_column and isinstance(value, dict):
             value = json.dumps(value)  # over HTTP, context may be sent as an object
-        if _missing(value):
-            if not column.nullable and column.default is None:
-                problems.append(EventProblem(index, column.name, None,
-                                             f"a value ({column.name} is required)"))
-            record[column.name] = column.default
+        if value is None or _missing(value):
+            if required:
+                problems.append(EventProblem(index, name, None, f"a value ({name} is required)"))
+            record[name] = column.default
             continue
         try:
-            record[column.name] = _CONVERT[column.type](value, column)
+            record[name] = convert(value, column)
         except ValueError as error:
-            problems.append(EventProblem(index, column.name, _text(value), str(error)))
+            problems.append(EventProblem(index, name, _text(value), str(error)))
             continue
-        outside = column.in_event_window and window.problem(record[column.name])
+        outside = column.in_event_window and window.problem(record[name])
         if outside:
-            problems.append(EventProblem(index, column.name, _text(value), outside))
+            problems.append(EventProblem(index, name, _text(value), outside))
     unknown = entry.keys() - _KNOWN  # usually empty
     extras = {k: entry[k] for k in unknown if entry[k] is not None and entry[k] != ""}
     context = record.get(EVENTS.extras_column)
@@ -193,6 +195,13 @@ _CONVERT = {
     "int": lambda value, column: int(_number(value, column, integer=True)),
     "float": lambda value, column: _number(value, column, integer=False),
 }
+
+
+_PLAN = tuple((column.name, _CONVERT[column.type], column,
+               not column.nullable and column.default is None,
+               column.type == "string" and column.allowed is None) for column in EVENTS.columns)
+"""Each column's converter, whether it is required and whether it is a free string (an id),
+looked up once rather than per event."""
 
 
 def _shown(value: object) -> str:

@@ -34,17 +34,15 @@ def consume_events(
     until_idle: Annotated[float | None, typer.Option(
         min=0.1, help="Stop once nothing has arrived for this many seconds (drain a backlog); "
                       "default: run until interrupted.")] = None,
+    processes: Annotated[int, typer.Option(
+        min=1, max=64, help="Consumer processes sharing the stream's durable consumer; one "
+                            "per core takes the most.")] = 1,
     data_dir: DataDir = None,
 ) -> None:
     """Record events published on NATS JetStream (NEXTBEST_STREAM_SUBJECT) into the online
     store, as POST /events does: validated, deduplicated by event_id, acknowledged once
     stored; what cannot be recorded goes to NEXTBEST_STREAM_DEAD_LETTER with the reason."""
-    import asyncio
-    import signal
-    import time
-
-    from features.online import open_online_store
-    from serving.stream import StreamConfig, consume
+    from serving.stream import StreamConfig, run_processes
 
     settings = settings_with(data_dir)
     if url is not None:
@@ -52,29 +50,28 @@ def consume_events(
     if not settings.stream_url:
         raise ValueError("no NATS server: pass --url nats://HOST:4222 or set NEXTBEST_STREAM_URL")
     config = StreamConfig.from_settings(settings)
-    store = open_online_store(settings)
-    shown = [0.0]
-
-    def report(stats) -> None:
-        if time.monotonic() - shown[0] >= 5:
-            shown[0] = time.monotonic()
-            console.print(stats.line(), highlight=False)
-
-    async def run():
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, stop.set)
-        console.print(f"consuming {config.subject} from {config.url} (stream {config.stream}, "
-                      f"consumer {config.durable}); dead letters to {config.dead_letter}",
-                      highlight=False)
-        return await consume(store, config, stop, report, until_idle)
-
+    console.print(f"consuming {config.subject} from {config.url} (stream {config.stream}, "
+                  f"consumer {config.durable}, {processes} process(es)); dead letters to "
+                  f"{config.dead_letter}", highlight=False)
     try:
-        stats = asyncio.run(run())
+        stats = run_processes(settings, processes, until_idle, _report)
     except ConnectionError as error:  # the server is not there
         raise ValueError(str(error)) from None
     console.print(stats.line(), highlight=False)
+
+
+_shown = [0.0]
+
+
+def _report(stats) -> None:
+    """Each process's figures every 5 seconds (a module-level function: consumer processes
+    are spawned, and take it by name)."""
+    import os
+    import time
+
+    if time.monotonic() - _shown[0] >= 5:
+        _shown[0] = time.monotonic()
+        console.print(f"[{os.getpid()}] {stats.line()}", highlight=False)
 
 
 @events_app.command("flush")

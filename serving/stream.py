@@ -30,8 +30,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import gc
 import json
 import logging
+import multiprocessing
+import signal
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -41,6 +45,7 @@ import orjson
 from features.ingest import parse_events
 from features.online.store import OnlineStateUnavailable, OnlineStore
 from features.settings import Settings
+from serving.workarounds.jetstream_fetch import BatchPuller
 
 log = logging.getLogger("nextbest.stream")
 
@@ -81,6 +86,16 @@ class ConsumerStats:
         if self.first is None or self.last is None or self.last <= self.first:
             return 0.0
         return (self.accepted + self.duplicates) / (self.last - self.first)
+
+    @classmethod
+    def combined(cls, parts: list[ConsumerStats]) -> ConsumerStats:
+        """Several processes' figures as one: counts added, the rate over the span from the
+        first process's first message to the last one's last batch."""
+        firsts = [p.first for p in parts if p.first is not None]
+        lasts = [p.last for p in parts if p.last is not None]
+        return cls(sum(p.messages for p in parts), sum(p.accepted for p in parts),
+                   sum(p.duplicates for p in parts), sum(p.dead_lettered for p in parts),
+                   min(firsts, default=None), max(lasts, default=None))
 
     def line(self) -> str:
         rate = self.rate
@@ -140,32 +155,23 @@ async def consume(store: OnlineStore, config: StreamConfig, stop: asyncio.Event,
                   idle_seconds: float | None = None) -> ConsumerStats:
     """Pull, validate, record and acknowledge until ``stop`` is set (or, with
     ``idle_seconds``, until nothing has arrived for that long: to drain a backlog)."""
-    from nats.errors import TimeoutError as NatsTimeout
-    from nats.js.api import AckPolicy, ConsumerConfig
-
     client, jetstream = await connect(config)
     stats = ConsumerStats()
     try:
-        subscription = await jetstream.pull_subscribe(
-            config.subject, durable=config.durable, stream=config.stream,
-            config=ConsumerConfig(ack_policy=AckPolicy.EXPLICIT,
-                                  ack_wait=config.ack_wait_seconds, max_ack_pending=-1))
+        await _durable_consumer(jetstream, config)
+        puller = BatchPuller(client, config.stream, config.durable)
         last = time.monotonic()
 
         def fetch() -> asyncio.Task:
-            return asyncio.create_task(subscription.fetch(config.batch, timeout=0.5))
+            return asyncio.create_task(puller.pull(config.batch, timeout=0.5))
 
         upcoming = fetch()
         while not stop.is_set():
-            try:
-                messages = await upcoming
-            except (TimeoutError, NatsTimeout):  # nats-py 2.16 raises either
-                upcoming = fetch()
-                if idle_seconds is not None and time.monotonic() - last >= idle_seconds:
-                    break
-                continue
+            messages = await upcoming
             upcoming = fetch()  # the next batch travels while this one is committed
             if not messages:
+                if idle_seconds is not None and time.monotonic() - last >= idle_seconds:
+                    break
                 continue
             last = time.monotonic()
             if await _handle(messages, store, client, config, stats):
@@ -178,6 +184,105 @@ async def consume(store: OnlineStore, config: StreamConfig, stop: asyncio.Event,
     finally:
         await client.close()
     return stats
+
+
+def run(settings: Settings, idle_seconds: float | None = None,
+        on_batch: Callable[[ConsumerStats], None] | None = None) -> ConsumerStats:
+    """One consumer process until SIGINT or SIGTERM (or idle): what ``nextbest events consume``
+    runs in each of its processes."""
+    from features.online import open_online_store
+
+    store = open_online_store(settings)
+    config = StreamConfig.from_settings(settings)
+    fewer_collections()
+
+    async def until_stopped() -> ConsumerStats:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        return await consume(store, config, stop, on_batch, idle_seconds)
+
+    return asyncio.run(until_stopped())
+
+
+def run_processes(settings: Settings, processes: int, idle_seconds: float | None = None,
+                  on_batch: Callable[[ConsumerStats], None] | None = None) -> ConsumerStats:
+    """``processes`` consumers on the same durable consumer, which JetStream shares its
+    messages among: a second process uses the second core, as validating and storing an
+    event takes one core's worth of Python at about half the rate a machine can store
+    (docs/benchmarks.md). They write to the same online store, as the API's workers do.
+    SIGINT or SIGTERM stops them all after their current batch."""
+    if processes == 1:
+        return run(settings, idle_seconds, on_batch)
+    asyncio.run(prepare(StreamConfig.from_settings(settings)))  # once, not raced by the children
+    context = multiprocessing.get_context("spawn")  # no forked copy of a running event loop
+    results = context.Queue()
+    children = [context.Process(target=_child, args=(settings, idle_seconds, on_batch, results),
+                                name=f"consumer-{n + 1}") for n in range(processes)]
+    for child in children:
+        child.start()
+
+    def stop(*_) -> None:  # SIGTERM to each: it finishes its batch and stops
+        for child in children:
+            if child.is_alive():
+                child.terminate()
+
+    previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        for child in children:
+            child.join()
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    failed = [child.name for child in children if child.exitcode != 0]
+    if failed:
+        raise ValueError(f"consumer process(es) {', '.join(failed)} stopped on an error (above); "
+                         "their unacknowledged messages are redelivered after "
+                         f"{StreamConfig.from_settings(settings).ack_wait_seconds:g} s")
+    return ConsumerStats.combined([results.get(timeout=5) for _ in children])
+
+
+def _child(settings: Settings, idle_seconds: float | None, on_batch, results) -> None:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent passes Ctrl+C on as SIGTERM
+    try:
+        results.put(run(settings, idle_seconds, on_batch))
+    except (ConnectionError, OnlineStateUnavailable) as error:
+        print(f"{multiprocessing.current_process().name}: {error}", file=sys.stderr)
+        sys.exit(2)
+
+
+async def prepare(config: StreamConfig) -> None:
+    """The stream and the durable consumer, created unless they exist."""
+    client, jetstream = await connect(config)
+    try:
+        await _durable_consumer(jetstream, config)
+    finally:
+        await client.close()
+
+
+def fewer_collections() -> None:
+    """Collect garbage less often in a consumer process: a batch's thousands of events,
+    decoded states and rows would otherwise trigger several collections each, every one
+    scanning what the batch has made so far. What is alive after start-up is set aside for
+    good (``gc.freeze``); each batch's objects are freed by reference counting anyway."""
+    gc.freeze()
+    gc.set_threshold(100_000, 50, 100)
+
+
+async def _durable_consumer(jetstream, config: StreamConfig) -> None:
+    """Create the durable pull consumer unless it exists (an existing one keeps its settings,
+    as JetStream's own ``pull_subscribe`` does)."""
+    from nats.js.api import AckPolicy, ConsumerConfig
+    from nats.js.errors import NotFoundError
+
+    try:
+        await jetstream.consumer_info(config.stream, config.durable)
+    except NotFoundError:
+        await jetstream.add_consumer(config.stream, ConsumerConfig(
+            durable_name=config.durable, filter_subject=config.subject,
+            ack_policy=AckPolicy.EXPLICIT, ack_wait=config.ack_wait_seconds,
+            max_ack_pending=-1))
 
 
 async def _handle(messages: list, store: OnlineStore, client, config: StreamConfig,

@@ -123,36 +123,66 @@ class EmbeddedStore(OnlineStore):
 
     # ------------------------------------------------------------------ events
     def _commit_events(self, events: list[dict]) -> tuple[list[dict], dict[str, CustomerState]]:
+        """Most of the work is done before taking the write lock, which every writer on the
+        machine queues for: the events not seen yet are applied to their customers' states as
+        stored now (WAL lets this read run beside a writer) and serialized. Under the lock the
+        dedup check is repeated, and only the customers whose stored state changed meanwhile,
+        or whose events another writer recorded first, are computed again."""
         now = time.time()
-        logged = {e["event_id"]: logged_event(e) for e in events}  # outside the write lock
+        logged = {e["event_id"]: logged_event(e) for e in events}
+        try:
+            known = self._seen(self._db, events)
+            unseen = [e for e in events if e["event_id"] not in known]
+            read = self._state_texts(self._db, _customers(unseen))
+        except sqlite3.Error as error:
+            raise OnlineStateUnavailable(f"cannot read {self.path}: {error}") from error
+        planned = _applied(read, unseen)
         with self._write() as db:
-            ids = [e["event_id"] for e in events]
-            seen = set()
-            for start in range(0, len(ids), CHUNK):
-                part = ids[start:start + CHUNK]
-                seen.update(row[0] for row in db.execute(
-                    f"SELECT event_id FROM seen WHERE event_id IN ({','.join('?' * len(part))})",
-                    part))
+            seen = self._seen(db, events)
             fresh = [e for e in events if e["event_id"] not in seen]
             if not fresh:
                 return [], {}
             db.executemany("INSERT INTO seen VALUES (?, ?)", [(e["event_id"], now) for e in fresh])
             db.executemany("INSERT INTO event_log (event) VALUES (?)",
                            [(logged[e["event_id"]],) for e in fresh])
-            states = self._states(db, list({e["customer_id"] for e in fresh}))
-            update_states(states, fresh)
-            _put(db, states)
-        return fresh, states
+            customers = _customers(fresh)
+            stored = self._state_texts(db, customers)
+            planned_ids = {e["event_id"] for e in unseen}
+            redo = {e["customer_id"] for e in unseen if e["event_id"] in seen}  # recorded first
+            redo.update(e["customer_id"] for e in fresh if e["event_id"] not in planned_ids)
+            redo.update(c for c in customers if stored.get(c) != read.get(c))  # changed since
+            states = {c: planned[c] for c in customers if c not in redo}
+            if redo:
+                states.update(_applied(stored, [e for e in fresh if e["customer_id"] in redo]))
+            db.executemany(PUT, [row for _, row in states.values()])
+        return fresh, {c: state for c, (state, _) in states.items()}
 
-    def _states(self, db: sqlite3.Connection, customers: list[str]) -> dict[str, CustomerState]:
-        states = {}
+    @staticmethod
+    def _seen(db: sqlite3.Connection, events: list[dict]) -> set[str]:
+        """The ids among ``events`` recorded before."""
+        ids = [e["event_id"] for e in events]
+        seen: set[str] = set()
+        for start in range(0, len(ids), CHUNK):
+            part = ids[start:start + CHUNK]
+            seen.update(row[0] for row in db.execute(
+                f"SELECT event_id FROM seen WHERE event_id IN ({','.join('?' * len(part))})",
+                part))
+        return seen
+
+    @staticmethod
+    def _state_texts(db: sqlite3.Connection, customers: list[str]) -> dict[str, str]:
+        """The stored states of ``customers`` as JSON (those with one)."""
+        texts: dict[str, str] = {}
         for start in range(0, len(customers), CHUNK):
             part = customers[start:start + CHUNK]
-            for customer, text in db.execute(
-                    f"SELECT customer_id, state FROM customers WHERE customer_id IN "
-                    f"({','.join('?' * len(part))})", part):
-                states[customer] = CustomerState.from_json(text)
-        return states
+            texts.update(db.execute(
+                f"SELECT customer_id, state FROM customers WHERE customer_id IN "
+                f"({','.join('?' * len(part))})", part))
+        return texts
+
+    def _states(self, db: sqlite3.Connection, customers: list[str]) -> dict[str, CustomerState]:
+        return {c: CustomerState.from_json(text)
+                for c, text in self._state_texts(db, customers).items()}
 
     @staticmethod
     def _state(db: sqlite3.Connection, customer_id: str) -> CustomerState:
@@ -274,9 +304,27 @@ class EmbeddedStore(OnlineStore):
             self._local.lock = None
 
 
+PUT = ("INSERT OR REPLACE INTO customers (customer_id, state, cart_updated, journey_due) "
+       "VALUES (?, ?, ?, ?)")
+"""A state is stored with the columns the store indexes it by (open carts, journeys due)."""
+
+
+def _row(state: CustomerState) -> tuple:
+    return state.customer_id, state.to_json(), state.cart_updated, state.journey_due
+
+
 def _put(db: sqlite3.Connection, states: dict[str, CustomerState]) -> None:
-    """Store states with the columns the store indexes them by (open carts, journeys due)."""
-    db.executemany(
-        "INSERT OR REPLACE INTO customers (customer_id, state, cart_updated, journey_due) "
-        "VALUES (?, ?, ?, ?)",
-        [(c, s.to_json(), s.cart_updated, s.journey_due) for c, s in states.items()])
+    db.executemany(PUT, [_row(state) for state in states.values()])
+
+
+def _customers(events: list[dict]) -> list[str]:
+    return list(dict.fromkeys(e["customer_id"] for e in events))
+
+
+def _applied(texts: dict[str, str], events: list[dict]) -> dict[str, tuple[CustomerState, tuple]]:
+    """The states ``events`` leave their customers in, from the stored ``texts`` (a new state
+    for a customer without one), each with the row that stores it."""
+    states = {c: CustomerState.from_json(texts[c])
+              for c in dict.fromkeys(e["customer_id"] for e in events) if c in texts}
+    update_states(states, events)
+    return {c: (state, _row(state)) for c, state in states.items()}

@@ -16,6 +16,7 @@ limits.
 
 from __future__ import annotations
 
+import bisect
 from dataclasses import dataclass, field
 
 import orjson
@@ -79,6 +80,8 @@ class CustomerState:
     def journey_due(self) -> float | None:
         """When the earliest active journey run is due next: the store indexes customers by
         it, so the scheduler finds due customers without reading everyone."""
+        if not self.journeys:
+            return self.journey_check
         due = [run["due"] for run in self.journeys.values()
                if run["status"] == "active" and run["due"] is not None]
         if self.journey_check is not None:
@@ -103,6 +106,10 @@ class CustomerState:
 
     @classmethod
     def from_json(cls, text: str | bytes) -> CustomerState:
+        """The state ``to_json`` stored. Every write stores every field, so the decoded dict
+        becomes the instance's attributes as it is; a state stored before a field existed
+        goes through ``__init__``, which fills in the defaults (at twice the cost: a state is
+        decoded per customer in every ingested batch)."""
         data = orjson.loads(text)
         data["views"] = list(map(tuple, data["views"]))
         if data["shown"]:
@@ -111,7 +118,14 @@ class CustomerState:
             data["contacts"] = list(map(tuple, data["contacts"]))
         if data.get("consent"):  # states written before consent was recorded lack the key
             data["consent"] = {k: tuple(v) for k, v in data["consent"].items()}
-        return cls(**data)
+        if len(data) != len(_FIELDS):
+            return cls(**data)
+        state = cls.__new__(cls)
+        state.__dict__ = data
+        return state
+
+
+_FIELDS = tuple(CustomerState.__dataclass_fields__)
 
 
 def apply_event(state: CustomerState, event: dict) -> None:
@@ -128,8 +142,8 @@ def apply_event(state: CustomerState, event: dict) -> None:
     if channel in CONTACT:
         state.engaged[channel] = max(at, state.engaged.get(channel, at))
     if kind in (EventType.VIEW, EventType.CLICK):
-        state.views.append((item, at))
-        state.views.sort(key=lambda view: -view[1])
+        # After the views at the same time or later: where a stable sort, newest first, puts it
+        state.views.insert(bisect.bisect_right(state.views, -at, key=_newest_first), (item, at))
         del state.views[MAX_VIEWS:]
     elif kind == EventType.ADD_TO_CART:
         state.cart[item] = max(at, state.cart.get(item, at))
@@ -149,6 +163,10 @@ def apply_event(state: CustomerState, event: dict) -> None:
     if not state.cart:
         state.cart_updated = None
     bound(state)
+
+
+def _newest_first(view: tuple[str, float]) -> float:
+    return -view[1]
 
 
 def record_contact(state: CustomerState, channel: str, trigger: str, items: list[str],
