@@ -37,7 +37,7 @@ import multiprocessing
 import signal
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import orjson
@@ -194,7 +194,6 @@ def run(settings: Settings, idle_seconds: float | None = None,
 
     store = open_online_store(settings)
     config = StreamConfig.from_settings(settings)
-    fewer_collections()
 
     async def until_stopped() -> ConsumerStats:
         stop = asyncio.Event()
@@ -203,7 +202,8 @@ def run(settings: Settings, idle_seconds: float | None = None,
             loop.add_signal_handler(sig, stop.set)
         return await consume(store, config, stop, on_batch, idle_seconds)
 
-    return asyncio.run(until_stopped())
+    with fewer_collections():
+        return asyncio.run(until_stopped())
 
 
 def run_processes(settings: Settings, processes: int, idle_seconds: float | None = None,
@@ -261,13 +261,21 @@ async def prepare(config: StreamConfig) -> None:
         await client.close()
 
 
-def fewer_collections() -> None:
-    """Collect garbage less often in a consumer process: a batch's thousands of events,
-    decoded states and rows would otherwise trigger several collections each, every one
-    scanning what the batch has made so far. What is alive after start-up is set aside for
-    good (``gc.freeze``); each batch's objects are freed by reference counting anyway."""
+@contextlib.contextmanager
+def fewer_collections() -> Iterator[None]:
+    """Collect garbage less often while consuming: a batch's thousands of events, decoded
+    states and rows would otherwise trigger several collections each, every one scanning what
+    the batch has made so far. What is alive at the start is set aside (``gc.freeze``); each
+    batch's objects are freed by reference counting anyway. The collector is as it was after
+    (a command run inside another program, such as a test, leaves it alone)."""
+    thresholds = gc.get_threshold()
     gc.freeze()
     gc.set_threshold(100_000, 50, 100)
+    try:
+        yield
+    finally:
+        gc.set_threshold(*thresholds)
+        gc.unfreeze()
 
 
 async def _durable_consumer(jetstream, config: StreamConfig) -> None:

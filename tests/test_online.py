@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import uuid
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -145,6 +146,43 @@ def test_concurrent_writers_lose_no_update(store):
         results = list(pool.map(store.ingest, batches))
     assert sum(r.accepted for r in results) == 40
     assert store.customer("shared").counts == {"view": 40}
+
+
+class WriterInBetween(EmbeddedStore):
+    """An embedded store where another writer (a second connection, as another worker process
+    would be) records ``meanwhile`` after this one has read the states and before it takes the
+    write lock: the moment the store's work outside the lock must not lose."""
+
+    meanwhile: list[dict] = []
+
+    @contextmanager
+    def _write(self):
+        if self.meanwhile:
+            EmbeddedStore(self.path).ingest(self.meanwhile)
+            self.meanwhile = []
+        with super()._write() as db:
+            yield db
+
+
+def test_a_state_changed_by_another_writer_meanwhile_keeps_both_changes(tmp_path):
+    store = WriterInBetween(tmp_path / "online.db")
+    store.ingest(valid(event("view", "p0")))
+    store.meanwhile = valid(event("add_to_cart", "p1", minutes=1))
+    result = store.ingest(valid(event("add_to_cart", "p2", minutes=2)))
+    state = store.customer("c1")
+    assert set(state.cart) == {"p1", "p2"}
+    assert state.counts == {"view": 1, "add_to_cart": 2}
+    assert result.states["c1"] == state
+
+
+def test_an_event_another_writer_recorded_meanwhile_counts_once(tmp_path):
+    store = WriterInBetween(tmp_path / "online.db")
+    both = valid(event("view", "p1", event_id="e-1"), event("view", "p2", minutes=1))
+    store.meanwhile = both[:1]
+    result = store.ingest(both)
+    assert (result.accepted, result.duplicates) == (1, 1)
+    assert store.customer("c1").counts == {"view": 2}
+    assert [item for item, _ in store.customer("c1").views] == ["p2", "p1"]
 
 
 def test_state_survives_reopening(store, tmp_path):

@@ -16,7 +16,14 @@ from typer.testing import CliRunner
 from features.online import open_online_store
 from features.settings import Settings, get_settings
 from serving.cli import app
-from serving.stream import StreamConfig, connect, consume, consumer_lag, decode
+from serving.stream import (
+    StreamConfig,
+    connect,
+    consume,
+    consumer_lag,
+    decode,
+    run_processes,
+)
 from tests.conftest import require_service
 
 NATS = "nats://127.0.0.1:4222"
@@ -159,6 +166,23 @@ def test_the_consume_command_drains_the_stream_and_says_what_it_did(settings, mo
                                       "--data-dir", str(settings.data_dir)])
     assert result.exit_code == 0, result.output
     assert "2 messages: 1 events recorded, 0 duplicates, 1 dead-lettered" in result.output
+
+
+def test_consumer_processes_share_the_stream_and_record_each_event_once(settings):
+    config = StreamConfig.from_settings(settings)
+    asyncio.run(publish(config, *(as_message(event(f"e{i}", f"c{i % 7}")) for i in range(300))))
+    stats = run_processes(settings, processes=2, idle_seconds=1.5)
+    assert (stats.messages, stats.accepted, stats.duplicates) == (300, 300, 0)
+    logged = open_online_store(settings).pending_events(1000)[1]
+    assert sorted(e["event_id"] for e in logged) == sorted(f"e{i}" for i in range(300))
+
+
+def test_the_consume_command_takes_a_number_of_processes(settings):
+    result = CliRunner().invoke(app, ["events", "consume", "--processes", "0",
+                                      "--data-dir", str(settings.data_dir)])
+    assert result.exit_code == 2
+    assert "Invalid value for '--processes'" in result.output
+    assert "greater than or equal to 1" in result.output
 
 
 def test_the_consume_command_without_a_server_says_so(tmp_path):

@@ -206,4 +206,7 @@ def update_states(states: dict[str, CustomerState], events: list[dict]) -> None:
 
 def logged_event(event: dict) -> str:
     """The event as the warehouse will store it: the contract's columns only."""
-    return orjson.dumps({name: event.get(name) for name in EVENTS.column_names}).decode()
+    return orjson.dumps({name: event.get(name) for name in _COLUMNS}).decode()
+
+
+_COLUMNS = tuple(EVENTS.column_names)
