@@ -36,6 +36,7 @@ import scipy.sparse as sp
 from features.ingest import parse_events
 from features.online.embedded import EmbeddedStore
 from features.settings import Settings
+from serving.customers import Behaviours, CustomerIndex, Labels, Lists
 from serving.engagement.policy import DEFAULT_POLICY, load_policy
 from serving.exposure_log import ExposureLog, answer_exposure, placement
 from serving.health import HEALTH
@@ -48,7 +49,7 @@ from serving.service import (
     json_response,
     share_blas_threads,
 )
-from serving.shop import Behaviour, Item, ShopView
+from serving.shop import Item, ShopView
 from serving.state import ContentIndex, ServingState, neighbour_table, smoke_check
 from serving.workarounds.huge_pages import worker_envs
 from training.artifacts import mapped
@@ -105,12 +106,16 @@ def synthetic_state(n_items: int, n_customers: int, factors: int = 64, seed: int
                             segments=frozenset() if k % 2 else frozenset({names[k % 4]}),
                             channels=frozenset() if k % 3 else frozenset({"web", "app"}),
                             min_basket=float(20 * (k % 3)), redemption_limit=1 + k % 2)
-    segments, behaviour = {}, {}
-    for u in range(n_customers):
-        mine = columns[u * per_user:(u + 1) * per_user]
-        segments[user_ids[u]] = names[u % 4]
-        behaviour[user_ids[u]] = Behaviour(purchased={item_ids[c] for c in mine[:2]},
-                                           recent_views=[item_ids[c] for c in mine[2:]])
+    # each customer's segment, two purchases and three views, as the service's columns hold them
+    index = CustomerIndex(user_ids)
+    customers = pd.Series(user_ids)
+    segments = Labels(index, customers,
+                      pd.Series(np.array(names, dtype=object)[np.arange(n_customers) % 4]))
+    rows, mine = index.rows(customers), columns.reshape(n_customers, per_user)
+    behaviour = Behaviours(index, item_ids, Lists(np.repeat(rows, 2), mine[:, :2].ravel(), len(index)),
+                           Lists(np.repeat(rows, 3), mine[:, 2:].ravel(), len(index)),
+                           Lists(np.empty(0, np.int64), np.empty(0, np.int32), len(index)),
+                           np.empty(0, np.int32))
     top = np.argsort(-popularity)[:300]
     new = sorted((i for i in items.values() if i.created_at is not None),
                  key=lambda i: i.created_at, reverse=True)

@@ -35,11 +35,12 @@ from features.contracts import CONTACT_CHANNELS, EventType, ItemKind
 from features.experiments import Assignment
 from features.online.state import CustomerState
 from serving import kernels
+from serving.customers import Behaviour
 from serving.engagement.policy import ContactPolicy, contact_verdict, recently_shown
 from serving.offers import Shelved
 from serving.products import ProductIndex
 from serving.schemas import MAX_N, RecommendRequest
-from serving.shop import Behaviour, Item, ShopView
+from serving.shop import Item, ShopView
 from training.interactions import InteractionConfig
 from training.tracking import TOP_ITEMS
 

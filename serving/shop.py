@@ -9,7 +9,8 @@ here, never a DataFrame operation.
 
 from __future__ import annotations
 
-from collections import Counter, defaultdict
+from collections import defaultdict
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from functools import cached_property
 
@@ -19,6 +20,7 @@ import pandas as pd
 from features.contracts import CONTACT_CHANNELS, LIST_SEPARATOR, EventType, ItemKind
 from features.point_in_time import INTERACTION_WEIGHTS
 from features.warehouse import Warehouse
+from serving.customers import Behaviour, Behaviours, Consents, CustomerIndex, Labels, Lists, Times
 from training.recommenders.buy_again import BuyAgain
 
 POPULAR_KEEP = 300
@@ -45,18 +47,12 @@ class Item:
     redemption_limit: int | None = None
 
 
-@dataclass(slots=True)
-class Behaviour:
-    purchased: set[str] = field(default_factory=set)
-    recent_views: list[str] = field(default_factory=list)  # newest first
-    redemptions: Counter = field(default_factory=Counter)
-
-
 @dataclass
 class ShopView:
     items: dict[str, Item]
-    segments: dict[str, str]
-    behaviour: dict[str, Behaviour]
+    segments: Mapping[str, str]
+    """Customer -> segment (``serving.customers``: columns over one sorted array of ids)."""
+    behaviour: Mapping[str, Behaviour]
     popular: dict[tuple[str, str], list[tuple[str, float]]]
     """(segment or '*', channel or '*') -> products by recent popularity, best first."""
     popular_content: list[tuple[str, float]]
@@ -64,11 +60,11 @@ class ShopView:
     """Smoothed redemption rate of each offer when shown: the prior for its response."""
     new_products: list[str]
     as_of: pd.Timestamp
-    consents: dict[str, frozenset[str]] = field(default_factory=dict)
+    consents: Mapping[str, frozenset[str]] = field(default_factory=dict)
     """Customer -> the contact channels they agreed to (email, sms, push)."""
-    last_purchase: dict[str, float] = field(default_factory=dict)
+    last_purchase: Mapping[str, float] = field(default_factory=dict)
     """Customer -> their latest purchase in the warehouse, epoch seconds (lapsing journeys)."""
-    timezones: dict[str, str] = field(default_factory=dict)
+    timezones: Mapping[str, str] = field(default_factory=dict)
     """Customer -> their IANA time zone, where the customers table has one."""
     segment_channels: dict[str, tuple[str, ...]] = field(default_factory=dict)
     """Segment -> the contact channels its customers send events from (opened or clicked a
@@ -124,19 +120,21 @@ def load_shop(warehouse: Warehouse, events: pd.DataFrame | None = None,
             _split(row.eligible_channels), _float(row.min_basket) or 0.0,
             None if limit is None or pd.isna(limit) else int(limit))
     customers = warehouse.customers()
-    segments = dict(zip(customers["customer_id"], customers["segment"], strict=True))
-    consents = _consents(customers)
     if events is None:
         events = warehouse.events(columns=["customer_id", "item_id", "event_type", "timestamp",
                                            "channel"])
+    index = CustomerIndex(pd.concat([customers["customer_id"], events["customer_id"]]))
+    ids = customers["customer_id"]
+    segment_of = pd.Series(customers["segment"].to_numpy(), index=ids)  # for the groupings below
     as_of = events["timestamp"].max() if len(events) else pd.Timestamp.now(tz="UTC")
-    behaviour = _behaviour(events, as_of - pd.Timedelta(days=window_days))
+    behaviour = _behaviour(events, as_of - pd.Timedelta(days=window_days), index)
     recent = events[events["timestamp"] >= as_of - pd.Timedelta(days=30)]
-    return ShopView(items, segments, behaviour, _popular(recent, items, segments),
-                    _popular_content(recent, items), _offer_rates(events),
-                    _new_products(items, as_of), as_of, consents, _last_purchase(events),
-                    _timezones(customers), _segment_channels(recent, segments),
-                    _buy_again(events, items_frame, as_of))
+    return ShopView(items, Labels(index, ids, customers["segment"]), behaviour,
+                    _popular(recent, items, segment_of), _popular_content(recent, items),
+                    _offer_rates(events), _new_products(items, as_of), as_of,
+                    _consents(customers, index), _last_purchase(events, index),
+                    Labels(index, ids, customers["timezone"]),
+                    _segment_channels(recent, segment_of), _buy_again(events, items_frame, as_of))
 
 
 def _buy_again(events: pd.DataFrame, items: pd.DataFrame, as_of: pd.Timestamp
@@ -147,60 +145,59 @@ def _buy_again(events: pd.DataFrame, items: pd.DataFrame, as_of: pd.Timestamp
     return BuyAgain().fit(purchases, None, as_of + pd.Timedelta(microseconds=1), items)
 
 
-def _segment_channels(events: pd.DataFrame, segments: dict[str, str]
-                      ) -> dict[str, tuple[str, ...]]:
+def _segment_channels(events: pd.DataFrame, segment_of: pd.Series) -> dict[str, tuple[str, ...]]:
     """Per segment, contact channels by the share of its customers with an event from them."""
     contact = [c.value for c in CONTACT_CHANNELS]
     reached = events[events["channel"].isin(contact)][["customer_id", "channel"]]
-    reached = reached.drop_duplicates().assign(segment=lambda f: f["customer_id"].map(segments))
-    sizes = pd.Series(segments).value_counts()
+    reached = reached.drop_duplicates().assign(segment=lambda f: f["customer_id"].map(segment_of))
+    sizes = segment_of.value_counts()
     rates = reached.groupby(["segment", "channel"]).size().div(sizes, level="segment")
     return {segment: tuple(group.droplevel("segment").sort_values(ascending=False).index)
             for segment, group in rates.groupby(level="segment")}
 
 
-def _timezones(customers: pd.DataFrame) -> dict[str, str]:
-    known = customers[customers["timezone"].notna()]
-    return dict(zip(known["customer_id"], known["timezone"], strict=True))
-
-
-def _last_purchase(events: pd.DataFrame) -> dict[str, float]:
+def _last_purchase(events: pd.DataFrame, index: CustomerIndex) -> Times:
     bought = events[events["event_type"] == EventType.PURCHASE.value]
     latest = bought.groupby("customer_id")["timestamp"].max()
     seconds = (latest - pd.Timestamp(0, tz="UTC")).dt.total_seconds()
-    return dict(zip(seconds.index, seconds.to_numpy(), strict=True))
+    return Times(index, latest.index.to_series(), seconds.to_numpy())
 
 
-def _consents(customers: pd.DataFrame) -> dict[str, frozenset[str]]:
-    flags = {c.value: customers[f"consent_{c.value}"].fillna(False).to_numpy(dtype=bool)
-             for c in CONTACT_CHANNELS}
-    return {customer: frozenset(c for c, agreed in flags.items() if agreed[row])
-            for row, customer in enumerate(customers["customer_id"])}
+def _consents(customers: pd.DataFrame, index: CustomerIndex) -> Consents:
+    return Consents(index, customers["customer_id"],
+                    {c.value: customers[f"consent_{c.value}"].fillna(False).to_numpy(dtype=bool)
+                     for c in CONTACT_CHANNELS})
 
 
-def _behaviour(events: pd.DataFrame, since: pd.Timestamp) -> dict[str, Behaviour]:
-    out: dict[str, Behaviour] = defaultdict(Behaviour)
-    bought = events[events["event_type"] == EventType.PURCHASE.value]
-    for customer, group in bought.groupby("customer_id")["item_id"]:
-        out[customer].purchased = set(group)
-    views = events[(events["event_type"] == EventType.VIEW.value) & (events["timestamp"] >= since)]
-    views = views.sort_values("timestamp", ascending=False).drop_duplicates(
+def _behaviour(events: pd.DataFrame, since: pd.Timestamp, index: CustomerIndex) -> Behaviours:
+    """Purchases (all), the 20 latest distinct views since ``since`` and offer redemptions."""
+    bought = events[events["event_type"] == EventType.PURCHASE.value].drop_duplicates(
         ["customer_id", "item_id"])
-    for customer, group in views.groupby("customer_id", sort=False)["item_id"]:
-        out[customer].recent_views = list(group.head(20))
-    redeemed = events[events["event_type"] == EventType.OFFER_REDEEMED.value]
-    for (customer, offer), count in redeemed.groupby(["customer_id", "item_id"]).size().items():
-        out[customer].redemptions[offer] = int(count)
-    return dict(out)
+    views = events[(events["event_type"] == EventType.VIEW.value) & (events["timestamp"] >= since)]
+    views = views.sort_values("timestamp", ascending=False, kind="stable").drop_duplicates(
+        ["customer_id", "item_id"])
+    views = views[views.groupby("customer_id", sort=False).cumcount() < 20]
+    redeemed = events[events["event_type"] == EventType.OFFER_REDEEMED.value].groupby(
+        ["customer_id", "item_id"]).size().reset_index(name="count")
+    items = pd.Index(pd.unique(pd.concat([bought["item_id"], views["item_id"],
+                                          redeemed["item_id"]]).astype(str)))
+
+    def lists(frame: pd.DataFrame) -> Lists:
+        codes = items.get_indexer(frame["item_id"].astype(str))
+        return Lists(index.rows(frame["customer_id"]), codes, len(index))
+
+    return Behaviours(index, items.to_numpy(dtype=object), lists(bought), lists(views),
+                      lists(redeemed),
+                      redeemed["count"].to_numpy(dtype=np.int32))
 
 
 def _popular(recent: pd.DataFrame, items: dict[str, Item],
-             segments: dict[str, str]) -> dict[tuple[str, str], list[tuple[str, float]]]:
+             segment_of: pd.Series) -> dict[tuple[str, str], list[tuple[str, float]]]:
     weights = INTERACTION_WEIGHTS
     frame = recent[recent["event_type"].isin(list(weights))].copy()
     frame = frame[frame["item_id"].map(lambda i: i in items and items[i].kind == "product")]
     frame["weight"] = frame["event_type"].map(weights)
-    frame["segment"] = frame["customer_id"].map(segments).fillna("*")
+    frame["segment"] = frame["customer_id"].map(segment_of).fillna("*")
     tables: dict[tuple[str, str], list[tuple[str, float]]] = {}
     for keys in (["segment", "channel"], ["segment"], ["channel"], []):
         grouped = frame.groupby([*keys, "item_id"])["weight"].sum() if keys else \

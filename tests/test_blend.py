@@ -20,6 +20,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from serving import kernels
+from serving.customers import Behaviour
 from serving.pipeline import (
     FOR_YOU,
     NEW,
@@ -31,7 +32,7 @@ from serving.pipeline import (
 )
 from serving.products import ProductIndex
 from serving.schemas import Filters, RecommendRequest
-from serving.shop import Behaviour, Item, ShopView
+from serving.shop import Item, ShopView
 from training.interactions import Interactions
 
 PRODUCT = np.array([1, 0, 1, 1, 1, 1, 0, 1, 1, 1, 1, 1, 1, 1], dtype=bool)

@@ -39,11 +39,12 @@ from starlette.testclient import TestClient
 
 from features.contracts import ItemKind
 from features.settings import Settings, get_settings
+from serving.customers import Behaviour
 from serving.offers import OfferScorer, offer_is_eligible
 from serving.pipeline import CANDIDATES, rank_offers, recommend, similar_products
 from serving.schemas import RecommendRequest
 from serving.service import NextBest
-from serving.shop import Behaviour, Item, ShopView
+from serving.shop import Item, ShopView
 from serving.state import ContentIndex, ServingState, build_state
 from serving.workarounds.huge_pages import WORKER_ENVS
 from tests.conftest import copy_of_served, is_mapped, promote_by_hand, require_program

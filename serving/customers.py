@@ -1,0 +1,199 @@
+"""Per-customer facts of the shop view (segment, consents, time zone, last purchase, recent
+behaviour) as columns over one sorted array of customer ids, not a dict entry and objects per
+customer.
+
+At a million customers the dicts, sets and lists were most of each API worker's heap, and
+building them most of its start-up (docs/deploy.md, sizing). As arrays a customer costs a few
+bytes per column and a lookup is a binary search over the ids (microseconds, once or twice per
+request). Each column is a read-only ``Mapping``, so the code that reads it (``.get``, ``in``,
+``items``) reads a plain dict the same way (tests build small shops from dicts).
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+
+
+@dataclass(slots=True)
+class Behaviour:
+    """What a customer did in the warehouse's window, as a request reads it."""
+
+    purchased: set[str] = field(default_factory=set)
+    recent_views: list[str] = field(default_factory=list)  # newest first
+    redemptions: Counter = field(default_factory=Counter)
+
+
+class CustomerIndex:
+    """Customer ids, sorted, as UTF-8 bytes: an id's row is found by binary search."""
+
+    def __init__(self, ids: Sequence[str] | np.ndarray | pd.Series) -> None:
+        self.ids = np.unique(_encoded(pd.unique(pd.Series(ids, dtype=object))))
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def row(self, customer_id: str) -> int:
+        """The customer's row; -1 for an id not in the index."""
+        key = customer_id.encode("utf-8")
+        if len(key) > self.ids.itemsize:  # numpy would compare it cut to the ids' width
+            return -1
+        row = int(self.ids.searchsorted(key))
+        return row if row < len(self.ids) and self.ids[row] == key else -1
+
+    def rows(self, customer_ids: pd.Series | np.ndarray) -> np.ndarray:
+        """The rows of ids known to be in the index (as ``build`` functions pass them)."""
+        codes, uniques = pd.factorize(pd.Series(customer_ids, dtype=object))
+        return self.ids.searchsorted(_encoded(uniques)).astype(np.int64)[codes]
+
+    def id_of(self, row: int) -> str:
+        return self.ids[row].decode("utf-8")
+
+
+def _encoded(ids: np.ndarray) -> np.ndarray:
+    """Distinct ids as one array of UTF-8 bytes (numpy compares those in C)."""
+    return pd.Series(ids, dtype=object).astype(str).str.encode("utf-8").to_numpy(dtype=bytes)
+
+
+class CustomerColumn(Mapping):
+    """One fact per customer; customers without it are not in the mapping."""
+
+    def __init__(self, index: CustomerIndex) -> None:
+        self.index = index
+
+    def _value(self, row: int):
+        """The fact at ``row``, or None where the customer has none."""
+        raise NotImplementedError
+
+    def _present(self) -> np.ndarray:
+        """Which rows have the fact."""
+        raise NotImplementedError
+
+    def get(self, customer_id: str, default=None):
+        row = self.index.row(customer_id)
+        value = self._value(row) if row >= 0 else None
+        return default if value is None else value
+
+    def __getitem__(self, customer_id: str):
+        value = self.get(customer_id)
+        if value is None:
+            raise KeyError(customer_id)
+        return value
+
+    def __contains__(self, customer_id: object) -> bool:
+        return isinstance(customer_id, str) and self.get(customer_id) is not None
+
+    def __iter__(self) -> Iterator[str]:
+        for row in np.flatnonzero(self._present()):
+            yield self.index.id_of(int(row))
+
+    def __len__(self) -> int:
+        return int(self._present().sum())
+
+
+class Labels(CustomerColumn):
+    """A label per customer from a short vocabulary (segment, time zone): a code each."""
+
+    def __init__(self, index: CustomerIndex, customers: pd.Series, labels: pd.Series) -> None:
+        super().__init__(index)
+        known = labels.notna().to_numpy()
+        categorical = pd.Categorical(labels[known].astype(str))
+        self.names = tuple(categorical.categories)
+        self.codes = np.full(len(index), -1, dtype=np.int32)
+        self.codes[index.rows(customers[known])] = categorical.codes
+
+    def _value(self, row: int) -> str | None:
+        code = self.codes[row]
+        return self.names[code] if code >= 0 else None
+
+    def _present(self) -> np.ndarray:
+        return self.codes >= 0
+
+
+class Times(CustomerColumn):
+    """A moment per customer, epoch seconds (their latest purchase)."""
+
+    def __init__(self, index: CustomerIndex, customers: pd.Series, seconds: np.ndarray) -> None:
+        super().__init__(index)
+        self.seconds = np.full(len(index), np.nan)
+        self.seconds[index.rows(customers)] = seconds
+
+    def _value(self, row: int) -> float | None:
+        value = self.seconds[row]
+        return None if np.isnan(value) else float(value)
+
+    def _present(self) -> np.ndarray:
+        return ~np.isnan(self.seconds)
+
+
+class Consents(CustomerColumn):
+    """The contact channels each customer of the customers table agreed to: a bit each."""
+
+    def __init__(self, index: CustomerIndex, customers: pd.Series,
+                 agreed: dict[str, np.ndarray]) -> None:
+        super().__init__(index)
+        self.channels = tuple(agreed)
+        bits = np.zeros(len(customers), dtype=np.int16)
+        for bit, flags in enumerate(agreed.values()):
+            bits |= flags.astype(np.int16) << bit
+        self.bits = np.full(len(index), -1, dtype=np.int16)  # -1: not in the customers table
+        self.bits[index.rows(customers)] = bits
+        self.sets = [frozenset(c for bit, c in enumerate(self.channels) if mask >> bit & 1)
+                     for mask in range(1 << len(self.channels))]  # one frozenset per combination
+
+    def _value(self, row: int) -> frozenset[str] | None:
+        mask = self.bits[row]
+        return self.sets[mask] if mask >= 0 else None
+
+    def _present(self) -> np.ndarray:
+        return self.bits >= 0
+
+
+class Lists:
+    """A list of item codes per customer row (compressed rows: ``codes[starts[r]:starts[r+1]]``),
+    each in the order given."""
+
+    def __init__(self, rows: np.ndarray, codes: np.ndarray, customers: int) -> None:
+        order = np.argsort(rows, kind="stable")  # keeps each customer's own order
+        self.codes = np.ascontiguousarray(codes[order], dtype=np.int32)
+        self.starts = np.zeros(customers + 1, dtype=np.int64)
+        np.cumsum(np.bincount(rows, minlength=customers), out=self.starts[1:])
+
+    def of(self, row: int) -> np.ndarray:
+        start, end = self.starts[row:row + 2].tolist()
+        return self.codes[start:end]
+
+    def lengths(self) -> np.ndarray:
+        return np.diff(self.starts)
+
+
+class Behaviours(CustomerColumn):
+    """Each customer's purchases, recent views (newest first) and offer redemptions, as lists of
+    codes into one vocabulary of item ids; read as a :class:`Behaviour` per request."""
+
+    def __init__(self, index: CustomerIndex, items: np.ndarray, purchased: Lists, viewed: Lists,
+                 redeemed: Lists, redemptions: np.ndarray) -> None:
+        super().__init__(index)
+        self.item_ids = items
+        self.purchased, self.viewed, self.redeemed = purchased, viewed, redeemed
+        self.redemptions = redemptions
+        """How often, aligned with ``redeemed.codes``."""
+
+    def _value(self, row: int) -> Behaviour | None:
+        bought, seen = self.purchased.of(row), self.viewed.of(row)
+        start, end = self.redeemed.starts[row:row + 2].tolist()
+        if not (len(bought) or len(seen) or end > start):
+            return None
+        names = self.item_ids
+        counts = Counter(dict(zip(names[self.redeemed.codes[start:end]].tolist(),
+                                  self.redemptions[start:end].tolist(), strict=True))
+                         ) if end > start else Counter()
+        return Behaviour(set(names[bought].tolist()), names[seen].tolist(), counts)
+
+    def _present(self) -> np.ndarray:
+        return (self.purchased.lengths() + self.viewed.lengths() + self.redeemed.lengths()) > 0
+
