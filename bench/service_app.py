@@ -33,10 +33,11 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
+from features.id_index import IdIndex
 from features.ingest import parse_events
 from features.online.embedded import EmbeddedStore
 from features.settings import Settings
-from serving.customers import Behaviours, CustomerIndex, Labels, Lists
+from serving.customers import Behaviours, Labels, Lists
 from serving.engagement.policy import DEFAULT_POLICY, load_policy
 from serving.exposure_log import ExposureLog, answer_exposure, placement
 from serving.health import HEALTH
@@ -107,11 +108,11 @@ def synthetic_state(n_items: int, n_customers: int, factors: int = 64, seed: int
                             channels=frozenset() if k % 3 else frozenset({"web", "app"}),
                             min_basket=float(20 * (k % 3)), redemption_limit=1 + k % 2)
     # each customer's segment, two purchases and three views, as the service's columns hold them
-    index = CustomerIndex(user_ids)
+    index = IdIndex.distinct(user_ids)
     customers = pd.Series(user_ids)
     segments = Labels(index, customers,
                       pd.Series(np.array(names, dtype=object)[np.arange(n_customers) % 4]))
-    rows, mine = index.rows(customers), columns.reshape(n_customers, per_user)
+    rows, mine = index.positions(customers), columns.reshape(n_customers, per_user)
     behaviour = Behaviours(index, item_ids, Lists(np.repeat(rows, 2), mine[:, :2].ravel(), len(index)),
                            Lists(np.repeat(rows, 3), mine[:, 2:].ravel(), len(index)),
                            Lists(np.empty(0, np.int64), np.empty(0, np.int32), len(index)),

@@ -1,6 +1,6 @@
 """Per-customer facts of the shop view (segment, consents, time zone, last purchase, recent
-behaviour) as columns over one sorted array of customer ids, not a dict entry and objects per
-customer.
+behaviour) as columns over one sorted array of customer ids (``IdIndex.distinct``: a row per
+customer), not a dict entry and objects per customer.
 
 At a million customers the dicts, sets and lists were most of each API worker's heap, and
 building them most of its start-up (docs/deploy.md, sizing). As arrays a customer costs a few
@@ -12,11 +12,13 @@ request). Each column is a read-only ``Mapping``, so the code that reads it (``.
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
+
+from features.id_index import IdIndex
 
 
 @dataclass(slots=True)
@@ -28,41 +30,10 @@ class Behaviour:
     redemptions: Counter = field(default_factory=Counter)
 
 
-class CustomerIndex:
-    """Customer ids, sorted, as UTF-8 bytes: an id's row is found by binary search."""
-
-    def __init__(self, ids: Sequence[str] | np.ndarray | pd.Series) -> None:
-        self.ids = np.unique(_encoded(pd.unique(pd.Series(ids, dtype=object))))
-
-    def __len__(self) -> int:
-        return len(self.ids)
-
-    def row(self, customer_id: str) -> int:
-        """The customer's row; -1 for an id not in the index."""
-        key = customer_id.encode("utf-8")
-        if len(key) > self.ids.itemsize:  # numpy would compare it cut to the ids' width
-            return -1
-        row = int(self.ids.searchsorted(key))
-        return row if row < len(self.ids) and self.ids[row] == key else -1
-
-    def rows(self, customer_ids: pd.Series | np.ndarray) -> np.ndarray:
-        """The rows of ids known to be in the index (as ``build`` functions pass them)."""
-        codes, uniques = pd.factorize(pd.Series(customer_ids, dtype=object))
-        return self.ids.searchsorted(_encoded(uniques)).astype(np.int64)[codes]
-
-    def id_of(self, row: int) -> str:
-        return self.ids[row].decode("utf-8")
-
-
-def _encoded(ids: np.ndarray) -> np.ndarray:
-    """Distinct ids as one array of UTF-8 bytes (numpy compares those in C)."""
-    return pd.Series(ids, dtype=object).astype(str).str.encode("utf-8").to_numpy(dtype=bytes)
-
-
 class CustomerColumn(Mapping):
     """One fact per customer; customers without it are not in the mapping."""
 
-    def __init__(self, index: CustomerIndex) -> None:
+    def __init__(self, index: IdIndex) -> None:
         self.index = index
 
     def _value(self, row: int):
@@ -74,7 +45,7 @@ class CustomerColumn(Mapping):
         raise NotImplementedError
 
     def get(self, customer_id: str, default=None):
-        row = self.index.row(customer_id)
+        row = self.index.position(customer_id)
         value = self._value(row) if row >= 0 else None
         return default if value is None else value
 
@@ -89,7 +60,7 @@ class CustomerColumn(Mapping):
 
     def __iter__(self) -> Iterator[str]:
         for row in np.flatnonzero(self._present()):
-            yield self.index.id_of(int(row))
+            yield self.index.id_at(int(row))
 
     def __len__(self) -> int:
         return int(self._present().sum())
@@ -98,13 +69,13 @@ class CustomerColumn(Mapping):
 class Labels(CustomerColumn):
     """A label per customer from a short vocabulary (segment, time zone): a code each."""
 
-    def __init__(self, index: CustomerIndex, customers: pd.Series, labels: pd.Series) -> None:
+    def __init__(self, index: IdIndex, customers: pd.Series, labels: pd.Series) -> None:
         super().__init__(index)
         known = labels.notna().to_numpy()
         categorical = pd.Categorical(labels[known].astype(str))
         self.names = tuple(categorical.categories)
         self.codes = np.full(len(index), -1, dtype=np.int32)
-        self.codes[index.rows(customers[known])] = categorical.codes
+        self.codes[index.positions(customers[known])] = categorical.codes
 
     def _value(self, row: int) -> str | None:
         code = self.codes[row]
@@ -117,10 +88,10 @@ class Labels(CustomerColumn):
 class Times(CustomerColumn):
     """A moment per customer, epoch seconds (their latest purchase)."""
 
-    def __init__(self, index: CustomerIndex, customers: pd.Series, seconds: np.ndarray) -> None:
+    def __init__(self, index: IdIndex, customers: pd.Series, seconds: np.ndarray) -> None:
         super().__init__(index)
         self.seconds = np.full(len(index), np.nan)
-        self.seconds[index.rows(customers)] = seconds
+        self.seconds[index.positions(customers)] = seconds
 
     def _value(self, row: int) -> float | None:
         value = self.seconds[row]
@@ -133,7 +104,7 @@ class Times(CustomerColumn):
 class Consents(CustomerColumn):
     """The contact channels each customer of the customers table agreed to: a bit each."""
 
-    def __init__(self, index: CustomerIndex, customers: pd.Series,
+    def __init__(self, index: IdIndex, customers: pd.Series,
                  agreed: dict[str, np.ndarray]) -> None:
         super().__init__(index)
         self.channels = tuple(agreed)
@@ -141,7 +112,7 @@ class Consents(CustomerColumn):
         for bit, flags in enumerate(agreed.values()):
             bits |= flags.astype(np.int16) << bit
         self.bits = np.full(len(index), -1, dtype=np.int16)  # -1: not in the customers table
-        self.bits[index.rows(customers)] = bits
+        self.bits[index.positions(customers)] = bits
         self.sets = [frozenset(c for bit, c in enumerate(self.channels) if mask >> bit & 1)
                      for mask in range(1 << len(self.channels))]  # one frozenset per combination
 
@@ -175,7 +146,7 @@ class Behaviours(CustomerColumn):
     """Each customer's purchases, recent views (newest first) and offer redemptions, as lists of
     codes into one vocabulary of item ids; read as a :class:`Behaviour` per request."""
 
-    def __init__(self, index: CustomerIndex, items: np.ndarray, purchased: Lists, viewed: Lists,
+    def __init__(self, index: IdIndex, items: np.ndarray, purchased: Lists, viewed: Lists,
                  redeemed: Lists, redemptions: np.ndarray) -> None:
         super().__init__(index)
         self.item_ids = items

@@ -18,9 +18,10 @@ import numpy as np
 import pandas as pd
 
 from features.contracts import CONTACT_CHANNELS, LIST_SEPARATOR, EventType, ItemKind
+from features.id_index import IdIndex
 from features.point_in_time import INTERACTION_WEIGHTS
 from features.warehouse import Warehouse
-from serving.customers import Behaviour, Behaviours, Consents, CustomerIndex, Labels, Lists, Times
+from serving.customers import Behaviour, Behaviours, Consents, Labels, Lists, Times
 from training.recommenders.buy_again import BuyAgain
 
 POPULAR_KEEP = 300
@@ -123,7 +124,7 @@ def load_shop(warehouse: Warehouse, events: pd.DataFrame | None = None,
     if events is None:
         events = warehouse.events(columns=["customer_id", "item_id", "event_type", "timestamp",
                                            "channel"])
-    index = CustomerIndex(pd.concat([customers["customer_id"], events["customer_id"]]))
+    index = IdIndex.distinct(pd.concat([customers["customer_id"], events["customer_id"]]))
     ids = customers["customer_id"]
     segment_of = pd.Series(customers["segment"].to_numpy(), index=ids)  # for the groupings below
     as_of = events["timestamp"].max() if len(events) else pd.Timestamp.now(tz="UTC")
@@ -156,20 +157,20 @@ def _segment_channels(events: pd.DataFrame, segment_of: pd.Series) -> dict[str, 
             for segment, group in rates.groupby(level="segment")}
 
 
-def _last_purchase(events: pd.DataFrame, index: CustomerIndex) -> Times:
+def _last_purchase(events: pd.DataFrame, index: IdIndex) -> Times:
     bought = events[events["event_type"] == EventType.PURCHASE.value]
     latest = bought.groupby("customer_id")["timestamp"].max()
     seconds = (latest - pd.Timestamp(0, tz="UTC")).dt.total_seconds()
     return Times(index, latest.index.to_series(), seconds.to_numpy())
 
 
-def _consents(customers: pd.DataFrame, index: CustomerIndex) -> Consents:
+def _consents(customers: pd.DataFrame, index: IdIndex) -> Consents:
     return Consents(index, customers["customer_id"],
                     {c.value: customers[f"consent_{c.value}"].fillna(False).to_numpy(dtype=bool)
                      for c in CONTACT_CHANNELS})
 
 
-def _behaviour(events: pd.DataFrame, since: pd.Timestamp, index: CustomerIndex) -> Behaviours:
+def _behaviour(events: pd.DataFrame, since: pd.Timestamp, index: IdIndex) -> Behaviours:
     """Purchases (all), the 20 latest distinct views since ``since`` and offer redemptions."""
     bought = events[events["event_type"] == EventType.PURCHASE.value].drop_duplicates(
         ["customer_id", "item_id"])
@@ -184,7 +185,7 @@ def _behaviour(events: pd.DataFrame, since: pd.Timestamp, index: CustomerIndex) 
 
     def lists(frame: pd.DataFrame) -> Lists:
         codes = items.get_indexer(frame["item_id"].astype(str))
-        return Lists(index.rows(frame["customer_id"]), codes, len(index))
+        return Lists(index.positions(frame["customer_id"]), codes, len(index))
 
     return Behaviours(index, items.to_numpy(dtype=object), lists(bought), lists(views),
                       lists(redeemed),

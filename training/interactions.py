@@ -16,6 +16,7 @@ import pandas as pd
 import scipy.sparse as sp
 from pydantic import BaseModel, Field
 
+from features.id_index import IdIndex
 from features.point_in_time import INTERACTION_WEIGHTS
 
 
@@ -41,7 +42,6 @@ class Interactions:
     item_ids: np.ndarray
 
     def __post_init__(self) -> None:
-        self._user_index = pd.Index(self.user_ids)
         self._item_index = pd.Index(self.item_ids)
 
     @property
@@ -50,23 +50,24 @@ class Interactions:
 
     def user_rows(self, user_ids) -> np.ndarray:
         """Row of each customer id, or -1 for customers the matrix does not know."""
-        return self._user_index.get_indexer(np.atleast_1d(np.asarray(user_ids, dtype=object)))
+        return self._user_lookup.positions(np.atleast_1d(np.asarray(user_ids, dtype=object)))
 
     def item_columns(self, item_ids) -> np.ndarray:
         """Column of each item id, or -1 for items the matrix does not know."""
         return self._item_index.get_indexer(np.atleast_1d(np.asarray(item_ids, dtype=object)))
 
     def user_row(self, user_id: str) -> int:
-        """Row of one customer id, or -1: a dictionary lookup, for the serving hot path."""
-        return self._user_positions.get(user_id, -1)
+        """Row of one customer id, or -1: a binary search, for the serving hot path."""
+        return self._user_lookup.position(user_id)
 
     def item_column(self, item_id: str) -> int:
         """Column of one item id, or -1: a dictionary lookup, for the serving hot path."""
         return self._item_positions.get(item_id, -1)
 
     @cached_property
-    def _user_positions(self) -> dict[str, int]:
-        return {str(u): i for i, u in enumerate(self.user_ids)}
+    def _user_lookup(self) -> IdIndex:
+        """Sorted ids rather than a dict: one row per customer, in every serving worker."""
+        return IdIndex(self.user_ids)
 
     @cached_property
     def _item_positions(self) -> dict[str, int]:
