@@ -37,7 +37,7 @@ class IdIndex:
         return len(self.keys)
 
     def position(self, id_: str) -> int:
-        key = id_.encode("utf-8")
+        key = id_.encode("utf-8", "surrogatepass")
         if len(key) > self.keys.itemsize or key.endswith(b"\0"):  # numpy would cut those
             return -1
         at = int(self.keys.searchsorted(key))
@@ -55,14 +55,16 @@ class IdIndex:
 
     def id_at(self, rank: int) -> str:
         """The id of sorted rank ``rank`` (for iterating in sorted order)."""
-        return self.keys[rank].decode("utf-8")
+        return self.keys[rank].decode("utf-8", "surrogatepass")
 
 
 def encoded(ids: Sequence[str] | np.ndarray | pd.Series, check: bool = False) -> np.ndarray:
-    """Ids as one array of UTF-8 bytes (numpy compares those in C). With ``check``, refuse ids
+    """Ids as one array of UTF-8 bytes (numpy compares those in C; a lone surrogate, which JSON
+    can carry, is kept as its bytes). With ``check``, refuse ids
     that numpy's bytes would not tell apart: those with a NUL character."""
-    text = pd.Series(ids, dtype=object).astype(str)
-    if check and text.str.contains("\0", regex=False).any():
-        bad = text[text.str.contains("\0", regex=False)].iloc[0]
-        raise ValueError(f"an id may not contain a NUL character, got {bad!r}")
-    return text.str.encode("utf-8").to_numpy(dtype=bytes)
+    text = [id_ if type(id_) is str else str(id_) for id_ in ids]  # pandas' arrow strings
+    if check:                                                         # refuse surrogates
+        bad = next((id_ for id_ in text if "\0" in id_), None)
+        if bad is not None:
+            raise ValueError(f"an id may not contain a NUL character, got {bad!r}")
+    return np.array([id_.encode("utf-8", "surrogatepass") for id_ in text], dtype=bytes)
