@@ -209,10 +209,10 @@ def run(settings: Settings, idle_seconds: float | None = None,
 def run_processes(settings: Settings, processes: int, idle_seconds: float | None = None,
                   on_batch: Callable[[ConsumerStats], None] | None = None) -> ConsumerStats:
     """``processes`` consumers on the same durable consumer, which JetStream shares its
-    messages among: a second process uses the second core, as validating and storing an
-    event takes one core's worth of Python at about half the rate a machine can store
-    (docs/benchmarks.md). They write to the same online store, as the API's workers do.
-    SIGINT or SIGTERM stops them all after their current batch."""
+    messages among. A consumer is one Python process and keeps one core busy; a second uses
+    the second core (docs/benchmarks.md has the rates of one and of two). They write to the
+    same online store, as the API's workers do. SIGINT or SIGTERM stops them all after their
+    current batch."""
     if processes == 1:
         return run(settings, idle_seconds, on_batch)
     asyncio.run(prepare(StreamConfig.from_settings(settings)))  # once, not raced by the children
