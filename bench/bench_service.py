@@ -265,8 +265,9 @@ def start(args, workers: int) -> tuple[subprocess.Popen, str]:
         except httpx.HTTPError:
             pass
         if server.poll() is not None or time.monotonic() > deadline:
-            for process in psutil.Process(server.pid).children(recursive=True):  # its workers
-                process.kill()
+            if server.poll() is None:  # stop its workers too: they would go on building
+                for process in psutil.Process(server.pid).children(recursive=True):
+                    process.kill()
             server.kill()
             raise SystemExit("the benchmark service did not start within 15 minutes (a first "
                              "run at a size builds its tables: build them first with "
