@@ -1,6 +1,7 @@
-"""Where BentoML 1.4 (and the asyncio and glibc underneath it) does not do what the service
-needs, and what nextbest does instead: each in its own module, apart from the service's own
-code, which calls them in one place (``serving/service.py``). Each says what it works around;
+"""Where BentoML 1.4 (and the asyncio and glibc underneath it, and nats-py under the stream
+consumer) does not do what nextbest needs, and what it does instead: each in its own module,
+apart from the domain code, which calls them in one place each (``serving/service.py``; the
+stream consumer, ``serving/stream.py``). Each says what it works around;
 here is which version needs it and how to tell that it can go.
 
 * ``accepting`` — every worker of a service shares one listening socket, and asyncio's selector
@@ -21,6 +22,11 @@ here is which version needs it and how to tell that it can go.
 * ``http_errors`` — Starlette under BentoML 1.4 answers an unknown path (404) and a wrong method
   (405) in plain text, and BentoML reads a form-encoded body as a form. It can go when those
   answers are JSON in ``tests/test_service.py``'s unknown-path test with ``JsonErrors`` removed.
+* ``jetstream_fetch`` — nats-py 2.16's ``fetch`` makes a UUID, a task and a ``wait_for`` per
+  message, more work than validating and storing the event; ``BatchPuller`` sends the same
+  pull request to a subscription that only collects. It can go when ``Subscription.next_msg``
+  no longer calls ``create_task`` and ``bench/bench_stream.py`` keeps its rate with nats-py's
+  ``fetch`` in its place.
 * ``validation_errors`` — BentoML 1.4 answers a body that fails the request model with
   pydantic's errors minus the values sent. It can go when BentoML's 400 names each field and
   value (``tests/test_service.py``'s schema-mismatch tests pass without
