@@ -115,8 +115,8 @@ def synthetic_state(n_items: int, n_customers: int, factors: int = 64, seed: int
     rows, mine = index.positions(customers), columns.reshape(n_customers, per_user)
     behaviour = Behaviours(index, item_ids, Lists(np.repeat(rows, 2), mine[:, :2].ravel(), len(index)),
                            Lists(np.repeat(rows, 3), mine[:, 2:].ravel(), len(index)),
-                           Lists(np.empty(0, np.int64), np.empty(0, np.int32), len(index)),
-                           np.empty(0, np.int32))
+                           Lists(np.empty(0, np.int64), np.empty(0, np.int32), len(index),
+                                 np.empty(0, np.int32)))
     top = np.argsort(-popularity)[:300]
     new = sorted((i for i in items.values() if i.created_at is not None),
                  key=lambda i: i.created_at, reverse=True)

@@ -59,11 +59,12 @@ class IdIndex:
 
 
 def encoded(ids: Sequence[str] | np.ndarray | pd.Series, check: bool = False) -> np.ndarray:
-    """Ids as one array of UTF-8 bytes (numpy compares those in C; a lone surrogate, which JSON
-    can carry, is kept as its bytes). With ``check``, refuse ids
-    that numpy's bytes would not tell apart: those with a NUL character."""
-    text = [id_ if type(id_) is str else str(id_) for id_ in ids]  # pandas' arrow strings
-    if check:                                                         # refuse surrogates
+    """Ids as one array of UTF-8 bytes, which numpy compares in C. A lone surrogate (JSON can
+    carry one) is kept as its bytes, so the encoding is per id in Python: pandas' string
+    methods go through Arrow, which refuses them. With ``check``, ids with a NUL character are
+    refused: numpy's bytes would not tell "a\\0" from "a"."""
+    text = [id_ if type(id_) is str else str(id_) for id_ in ids]
+    if check:
         bad = next((id_ for id_ in text if "\0" in id_), None)
         if bad is not None:
             raise ValueError(f"an id may not contain a NUL character, got {bad!r}")

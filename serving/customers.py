@@ -55,8 +55,14 @@ class CustomerColumn(Mapping):
             raise KeyError(customer_id)
         return value
 
+    def _has(self, row: int) -> bool:
+        return self._value(row) is not None
+
     def __contains__(self, customer_id: object) -> bool:
-        return isinstance(customer_id, str) and self.get(customer_id) is not None
+        if not isinstance(customer_id, str):
+            return False
+        row = self.index.position(customer_id)
+        return row >= 0 and self._has(row)
 
     def __iter__(self) -> Iterator[str]:
         for row in np.flatnonzero(self._present()):
@@ -126,45 +132,49 @@ class Consents(CustomerColumn):
 
 class Lists:
     """A list of item codes per customer row (compressed rows: ``codes[starts[r]:starts[r+1]]``),
-    each in the order given."""
+    each in the order given, with a count per entry where ``counts`` are given."""
 
-    def __init__(self, rows: np.ndarray, codes: np.ndarray, customers: int) -> None:
+    def __init__(self, rows: np.ndarray, codes: np.ndarray, customers: int,
+                 counts: np.ndarray | None = None) -> None:
         order = np.argsort(rows, kind="stable")  # keeps each customer's own order
         self.codes = np.ascontiguousarray(codes[order], dtype=np.int32)
+        self.counts = None if counts is None else np.ascontiguousarray(counts[order],
+                                                                       dtype=np.int32)
         self.starts = np.zeros(customers + 1, dtype=np.int64)
         np.cumsum(np.bincount(rows, minlength=customers), out=self.starts[1:])
 
-    def of(self, row: int) -> np.ndarray:
+    def span(self, row: int) -> slice:
         start, end = self.starts[row:row + 2].tolist()
-        return self.codes[start:end]
+        return slice(start, end)
 
     def lengths(self) -> np.ndarray:
         return np.diff(self.starts)
 
 
 class Behaviours(CustomerColumn):
-    """Each customer's purchases, recent views (newest first) and offer redemptions, as lists of
-    codes into one vocabulary of item ids; read as a :class:`Behaviour` per request."""
+    """Each customer's purchases, recent views (newest first) and offer redemptions (with how
+    often), as lists of codes into one vocabulary of item ids; read as a :class:`Behaviour` per
+    request."""
 
     def __init__(self, index: IdIndex, items: np.ndarray, purchased: Lists, viewed: Lists,
-                 redeemed: Lists, redemptions: np.ndarray) -> None:
+                 redeemed: Lists) -> None:
         super().__init__(index)
         self.item_ids = items
         self.purchased, self.viewed, self.redeemed = purchased, viewed, redeemed
-        self.redemptions = redemptions
-        """How often, aligned with ``redeemed.codes``."""
 
     def _value(self, row: int) -> Behaviour | None:
-        bought, seen = self.purchased.of(row), self.viewed.of(row)
-        start, end = self.redeemed.starts[row:row + 2].tolist()
-        if not (len(bought) or len(seen) or end > start):
+        if not self._has(row):
             return None
-        names = self.item_ids
-        counts = Counter(dict(zip(names[self.redeemed.codes[start:end]].tolist(),
-                                  self.redemptions[start:end].tolist(), strict=True))
-                         ) if end > start else Counter()
-        return Behaviour(set(names[bought].tolist()), names[seen].tolist(), counts)
+        names, redeemed = self.item_ids, self.redeemed.span(row)
+        counts = Counter(dict(zip(names[self.redeemed.codes[redeemed]].tolist(),
+                                  self.redeemed.counts[redeemed].tolist(), strict=True))
+                         ) if redeemed.stop > redeemed.start else Counter()
+        return Behaviour(set(names[self.purchased.codes[self.purchased.span(row)]].tolist()),
+                         names[self.viewed.codes[self.viewed.span(row)]].tolist(), counts)
+
+    def _has(self, row: int) -> bool:
+        return any(lists.starts[row + 1] > lists.starts[row]
+                   for lists in (self.purchased, self.viewed, self.redeemed))
 
     def _present(self) -> np.ndarray:
         return (self.purchased.lengths() + self.viewed.lengths() + self.redeemed.lengths()) > 0
-

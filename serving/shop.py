@@ -183,13 +183,12 @@ def _behaviour(events: pd.DataFrame, since: pd.Timestamp, index: IdIndex) -> Beh
     items = pd.Index(pd.unique(pd.concat([bought["item_id"], views["item_id"],
                                           redeemed["item_id"]]).astype(str)))
 
-    def lists(frame: pd.DataFrame) -> Lists:
+    def lists(frame: pd.DataFrame, counts: np.ndarray | None = None) -> Lists:
         codes = items.get_indexer(frame["item_id"].astype(str))
-        return Lists(index.positions(frame["customer_id"]), codes, len(index))
+        return Lists(index.positions(frame["customer_id"]), codes, len(index), counts)
 
     return Behaviours(index, items.to_numpy(dtype=object), lists(bought), lists(views),
-                      lists(redeemed),
-                      redeemed["count"].to_numpy(dtype=np.int32))
+                      lists(redeemed, redeemed["count"].to_numpy()))
 
 
 def _popular(recent: pd.DataFrame, items: dict[str, Item],

@@ -36,8 +36,18 @@ def test_behaviour_keeps_each_customers_order_and_counts():
     rows = INDEX.positions(pd.Series(["dan", "bea", "dan"]))
     behaviour = Behaviours(INDEX, items, Lists(rows[:1], np.array([0]), len(INDEX)),
                            Lists(rows, np.array([1, 0, 0]), len(INDEX)),
-                           Lists(rows[1:2], np.array([2]), len(INDEX)), np.array([3]))
+                           Lists(rows[1:2], np.array([2]), len(INDEX), np.array([3])))
     dan, bea = behaviour["dan"], behaviour["bea"]
     assert (dan.purchased, dan.recent_views, dict(dan.redemptions)) == ({"p1"}, ["p2", "p1"], {})
     assert (bea.purchased, bea.recent_views, dict(bea.redemptions)) == (set(), ["p1"], {"o1": 3})
     assert set(behaviour) == {"dan", "bea"} and "ann" not in behaviour
+
+
+def test_redemption_counts_stay_with_their_customer_whatever_order_they_come_in():
+    items = np.array(["o1", "o2"], dtype=object)
+    rows = INDEX.positions(pd.Series(["dan", "ann", "dan"]))  # not in the index's order
+    empty = Lists(np.empty(0, np.int64), np.empty(0, np.int32), len(INDEX))
+    behaviour = Behaviours(INDEX, items, empty, empty,
+                           Lists(rows, np.array([0, 0, 1]), len(INDEX), np.array([3, 5, 7])))
+    assert dict(behaviour["dan"].redemptions) == {"o1": 3, "o2": 7}
+    assert dict(behaviour["ann"].redemptions) == {"o1": 5}
