@@ -75,6 +75,10 @@ class Sources(NamedTuple):
     for_you_row: int
     """The customer's row; negative: no "for you" source."""
     n_for_you: int
+    for_you_vector: np.ndarray
+    """The customer's vector, when the scores are computed rather than read (empty: read
+    ``for_you_scores``): a score is its inner product with the item's row of ``item_vectors``."""
+    item_vectors: np.ndarray
     anchor_columns: np.ndarray
     """Each anchor's column in the neighbour table; negative: not in it."""
     neighbours: np.ndarray
@@ -155,9 +159,9 @@ def _rank(catalog, sources, rules) -> tuple[np.ndarray, np.ndarray]:
     """
     product, check_columns, top, n_tops, in_stock, price, category, repeatable, new, new_top \
         = catalog
-    (for_you, for_you_scores, for_you_row, n_for_you, anchor_columns, neighbours,
-     neighbour_scores, n_similar, liked, popular, popular_scores, extra, extra_scores,
-     extra_bounds, extra_weights, extra_codes, source_weights) = sources
+    (for_you, for_you_scores, for_you_row, n_for_you, for_you_vector, item_vectors,
+     anchor_columns, neighbours, neighbour_scores, n_similar, liked, popular, popular_scores,
+     extra, extra_scores, extra_bounds, extra_weights, extra_codes, source_weights) = sources
     size = len(extra) + len(new) + len(popular)
     if for_you_row >= 0:
         size += min(n_for_you, for_you.shape[1])
@@ -173,7 +177,12 @@ def _rank(catalog, sources, rules) -> tuple[np.ndarray, np.ndarray]:
     strongest = np.empty(size)
     reasons = np.empty(size, np.int64)
     found = 0
-    if for_you_row >= 0:
+    if for_you_row >= 0 and len(for_you_vector):
+        columns = for_you[for_you_row, :n_for_you]
+        found = _blend(columns, _inner_products(columns, item_vectors, for_you_vector),
+                       source_weights[FOR_YOU], FOR_YOU, check_columns, product, slots, items,
+                       totals, strongest, reasons, found)
+    elif for_you_row >= 0:
         found = _blend(for_you[for_you_row, :n_for_you], for_you_scores[for_you_row, :n_for_you],
                        source_weights[FOR_YOU], FOR_YOU, check_columns, product, slots, items,
                        totals, strongest, reasons, found)
@@ -271,6 +280,20 @@ def best_first(totals: np.ndarray, at_least: int) -> np.ndarray:
         heap[0], heap[end] = heap[end], heap[0]
         _sift_down(heap, end, 0, totals)
     return heap
+
+
+@compiled
+def _inner_products(columns: np.ndarray, vectors: np.ndarray, vector: np.ndarray) -> np.ndarray:
+    """Each column's row of ``vectors`` times ``vector``, in float32 as the training job scored
+    them (0 for padding, -1, which blending leaves out)."""
+    scores = np.zeros(len(columns), np.float32)
+    for k in range(len(columns)):
+        if columns[k] >= 0:
+            total = np.float32(0)
+            for j in range(len(vector)):
+                total += vectors[columns[k], j] * vector[j]
+            scores[k] = total
+    return scores
 
 
 @compiled(inline="always")  # a call per step cost as much as the step

@@ -212,6 +212,7 @@ SOURCE_WEIGHTS = np.array([SOURCE_WEIGHT[s] for s in sorted(SOURCE_CODE, key=SOU
 NO_ITEMS, NO_SCORES = np.zeros(0, dtype=np.int64), np.zeros(0)
 NO_SOURCES = np.zeros(1, dtype=np.int64)
 NO_TABLE = (np.zeros((0, 0), dtype=np.int32), np.zeros((0, 0), dtype=np.float32))
+NO_VECTOR = np.zeros(0, dtype=np.float32)
 """Recommender columns and scores come as tables (the top-items and neighbour tables: a row per
 customer or item), int32 and float32 (their types), whatever produced them: numba compiles the
 compiled call once per combination of argument types, so a new combination would compile
@@ -257,7 +258,7 @@ class Blend:
         self.neighbours = neighbours or NO_TABLE
         self.anchors: list[str] = []
         self._anchor_columns: list[int] = []
-        self._for_you: tuple[np.ndarray, np.ndarray, int, int] = (*NO_TABLE, -1, 0)
+        self._for_you: tuple = (*NO_TABLE, -1, 0, NO_VECTOR, NO_TABLE[1])
         self._liked = np.zeros(len(index.tops))
         self._popular: tuple[np.ndarray, np.ndarray] = (NO_ITEMS, NO_SCORES)
         self._positions: list[np.ndarray] = []
@@ -270,12 +271,19 @@ class Blend:
         """The recommender's best columns for the customer (-1, padding: left out)."""
         self._for_you = (np.ascontiguousarray(columns, dtype=np.int32).reshape(1, -1),
                          np.ascontiguousarray(scores, dtype=np.float32).reshape(1, -1), 0,
-                         len(columns))
+                         len(columns), NO_VECTOR, NO_TABLE[1])
 
-    def add_for_you_row(self, table: tuple[np.ndarray, np.ndarray], row: int, n: int) -> None:
+    def add_for_you_row(self, table: tuple[np.ndarray, np.ndarray | None], row: int, n: int,
+                        factors: tuple[np.ndarray, np.ndarray] | None = None) -> None:
         """The first ``n`` of ``row`` in the top-items table the training job kept. The
-        compiled call reads it there: slicing it here cost four numpy calls a request."""
-        self._for_you = (*table, row, n)
+        compiled call reads it there: slicing it here cost four numpy calls a request. A table
+        without scores (``Bundle.top_items``) is scored there from ``factors``, the model's
+        customer and item vectors."""
+        if table[1] is None:
+            users, items = factors
+            self._for_you = (table[0], NO_TABLE[1], row, n, users[row], items)
+        else:
+            self._for_you = (*table, row, n, NO_VECTOR, NO_TABLE[1])
 
     def add_neighbours(self, anchor: str, column: int) -> None:
         """Items similar to the column's item, as the neighbour table holds them."""
@@ -344,7 +352,8 @@ def product_candidates(state: ServingState, request: RecommendRequest, behaviour
     if row >= 0 or fresh:
         top_items = None if fresh else bundle.top_items_for(row, CANDIDATES)
         if top_items is not None:
-            blend.add_for_you_row(top_items, row, CANDIDATES)
+            blend.add_for_you_row(top_items, row, CANDIDATES,
+                                  bundle.model.inner_product_factors())
         else:  # history fresher than the model, or no table: score the catalog
             blend.add_for_you(*bundle.model.recommend(
                 row, _history_row(interactions.matrix, row, fresh), N=CANDIDATES,

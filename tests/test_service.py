@@ -135,6 +135,45 @@ def test_fitted_customers_are_answered_from_the_registered_top_items_as_if_score
             [(e["item_id"], e["reason"]) for e in from_scores]
 
 
+def test_a_factor_models_table_is_scored_from_its_vectors_as_the_training_job_scored_it(
+        state, tmp_path):
+    """For a factor model only the table's columns are read; each fitted customer's scores
+    are computed again from the factors, and are the numbers the training job wrote."""
+    from training.artifacts import IDS_FILE, RECOMMENDER_FILE, TOP_SCORES_FILE
+    from training.recommenders import make_recommender
+    from training.tracking import load_bundle, save_bundle
+
+    interactions = state.models.recommender.interactions
+    als = make_recommender("als", factors=8, iterations=5).fit(interactions.matrix)
+    save_bundle(als, interactions, tmp_path)
+    loaded = load_bundle(tmp_path / RECOMMENDER_FILE, tmp_path / IDS_FILE, tmp_path)
+
+    assert loaded.top_items[1] is None
+    written = np.load(tmp_path / TOP_SCORES_FILE)
+    for row in range(25):
+        columns, scores = loaded.precomputed(row, CANDIDATES)
+        np.testing.assert_allclose(scores, written[row, :len(columns)], rtol=1e-5, atol=1e-6)
+
+
+def test_a_factor_models_fitted_customers_are_answered_from_its_table_as_if_scored(state):
+    from training.recommenders import make_recommender
+    from training.tracking import TOP_ITEMS
+
+    bundle = state.models.recommender
+    als = make_recommender("als", factors=8, iterations=5).fit(bundle.interactions.matrix)
+    table = als.recommend_all(bundle.interactions.matrix, N=TOP_ITEMS)
+    with_table, scored = (dataclasses.replace(state, models=dataclasses.replace(
+        state.models, recommender=dataclasses.replace(bundle, model=als, top_items=top)))
+        for top in (table, None))
+    assert with_table.models.recommender.top_items[1] is None  # scored from the factors
+    for customer in bundle.interactions.user_ids[:25]:
+        request = RecommendRequest(customer_id=str(customer), n={"product": 20})
+        from_table = recommend(with_table, request, state.shop.as_of)["products"]
+        from_scores = recommend(scored, request, state.shop.as_of)["products"]
+        assert [(e["item_id"], e["reason"], round(e["score"], 4)) for e in from_table] == \
+            [(e["item_id"], e["reason"], round(e["score"], 4)) for e in from_scores]
+
+
 def test_a_customer_with_events_newer_than_the_model_is_scored_not_looked_up(state):
     from features.online.state import CustomerState
 

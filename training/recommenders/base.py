@@ -128,6 +128,12 @@ class Recommender(ABC):
         ids, top = _top_n(scores, N)
         return (ids[0], top[0]) if single else (ids, top)
 
+    def inner_product_factors(self) -> tuple[np.ndarray, np.ndarray] | None:
+        """(customer vectors, item vectors) whose inner products are this model's scores for
+        the rows it was fitted on, for models that score so; None for the others. A service
+        scores a fitted customer's candidates from these instead of storing the scores."""
+        return None
+
     def recommend_all(self, user_items: sp.csr_matrix, N: int = 200, batch: int = 512,
                       threads: int | None = None) -> tuple[np.ndarray, np.ndarray]:
         """``recommend`` for every row of ``user_items`` at once, already-liked items kept:

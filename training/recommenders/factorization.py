@@ -76,6 +76,9 @@ class ALSRecommender(Recommender):
     def _item_vectors(self) -> np.ndarray:
         return self.model_.item_factors
 
+    def inner_product_factors(self) -> tuple[np.ndarray, np.ndarray]:
+        return self.model_.user_factors, self.model_.item_factors
+
     def _arrays(self) -> dict[str, np.ndarray]:
         return {"user_factors": self.model_.user_factors, "item_factors": self.model_.item_factors}
 
@@ -129,6 +132,9 @@ class BPRRecommender(Recommender):
 
     def _item_vectors(self) -> np.ndarray:
         return self.item_factors_[:, :-1]  # without the bias column
+
+    def inner_product_factors(self) -> tuple[np.ndarray, np.ndarray]:
+        return self.user_factors_, self.item_factors_  # the customers' bias column is 1
 
     def _arrays(self) -> dict[str, np.ndarray]:
         return {"user_factors": self.user_factors_, "item_factors": self.item_factors_}
