@@ -114,7 +114,7 @@ def main() -> None:
     print(json.dumps(result))
     if not args.no_record:
         record_section(f"sizing_{args.customers}", f"API memory and start-up: {args.customers:,} "
-                       f"customers", "python bench/bench_sizing.py " + " ".join(sys.argv[1:]).strip(),
+                       f"customers", " ".join(["python bench/bench_sizing.py", *sys.argv[1:]]),
                        f"{args.items:,} items, {args.customers:,} customers, 64 factors, "
                        f"{args.workers} workers (bench/service_app.py's state, its tables already "
                        f"on disk).\n\n{table}\n")
