@@ -73,7 +73,7 @@ def test_a_tie_is_not_a_win():
     decision = registry.decide("2", "ndcg@10", 0.082, "1", 0.082)
     assert not decision.promoted
     assert decision.reason == ("version 2 is not promoted: on ndcg@10 it does not beat "
-                               "champion 1 (0.0820 vs 0.0820)")
+                               "champion 1 (0.0820 against its 0.0820)")
 
 
 def test_a_first_version_that_loses_to_a_baseline_is_not_champion_and_the_reason_says_why():
@@ -81,7 +81,7 @@ def test_a_first_version_that_loses_to_a_baseline_is_not_champion_and_the_reason
                                {"recency": 0.791, "rfm_logistic": 0.806})
     assert not decision.promoted
     assert decision.reason == ("version 1 is not promoted: on roc_auc it does not beat baseline "
-                               "rfm_logistic (0.8060 vs 0.8010)")
+                               "rfm_logistic (0.8060 against its 0.8010)")
 
 
 def test_a_promotion_names_every_comparison_it_won():

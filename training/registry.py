@@ -88,13 +88,14 @@ def decide(version: str, metric: str, challenger_score: float, champion_before: 
            margin: float = 0.0) -> GateDecision:
     """The promotion rule alone (no I/O), so it can be tested exhaustively."""
     baselines = dict(baselines or {})
-    failed = [f"baseline {name} ({score:.4f} vs {challenger_score:.4f})"
+    failed = [f"baseline {name} ({score:.4f} against its {challenger_score:.4f})"
               for name, score in baselines.items()
               if not beats(challenger_score, score, metric, margin)]
     if champion_before is not None and (
             champion_score is None or not beats(challenger_score, champion_score, metric, margin)):
         shown = "unknown" if champion_score is None else f"{champion_score:.4f}"
-        failed.insert(0, f"champion {champion_before} ({shown} vs {challenger_score:.4f})")
+        failed.insert(0, f"champion {champion_before} ({shown} against its "
+                         f"{challenger_score:.4f})")
     return GateDecision(not failed, str(version), metric, margin, challenger_score,
                         champion_before, champion_score, baselines, tuple(failed))
 
