@@ -177,15 +177,12 @@ def _rank(catalog, sources, rules) -> tuple[np.ndarray, np.ndarray]:
     strongest = np.empty(size)
     reasons = np.empty(size, np.int64)
     found = 0
-    if for_you_row >= 0 and len(for_you_vector):
+    if for_you_row >= 0:
         columns = for_you[for_you_row, :n_for_you]
-        found = _blend(columns, _inner_products(columns, item_vectors, for_you_vector),
-                       source_weights[FOR_YOU], FOR_YOU, check_columns, product, slots, items,
-                       totals, strongest, reasons, found)
-    elif for_you_row >= 0:
-        found = _blend(for_you[for_you_row, :n_for_you], for_you_scores[for_you_row, :n_for_you],
-                       source_weights[FOR_YOU], FOR_YOU, check_columns, product, slots, items,
-                       totals, strongest, reasons, found)
+        scores = (_inner_products(columns, item_vectors, for_you_vector) if len(for_you_vector)
+                  else for_you_scores[for_you_row, :n_for_you])
+        found = _blend(columns, scores, source_weights[FOR_YOU], FOR_YOU, check_columns, product,
+                       slots, items, totals, strongest, reasons, found)
     for k in range(len(anchor_columns)):
         column = anchor_columns[k]
         if column >= 0:
